@@ -1,0 +1,63 @@
+# barterbackup: every task a developer or CI runs.
+#   make demo   - the offline multi-node demo (sets everything up first)
+#   make test   - lint, codegen drift check, type check, the whole trial suite
+#   make bench  - benchmarks printing ratios measured in the same run
+#   make rpc    - regenerate barterbackup/_proto from proto/
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TRIAL_ARGS ?= tests
+
+.PHONY: all venv system-deps rpc check-rpc lint-proto lint typecheck check \
+	unit test demo bench clean
+
+all: test
+
+system-deps:
+	@PYTHON=$(PYTHON) sh tools/system-deps.sh
+
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	# compat mode puts the source tree on sys.path through a .pth file, so
+	# twistd finds twisted/plugins/barterbackup_plugin.py in the checkout.
+	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
+	touch $@
+
+venv: $(STAMP)
+
+rpc: venv
+	$(PY) tools/gen_rpc.py
+
+check-rpc: venv
+	$(PY) tools/gen_rpc.py --check
+
+lint-proto: venv
+	$(PY) tools/lint_proto.py
+
+lint: venv
+	$(VENV)/bin/ruff check barterbackup tests tools bench twisted
+	$(VENV)/bin/ruff format --check barterbackup tests tools bench twisted
+
+typecheck: venv
+	$(VENV)/bin/mypy barterbackup
+
+check: lint-proto check-rpc lint typecheck
+
+unit: venv
+	$(VENV)/bin/trial -j2 $(TRIAL_ARGS)
+
+test: system-deps venv check
+	$(VENV)/bin/trial -j2 tests
+
+demo: system-deps venv
+	$(PY) -m barterbackup.demo
+
+bench: system-deps venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,3 @@
+"""barterbackup: mutual backup over Tor onion services."""
+
+__version__ = "0.1.0"

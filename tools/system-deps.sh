@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install the Debian packages barterbackup needs, only when missing.
+# tor + tor-gencert: the node's Tor and the private test network.
+# rsync, restic: only compared against in `make bench`; optional.
+set -e
+need=""
+command -v tor >/dev/null 2>&1 || need="$need tor"
+command -v tor-gencert >/dev/null 2>&1 || need="$need tor"
+"${PYTHON:-python3}" -c 'import venv, ensurepip' 2>/dev/null || need="$need python3-venv"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    echo "installing Debian packages:$need"
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
+fi
