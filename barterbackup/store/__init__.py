@@ -1,1 +1,1 @@
-"""store."""
+"""The node directory on disk: atomic writes, sealed records, quotas."""
