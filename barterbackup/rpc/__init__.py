@@ -1,1 +1,1 @@
-"""rpc."""
+"""The local CLI API: clirpc over gRPC on a Unix socket."""

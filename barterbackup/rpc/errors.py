@@ -1,0 +1,39 @@
+"""Turning exceptions into gRPC statuses with messages fit for users."""
+
+from __future__ import annotations
+
+import grpc
+
+from barterbackup import errors
+from barterbackup.logs import get_logger
+
+log = get_logger("barterbackup.rpc")
+
+
+def _content_errors() -> dict[type[BaseException], grpc.StatusCode]:
+    # Imported lazily: the content engine is heavy and optional for tests of
+    # the locked node.
+    from barterbackup.content import engine
+
+    return {
+        engine.InvalidFileName: grpc.StatusCode.INVALID_ARGUMENT,
+        engine.FileNotInSet: grpc.StatusCode.NOT_FOUND,
+        engine.CorruptContent: grpc.StatusCode.DATA_LOSS,
+        engine.UpdateInProgress: grpc.StatusCode.ABORTED,
+    }
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and user-facing message for an exception."""
+    if isinstance(error, errors.NodeError):
+        return error.code, str(error)
+    for kind, code in _content_errors().items():
+        if isinstance(error, kind):
+            return code, str(error)
+    log.failure(
+        "internal error serving the CLI",
+        failure=None,
+        error_type=type(error).__name__,
+    )
+    log.error("internal error: {error!r}", error=error)
+    return grpc.StatusCode.INTERNAL, "internal error in the node; see the daemon log"

@@ -1,0 +1,114 @@
+"""The clirpc gRPC server on a Unix socket, as a Twisted service.
+
+The socket lives in a 0700 directory of the node directory: only the user
+who owns the node can reach it, and it is never a TCP port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+from barterbackup._proto import clirpc_pb2_grpc
+from barterbackup.logs import get_logger
+from barterbackup.node import Node
+from barterbackup.rpc.servicer import CliRpcServicer
+from barterbackup.store.atomic import make_private_directory
+
+log = get_logger("barterbackup.rpc")
+
+# Explicit limits: SetFile/GetFile carry ≤ 1 MiB chunks, everything else is
+# small, so 8 MiB leaves room without letting one message eat memory.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+WORKER_THREADS = 8
+# A Unix socket path is limited to 107 bytes by sockaddr_un.
+MAX_SOCKET_PATH = 107
+RPC_DIRNAME = "rpc"
+SOCKET_NAME = "clirpc.sock"
+
+
+class SocketPathError(ValueError):
+    pass
+
+
+def default_socket_path(node_dir: Path) -> Path:
+    return Path(node_dir) / RPC_DIRNAME / SOCKET_NAME
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH:
+        raise SocketPathError(
+            f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --socket or node directory"
+        )
+
+
+def _socket_in_use(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class CliRpcServer(Service):
+    """Serves clirpc for one node; start/stop with the daemon."""
+
+    def __init__(self, reactor: Any, node: Node, socket_path: Path) -> None:
+        self._reactor = reactor
+        self._node = node
+        self.socket_path = Path(socket_path)
+        self._server: grpc.Server | None = None
+
+    def startService(self) -> None:
+        check_socket_path(self.socket_path)
+        directory = make_private_directory(self.socket_path.parent)
+        if self.socket_path.exists():
+            if _socket_in_use(self.socket_path):
+                raise SocketPathError(
+                    f"{self.socket_path} is in use: is another barterbackup "
+                    "daemon running on this node directory?"
+                )
+            self.socket_path.unlink()  # left by a daemon that was killed
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=WORKER_THREADS, thread_name_prefix="clirpc"
+            ),
+            options=GRPC_OPTIONS,
+            maximum_concurrent_rpcs=64,
+        )
+        clirpc_pb2_grpc.add_CliRpcServicer_to_server(
+            CliRpcServicer(self._reactor, self._node), server
+        )
+        server.add_insecure_port(f"unix:{self.socket_path}")
+        server.start()
+        os.chmod(self.socket_path, 0o600)
+        os.chmod(directory, 0o700)
+        self._server = server
+        super().startService()
+        log.info("CLI API listening on {path}", path=str(self.socket_path))
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        server, self._server = self._server, None
+        if server is None:
+            return None
+        stopped = server.stop(grace=2)
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), stopped.wait, 5
+        )

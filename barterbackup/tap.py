@@ -1,0 +1,144 @@
+"""``twistd barterbackup``: options and the service tree of the daemon.
+
+This is the one module that uses the global reactor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.python import usage
+
+from barterbackup import __version__
+from barterbackup.logs import LEVELS, get_logger, set_log_level
+from barterbackup.node import Node, NodeConfig, default_node_dir
+from barterbackup.rpc.server import CliRpcServer, check_socket_path, default_socket_path
+from barterbackup.store.atomic import make_private_directory
+
+log = get_logger("barterbackup.tap")
+LOCK_FILENAME = "daemon.lock"
+
+
+class Options(usage.Options):
+    synopsis = "--node-dir DIR [options]"
+    longdesc = (
+        "Run a barterbackup node: the local CLI API on a Unix socket in the "
+        "node directory, and (once unlocked) the peer protocol over Tor."
+    )
+    optParameters = [
+        ["node-dir", "d", None, "Node directory (default: ~/.barterbackup)."],
+        ["socket", "s", None, "CLI socket path (default: NODE_DIR/rpc/clirpc.sock)."],
+        ["log-level", None, "info", f"Log level: {', '.join(LEVELS)}."],
+        ["transport", None, "tor", "How peers reach us: 'tor' (default) or 'tcp'."],
+        ["tcp-port", None, "0", "With --transport=tcp: port on 127.0.0.1 (0: any)."],
+        ["tor-control", None, None, "Attach to a running tor's control endpoint."],
+        ["tor-binary", None, "tor", "The tor executable to launch."],
+        [
+            "tor-network-config",
+            None,
+            None,
+            "JSON file of extra torrc options (a private test network).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        node_dir = Path(self["node-dir"] or default_node_dir()).expanduser()
+        self["node-dir"] = node_dir.resolve()
+        socket = Path(self["socket"]).expanduser() if self["socket"] else None
+        self["socket"] = socket or default_socket_path(self["node-dir"])
+        try:
+            check_socket_path(self["socket"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LEVELS)}")
+        if self["transport"] not in ("tor", "tcp"):
+            raise usage.UsageError("--transport must be 'tor' or 'tcp'")
+        try:
+            port = int(self["tcp-port"])
+        except ValueError:
+            raise usage.UsageError("--tcp-port must be a number") from None
+        if not 0 <= port <= 65535:
+            raise usage.UsageError("--tcp-port must be between 0 and 65535")
+        self["tcp-port"] = port
+        self["extra-torrc"] = _read_torrc_options(self["tor-network-config"])
+
+
+def _read_torrc_options(path: str | None) -> tuple[tuple[str, str], ...]:
+    if not path:
+        return ()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise usage.UsageError(
+            f"cannot read --tor-network-config {path}: {e}"
+        ) from None
+    options = data.get("torrc") if isinstance(data, dict) else None
+    if not isinstance(options, list) or not all(
+        isinstance(o, list) and len(o) == 2 and all(isinstance(x, str) for x in o)
+        for o in options
+    ):
+        raise usage.UsageError(
+            f"--tor-network-config {path} must hold {{'torrc': [[option, value], ...]}}"
+        )
+    return tuple((k, v) for k, v in options)
+
+
+class NodeDirectoryLock(Service):
+    """Holds an exclusive lock on the node directory while the daemon runs."""
+
+    def __init__(self, node_dir: Path) -> None:
+        self._path = Path(node_dir) / LOCK_FILENAME
+        self._fd: int | None = None
+
+    def startService(self) -> None:
+        make_private_directory(self._path.parent)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another barterbackup daemon is using {self._path.parent}"
+            ) from None
+        self._fd = fd
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def make_service(options: Options, reactor: Any) -> IService:
+    set_log_level(options["log-level"])
+    config = NodeConfig(
+        node_dir=options["node-dir"],
+        transport=options["transport"],
+        tcp_listen_port=options["tcp-port"],
+        tor_control=options["tor-control"],
+        tor_binary=options["tor-binary"],
+        extra_torrc=options["extra-torrc"],
+    )
+    node = Node(reactor, config)
+    top = MultiService()
+    NodeDirectoryLock(config.node_dir).setServiceParent(top)
+    CliRpcServer(reactor, node, options["socket"]).setServiceParent(top)
+    log.info(
+        "barterbackup {version} starting in {node_dir}",
+        version=__version__,
+        node_dir=str(config.node_dir),
+    )
+    return cast(IService, top)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    return make_service(options, reactor)
