@@ -1,0 +1,433 @@
+"""Tor transport: our onion service in, onion-only SOCKS connections out.
+
+The only module of barterbackup that imports txtorcon. By default it launches
+the node's own tor (``txtorcon.launch``); it can also attach to a running tor
+through its control port. The onion key is derived from the main password
+(:mod:`barterbackup.keys`), so the address is known before Tor starts and we
+check that Tor publishes exactly that one.
+
+Outbound connections go only to v3 onion addresses and only through the
+tor's SOCKS port: no DNS, no direct socket, no exit traffic (fail closed,
+like Tahoe-LAFS in anonymous mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import txtorcon
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    clientFromString,
+)
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamClientEndpoint,
+)
+from twisted.logger import Logger
+
+from barterbackup.keys.derive import NodeKeys
+from barterbackup.keys.onion import InvalidOnionAddress, normalize_onion_address
+from barterbackup.store.atomic import make_private_directory
+from barterbackup.transport.base import (
+    DestinationRefused,
+    TransportError,
+    listening_address,
+    stop_listening,
+)
+
+log = Logger()
+
+# The virtual port every node publishes on its onion; peers connect to it.
+DEFAULT_ONION_PORT = 4177
+LAUNCH_TIMEOUT = 120.0
+PUBLISH_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+# Tor refuses Unix control sockets whose path does not fit sockaddr_un.
+MAX_UNIX_SOCKET_PATH = 100
+# Options the transport sets itself; letting extra_torrc override them could
+# open a SOCKS port on another interface or move the data directory.
+RESERVED_TORRC_OPTIONS = frozenset(
+    name.lower()
+    for name in (
+        "DataDirectory",
+        "ControlPort",
+        "SocksPort",
+        "CookieAuthentication",
+        "__OwningControllerProcess",
+        "HiddenServiceDir",
+        "HiddenServicePort",
+        "HiddenServiceNonAnonymousMode",
+        "HiddenServiceSingleHopMode",
+    )
+)
+
+_T = TypeVar("_T")
+
+
+class TorStartupError(TransportError):
+    """Tor could not be launched, reached or bootstrapped in time."""
+
+
+class OnionPublishError(TransportError):
+    """Tor did not publish our onion service in time."""
+
+
+class OnionAddressMismatch(TransportError):
+    """Tor published another address than the one derived from our keys.
+
+    This would mean peers cannot find us under the address recovery relies
+    on, so it is fatal.
+    """
+
+    def __init__(self, expected: str, published: str) -> None:
+        super().__init__(
+            f"Tor published {published} but our keys give {expected}; "
+            "refusing to serve under the wrong address"
+        )
+        self.expected = expected
+        self.published = published
+
+
+class OnionServiceLike(Protocol):
+    """What we use of ``txtorcon.EphemeralOnionService``."""
+
+    @property
+    def hostname(self) -> str: ...
+
+    def remove(self) -> Deferred[Any]: ...
+
+
+class TorLike(Protocol):
+    """What we use of ``txtorcon.Tor`` (so tests can pass a fake)."""
+
+    @property
+    def protocol(self) -> Any: ...
+
+    def create_onion_service(
+        self,
+        ports: Sequence[tuple[int, int]],
+        private_key: str | None = ...,
+        version: int = ...,
+        progress: Callable[[float, str, str], None] | None = ...,
+        await_all_uploads: bool = ...,
+    ) -> Deferred[Any]: ...
+
+    def quit(self) -> Deferred[Any]: ...
+
+
+TorConnector = Callable[[], Awaitable[TorLike]]
+
+
+class TorTransport:
+    """Serve on our derived onion address; reach peers by theirs.
+
+    :param keys: the node's keys; ``keys.tor_private_key`` is published.
+    :param data_dir: Tor's DataDirectory when we launch tor (created 0700).
+    :param control_endpoint: attach to a running tor instead of launching
+        one, e.g. ``"unix:/run/tor/control"`` or ``"tcp:127.0.0.1:9051"``.
+    :param extra_torrc: further options for a launched tor, e.g.
+        ``TorNetwork.client_torrc_options()`` to join a private network.
+    :param connect_tor: replaces launching/attaching (tests pass a fake).
+    """
+
+    name = "tor"
+
+    def __init__(
+        self,
+        reactor: IReactorCore,
+        keys: NodeKeys,
+        data_dir: Path,
+        *,
+        control_endpoint: str | None = None,
+        extra_torrc: Sequence[tuple[str, str]] = (),
+        tor_binary: str = "tor",
+        onion_port: int = DEFAULT_ONION_PORT,
+        launch_timeout: float = LAUNCH_TIMEOUT,
+        publish_timeout: float = PUBLISH_TIMEOUT,
+        connect_tor: TorConnector | None = None,
+    ) -> None:
+        for option, _value in extra_torrc:
+            if option.lower() in RESERVED_TORRC_OPTIONS:
+                raise ValueError(f"extra_torrc may not set {option}")
+        if control_endpoint is not None:
+            _check_control_endpoint(control_endpoint)
+        self._reactor = reactor
+        self._keys = keys
+        self._data_dir = Path(data_dir)
+        self._control_endpoint = control_endpoint
+        self._extra_torrc = list(extra_torrc)
+        self._tor_binary = tor_binary
+        self._onion_port = onion_port
+        self._launch_timeout = launch_timeout
+        self._publish_timeout = publish_timeout
+        self._connect_tor = connect_tor or self._launch_or_attach
+        self._tor: TorLike | None = None
+        self._socks_port: int | None = None
+        self._onion: OnionServiceLike | None = None
+        self._listening: IListeningPort | None = None
+
+    @property
+    def advertised(self) -> str:
+        """Our onion address (what peers dial), known before Tor starts."""
+        return self._keys.onion_address
+
+    @property
+    def onion_port(self) -> int:
+        return self._onion_port
+
+    @property
+    def socks_port(self) -> int | None:
+        """The 127.0.0.1 SOCKS port we connect through, once started."""
+        return self._socks_port
+
+    @property
+    def tor(self) -> TorLike | None:
+        """The txtorcon ``Tor`` in use, once started."""
+        return self._tor
+
+    async def start(self) -> None:
+        """Launch or attach to tor, wait for bootstrap, find its SOCKS port."""
+        if self._tor is not None:
+            raise TransportError("this Tor transport is already started")
+        connecting = Deferred.fromCoroutine(_awaited(self._connect_tor()))
+        tor = await _bounded(
+            self._reactor,
+            connecting,
+            self._launch_timeout,
+            TorStartupError,
+            f"tor did not start and bootstrap within {self._launch_timeout:g} s"
+            f" (data directory {self._data_dir})",
+        )
+        self._tor = tor
+        try:
+            self._socks_port = await _loopback_socks_port(tor)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _launch_or_attach(self) -> TorLike:
+        if self._control_endpoint is not None:
+            endpoint = clientFromString(self._reactor, self._control_endpoint)
+            tor: TorLike = await txtorcon.connect(self._reactor, endpoint)
+            return tor
+        make_private_directory(self._data_dir)
+        config = txtorcon.TorConfig()
+        for option, value in _grouped(self._extra_torrc):
+            setattr(config, option, value)
+        # The default control port is a Unix socket in the data directory
+        # (only our user can reach it); fall back to a loopback TCP port
+        # when the path is too long for a socket address.
+        socket_path = self._data_dir.resolve() / "control.socket"
+        control_port: int | None = None
+        if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
+            control_port = await txtorcon.util.available_tcp_port(self._reactor)
+        launched: TorLike = await txtorcon.launch(
+            self._reactor,
+            data_directory=str(self._data_dir),
+            control_port=control_port,
+            tor_binary=self._tor_binary,
+            timeout=self._launch_timeout,
+            progress_updates=_log_progress("bootstrap"),
+            _tor_config=config,
+        )
+        return launched
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen on 127.0.0.1 and publish our onion, virtual port → it.
+
+        Fires once the descriptor reached every HSDir, so peers can connect
+        at once. Raises :class:`OnionAddressMismatch` if Tor publishes any
+        other address than ``keys.onion_address``.
+        """
+        return Deferred.fromCoroutine(self._listen(factory))
+
+    async def _listen(self, factory: IProtocolFactory) -> IListeningPort:
+        tor = self._require_started()
+        if self._listening is not None:
+            raise TransportError("this Tor transport is already listening")
+        endpoint = TCP4ServerEndpoint(self._reactor, 0, interface="127.0.0.1")
+        port: IListeningPort = await endpoint.listen(factory)
+        try:
+            _host, local_port = listening_address(port)
+            publishing = tor.create_onion_service(
+                ports=[(self._onion_port, local_port)],
+                private_key=self._keys.tor_private_key,
+                version=3,
+                progress=_log_progress("onion publish"),
+                await_all_uploads=True,
+            )
+            onion: OnionServiceLike = await _bounded(
+                self._reactor,
+                publishing,
+                self._publish_timeout,
+                OnionPublishError,
+                f"tor did not publish {self._keys.onion_address} within "
+                f"{self._publish_timeout:g} s",
+            )
+            if onion.hostname != self._keys.onion_address:
+                await onion.remove()
+                raise OnionAddressMismatch(self._keys.onion_address, onion.hostname)
+        except BaseException:
+            await stop_listening(port)
+            raise
+        self._onion = onion
+        self._listening = port
+        log.info(
+            "onion {address} port {virt} → 127.0.0.1:{local}",
+            address=onion.hostname,
+            virt=self._onion_port,
+            local=local_port,
+        )
+        return port
+
+    def client_endpoint(
+        self, onion_address: str, hint: str | None = None
+    ) -> IStreamClientEndpoint:
+        """A SOCKS endpoint through our tor to ``onion_address``.
+
+        Anything but a valid v3 onion address is refused: reaching it would
+        need DNS or an exit and would leave Tor. ``hint`` is ignored, so a
+        hint can never route a connection around Tor.
+        """
+        try:
+            address = normalize_onion_address(onion_address)
+        except InvalidOnionAddress as error:
+            raise DestinationRefused(
+                f"the Tor transport only connects to v3 onion addresses: {error}"
+            ) from None
+        if self._socks_port is None:
+            raise TransportError("the Tor transport is not started")
+        socks = TCP4ClientEndpoint(self._reactor, "127.0.0.1", self._socks_port)
+        endpoint: IStreamClientEndpoint = txtorcon.TorClientEndpoint(
+            address, self._onion_port, socks_endpoint=socks, reactor=self._reactor
+        )
+        return endpoint
+
+    async def stop(self) -> None:
+        """Withdraw the onion, stop listening, stop (or detach from) tor."""
+        onion, self._onion = self._onion, None
+        port, self._listening = self._listening, None
+        tor, self._tor = self._tor, None
+        self._socks_port = None
+        try:
+            if onion is not None:
+                await onion.remove()
+        finally:
+            if port is not None:
+                await stop_listening(port)
+            if tor is not None:
+                # For a launched tor this sends SIGTERM and waits for exit;
+                # for an attached one it only closes our control connection
+                # (which also drops our ephemeral onion).
+                await _bounded(
+                    self._reactor,
+                    tor.quit(),
+                    STOP_TIMEOUT,
+                    TransportError,
+                    f"tor did not stop within {STOP_TIMEOUT:g} s",
+                )
+
+    def _require_started(self) -> TorLike:
+        if self._tor is None:
+            raise TransportError("the Tor transport is not started")
+        return self._tor
+
+
+class TorControl:
+    """A control-port connection to a tor we did not launch via txtorcon.
+
+    Used by the private test network launcher to poll its tors, so that this
+    module stays the only one importing txtorcon.
+    """
+
+    def __init__(self, tor: Any) -> None:
+        self._tor = tor
+
+    async def get_info(self, key: str) -> str:
+        """The value of ``GETINFO key`` (multi-line values joined by \\n)."""
+        raw: str = await self._tor.protocol.get_info_raw(key)
+        prefix = key + "="
+        if raw.startswith(prefix):
+            raw = raw[len(prefix) :]
+        return raw.strip("\n")
+
+    async def close(self) -> None:
+        await self._tor.protocol.quit()
+
+
+async def open_tor_control(reactor: IReactorCore, endpoint: str) -> TorControl:
+    """Connect (cookie auth) to the control port named by ``endpoint``."""
+    _check_control_endpoint(endpoint)
+    tor = await txtorcon.connect(reactor, clientFromString(reactor, endpoint))
+    return TorControl(tor)
+
+
+def _check_control_endpoint(endpoint: str) -> None:
+    """Refuse control endpoints that are not local: they carry secrets."""
+    if endpoint.startswith("unix:"):
+        return
+    if endpoint.startswith("tcp:"):
+        host = endpoint.split(":")[1]
+        if host.startswith("host="):
+            host = host[len("host=") :]
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return
+    raise ValueError(
+        f"control endpoint {endpoint!r} must be unix:PATH or tcp:127.0.0.1:PORT"
+    )
+
+
+async def _loopback_socks_port(tor: TorLike) -> int:
+    """The first SOCKS listener of ``tor``, which must be on 127.0.0.1."""
+    answer = await tor.protocol.get_info("net/listeners/socks")
+    listeners = str(answer.get("net/listeners/socks", "")).split()
+    for listener in listeners:
+        host, _, port = listener.strip('"').rpartition(":")
+        if host == "127.0.0.1" and port.isdigit():
+            return int(port)
+    raise TorStartupError(
+        f"tor has no SOCKS listener on 127.0.0.1 (it reports {listeners!r})"
+    )
+
+
+def _grouped(options: Sequence[tuple[str, str]]) -> list[tuple[str, str | list[str]]]:
+    """Repeated options (DirAuthority) become one list-valued option."""
+    values: dict[str, list[str]] = {}
+    for option, value in options:
+        values.setdefault(option, []).append(value)
+    return [(k, v[0] if len(v) == 1 else v) for k, v in values.items()]
+
+
+def _log_progress(what: str) -> Callable[[float, str, str], None]:
+    def progress(percent: float, tag: str, summary: str) -> None:
+        log.debug(
+            "{what}: {percent}% {summary}", what=what, percent=percent, summary=summary
+        )
+
+    return progress
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+async def _bounded(
+    reactor: Any,
+    pending: Deferred[_T],
+    seconds: float,
+    error: type[TransportError],
+    message: str,
+) -> _T:
+    """Wait for ``pending`` at most ``seconds``; else cancel, raise ``error``."""
+    pending.addTimeout(seconds, reactor)
+    try:
+        return await pending
+    except (TimeoutError, CancelledError):
+        raise error(message) from None
