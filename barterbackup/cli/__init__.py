@@ -1,1 +1,1 @@
-"""cli."""
+"""The ``barterbackup`` command: one module per command group."""

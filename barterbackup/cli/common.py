@@ -1,0 +1,203 @@
+"""What every CLI command shares: connecting, errors, output, progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
+from barterbackup.node import default_node_dir
+from barterbackup.rpc.client import DaemonUnreachable, connect
+from barterbackup.rpc.server import default_socket_path
+
+# Exit codes scripts can rely on (documented in the README).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the daemon refused or the operation failed
+EXIT_USAGE = 2  # bad command line (argparse uses 2 as well)
+EXIT_NO_DAEMON = 3  # the daemon is not running or its socket is not accessible
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """An error to print (without a traceback) and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket).expanduser()
+    node_dir = Path(args.node_dir).expanduser() if args.node_dir else default_node_dir()
+    return default_socket_path(node_dir)
+
+
+def stub(args: argparse.Namespace) -> clirpc_pb2_grpc.CliRpcStub:
+    try:
+        _channel, client = connect(socket_path(args))
+    except DaemonUnreachable as e:
+        raise CliError(str(e), EXIT_NO_DAEMON) from None
+    return client
+
+
+def rpc(call: Callable[[], T]) -> T:
+    """Run one RPC, turning a gRPC error into a CliError with its message."""
+    try:
+        return call()
+    except grpc.RpcError as e:
+        raise rpc_error(e) from None
+
+
+def rpc_error(e: grpc.RpcError) -> CliError:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"lost the daemon: {details}", EXIT_NO_DAEMON)
+    return CliError(str(details or code))
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+
+
+def print_json(value: object, out: TextIO | None = None) -> None:
+    json.dump(value, out or sys.stdout, indent=2, sort_keys=True)
+    (out or sys.stdout).write("\n")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512MiB', '1.5 GB', '4096' → bytes (argparse type)."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if not match or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (examples: 4096, 500M, 10GiB)"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_time(unix: int) -> str:
+    if not unix:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int = 0, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+
+    def update(
+        self, done: int, total: int | None = None, label: str | None = None
+    ) -> None:
+        self.done = done
+        if total is not None:
+            self.total = total
+        if label is not None:
+            self.label = label
+        now = time.monotonic()
+        if self.enabled and (now - self._last_draw >= 0.1 or done == self.total):
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self._start, 1e-6)
+        rate = human_size(int(self.done / elapsed)) + "/s"
+        if self.total:
+            fraction = min(self.done / self.total, 1.0)
+            bar = "#" * int(fraction * 30)
+            text = (
+                f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% "
+                f"{human_size(self.done)}/{human_size(self.total)} {rate}"
+            )
+        else:
+            text = f"\r{self.label} {human_size(self.done)} {rate}"
+        self.stream.write(text[:120].ljust(80))
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def show_progress_stream(
+    events: Iterator[clirpc_pb2.Progress], label: str, quiet_json: bool = False
+) -> list[clirpc_pb2.Progress]:
+    """Draw streamed Progress events; return them all (for --json)."""
+    seen = []
+    bars: dict[str, ProgressBar] = {}
+    for progress in events:
+        seen.append(progress)
+        if quiet_json:
+            continue
+        key = progress.peer or "-"
+        bar = bars.get(key)
+        if bar is None:
+            bar = bars[key] = ProgressBar(f"{label} {progress.peer[:16]}")
+        bar.update(
+            progress.bytes_done,
+            progress.bytes_total,
+            f"{label} {progress.peer[:16]} {progress.phase}",
+        )
+        if progress.message and not bar.enabled:
+            print(f"{progress.peer or label}: {progress.phase}: {progress.message}")
+    for bar in bars.values():
+        bar.finish()
+    return seen
