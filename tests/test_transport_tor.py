@@ -1,0 +1,168 @@
+"""TorTransport against a fake txtorcon Tor (no Tor process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.testing.faketor import FakeTor, onion_address_of_key_blob
+from barterbackup.transport.base import DestinationRefused, TransportError
+from barterbackup.transport.tor import (
+    DEFAULT_ONION_PORT,
+    OnionAddressMismatch,
+    OnionPublishError,
+    TorStartupError,
+    TorTransport,
+)
+
+KEYS = node_keys_from_master(b"\x01" * 32)
+OTHER = node_keys_from_master(b"\x02" * 32)
+
+
+def make_transport(
+    tor: FakeTor, reactor: MemoryReactorClock | None = None, **kwargs: float
+) -> tuple[TorTransport, MemoryReactorClock]:
+    reactor = reactor or MemoryReactorClock()
+
+    async def connect_fake() -> FakeTor:
+        return tor
+
+    transport = TorTransport(
+        reactor, KEYS, Path("unused"), connect_tor=connect_fake, **kwargs
+    )
+    return transport, reactor
+
+
+class FakeTorSelfTests(SynchronousTestCase):
+    def test_fake_computes_address_like_tor(self) -> None:
+        self.assertEqual(
+            onion_address_of_key_blob(KEYS.tor_private_key), KEYS.onion_address
+        )
+        self.assertNotEqual(
+            onion_address_of_key_blob(OTHER.tor_private_key), KEYS.onion_address
+        )
+
+
+class TorTransportTests(SynchronousTestCase):
+    def started(self, tor: FakeTor, **kwargs: float) -> TorTransport:
+        transport, self.reactor = make_transport(tor, **kwargs)
+        self.successResultOf(Deferred.fromCoroutine(transport.start()))
+        return transport
+
+    def test_publishes_derived_key_and_maps_to_loopback(self) -> None:
+        tor = FakeTor()
+        transport = self.started(tor)
+        self.assertEqual(transport.socks_port, 9050)
+        port = self.successResultOf(transport.listen(Factory.forProtocol(Protocol)))
+        (listened,) = self.reactor.tcpServers
+        self.assertEqual(listened[3], "127.0.0.1")
+        local = port.getHost().port
+        (call,) = tor.publish_calls
+        self.assertEqual(call["private_key"], KEYS.tor_private_key)
+        self.assertEqual(call["ports"], [(DEFAULT_ONION_PORT, local)])
+        self.assertEqual(call["version"], 3)
+        self.assertTrue(call["await_all_uploads"])
+        self.assertEqual(transport.advertised, KEYS.onion_address)
+
+    def test_address_mismatch_fails_loudly_and_withdraws(self) -> None:
+        tor = FakeTor(publish_as=OTHER.onion_address)
+        transport = self.started(tor)
+        failure = self.failureResultOf(
+            transport.listen(Factory.forProtocol(Protocol)), OnionAddressMismatch
+        )
+        self.assertEqual(failure.value.expected, KEYS.onion_address)
+        self.assertEqual(failure.value.published, OTHER.onion_address)
+        self.assertTrue(tor.onions[0].removed)
+        # Nothing left listening: a later listen may try again.
+        tor.publish_as = None
+        self.successResultOf(transport.listen(Factory.forProtocol(Protocol)))
+
+    def test_publish_timeout(self) -> None:
+        tor = FakeTor(hang_publish=True)
+        transport = self.started(tor, publish_timeout=30.0)
+        listening = transport.listen(Factory.forProtocol(Protocol))
+        self.assertNoResult(listening)
+        self.reactor.advance(31)
+        failure = self.failureResultOf(listening, OnionPublishError)
+        self.assertIn("within 30 s", str(failure.value))
+
+    def test_launch_timeout(self) -> None:
+        reactor = MemoryReactorClock()
+
+        def never() -> Deferred[FakeTor]:
+            return Deferred()
+
+        transport = TorTransport(
+            reactor, KEYS, Path("unused"), connect_tor=never, launch_timeout=10.0
+        )
+        starting = Deferred.fromCoroutine(transport.start())
+        reactor.advance(11)
+        self.failureResultOf(starting, TorStartupError)
+
+    def test_refuses_tor_without_loopback_socks(self) -> None:
+        tor = FakeTor(socks_listeners='"0.0.0.0:9050"')
+        transport, _ = make_transport(tor)
+        self.failureResultOf(Deferred.fromCoroutine(transport.start()), TorStartupError)
+        self.assertTrue(tor.quit_called)
+
+    def test_client_endpoint_goes_through_socks_to_onion(self) -> None:
+        transport = self.started(FakeTor(socks_listeners='"127.0.0.1:9150"'))
+        endpoint = transport.client_endpoint(
+            OTHER.onion_address.upper(), "tcp:1.2.3.4:5"
+        )
+        self.assertEqual(endpoint.host, OTHER.onion_address)  # type: ignore[attr-defined]
+        self.assertEqual(endpoint.port, DEFAULT_ONION_PORT)  # type: ignore[attr-defined]
+        socks = endpoint._socks_endpoint  # type: ignore[attr-defined]
+        self.assertEqual((socks._host, socks._port), ("127.0.0.1", 9150))
+
+    def test_refuses_everything_but_onions(self) -> None:
+        transport = self.started(FakeTor())
+        broken = OTHER.onion_address[:-8] + "a.onion"
+        for host in ("example.com", "127.0.0.1", "10.0.0.1", "", broken):
+            with self.assertRaises(DestinationRefused, msg=host):
+                transport.client_endpoint(host, None)
+
+    def test_client_endpoint_needs_start(self) -> None:
+        transport, _ = make_transport(FakeTor())
+        with self.assertRaises(TransportError):
+            transport.client_endpoint(OTHER.onion_address)
+
+    def test_stop_removes_onion_and_quits(self) -> None:
+        tor = FakeTor()
+        transport = self.started(tor)
+        self.successResultOf(transport.listen(Factory.forProtocol(Protocol)))
+        self.successResultOf(Deferred.fromCoroutine(transport.stop()))
+        self.assertTrue(tor.onions[0].removed)
+        self.assertTrue(tor.quit_called)
+        self.assertIsNone(transport.socks_port)
+
+    def test_reserved_torrc_options_refused(self) -> None:
+        for option in ("SocksPort", "controlport", "DataDirectory"):
+            with self.assertRaises(ValueError):
+                TorTransport(
+                    MemoryReactorClock(),
+                    KEYS,
+                    Path("unused"),
+                    extra_torrc=[(option, "0.0.0.0:9050")],
+                )
+
+    def test_remote_control_endpoint_refused(self) -> None:
+        for endpoint in ("tcp:10.0.0.1:9051", "tcp:host=example.com:port=9051"):
+            with self.assertRaises(ValueError):
+                TorTransport(
+                    MemoryReactorClock(),
+                    KEYS,
+                    Path("unused"),
+                    control_endpoint=endpoint,
+                )
+        TorTransport(
+            MemoryReactorClock(),
+            KEYS,
+            Path("unused"),
+            control_endpoint="tcp:127.0.0.1:9051",
+        )
