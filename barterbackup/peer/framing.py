@@ -1,0 +1,127 @@
+"""bbrpc frames: a 4-byte big-endian length, then one serialized Envelope.
+
+Everything here is pure (no I/O, no reactor), so it can be tested
+exhaustively. The length is checked against a hard maximum *before* any
+payload is buffered: a peer that announces a 4 GiB frame is dropped after
+four bytes, not after we tried to hold 4 GiB.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import DecodeError
+
+from barterbackup._proto import bbrpc_pb2
+
+LENGTH_PREFIX = struct.Struct(">I")
+PREFIX_LENGTH = LENGTH_PREFIX.size
+
+# The largest payload an Envelope carries is one DownloadResponse of up to
+# 4 MiB of data; 64 KiB on top covers the envelope and message fields.
+MAX_DATA_LENGTH = 4 * 1024 * 1024
+MAX_FRAME_LENGTH = MAX_DATA_LENGTH + 64 * 1024
+
+
+class FrameError(Exception):
+    """The byte stream from a peer is not a valid sequence of frames.
+
+    The stream cannot be resynchronised after such an error, so the only
+    safe reaction is to drop the connection.
+    """
+
+
+class FrameTooLarge(FrameError):
+    """A frame is (or announces itself as) longer than the maximum."""
+
+    def __init__(self, length: int, maximum: int) -> None:
+        super().__init__(f"frame of {length} bytes exceeds the maximum of {maximum}")
+        self.length = length
+        self.maximum = maximum
+
+
+class MalformedFrame(FrameError):
+    """A frame's payload is not a decodable Envelope."""
+
+
+def encode_payload(
+    envelope: bbrpc_pb2.Envelope, max_frame_length: int = MAX_FRAME_LENGTH
+) -> tuple[bytes, bytes]:
+    """The frame of ``envelope`` as (length prefix, payload).
+
+    Returned in two parts so a transport can write both without copying a
+    large payload once more to join them. Raises FrameTooLarge rather than
+    produce a frame the peer would reject.
+    """
+    payload = envelope.SerializeToString()
+    if len(payload) > max_frame_length:
+        raise FrameTooLarge(len(payload), max_frame_length)
+    return LENGTH_PREFIX.pack(len(payload)), payload
+
+
+def encode_frame(
+    envelope: bbrpc_pb2.Envelope, max_frame_length: int = MAX_FRAME_LENGTH
+) -> bytes:
+    """The complete frame of ``envelope`` (prefix and payload joined)."""
+    prefix, payload = encode_payload(envelope, max_frame_length)
+    return prefix + payload
+
+
+def decode_payload(payload: bytes) -> bbrpc_pb2.Envelope:
+    """Parse one frame payload, raising MalformedFrame if it is not protobuf."""
+    envelope = bbrpc_pb2.Envelope()
+    try:
+        envelope.ParseFromString(payload)
+    except DecodeError as e:
+        raise MalformedFrame(f"frame is not a valid Envelope: {e}") from None
+    return envelope
+
+
+class FrameDecoder:
+    """Turns bytes, split anywhere, into Envelopes.
+
+    Feed it whatever arrived; it returns every Envelope completed by those
+    bytes and keeps the incomplete rest. At most one partial frame (bounded
+    by ``max_frame_length``) is ever held. After it has raised a FrameError
+    it stays failed: the stream is out of sync.
+    """
+
+    def __init__(self, max_frame_length: int = MAX_FRAME_LENGTH) -> None:
+        self.max_frame_length = max_frame_length
+        self._buffer = bytearray()
+        self._failed: FrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes of an incomplete frame are held."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bbrpc_pb2.Envelope]:
+        """Add received bytes; return the Envelopes they complete, in order."""
+        if self._failed is not None:
+            raise self._failed
+        self._buffer += data
+        envelopes = []
+        try:
+            while (payload := self._next_payload()) is not None:
+                envelopes.append(decode_payload(payload))
+        except FrameError as e:
+            self._failed = e
+            self._buffer = bytearray()
+            raise
+        return envelopes
+
+    def _next_payload(self) -> bytes | None:
+        buffer = self._buffer
+        if len(buffer) < PREFIX_LENGTH:
+            return None
+        (length,) = LENGTH_PREFIX.unpack_from(buffer)
+        if length > self.max_frame_length:
+            raise FrameTooLarge(length, self.max_frame_length)
+        end = PREFIX_LENGTH + length
+        if len(buffer) < end:
+            return None
+        payload = bytes(buffer[PREFIX_LENGTH:end])
+        # Deleting from the front of a bytearray is amortised O(1) in CPython.
+        del buffer[:end]
+        return payload

@@ -1,0 +1,111 @@
+"""bbrpc framing: round trips, arbitrary splits, truncation, hostile lengths."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.peer.framing import (
+    MAX_FRAME_LENGTH,
+    PREFIX_LENGTH,
+    FrameDecoder,
+    FrameTooLarge,
+    MalformedFrame,
+    encode_frame,
+)
+
+envelopes = st.one_of(
+    st.builds(
+        lambda call_id, end, payload: bbrpc_pb2.Envelope(
+            call_id=call_id, end=end, ping=bbrpc_pb2.Ping(payload=payload)
+        ),
+        st.integers(0, 2**64 - 1),
+        st.booleans(),
+        st.binary(max_size=300),
+    ),
+    st.builds(
+        lambda call_id, data: bbrpc_pb2.Envelope(
+            call_id=call_id, download_response=bbrpc_pb2.DownloadResponse(data=data)
+        ),
+        st.integers(1, 1000),
+        st.binary(max_size=2000),
+    ),
+    st.builds(
+        lambda code, text: bbrpc_pb2.Envelope(
+            call_id=3, end=True, error=bbrpc_pb2.Error(code=code, message=text)
+        ),
+        st.sampled_from(list(bbrpc_pb2.ErrorCode.values())),
+        st.text(max_size=50),
+    ),
+)
+
+
+class FramingTests(SynchronousTestCase):
+    @given(st.lists(envelopes, max_size=8))
+    def test_round_trip(self, sent: list[bbrpc_pb2.Envelope]) -> None:
+        stream = b"".join(encode_frame(e) for e in sent)
+        self.assertEqual(FrameDecoder().feed(stream), sent)
+
+    @given(st.lists(envelopes, min_size=1, max_size=4), st.data())
+    def test_any_split_points(
+        self, sent: list[bbrpc_pb2.Envelope], data: st.DataObject
+    ) -> None:
+        stream = b"".join(encode_frame(e) for e in sent)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+        decoder = FrameDecoder()
+        received = []
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            received.extend(decoder.feed(stream[start:cut]))
+            start = cut
+        self.assertEqual(received, sent)
+        self.assertEqual(decoder.buffered, 0)
+
+    @given(envelopes)
+    def test_byte_by_byte_and_every_truncation(
+        self, envelope: bbrpc_pb2.Envelope
+    ) -> None:
+        frame = encode_frame(envelope)
+        decoder = FrameDecoder()
+        for i, byte in enumerate(frame):
+            got = decoder.feed(bytes([byte]))
+            # Nothing comes out of a truncated frame; exactly one at the end.
+            self.assertEqual(got, [envelope] if i == len(frame) - 1 else [])
+
+    @given(st.integers(MAX_FRAME_LENGTH + 1, 2**32 - 1))
+    def test_oversized_length_rejected_from_prefix_alone(self, length: int) -> None:
+        decoder = FrameDecoder()
+        with self.assertRaises(FrameTooLarge):
+            decoder.feed(length.to_bytes(PREFIX_LENGTH, "big"))
+        self.assertEqual(decoder.buffered, 0)
+        # The stream is out of sync for good.
+        with self.assertRaises(FrameTooLarge):
+            decoder.feed(encode_frame(bbrpc_pb2.Envelope(call_id=1)))
+
+    def test_configured_maximum(self) -> None:
+        envelope = bbrpc_pb2.Envelope(ping=bbrpc_pb2.Ping(payload=b"x" * 100))
+        frame = encode_frame(envelope)
+        self.assertEqual(
+            FrameDecoder(len(frame) - PREFIX_LENGTH).feed(frame), [envelope]
+        )
+        with self.assertRaises(FrameTooLarge):
+            FrameDecoder(len(frame) - PREFIX_LENGTH - 1).feed(frame)
+        with self.assertRaises(FrameTooLarge):
+            encode_frame(envelope, max_frame_length=10)
+
+    @settings(max_examples=300)
+    @given(st.binary(min_size=1, max_size=200))
+    def test_garbage_payload_is_malformed_or_decodes(self, garbage: bytes) -> None:
+        frame = len(garbage).to_bytes(PREFIX_LENGTH, "big") + garbage
+        try:
+            FrameDecoder().feed(frame)
+        except MalformedFrame:
+            pass  # The only error garbage may cause.
+
+    def test_undecodable_payload(self) -> None:
+        # Field 1 with wire type 7 does not exist in protobuf.
+        garbage = b"\x0f\xff\xff"
+        with self.assertRaises(MalformedFrame):
+            FrameDecoder().feed(len(garbage).to_bytes(4, "big") + garbage)
