@@ -152,7 +152,7 @@ class ConnectionHandshakeTests(SynchronousTestCase):
         self.assertEqual(server.peer_pubkey, ALICE.onion_pubkey)
 
     def assert_both_fail(self, client, server, clock, pattern):  # type: ignore[no-untyped-def]
-        c_result, s_result, pump = self.run_pair(client, server, clock)
+        c_result, s_result, _ = self.run_pair(client, server, clock)
         # The server never accepts; the client may have accepted the (honest)
         # server before being dropped, but the connection is gone either way.
         failures = [self.failureResultOf(s_result, HandshakeFailed)]

@@ -8,7 +8,6 @@ and stops delivering to a side that paused reading, as TCP does.
 
 from __future__ import annotations
 
-
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
@@ -142,9 +141,4 @@ def connected_pair(
     return client, server, pipe
 
 
-__all__: list[Any] = [
-    "FlowControlledTransport",
-    "MemoryPipe",
-    "connected_pair",
-    "test_keys",
-]
+__all__ = ["FlowControlledTransport", "MemoryPipe", "connected_pair", "keys_for_test"]
