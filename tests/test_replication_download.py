@@ -1,0 +1,128 @@
+"""Download authorisation, request validation, and peer exchange."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.peer.errors import PeerCallError
+from barterbackup.testing.fakes import connect_fake_peers
+from tests.test_replication_sync import OWNER_ONION, Node, sections
+
+
+class DownloadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        clock = task.Clock()
+        base = Path(self.mktemp())
+        self.owner = Node(base / "owner", clock)
+        self.replica = Node(base / "replica", clock)
+        self.stranger = Node(base / "stranger", clock)
+        self.to_replica, self.replica_to_owner = connect_fake_peers(
+            self.owner.service,
+            self.owner.pubkey,
+            OWNER_ONION,
+            self.replica.service,
+            self.replica.pubkey,
+            "replica.onion",
+        )
+        self.stranger_to_owner, _ = connect_fake_peers(
+            self.stranger.service,
+            self.stranger.pubkey,
+            "stranger.onion",
+            self.owner.service,
+            self.owner.pubkey,
+            OWNER_ONION,
+        )
+        self.stranger_to_replica, _ = connect_fake_peers(
+            self.stranger.service,
+            self.stranger.pubkey,
+            "stranger.onion",
+            self.replica.service,
+            self.replica.pubkey,
+            "replica.onion",
+        )
+        self.owner_to_replica = self.to_replica
+        self.data = sections(4, 5000)
+        self.revision = self.owner.content.commit(self.data)
+        self.successResultOf(
+            self.owner.service.push_revision(
+                self.to_replica, self.revision, list().append
+            )
+        )
+
+    def download(self, conn: Any, request: bbrpc_pb2.DownloadRequest) -> Any:
+        items: list[bbrpc_pb2.DownloadResponse] = []
+        d = conn.call_stream("download_request", request, items.append)
+        return d, items
+
+    def request(self, **kwargs: Any) -> bbrpc_pb2.DownloadRequest:
+        return bbrpc_pb2.DownloadRequest(content_id=self.revision.content_id, **kwargs)
+
+    def assertCode(self, d: Any, code: int) -> None:
+        failure = self.failureResultOf(d, PeerCallError)
+        self.assertEqual(failure.value.code, code)
+
+    def test_offered_peer_downloads_our_content(self) -> None:
+        d, items = self.download(self.replica_to_owner, self.request(sections=[2, 0]))
+        self.successResultOf(d)
+        self.assertEqual(
+            [(i.section, i.data) for i in items], [(2, self.data[2]), (0, self.data[0])]
+        )
+
+    def test_reference_sections_are_skipped_and_empty_list_means_all(self) -> None:
+        reference = [self.revision.revision.sections[1].sha256]
+        d, items = self.download(
+            self.replica_to_owner, self.request(reference_sections=reference)
+        )
+        self.successResultOf(d)
+        self.assertEqual([i.section for i in items], [0, 2, 3])
+
+    def test_stranger_cannot_download_our_content(self) -> None:
+        d, items = self.download(self.stranger_to_owner, self.request())
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_PERMISSION_DENIED)
+        self.assertEqual(items, [])
+
+    def test_owner_downloads_its_replica_back(self) -> None:
+        d, items = self.download(self.owner_to_replica, self.request(sections=[3]))
+        self.successResultOf(d)
+        self.assertEqual([i.data for i in items], [self.data[3]])
+
+    def test_stranger_cannot_download_someone_elses_replica(self) -> None:
+        d, items = self.download(self.stranger_to_replica, self.request())
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
+        self.assertEqual(items, [])
+
+    def test_unknown_content_id_is_not_found(self) -> None:
+        request = bbrpc_pb2.DownloadRequest(content_id=os.urandom(32))
+        d, _ = self.download(self.replica_to_owner, request)
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
+
+    def test_out_of_range_section_is_a_bad_request(self) -> None:
+        d, items = self.download(self.replica_to_owner, self.request(sections=[0, 4]))
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
+        self.assertEqual(items, [])
+
+    def test_section_gone_from_owner_is_not_found(self) -> None:
+        self.owner.content.forget_section(self.revision.revision.sections[1].sha256)
+        d, _ = self.download(self.replica_to_owner, self.request(sections=[1]))
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
+
+
+class PeerExchangeTests(SynchronousTestCase):
+    def test_shares_only_allowed_peers_never_the_caller(self) -> None:
+        clock = task.Clock()
+        base = Path(self.mktemp())
+        a, b = Node(base / "a", clock), Node(base / "b", clock)
+        b.shareable = ["b-friend.onion", "a.onion"]
+        a_to_b, _ = connect_fake_peers(
+            a.service, a.pubkey, "a.onion", b.service, b.pubkey, "b.onion"
+        )
+        response = self.successResultOf(
+            a_to_b.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        )
+        self.assertEqual(list(response.onion_addresses), ["b-friend.onion"])
