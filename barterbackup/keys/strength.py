@@ -16,9 +16,9 @@ from zxcvbn import zxcvbn
 
 MIN_BITS = 80
 PASSPHRASE_WORDS = 7
-# zxcvbn is quadratic in length; past this the estimate is far above any floor
-# and only costs time, so longer passwords are judged on their prefix.
-_ESTIMATE_PREFIX = 128
+# zxcvbn refuses passwords over 72 characters; past that length the estimate
+# of the prefix is already far above any floor, so that is what is judged.
+_ESTIMATE_PREFIX = 72
 
 
 class WeakPassword(ValueError):
@@ -50,15 +50,20 @@ def check_password_strength(password: str) -> float:
 
 
 def generate_passphrase(words: int = PASSPHRASE_WORDS) -> str:
-    """A random passphrase from the EFF long wordlist (12.9 bits a word).
+    """A random passphrase from the EFF long wordlist (7772 words: 12.9 bits each).
 
     xkcdpass draws with random.SystemRandom, i.e. from the OS's CSPRNG.
     """
-    wordlist = xkcd_password.generate_wordlist(
-        wordfile=xkcd_password.locate_wordfile("eff-long"),
-        min_length=3,
-        max_length=9,
-    )
+    wordlist = [
+        word
+        for word in xkcd_password.generate_wordlist(
+            wordfile=xkcd_password.locate_wordfile("eff-long"),
+            min_length=3,
+            max_length=9,
+        )
+        # "t-shirt" and friends would blur the word boundaries.
+        if word.isalpha()
+    ]
     return str(
         xkcd_password.generate_xkcdpassword(wordlist, numwords=words, delimiter="-")
     )
