@@ -1,0 +1,703 @@
+"""The content engine: a file set → encrypted, sectioned, signed revisions.
+
+Layout under ``NODE/content/`` (see docs/storage-format.md)::
+
+    packs/<id>.pack, packs/<id>.idx   encrypted sections, by ciphertext hash
+    revisions/<number>.rev            SignedRevision bytes, 20-digit number
+    current                           the committed revision's number, ASCII
+
+A commit makes its packs durable, then its signed revision, then ``current``
+(the commit point), then the sealed Metadata; a crash at any instant leaves
+the last committed revision readable, and ``ContentStore.open`` removes what
+a crash left behind. Writing is a two-thread pipeline: the caller's thread
+cuts and hashes plaintext, a worker encrypts, hashes and appends ciphertext
+(hashlib and cryptography release the GIL on large buffers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyfastcdc.cy import FastCDC
+
+from barterbackup._proto import storedpb_pb2
+from barterbackup.content.crash import crash_point
+from barterbackup.content.names import InvalidFileName, validate_name
+from barterbackup.content.packs import (
+    PACK_TARGET_BYTES,
+    PackStore,
+    PackWriter,
+    SectionCorrupt,
+    SectionMissing,
+)
+from barterbackup.content.sections import (
+    NORMALIZED_CHUNKING,
+    SECTION_AVERAGE_BYTES,
+    SECTION_MAX_BYTES,
+    SECTION_MIN_BYTES,
+    content_sha256,
+    section_cipher,
+    section_key,
+)
+from barterbackup.content.signing import (
+    REVISION_FORMAT,
+    InvalidRevision,
+    VerifiedRevision,
+    sign_revision,
+    verify_revision,
+)
+from barterbackup.keys.derive import NodeKeys
+from barterbackup.store.atomic import (
+    atomic_delete,
+    atomic_write,
+    make_private_directory,
+    remove_leftovers,
+)
+from barterbackup.store.metadata import MetadataStore
+from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
+
+__all__ = [
+    "CommitResult",
+    "ContentStore",
+    "CorruptContent",
+    "FileNotInSet",
+    "FileWriter",
+    "InvalidFileName",
+    "SectionMissing",
+    "Update",
+    "UpdateInProgress",
+]
+
+MANIFEST_AD_LABEL = b"barterbackup v1 manifest\x00"
+METADATA_FILE_NAME = "metadata.sealed"
+# Plaintext is cut in batches of this size: memory stays flat for any file.
+BATCH_BYTES = 4 * 1024 * 1024
+# Batches in flight between the two pipeline threads.
+PIPELINE_DEPTH = 4
+# One record per section while an update is built: u64be plaintext length,
+# plaintext SHA-256, ciphertext SHA-256.
+_RECORD = struct.Struct(">Q32s32s")
+
+
+class CorruptContent(Exception):
+    """Stored content fails its checks; the message names what is bad."""
+
+
+class FileNotInSet(KeyError):
+    """No file of that name is in the file set."""
+
+    def __str__(self) -> str:
+        return f"no file named {self.args[0]!r} in the file set"
+
+
+class UpdateInProgress(Exception):
+    """Another update of the file set is open."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What one committed update did."""
+
+    revision: VerifiedRevision
+    files_written: int
+    files_removed: int
+    bytes_written: int
+    new_section_bytes: int
+    content_length: int
+
+
+@dataclass
+class _FileState:
+    name: str
+    mode: int
+    mtime: int
+    size: int = 0
+    records: bytearray = field(default_factory=bytearray)
+
+
+def manifest_associated_data(owner_pubkey: bytes, number: int) -> bytes:
+    """Binds a sealed manifest to its owner and revision number."""
+    return MANIFEST_AD_LABEL + owner_pubkey + struct.pack(">Q", number)
+
+
+class _EncryptionWorker:
+    """Pipeline stage 2: encrypt, hash ciphertext, dedupe, append to packs."""
+
+    def __init__(
+        self, content_key: bytes, packs: PackStore, packs_directory: Path
+    ) -> None:
+        self._content_key = content_key
+        self._packs = packs
+        self._packs_directory = packs_directory
+        self._queue: queue.Queue[
+            tuple[_FileState, bytearray, list[tuple[int, int, bytes]]] | None
+        ]
+        self._queue = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
+        self._out_view = memoryview(self._out)
+        self.error: BaseException | None = None
+        self.writers: list[PackWriter] = []
+        self.written: set[bytes] = set()
+        self.reused: set[bytes] = set()
+        self.new_section_bytes = 0
+        self._thread = threading.Thread(
+            target=self._run, name="content-encrypt", daemon=True
+        )
+        self._thread.start()
+
+    def submit(
+        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int, bytes]]
+    ) -> None:
+        self._queue.put((state, data, cuts))
+
+    def drain(self) -> None:
+        """Wait for every submitted batch; re-raise a worker failure."""
+        self._queue.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    self._encrypt(*item)
+            except BaseException as error:  # handed to the committing thread
+                self.error = error
+            finally:
+                self._queue.task_done()
+
+    def _current_writer(self) -> PackWriter:
+        if not self.writers or self.writers[-1].size >= PACK_TARGET_BYTES:
+            if self.writers:
+                self.writers[-1].finish()
+            self.writers.append(PackWriter(self._packs_directory))
+        return self.writers[-1]
+
+    def _encrypt(
+        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int, bytes]]
+    ) -> None:
+        source = memoryview(data)
+        out = self._out_view
+        position = 0
+        fresh: list[tuple[bytes, int]] = []
+        for offset, length, plain_sha256 in cuts:
+            encryptor = section_cipher(
+                section_key(self._content_key, plain_sha256)
+            ).encryptor()
+            encryptor.update_into(source[offset : offset + length], out[position:])
+            encryptor.finalize()
+            sha256 = hashlib.sha256(out[position : position + length]).digest()
+            state.records += _RECORD.pack(length, plain_sha256, sha256)
+            if sha256 in self.written or self._packs.has(sha256):
+                self.reused.add(sha256)
+                continue
+            self.written.add(sha256)
+            fresh.append((sha256, length))
+            position += length
+        if fresh:
+            self._current_writer().append(out[:position], fresh)
+            self.new_section_bytes += position
+
+
+class FileWriter:
+    """Streams one file's bytes into an update (``write`` then ``close``)."""
+
+    def __init__(self, update: Update, state: _FileState) -> None:
+        self._update = update
+        self._state = state
+        self._chunker = FastCDC(
+            SECTION_AVERAGE_BYTES,
+            min_size=SECTION_MIN_BYTES,
+            max_size=SECTION_MAX_BYTES,
+            normalized_chunking=NORMALIZED_CHUNKING,
+        )
+        self._buffer = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            raise ValueError(f"file {self._state.name!r} is already closed")
+        view = memoryview(data).cast("B")
+        self._state.size += len(view)
+        start = 0
+        while start < len(view):
+            # Fill the buffer up to one batch, so a batch never exceeds it.
+            room = BATCH_BYTES - len(self._buffer)
+            self._buffer += view[start : start + room]
+            start += room
+            if len(self._buffer) >= BATCH_BYTES:
+                self._cut(final=False)
+
+    def _cut(self, final: bool) -> None:
+        """Cut the buffer; keep an unfinished last section unless ``final``.
+
+        FastCDC's cut after a section start depends only on the bytes from
+        that start, so cutting batch by batch gives the same sections as
+        cutting the whole file at once.
+        """
+        data = self._buffer
+        cuts: list[tuple[int, int, bytes]] = []
+        tail = len(data)
+        for chunk in self._chunker.cut_buf(data):
+            if not final and chunk.offset + chunk.length == len(data):
+                tail = chunk.offset
+                break
+            cuts.append(
+                (chunk.offset, chunk.length, hashlib.sha256(chunk.data).digest())
+            )
+        self._buffer = bytearray(memoryview(data)[tail:])
+        if cuts:
+            self._update._worker.submit(self._state, data, cuts)
+
+    def close(self) -> None:
+        """Finish the file; it becomes part of the update."""
+        if self.closed:
+            return
+        self._cut(final=True)
+        self.closed = True
+        self._update._file_closed(self)
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Update:
+    """One batch of changes to the file set; ``commit`` or ``abort`` it."""
+
+    def __init__(self, store: ContentStore) -> None:
+        self._store = store
+        self._worker = _EncryptionWorker(
+            store._keys.content_key, store._packs, store._packs_dir
+        )
+        self._lock = threading.Lock()
+        self._open_writers: set[FileWriter] = set()
+        self._added: dict[str, _FileState] = {}
+        self._removed: set[str] = set()
+        self.finished = False
+
+    def add_file(self, name: str, mode: int = 0o644, mtime: int = 0) -> FileWriter:
+        """Start (re)writing ``name``; replaces an existing file at commit."""
+        self._check_open()
+        validate_name(name)
+        writer = FileWriter(
+            self, _FileState(name=name, mode=mode & 0o7777, mtime=mtime)
+        )
+        with self._lock:
+            self._open_writers.add(writer)
+        return writer
+
+    def _file_closed(self, writer: FileWriter) -> None:
+        with self._lock:
+            self._open_writers.discard(writer)
+            self._added[writer._state.name] = writer._state
+            self._removed.discard(writer._state.name)
+
+    def remove_file(self, name: str) -> None:
+        """Drop ``name`` from the file set; FileNotInSet if it is not there."""
+        self._check_open()
+        with self._lock:
+            if name in self._added:
+                del self._added[name]
+                if not self._store._has_committed_file(name):
+                    return
+            elif not self._store._has_committed_file(name) or name in self._removed:
+                raise FileNotInSet(name)
+            self._removed.add(name)
+
+    def _check_open(self) -> None:
+        if self.finished:
+            raise ValueError("this update is already committed or aborted")
+
+    def commit(self) -> CommitResult:
+        """Make the update durable as a new revision (see the module doc)."""
+        self._check_open()
+        if self._open_writers:
+            names = sorted(w._state.name for w in self._open_writers)
+            raise ValueError(f"files still being written: {names}")
+        try:
+            self._worker.drain()
+            return self._store._commit(self)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.finished = True
+            self._worker.stop()
+
+    def abort(self) -> None:
+        """Drop everything this update wrote (no revision references it)."""
+        if self.finished and self._store._update is not self:
+            return
+        self.finished = True
+        try:
+            self._worker.drain()
+        except BaseException:
+            pass  # aborting anyway
+        self._worker.stop()
+        for writer in self._worker.writers:
+            writer.discard()
+        self._store._update_ended(self)
+
+    @property
+    def pinned(self) -> set[bytes]:
+        """Stored sections this update reuses (gc keeps them)."""
+        return set(self._worker.reused)
+
+
+class ContentStore:
+    """The node's own content: its file set and its committed revisions."""
+
+    def __init__(self, node_dir: Path, keys: NodeKeys) -> None:
+        self._keys = keys
+        self._dir = make_private_directory(Path(node_dir) / "content")
+        self._packs_dir = make_private_directory(self._dir / "packs")
+        self._revisions_dir = make_private_directory(self._dir / "revisions")
+        self._lock = threading.RLock()
+        self._update: Update | None = None
+        remove_leftovers(self._dir)
+        try:
+            self._packs = PackStore(self._packs_dir)
+        except SectionCorrupt as error:
+            raise CorruptContent(str(error)) from None
+        self.metadata = MetadataStore(
+            Path(node_dir) / METADATA_FILE_NAME, keys.metadata_key
+        )
+        self._current: VerifiedRevision | None = None
+        self._manifest: storedpb_pb2.Manifest | None = None
+        self._files: dict[str, int] = {}
+        self._load_current()
+
+    @classmethod
+    def open(cls, node_dir: Path, keys: NodeKeys) -> ContentStore:
+        """Open (creating if needed) the content store of ``node_dir``."""
+        return cls(node_dir, keys)
+
+    # -- revisions on disk ------------------------------------------------
+
+    def _revision_path(self, number: int) -> Path:
+        return self._revisions_dir / f"{number:020d}.rev"
+
+    def _load_revision(
+        self, number: int
+    ) -> tuple[VerifiedRevision, storedpb_pb2.Manifest]:
+        path = self._revision_path(number)
+        try:
+            verified = verify_revision(path.read_bytes(), self._keys.onion_pubkey)
+        except FileNotFoundError:
+            raise CorruptContent(f"revision file {path} is missing") from None
+        except InvalidRevision as error:
+            raise CorruptContent(f"revision file {path}: {error}") from None
+        if verified.number != number:
+            raise CorruptContent(
+                f"revision file {path} holds revision {verified.number}"
+            )
+        try:
+            manifest = self.open_revision(verified)
+        except (SealedRecordError, InvalidRevision) as error:
+            raise CorruptContent(f"revision file {path}: {error}") from None
+        return verified, manifest
+
+    def _load_current(self) -> None:
+        pointer = self._dir / "current"
+        if not pointer.exists():
+            number = 0
+        else:
+            text = pointer.read_bytes()
+            if not text.isdigit() or len(text) > 20:
+                raise CorruptContent(f"revision pointer {pointer} is not a number")
+            number = int(text)
+            self._current, self._manifest = self._load_revision(number)
+            self._files = {
+                entry.name: i for i, entry in enumerate(self._manifest.files)
+            }
+        # Revisions above the pointer were written by a commit that crashed
+        # before its commit point.
+        for path in self._revisions_dir.glob("*.rev"):
+            stem = path.stem
+            if stem.isdigit() and int(stem) > number:
+                atomic_delete(path)
+        recorded = self.metadata.get().revision
+        if recorded > number and self._current is not None:
+            raise CorruptContent(
+                f"revision pointer {pointer} names revision {number} but metadata "
+                f"records revision {recorded}"
+            )
+        if self._current is not None and recorded < number:
+            # The crash came between the commit point and the metadata write.
+            self._record_in_metadata(self._current)
+
+    def _record_in_metadata(self, verified: VerifiedRevision) -> None:
+        revision = verified.revision
+
+        def record(metadata: storedpb_pb2.Metadata) -> None:
+            metadata.revision = revision.number
+            metadata.content_id = verified.content_id
+            metadata.content_length = revision.content_length
+            metadata.content_sha256 = revision.content_sha256
+
+        self.metadata.update(record)
+
+    def open_revision(self, verified: VerifiedRevision) -> storedpb_pb2.Manifest:
+        """Decrypt and check the manifest of one of our own revisions."""
+        revision = verified.revision
+        plain = open_sealed(
+            self._keys.manifest_key,
+            revision.sealed_manifest,
+            manifest_associated_data(revision.owner_pubkey, revision.number),
+            f"manifest of revision {revision.number}",
+        )
+        manifest = storedpb_pb2.Manifest.FromString(plain)
+        if len(manifest.section_plaintext_sha256) != len(revision.sections):
+            raise InvalidRevision("manifest and section table disagree")
+        expected_first = 0
+        for entry in manifest.files:
+            if entry.first_section != expected_first:
+                raise InvalidRevision(f"manifest entry {entry.name!r} is out of order")
+            expected_first += entry.section_count
+        if expected_first != len(revision.sections):
+            raise InvalidRevision("manifest files do not cover the section table")
+        if content_sha256((s.length, s.sha256) for s in revision.sections) != (
+            revision.content_sha256
+        ):
+            raise InvalidRevision("content_sha256 does not match the section table")
+        return manifest
+
+    # -- reading ----------------------------------------------------------
+
+    @property
+    def current(self) -> VerifiedRevision | None:
+        return self._current
+
+    @property
+    def manifest(self) -> storedpb_pb2.Manifest | None:
+        return self._manifest
+
+    @property
+    def bytes_read(self) -> int:
+        """Section bytes read from packs so far (for tests and benchmarks)."""
+        return self._packs.bytes_read
+
+    def list_files(self) -> list[str]:
+        return sorted(self._files)
+
+    def _has_committed_file(self, name: str) -> bool:
+        return name in self._files
+
+    def file_entry(self, name: str) -> storedpb_pb2.FileEntry:
+        with self._lock:
+            if self._manifest is None or name not in self._files:
+                raise FileNotInSet(name)
+            entry = storedpb_pb2.FileEntry()
+            entry.CopyFrom(self._manifest.files[self._files[name]])
+            return entry
+
+    def read_file(self, name: str) -> Iterator[bytes]:
+        """The file's plaintext, one verified section at a time."""
+        with self._lock:
+            if (
+                self._current is None
+                or self._manifest is None
+                or name not in self._files
+            ):
+                raise FileNotInSet(name)
+            revision, manifest = self._current.revision, self._manifest
+            entry = manifest.files[self._files[name]]
+        return self._read_sections(name, revision, manifest, entry)
+
+    def _read_sections(
+        self,
+        name: str,
+        revision: storedpb_pb2.ContentRevision,
+        manifest: storedpb_pb2.Manifest,
+        entry: storedpb_pb2.FileEntry,
+    ) -> Iterator[bytes]:
+        total = 0
+        for index in range(
+            entry.first_section, entry.first_section + entry.section_count
+        ):
+            ref = revision.sections[index]
+            plain_sha256 = manifest.section_plaintext_sha256[index]
+            try:
+                ciphertext = self._packs.read(ref.sha256)
+            except (SectionCorrupt, SectionMissing, OSError) as error:
+                raise CorruptContent(
+                    f"file {name!r}: section {index}: {error}"
+                ) from None
+            if len(ciphertext) != ref.length:
+                raise CorruptContent(
+                    f"file {name!r}: section {index} has the wrong length"
+                )
+            decryptor = section_cipher(
+                section_key(self._keys.content_key, plain_sha256)
+            )
+            plain = decryptor.decryptor().update(ciphertext)
+            if hashlib.sha256(plain).digest() != plain_sha256:
+                raise CorruptContent(
+                    f"file {name!r}: section {index} decrypts to wrong bytes"
+                )
+            total += len(plain)
+            yield plain
+        if total != entry.size:
+            raise CorruptContent(f"file {name!r}: sections do not add up to its size")
+
+    def read_section(self, sha256: bytes) -> bytes:
+        """A stored ciphertext section, verified against its hash."""
+        try:
+            return self._packs.read(sha256)
+        except SectionCorrupt as error:
+            raise CorruptContent(str(error)) from None
+
+    def has_section(self, sha256: bytes) -> bool:
+        return self._packs.has(sha256)
+
+    # -- updating ---------------------------------------------------------
+
+    def begin_update(self) -> Update:
+        """Open an update; UpdateInProgress if one is already open."""
+        with self._lock:
+            if self._update is not None:
+                raise UpdateInProgress("an update of the file set is already open")
+            self._update = Update(self)
+            return self._update
+
+    def _update_ended(self, update: Update) -> None:
+        with self._lock:
+            if self._update is update:
+                self._update = None
+
+    def _commit(self, update: Update) -> CommitResult:
+        with self._lock:
+            for writer in update._worker.writers:
+                writer.finish()
+            crash_point(1)
+            for writer in update._worker.writers:
+                self._packs.install(writer, crash_point)
+            update._worker.writers.clear()
+            verified, manifest = self._build_revision(update)
+            atomic_write(self._revision_path(verified.number), verified.signed)
+            crash_point(4)
+            atomic_write(self._dir / "current", str(verified.number).encode("ascii"))
+            crash_point(5)
+            self._current, self._manifest = verified, manifest
+            self._files = {entry.name: i for i, entry in enumerate(manifest.files)}
+            self._update = None
+            self._record_in_metadata(verified)
+            crash_point(6)
+            self._drop_old_revisions()
+            return CommitResult(
+                revision=verified,
+                files_written=len(update._added),
+                files_removed=len(update._removed),
+                bytes_written=sum(state.size for state in update._added.values()),
+                new_section_bytes=update._worker.new_section_bytes,
+                content_length=verified.revision.content_length,
+            )
+
+    def _build_revision(
+        self, update: Update
+    ) -> tuple[VerifiedRevision, storedpb_pb2.Manifest]:
+        old_revision = self._current.revision if self._current else None
+        old_manifest = self._manifest
+        files: dict[str, _FileState | storedpb_pb2.FileEntry] = {}
+        if old_manifest is not None:
+            for entry in old_manifest.files:
+                if entry.name not in update._removed:
+                    files[entry.name] = entry
+        files.update(update._added)
+        number = max(
+            self.metadata.get().revision, old_revision.number if old_revision else 0
+        )
+        revision = storedpb_pb2.ContentRevision(
+            format=REVISION_FORMAT,
+            owner_pubkey=self._keys.onion_pubkey,
+            number=number + 1,
+        )
+        manifest = storedpb_pb2.Manifest()
+        plain_hashes = manifest.section_plaintext_sha256
+        sections = revision.sections
+        content_length = 0
+        for name in sorted(files):
+            item = files[name]
+            entry = manifest.files.add(name=name, first_section=len(sections))
+            if isinstance(item, _FileState):
+                entry.size, entry.mode, entry.mtime = item.size, item.mode, item.mtime
+                for length, plain_sha256, sha256 in _RECORD.iter_unpack(item.records):
+                    sections.add(length=length, sha256=sha256)
+                    plain_hashes.append(plain_sha256)
+                    content_length += length
+            else:
+                assert old_revision is not None and old_manifest is not None
+                entry.size, entry.mode, entry.mtime = item.size, item.mode, item.mtime
+                first, count = item.first_section, item.section_count
+                for index in range(first, first + count):
+                    ref = old_revision.sections[index]
+                    sections.add(length=ref.length, sha256=ref.sha256)
+                    plain_hashes.append(old_manifest.section_plaintext_sha256[index])
+                    content_length += ref.length
+            entry.section_count = len(sections) - entry.first_section
+        revision.content_length = content_length
+        revision.content_sha256 = content_sha256((s.length, s.sha256) for s in sections)
+        revision.sealed_manifest = seal(
+            self._keys.manifest_key,
+            manifest.SerializeToString(deterministic=True),
+            manifest_associated_data(revision.owner_pubkey, revision.number),
+        )
+        return sign_revision(revision, self._keys.signing_key), manifest
+
+    def _kept_revision_numbers(self) -> list[int]:
+        if self._current is None:
+            return []
+        number = self._current.number
+        return [number, number - 1] if number > 1 else [number]
+
+    def _drop_old_revisions(self) -> None:
+        kept = set(self._kept_revision_numbers())
+        for path in self._revisions_dir.glob("*.rev"):
+            if path.stem.isdigit() and int(path.stem) not in kept:
+                atomic_delete(path)
+
+    # -- garbage collection -----------------------------------------------
+
+    def gc(self, extra_keep: set[bytes] | frozenset[bytes] = frozenset()) -> int:
+        """Drop sections no kept revision, open update or ``extra_keep`` needs.
+
+        Kept revisions are the current one and the one before it. Returns
+        the bytes freed on disk.
+        """
+        with self._lock:
+            live: set[bytes] = set(extra_keep)
+            for number in self._kept_revision_numbers():
+                if self._current is not None and number == self._current.number:
+                    revision = self._current.revision
+                else:
+                    path = self._revision_path(number)
+                    if not path.exists():
+                        continue
+                    revision = self._load_revision(number)[0].revision
+                live.update(ref.sha256 for ref in revision.sections)
+            if self._update is not None:
+                live |= self._update.pinned
+            return self._packs.gc(live)
+
+    def close(self) -> None:
+        """Abort an open update and release file descriptors."""
+        with self._lock:
+            if self._update is not None:
+                self._update.abort()
+            self._packs.close()

@@ -1,0 +1,83 @@
+"""The node's Metadata record, AEAD-sealed on disk.
+
+One file holds one sealed ``storedpb.Metadata``. Every change goes through
+``MetadataStore.update``, which applies a function to a copy under a lock,
+seals the result and replaces the file atomically, so concurrent callers
+(gRPC worker threads) never lose each other's changes and a crash leaves the
+old or the new record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from barterbackup._proto import storedpb_pb2
+from barterbackup.store.atomic import atomic_write
+from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
+
+# Associated data: a sealed Metadata cannot be passed off as another record.
+METADATA_AD = b"barterbackup v1 metadata\x00"
+
+
+class MetadataError(SealedRecordError):
+    """The metadata file is tampered, truncated, foreign or not a record."""
+
+
+class MetadataStore:
+    """Sealed Metadata at ``path`` under the 32-byte ``key``."""
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path = Path(path)
+        self._key = key
+        self._lock = threading.Lock()
+        self._cached: storedpb_pb2.Metadata | None = None
+
+    def _load(self) -> storedpb_pb2.Metadata:
+        if self._cached is None:
+            try:
+                sealed = self.path.read_bytes()
+            except FileNotFoundError:
+                self._cached = storedpb_pb2.Metadata()
+                return self._cached
+            try:
+                plain = open_sealed(
+                    self._key, sealed, METADATA_AD, f"metadata file {self.path}"
+                )
+            except SealedRecordError as error:
+                raise MetadataError(str(error)) from None
+            try:
+                self._cached = storedpb_pb2.Metadata.FromString(plain)
+            except DecodeError:
+                raise MetadataError(
+                    f"metadata file {self.path} is not a valid record"
+                ) from None
+        return self._cached
+
+    def get(self) -> storedpb_pb2.Metadata:
+        """A copy of the current Metadata (empty if none was written yet)."""
+        with self._lock:
+            copy = storedpb_pb2.Metadata()
+            copy.CopyFrom(self._load())
+            return copy
+
+    def update(
+        self, change: Callable[[storedpb_pb2.Metadata], None]
+    ) -> storedpb_pb2.Metadata:
+        """Apply ``change`` to a copy, persist it, and return a copy of it.
+
+        If ``change`` raises, nothing is written and the record is unchanged.
+        """
+        with self._lock:
+            updated = storedpb_pb2.Metadata()
+            updated.CopyFrom(self._load())
+            change(updated)
+            plain = updated.SerializeToString(deterministic=True)
+            atomic_write(self.path, seal(self._key, plain, METADATA_AD))
+            self._cached = updated
+            result = storedpb_pb2.Metadata()
+            result.CopyFrom(updated)
+            return result
