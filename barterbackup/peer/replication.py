@@ -59,17 +59,22 @@ def run_inline(work: Callable[[], T]) -> defer.Deferred[T]:
 class PeerConnectionLike(Protocol):
     """What replication needs of an authenticated peer connection."""
 
-    @property
-    def peer_pubkey(self) -> bytes: ...
-
-    @property
-    def peer_onion_address(self) -> str: ...
+    # Both are set once the handshake proved the peer (None before).
+    peer_pubkey: bytes | None
+    peer_onion_address: str | None
 
     def call(self, request_field: str, message: Any) -> defer.Deferred[Any]: ...
 
     def call_stream(
         self, request_field: str, message: Any, on_item: Callable[[Any], Any]
     ) -> defer.Deferred[None]: ...
+
+
+def authenticated_peer(conn: PeerConnectionLike) -> bytes:
+    """The proven peer key of ``conn``; calls are only served after that."""
+    if conn.peer_pubkey is None:
+        raise RuntimeError("peer connection is not authenticated yet")
+    return conn.peer_pubkey
 
 
 class FetchFailed(Exception):
@@ -119,7 +124,7 @@ def push_revision(
     ``offers``, the peer is first allowed to Download the revision.
     """
     if offers is not None:
-        offers.offer(conn.peer_pubkey, revision)
+        offers.offer(authenticated_peer(conn), revision)
     last: list[bbrpc_pb2.SetContentRevisionResponse] = []
 
     def on_item(response: bbrpc_pb2.SetContentRevisionResponse) -> None:

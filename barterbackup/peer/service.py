@@ -31,6 +31,7 @@ from barterbackup.peer.replication import (
     PeerConnectionLike,
     ReactorTime,
     RevisionFetcher,
+    authenticated_peer,
     push_revision,
     run_inline,
     selected_sections,
@@ -114,7 +115,7 @@ class NodePeerService:
     def get_content_revision(
         self, conn: PeerConnectionLike, request: bbrpc_pb2.GetContentRevisionRequest
     ) -> defer.Deferred[bbrpc_pb2.GetContentRevisionResponse]:
-        owner = conn.peer_pubkey
+        owner = authenticated_peer(conn)
         response = bbrpc_pb2.GetContentRevisionResponse(
             granted_bytes=self._replicas.granted_bytes(owner)
         )
@@ -155,7 +156,7 @@ class NodePeerService:
         request: bbrpc_pb2.SetContentRevisionRequest,
         send: Send,
     ) -> None:
-        owner = conn.peer_pubkey
+        owner = authenticated_peer(conn)
         if owner in self._syncing:
             raise PeerCallError(
                 bbrpc_pb2.ERROR_CODE_BUSY, "a sync of your content is already running"
@@ -205,7 +206,7 @@ class NodePeerService:
         send: Send,
     ) -> None:
         content_id = bytes(request.content_id)
-        caller = conn.peer_pubkey
+        caller = authenticated_peer(conn)
         own = self.offers.lookup(caller, content_id)
         if own is not None:
             content = self._content

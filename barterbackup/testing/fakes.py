@@ -122,8 +122,8 @@ class FakePeerConnection:
         self, local_pubkey: bytes, peer_pubkey: bytes, peer_onion_address: str
     ) -> None:
         self.local_pubkey = local_pubkey
-        self.peer_pubkey = peer_pubkey
-        self.peer_onion_address = peer_onion_address
+        self.peer_pubkey: bytes | None = peer_pubkey
+        self.peer_onion_address: str | None = peer_onion_address
         self.remote_handler: Any = None
         self.remote_view: FakePeerConnection | None = None
         self.counter = WireCounter()

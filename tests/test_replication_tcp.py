@@ -1,0 +1,103 @@
+"""Revision sync over the real bbrpc connection on 127.0.0.1 TCP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.trial.unittest import TestCase
+
+from barterbackup._proto import bbrpc_pb2, storedpb_pb2
+from barterbackup.peer.connection import PeerConnection
+from barterbackup.peer.errors import PeerCallError
+from barterbackup.peer.factory import PeerServerFactory, connect_peer
+from barterbackup.peer.service import NodePeerService
+from barterbackup.peer.testing import keys_for_test
+from barterbackup.store.replicas import ReplicaStore
+from barterbackup.testing.fakes import FakeContentStore
+
+
+class TcpNode:
+    def __init__(self, index: int, root: Path) -> None:
+        self.keys = keys_for_test(index)
+        self.content = FakeContentStore(self.keys.signing_key)
+        self.config = storedpb_pb2.StorageConfig(total_bytes=100_000_000)
+        self.replicas = ReplicaStore.open(root, lambda: self.config)
+        self.service = NodePeerService(
+            reactor=reactor,
+            content=self.content,
+            replicas=self.replicas,
+            shareable_peers=list,
+        )
+
+
+class TcpSyncTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        base = Path(self.mktemp())
+        self.owner = TcpNode(1, base / "owner")
+        self.replica = TcpNode(2, base / "replica")
+        self.accepted: list[PeerConnection] = []
+        factory = PeerServerFactory(
+            reactor,
+            self.replica.keys,
+            self.replica.service,
+            on_authenticated=self.accepted.append,
+        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory
+        )
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        self.conn = yield connect_peer(
+            reactor,
+            endpoint,
+            self.owner.keys,
+            self.replica.keys.onion_address,
+            self.owner.service,
+        )
+        self.addCleanup(self.close)
+
+    def close(self) -> Any:
+        closed = [self.conn.when_closed()] + [c.when_closed() for c in self.accepted]
+        self.conn.close()
+        return defer.gatherResults(closed)
+
+    @defer.inlineCallbacks
+    def test_full_then_delta_sync(self) -> Any:
+        data = [os.urandom(200_000) for _ in range(20)] + [os.urandom(3_000_000)]
+        first = self.owner.content.commit(data)
+        progress: list[bbrpc_pb2.SetContentRevisionResponse] = []
+        push = self.owner.service.push_revision
+        final = yield push(self.conn, first, progress.append)
+        self.assertTrue(final.complete)
+        self.assertEqual(final.bytes_fetched, 7_000_000)
+        self.assertGreater(len(progress), 2)
+
+        changed = list(data)
+        changed[5] = os.urandom(200_000)
+        second = self.owner.content.commit(changed)
+        final = yield push(self.conn, second, progress.append)
+        self.assertEqual((final.revision, final.bytes_fetched), (2, 200_000))
+        held = self.replica.replicas.held(self.owner.keys.onion_pubkey)
+        assert held is not None
+        self.assertEqual((held.number, held.complete), (2, True))
+
+        # The owner gets its content back from the replica (recovery path).
+        pieces: list[bbrpc_pb2.DownloadResponse] = []
+        request = bbrpc_pb2.DownloadRequest(content_id=second.content_id, sections=[5])
+        yield self.conn.call_stream("download_request", request, pieces.append)
+        self.assertEqual(b"".join(p.data for p in pieces), changed[5])
+
+    @defer.inlineCallbacks
+    def test_quota_error_crosses_the_wire(self) -> Any:
+        self.replica.config.total_bytes = 1000
+        revision = self.owner.content.commit([os.urandom(5000)])
+        with self.assertRaises(PeerCallError) as caught:
+            yield self.owner.service.push_revision(self.conn, revision, list().append)
+        self.assertEqual(caught.exception.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED)
