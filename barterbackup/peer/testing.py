@@ -46,6 +46,9 @@ class FlowControlledTransport(StringTransport):
             self._producer_paused = True
             self.producer.pauseProducing()
 
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
     def take(self) -> bytes:
         """Everything written so far; resumes a paused producer (drained)."""
         data = self.value()

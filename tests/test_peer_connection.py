@@ -1,0 +1,392 @@
+"""bbrpc connections after the handshake: dispatch, errors, limits, flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.peer.connection import PeerConnection, PeerLimits
+from barterbackup.peer.errors import CallCancelled, PeerCallError, PeerConnectionLost
+from barterbackup.peer.factory import PeerServerFactory, connect_peer
+from barterbackup.peer.framing import encode_frame
+from barterbackup.peer.handler import UnimplementedHandler
+from barterbackup.peer.handshake import HandshakeFailed
+from barterbackup.peer.testing import connected_pair, keys_for_test
+
+ALICE = keys_for_test(1)
+BOB = keys_for_test(2)
+MALLORY = keys_for_test(3)
+MIB = 1024 * 1024
+
+
+class FakeHandler(UnimplementedHandler):
+    """Serves PeerExchange and Download from test-controlled data."""
+
+    def __init__(self, items: int = 3, item_size: int = 10) -> None:
+        self.items = items
+        self.item_size = item_size
+        self.exchange_result: Any = bbrpc_pb2.PeerExchangeResponse(
+            onion_addresses=[MALLORY.onion_address]
+        )
+        self.sent = 0
+        self.stream_outcome: Failure | None = None
+        self.pending: list[Deferred[Any]] = []
+        self.calls: list[str] = []
+
+    def peer_exchange(self, conn: Any, request: Any) -> Any:
+        self.calls.append("peer_exchange")
+        if isinstance(self.exchange_result, Exception):
+            raise self.exchange_result
+        if self.exchange_result == "hang":
+            d: Deferred[Any] = Deferred()
+            self.pending.append(d)
+            return d
+        return self.exchange_result
+
+    @inlineCallbacks
+    def download(self, conn: Any, request: Any, send: Any) -> Any:
+        self.calls.append("download")
+        try:
+            for index in range(self.items):
+                self.sent += 1
+                yield send(
+                    bbrpc_pb2.DownloadResponse(
+                        section=index, data=b"x" * self.item_size
+                    )
+                )
+        except Exception:
+            self.stream_outcome = Failure()
+            raise
+
+
+def setup(
+    test: SynchronousTestCase, **kw: Any
+) -> tuple[PeerConnection, PeerConnection, Any, Any]:
+    clock = Clock()
+    server_handler = kw.pop("server_handler", FakeHandler())
+    client, server, pipe = connected_pair(
+        clock, ALICE, BOB, kw.pop("client_handler", FakeHandler()), server_handler, **kw
+    )
+    test.assertTrue(client.authenticated and server.authenticated)
+    return client, server, pipe, clock
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_unary_call(self) -> None:
+        client, server, pipe, _ = setup(self)
+        d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(list(response.onion_addresses), [MALLORY.onion_address])
+
+    def test_server_may_call_client(self) -> None:
+        client, server, pipe, _ = setup(self)
+        d = server.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        self.assertEqual(len(self.successResultOf(d).onion_addresses), 1)
+        self.assertEqual(client.handler.calls, ["peer_exchange"])  # type: ignore[attr-defined]
+
+    def test_stream(self) -> None:
+        client, server, pipe, _ = setup(self, server_handler=FakeHandler(items=5))
+        got: list[int] = []
+        d = client.call_stream(
+            "download_request",
+            bbrpc_pb2.DownloadRequest(),
+            lambda m: got.append(m.section),
+        )
+        pipe.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(got, [0, 1, 2, 3, 4])
+        self.assertEqual(server._inbound, {})
+
+    def test_peer_call_error(self) -> None:
+        handler = FakeHandler()
+        handler.exchange_result = PeerCallError(
+            bbrpc_pb2.ERROR_CODE_NOT_FOUND, "none here"
+        )
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        error = self.failureResultOf(d, PeerCallError).value
+        self.assertEqual(
+            (error.code, error.message), (bbrpc_pb2.ERROR_CODE_NOT_FOUND, "none here")
+        )
+
+    def test_handler_exception_is_internal_and_hides_details(self) -> None:
+        handler = FakeHandler()
+        handler.exchange_result = RuntimeError("/secret/path exploded")
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        error = self.failureResultOf(d, PeerCallError).value
+        self.assertEqual(error.code, bbrpc_pb2.ERROR_CODE_INTERNAL)
+        self.assertNotIn("secret", error.message)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The connection survives for other calls.
+        handler.exchange_result = bbrpc_pb2.PeerExchangeResponse()
+        d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        self.successResultOf(d)
+
+    def test_unimplemented(self) -> None:
+        client, server, pipe, _ = setup(self)
+        d = client.call(
+            "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
+        )
+        e = client.call_stream(
+            "encrypted_download_request",
+            bbrpc_pb2.EncryptedDownloadRequest(),
+            lambda m: None,
+        )
+        pipe.pump()
+        for result in (d, e):
+            code = self.failureResultOf(result, PeerCallError).value.code
+            self.assertEqual(code, bbrpc_pb2.ERROR_CODE_UNIMPLEMENTED)
+
+    def test_empty_body_is_bad_request(self) -> None:
+        client, server, pipe, _ = setup(self)
+        replies: list[Any] = []
+        client._outbound[1] = _fake_outbound(1, replies)
+        client.transport.write(encode_frame(bbrpc_pb2.Envelope(call_id=1, end=True)))  # type: ignore[union-attr]
+        pipe.pump()
+        self.assertEqual(replies[0].value.code, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
+        self.assertTrue(server.authenticated)
+
+    def test_response_body_for_peer_call_drops(self) -> None:
+        client, server, pipe, _ = setup(self)
+        client.transport.write(  # type: ignore[union-attr]
+            encode_frame(
+                bbrpc_pb2.Envelope(
+                    call_id=1, peer_exchange_response=bbrpc_pb2.PeerExchangeResponse()
+                )
+            )
+        )
+        pipe.pump()
+        self.assertTrue(pipe.closed)
+        self.assertEqual(server.handler.calls, [])  # type: ignore[attr-defined]
+
+    def test_wrong_message_type_rejected_locally(self) -> None:
+        client, _, _, _ = setup(self)
+        with self.assertRaises(TypeError):
+            client.call("peer_exchange_request", bbrpc_pb2.DownloadRequest())
+        with self.assertRaises(ValueError):
+            client.call("download_request", bbrpc_pb2.DownloadRequest())
+        with self.assertRaises(ValueError):
+            client.call_stream("chat_request", bbrpc_pb2.ChatRequest(), lambda m: None)
+
+    def test_ping(self) -> None:
+        client, server, pipe, clock = setup(self)
+        d = client.ping()
+        clock.advance(0.25)
+        pipe.pump()
+        self.assertEqual(self.successResultOf(d), 0.25)
+        self.assertEqual(client.rtt, 0.25)
+
+    def test_connection_loss_fails_calls_and_cancels_handlers(self) -> None:
+        handler = FakeHandler()
+        handler.exchange_result = "hang"
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        closed = server.when_closed()
+        client.close()
+        pipe.pump()
+        self.failureResultOf(d, PeerConnectionLost)
+        self.assertIs(self.successResultOf(closed), server)
+        self.assertTrue(handler.pending[0].called)  # cancelled
+
+
+def _fake_outbound(call_id: int, replies: list[Any]) -> Any:
+    from barterbackup.peer.calls import CALLS
+    from barterbackup.peer.connection import _OutboundCall
+
+    d: Deferred[Any] = Deferred()
+    d.addBoth(replies.append)
+    return _OutboundCall(call_id, d, CALLS["peer_exchange_request"])
+
+
+class LimitTests(SynchronousTestCase):
+    def test_too_many_concurrent_calls_is_busy(self) -> None:
+        handler = FakeHandler()
+        handler.exchange_result = "hang"
+        client, server, pipe, _ = setup(
+            self, server_handler=handler, limits=PeerLimits(max_concurrent_calls=2)
+        )
+        calls = [
+            client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+            for _ in range(3)
+        ]
+        pipe.pump()
+        self.assertNoResult(calls[0])
+        self.assertNoResult(calls[1])
+        busy = self.failureResultOf(calls[2], PeerCallError).value
+        self.assertEqual(busy.code, bbrpc_pb2.ERROR_CODE_BUSY)
+        handler.pending[0].callback(bbrpc_pb2.PeerExchangeResponse())
+        pipe.pump()
+        self.successResultOf(calls[0])
+        # A slot is free again.
+        handler.exchange_result = bbrpc_pb2.PeerExchangeResponse()
+        again = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        pipe.pump()
+        self.successResultOf(again)
+
+    def test_oversized_frame_drops(self) -> None:
+        client, server, pipe, _ = setup(self, limits=PeerLimits(max_frame_length=1000))
+        d = server.when_closed()
+        client.transport.write((10_000).to_bytes(4, "big"))  # type: ignore[union-attr]
+        pipe.pump()
+        self.successResultOf(d)
+        self.assertEqual(server._decoder.buffered, 0)
+
+    def test_sending_oversized_frame_refused_locally(self) -> None:
+        client, _, pipe, _ = setup(self, limits=PeerLimits(max_frame_length=1000))
+        from barterbackup.peer.framing import FrameTooLarge
+
+        with self.assertRaises(FrameTooLarge):
+            client.call_stream(
+                "download_request",
+                bbrpc_pb2.DownloadRequest(reference_sections=[b"x" * 2000]),
+                lambda m: None,
+            )
+        self.assertEqual(client._outbound, {})
+
+    def test_idle_timeout_reset_by_frames(self) -> None:
+        client, server, pipe, clock = setup(self, limits=PeerLimits(idle_timeout=600))
+        closed = client.when_closed()
+        clock.advance(500)
+        client.ping()
+        pipe.pump()
+        clock.advance(500)
+        pipe.pump()
+        self.assertNoResult(closed)
+        clock.advance(100)
+        pipe.pump()
+        self.successResultOf(closed)
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_stream_waits_for_transport(self) -> None:
+        # 64 items of 1 MiB through a transport that takes 64 KiB before
+        # pushing back: at most about one item may be buffered at a time.
+        handler = FakeHandler(items=64, item_size=MIB)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        received = 0
+
+        def on_item(message: bbrpc_pb2.DownloadResponse) -> None:
+            nonlocal received
+            received += len(message.data)
+
+        d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
+        # Move only the request: the handler sends one item, then waits.
+        pipe._move(pipe.client_transport, pipe.server_transport, server)
+        self.assertEqual(handler.sent, 1)
+        pipe.pump()
+        self.successResultOf(d)
+        self.assertEqual(received, 64 * MIB)
+        self.assertLess(pipe.server_transport.most_buffered, 2 * MIB)
+
+    def test_slow_consumer_pauses_reading(self) -> None:
+        handler = FakeHandler(items=10, item_size=MIB)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        waiting: list[Deferred[None]] = []
+
+        def on_item(message: bbrpc_pb2.DownloadResponse) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            waiting.append(d)
+            return d
+
+        done = client.call_stream(
+            "download_request", bbrpc_pb2.DownloadRequest(), on_item
+        )
+        pipe.pump()
+        # The consumer holds item 0; the client stopped reading, so the
+        # server is stuck after at most a couple of items.
+        self.assertEqual(len(waiting), 1)
+        self.assertLessEqual(handler.sent, 3)
+        for _ in range(10):
+            waiting[-1].callback(None)
+            pipe.pump()
+        self.successResultOf(done)
+        self.assertEqual(len(waiting), 10)
+
+    def test_cancel_stops_the_handler(self) -> None:
+        handler = FakeHandler(items=1000, item_size=MIB)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        d = client.call_stream(
+            "download_request", bbrpc_pb2.DownloadRequest(), lambda m: None
+        )
+        pipe._move(pipe.client_transport, pipe.server_transport, server)
+        d.cancel()
+        pipe.pump()
+        self.failureResultOf(d)
+        self.assertIsNotNone(handler.stream_outcome)
+        self.assertTrue(handler.stream_outcome.check(CallCancelled))  # type: ignore[union-attr]
+        self.assertLess(handler.sent, 5)
+        self.assertEqual(server._inbound, {})
+        self.assertTrue(server.authenticated)
+
+    def test_on_item_failure_cancels(self) -> None:
+        handler = FakeHandler(items=1000, item_size=1000)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+
+        def on_item(message: Any) -> None:
+            raise ValueError("bad section")
+
+        d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
+        pipe.pump()
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(server._inbound, {})
+        self.assertLess(handler.sent, 1000)
+
+
+class TCPLoopbackTests(TestCase):
+    @inlineCallbacks
+    def test_connect_serve_and_reject_over_tcp(self) -> Any:
+        handler = FakeHandler(items=4, item_size=100_000)
+        seen: list[PeerConnection] = []
+        lost: list[PeerConnection] = []
+        factory = PeerServerFactory(
+            global_reactor,
+            BOB,
+            handler,
+            on_authenticated=seen.append,
+            on_connection_lost=lost.append,
+        )
+        port = yield TCP4ServerEndpoint(
+            global_reactor, 0, interface="127.0.0.1"
+        ).listen(factory)
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
+
+        conn = yield connect_peer(
+            global_reactor, endpoint, ALICE, BOB.onion_address, FakeHandler()
+        )
+        self.assertEqual(conn.peer_onion_address, BOB.onion_address)
+        got: list[int] = []
+        yield conn.call_stream(
+            "download_request",
+            bbrpc_pb2.DownloadRequest(),
+            lambda m: got.append(len(m.data)),
+        )
+        self.assertEqual(got, [100_000] * 4)
+        rtt = yield conn.ping()
+        self.assertGreaterEqual(rtt, 0)
+        self.assertEqual([c.peer_onion_address for c in seen], [ALICE.onion_address])
+        closed = seen[0].when_closed()
+        conn.close()
+        yield closed
+        self.assertEqual(lost, seen)
+
+        # Dialing the right port but expecting another node fails cleanly.
+        with self.assertRaises(HandshakeFailed):
+            yield connect_peer(
+                global_reactor, endpoint, ALICE, MALLORY.onion_address, FakeHandler()
+            )
+        self.assertEqual(len(seen), 1)
