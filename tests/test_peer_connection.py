@@ -80,7 +80,7 @@ def setup(
 
 class DispatchTests(SynchronousTestCase):
     def test_unary_call(self) -> None:
-        client, server, pipe, _ = setup(self)
+        client, _server, pipe, _ = setup(self)
         d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         pipe.pump()
         response = self.successResultOf(d)
@@ -111,7 +111,7 @@ class DispatchTests(SynchronousTestCase):
         handler.exchange_result = PeerCallError(
             bbrpc_pb2.ERROR_CODE_NOT_FOUND, "none here"
         )
-        client, server, pipe, _ = setup(self, server_handler=handler)
+        client, _server, pipe, _ = setup(self, server_handler=handler)
         d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         pipe.pump()
         error = self.failureResultOf(d, PeerCallError).value
@@ -122,7 +122,7 @@ class DispatchTests(SynchronousTestCase):
     def test_handler_exception_is_internal_and_hides_details(self) -> None:
         handler = FakeHandler()
         handler.exchange_result = RuntimeError("/secret/path exploded")
-        client, server, pipe, _ = setup(self, server_handler=handler)
+        client, _server, pipe, _ = setup(self, server_handler=handler)
         d = client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         pipe.pump()
         error = self.failureResultOf(d, PeerCallError).value
@@ -136,7 +136,7 @@ class DispatchTests(SynchronousTestCase):
         self.successResultOf(d)
 
     def test_unimplemented(self) -> None:
-        client, server, pipe, _ = setup(self)
+        client, _server, pipe, _ = setup(self)
         d = client.call(
             "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
         )
@@ -182,7 +182,7 @@ class DispatchTests(SynchronousTestCase):
             client.call_stream("chat_request", bbrpc_pb2.ChatRequest(), lambda m: None)
 
     def test_ping(self) -> None:
-        client, server, pipe, clock = setup(self)
+        client, _server, pipe, clock = setup(self)
         d = client.ping()
         clock.advance(0.25)
         pipe.pump()
@@ -216,7 +216,7 @@ class LimitTests(SynchronousTestCase):
     def test_too_many_concurrent_calls_is_busy(self) -> None:
         handler = FakeHandler()
         handler.exchange_result = "hang"
-        client, server, pipe, _ = setup(
+        client, _server, pipe, _ = setup(
             self, server_handler=handler, limits=PeerLimits(max_concurrent_calls=2)
         )
         calls = [
@@ -246,7 +246,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(server._decoder.buffered, 0)
 
     def test_sending_oversized_frame_refused_locally(self) -> None:
-        client, _, pipe, _ = setup(self, limits=PeerLimits(max_frame_length=1000))
+        client, _, _pipe, _ = setup(self, limits=PeerLimits(max_frame_length=1000))
         from barterbackup.peer.framing import FrameTooLarge
 
         with self.assertRaises(FrameTooLarge):
@@ -258,7 +258,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(client._outbound, {})
 
     def test_idle_timeout_reset_by_frames(self) -> None:
-        client, server, pipe, clock = setup(self, limits=PeerLimits(idle_timeout=600))
+        client, _server, pipe, clock = setup(self, limits=PeerLimits(idle_timeout=600))
         closed = client.when_closed()
         clock.advance(500)
         client.ping()
@@ -294,7 +294,7 @@ class FlowControlTests(SynchronousTestCase):
 
     def test_slow_consumer_pauses_reading(self) -> None:
         handler = FakeHandler(items=10, item_size=MIB)
-        client, server, pipe, _ = setup(self, server_handler=handler)
+        client, _server, pipe, _ = setup(self, server_handler=handler)
         waiting: list[Deferred[None]] = []
 
         def on_item(message: bbrpc_pb2.DownloadResponse) -> Deferred[None]:
