@@ -325,3 +325,18 @@ class ReplicaStoreTests(SynchronousTestCase):
             ),
             (10, 10),
         )
+
+    def test_torn_pending_section_is_dropped_on_reopen(self) -> None:
+        data = sections(3)
+        revision = make_revision(self.key, data, 1)
+        self.store.begin(self.owner, revision.signed)
+        self.store.store_section(self.owner, revision.content_id, 0, data[0])
+        self.store.store_section(self.owner, revision.content_id, 1, data[1])
+        # A crash before the flush: one section's bytes never reached disk.
+        ref = revision.revision.sections[1]
+        torn = self.root / self.owner.hex() / SECTIONS_DIR / ref.sha256.hex()
+        torn.write_bytes(bytes(1000))
+        reopened = ReplicaStore.open(self.root, self.budget)
+        self.assertEqual(reopened.used_bytes, 1000)
+        plan = reopened.begin(self.owner, revision.signed)
+        self.assertEqual([i for i, _ in plan.missing], [1, 2])

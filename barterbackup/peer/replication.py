@@ -40,7 +40,7 @@ BATCH_MAX_SECTIONS = 1024
 BATCH_MAX_BYTES = 64 * MIB
 # The missing-section list already excludes what we hold; the reference list
 # is only a hint to the server, capped so the request frame stays small.
-MAX_REFERENCE_HASHES = 4096
+MAX_REFERENCE_HASHES = 1024
 FETCH_ATTEMPTS = 2
 OFFERS_PER_PEER = 4
 
