@@ -201,8 +201,7 @@ class _EncryptionWorker:
             encryptor.finalize()
             sha256 = hashlib.sha256(out[position : position + length]).digest()
             state.records += _RECORD.pack(length, plain_sha256, sha256)
-            if sha256 in self.written or self._packs.has(sha256):
-                self.reused.add(sha256)
+            if sha256 in self.written or self._packs.claim(sha256, self.reused):
                 continue
             self.written.add(sha256)
             fresh.append((sha256, length))
@@ -353,11 +352,6 @@ class Update:
         for writer in self._worker.writers:
             writer.discard()
         self._store._update_ended(self)
-
-    @property
-    def pinned(self) -> set[bytes]:
-        """Stored sections this update reuses (gc keeps them)."""
-        return set(self._worker.reused)
 
 
 class ContentStore:
@@ -532,25 +526,21 @@ class ContentStore:
             entry.first_section, entry.first_section + entry.section_count
         ):
             ref = revision.sections[index]
+            position = index - entry.first_section
+            where = f"file {name!r}: section {position} of the file"
             plain_sha256 = manifest.section_plaintext_sha256[index]
             try:
                 ciphertext = self._packs.read(ref.sha256)
             except (SectionCorrupt, SectionMissing, OSError) as error:
-                raise CorruptContent(
-                    f"file {name!r}: section {index}: {error}"
-                ) from None
+                raise CorruptContent(f"{where}: {error}") from None
             if len(ciphertext) != ref.length:
-                raise CorruptContent(
-                    f"file {name!r}: section {index} has the wrong length"
-                )
+                raise CorruptContent(f"{where} has the wrong length")
             decryptor = section_cipher(
                 section_key(self._keys.content_key, plain_sha256)
             )
             plain = decryptor.decryptor().update(ciphertext)
             if hashlib.sha256(plain).digest() != plain_sha256:
-                raise CorruptContent(
-                    f"file {name!r}: section {index} decrypts to wrong bytes"
-                )
+                raise CorruptContent(f"{where} decrypts to wrong bytes")
             total += len(plain)
             yield plain
         if total != entry.size:
@@ -691,9 +681,8 @@ class ContentStore:
                         continue
                     revision = self._load_revision(number)[0].revision
                 live.update(ref.sha256 for ref in revision.sections)
-            if self._update is not None:
-                live |= self._update.pinned
-            return self._packs.gc(live)
+            pins = [self._update._worker.reused] if self._update is not None else []
+            return self._packs.gc(live, pins)
 
     def close(self) -> None:
         """Abort an open update and release file descriptors."""

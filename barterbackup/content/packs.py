@@ -122,6 +122,18 @@ class PackStore:
     def has(self, sha256: bytes) -> bool:
         return sha256 in self._index
 
+    def claim(self, sha256: bytes, pins: set[bytes]) -> bool:
+        """If stored, add ``sha256`` to ``pins`` (which gc keeps) atomically.
+
+        Check and pin happen under the lock gc holds, so a section found
+        here cannot be collected before the update that reuses it commits.
+        """
+        with self._lock:
+            if sha256 in self._index:
+                pins.add(sha256)
+                return True
+            return False
+
     def __len__(self) -> int:
         return len(self._index)
 
@@ -167,10 +179,11 @@ class PackStore:
             )
         return data
 
-    def gc(self, live: set[bytes]) -> int:
-        """Drop every section not in ``live``; return the bytes freed on disk."""
+    def gc(self, live: set[bytes], pins: Iterable[set[bytes]] = ()) -> int:
+        """Drop every section not in ``live`` or ``pins``; return bytes freed."""
         freed = 0
         with self._lock:
+            live = live.union(*pins)
             for number, pack_id in list(self._pack_ids.items()):
                 pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
                 index_path = self.directory / f"{pack_id}{INDEX_SUFFIX}"
