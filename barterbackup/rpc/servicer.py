@@ -130,7 +130,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             finally:
                 blockingCallFromThread(self._reactor, update.finish)
         return clirpc_pb2.SetFileResponse(
-            revision=result.revision,
+            revision=result.revision.number,
             files_written=counts[0],
             files_removed=counts[1],
             bytes_written=counts[2],

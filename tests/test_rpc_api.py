@@ -1,0 +1,296 @@
+"""Every clirpc method over the real Unix socket: locked, unlocked, errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from barterbackup._proto import clirpc_pb2 as pb
+from barterbackup._proto import clirpc_pb2_grpc
+from barterbackup.node import Node, NodeConfig
+from barterbackup.rpc.server import GRPC_OPTIONS, CliRpcServer, default_socket_path
+from tests.passwords import OTHER_STRONG, STRONG, WEAK
+from tests.util import short_tempdir
+
+Call = Callable[[clirpc_pb2_grpc.CliRpcStub], Any]
+
+# One minimal, well-formed call per clirpc method.
+CALLS: dict[str, Call] = {
+    "GetStatus": lambda s: s.GetStatus(pb.GetStatusRequest()),
+    "ConnectPeer": lambda s: s.ConnectPeer(
+        pb.ConnectPeerRequest(
+            onion_address="aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4bqead.onion",
+            endpoint="tcp:127.0.0.1:1",
+        )
+    ),
+    "ConnectedPeers": lambda s: s.ConnectedPeers(pb.ConnectedPeersRequest()),
+    "SetFile": lambda s: s.SetFile(
+        iter(
+            [
+                pb.SetFileRequest(header=pb.FileHeader(name="a.txt")),
+                pb.SetFileRequest(data=b"hello"),
+            ]
+        )
+    ),
+    "GetFile": lambda s: list(s.GetFile(pb.GetFileRequest(name="a.txt"))),
+    "ListFiles": lambda s: s.ListFiles(pb.ListFilesRequest()),
+    "SetStorageConfig": lambda s: s.SetStorageConfig(
+        pb.SetStorageConfigRequest(
+            total_bytes=10**9, per_peer_bytes=10**8, min_replicas=2
+        )
+    ),
+    "GetStorageConfig": lambda s: s.GetStorageConfig(pb.GetStorageConfigRequest()),
+    "ReplicateContent": lambda s: list(
+        s.ReplicateContent(pb.ReplicateContentRequest())
+    ),
+    "GetContracts": lambda s: s.GetContracts(pb.GetContractsRequest()),
+    "ProposeContract": lambda s: list(
+        s.ProposeContract(pb.ProposeContractRequest(peer="x.onion"))
+    ),
+    "CheckContract": lambda s: list(s.CheckContract(pb.CheckContractRequest())),
+    "RecoverContent": lambda s: list(s.RecoverContent(pb.RecoverContentRequest())),
+    "SetAeadKeyForPeer": lambda s: s.SetAeadKeyForPeer(
+        pb.SetAeadKeyForPeerRequest(peer="x.onion", aead_key=b"k" * 32)
+    ),
+    "Chat": lambda s: list(s.Chat(iter([pb.ChatAction(peer="x.onion")]))),
+}
+# Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
+NOT_BUILT = {
+    "GetContracts",
+    "ProposeContract",
+    "CheckContract",
+    "RecoverContent",
+    "SetAeadKeyForPeer",
+    "Chat",
+}
+
+
+def every_clirpc_method() -> set[str]:
+    service = pb.DESCRIPTOR.services_by_name["CliRpc"]
+    return {m.name for m in service.methods}
+
+
+class RpcTestCase(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.node_dir = short_tempdir(self) / "node"
+        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        self.server = CliRpcServer(
+            reactor, self.node, default_socket_path(self.node_dir)
+        )
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        channel = grpc.insecure_channel(
+            f"unix:{self.server.socket_path}", options=GRPC_OPTIONS
+        )
+        self.addCleanup(channel.close)
+        self.stub = clirpc_pb2_grpc.CliRpcStub(channel)
+
+    def call(self, fn: Call) -> Any:
+        """Run a blocking gRPC call off the reactor thread (the servicer
+        needs the reactor to answer)."""
+        return deferToThread(fn, self.stub)
+
+    @inlineCallbacks
+    def status_of(self, fn: Call):  # type: ignore[no-untyped-def]
+        try:
+            yield self.call(fn)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        return grpc.StatusCode.OK, ""
+
+    def unlock(self, password: str = STRONG, create: bool = True) -> Any:
+        return self.call(
+            lambda s: s.Unlock(
+                pb.UnlockRequest(password=password, create_if_missing=create)
+            )
+        )
+
+
+class LockedNodeTests(RpcTestCase):
+    def test_calls_cover_every_method(self) -> None:
+        self.assertEqual(set(CALLS) | {"Unlock"}, every_clirpc_method())
+
+    @inlineCallbacks
+    def test_every_method_but_unlock_says_locked(self):  # type: ignore[no-untyped-def]
+        for name, fn in CALLS.items():
+            if name == "GetStatus":
+                continue
+            code, details = yield self.status_of(fn)
+            self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION, name)
+            self.assertIn("node is locked", details, name)
+
+    @inlineCallbacks
+    def test_status_reports_locked(self):  # type: ignore[no-untyped-def]
+        status = yield self.call(CALLS["GetStatus"])
+        self.assertFalse(status.unlocked)
+        self.assertEqual(status.onion_address, "")
+
+    @inlineCallbacks
+    def test_weak_password_refused(self):  # type: ignore[no-untyped-def]
+        code, details = yield self.status_of(
+            lambda s: s.Unlock(pb.UnlockRequest(password=WEAK, create_if_missing=True))
+        )
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("too weak", details)
+        self.assertNotIn(WEAK, details)
+        self.assertFalse((self.node_dir / "identity").exists())
+
+    @inlineCallbacks
+    def test_new_directory_needs_create(self):  # type: ignore[no-untyped-def]
+        code, details = yield self.status_of(
+            lambda s: s.Unlock(pb.UnlockRequest(password=STRONG))
+        )
+        self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("barterbackup init", details)
+
+    def test_socket_directory_is_private(self) -> None:
+        directory = self.server.socket_path.parent
+        self.assertEqual(stat.S_IMODE(directory.stat().st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(self.server.socket_path.stat().st_mode), 0o600)
+        self.assertTrue(stat.S_ISSOCK(self.server.socket_path.stat().st_mode))
+
+
+class UnlockedNodeTests(RpcTestCase):
+    @inlineCallbacks
+    def test_unlock_then_status(self):  # type: ignore[no-untyped-def]
+        response = yield self.unlock()
+        self.assertTrue(response.created)
+        self.assertTrue(response.onion_address.endswith(".onion"))
+        status = yield self.call(CALLS["GetStatus"])
+        self.assertTrue(status.unlocked)
+        self.assertEqual(status.onion_address, response.onion_address)
+        # Unlocking again with the same password is harmless.
+        again = yield self.unlock()
+        self.assertFalse(again.created)
+        self.assertEqual(again.onion_address, response.onion_address)
+
+    @inlineCallbacks
+    def test_wrong_password_after_unlock(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        code, details = yield self.status_of(
+            lambda s: s.Unlock(pb.UnlockRequest(password=OTHER_STRONG))
+        )
+        self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(details, "wrong password")
+
+    @inlineCallbacks
+    def test_unbuilt_subsystems_answer_unimplemented(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        for name in sorted(NOT_BUILT):
+            code, details = yield self.status_of(CALLS[name])
+            self.assertEqual(code, grpc.StatusCode.UNIMPLEMENTED, name)
+            self.assertIn("not built yet", details)
+
+    @inlineCallbacks
+    def test_built_methods_do_not_answer_unimplemented(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        for name, fn in sorted(CALLS.items()):
+            if name in NOT_BUILT:
+                continue
+            code, details = yield self.status_of(fn)
+            self.assertNotIn(
+                code,
+                (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL),
+                f"{name}: {details}",
+            )
+
+    @inlineCallbacks
+    def test_file_round_trip_and_errors(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        response = yield self.call(CALLS["SetFile"])
+        self.assertEqual(response.revision, 1)
+        self.assertEqual(response.files_written, 1)
+        self.assertEqual(response.bytes_written, 5)
+        names = yield self.call(CALLS["ListFiles"])
+        self.assertEqual(list(names.names), ["a.txt"])
+        chunks = yield self.call(CALLS["GetFile"])
+        self.assertEqual(b"".join(c.data for c in chunks), b"hello")
+        self.assertEqual(chunks[0].size, 5)
+        code, _ = yield self.status_of(
+            lambda s: list(s.GetFile(pb.GetFileRequest(name="missing")))
+        )
+        self.assertEqual(code, grpc.StatusCode.NOT_FOUND)
+        for bad in ("../etc/passwd", "/abs", "a/../b", "nul\x00byte", ""):
+            code, details = yield self.status_of(
+                lambda s, bad=bad: s.SetFile(
+                    iter([pb.SetFileRequest(header=pb.FileHeader(name=bad))])
+                )
+            )
+            self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, repr(bad))
+        # Data before any header, and an empty stream, are refused.
+        code, _ = yield self.status_of(
+            lambda s: s.SetFile(iter([pb.SetFileRequest(data=b"x")]))
+        )
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        code, _ = yield self.status_of(lambda s: s.SetFile(iter([])))
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        # None of the refused streams made a revision.
+        status = yield self.call(CALLS["GetStatus"])
+        self.assertEqual(status.revision, 1)
+
+    @inlineCallbacks
+    def test_remove_file(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        yield self.call(CALLS["SetFile"])
+        response = yield self.call(
+            lambda s: s.SetFile(
+                iter(
+                    [pb.SetFileRequest(header=pb.FileHeader(name="a.txt", remove=True))]
+                )
+            )
+        )
+        self.assertEqual(response.files_removed, 1)
+        names = yield self.call(CALLS["ListFiles"])
+        self.assertEqual(list(names.names), [])
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every path under root with its mode and (for files) its bytes."""
+    result = {}
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(directory) / name
+            info = path.lstat()
+            data = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
+            result[str(path.relative_to(root))] = (info.st_mode, data)
+    return result
+
+
+class WrongPasswordTests(RpcTestCase):
+    @inlineCallbacks
+    def test_wrong_password_changes_nothing(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        yield self.call(CALLS["SetFile"])
+        # A fresh daemon on the same directory, still locked.
+        yield self.server.stopService()
+        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        self.server = CliRpcServer(
+            reactor, self.node, default_socket_path(self.node_dir)
+        )
+        self.server.startService()
+        before = snapshot(self.node_dir)
+        code, details = yield self.status_of(
+            lambda s: s.Unlock(
+                pb.UnlockRequest(password=OTHER_STRONG, create_if_missing=True)
+            )
+        )
+        self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(details, "wrong password")
+        self.assertEqual(snapshot(self.node_dir), before)
+        status = yield self.call(CALLS["GetStatus"])
+        self.assertFalse(status.unlocked)
+        # The right password still opens it, with the file intact.
+        yield self.unlock(create=False)
+        chunks = yield self.call(CALLS["GetFile"])
+        self.assertEqual(b"".join(c.data for c in chunks), b"hello")
