@@ -139,6 +139,7 @@ class CliDaemonTests(SynchronousTestCase):
             "unlock", "--password-file", "-", input=STRONG.encode() + b"\n"
         )
         self.assertEqual(code, 0, err)
+        self.assertIn("unlocked", out)
 
     def test_socket_is_private_and_no_tcp_listener(self) -> None:
         self.unlock()  # with --transport tcp, still nothing listens until asked

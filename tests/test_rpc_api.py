@@ -228,6 +228,7 @@ class UnlockedNodeTests(RpcTestCase):
                 )
             )
             self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, repr(bad))
+            self.assertTrue(details)
         # Data before any header, and an empty stream, are refused.
         code, _ = yield self.status_of(
             lambda s: s.SetFile(iter([pb.SetFileRequest(data=b"x")]))
