@@ -218,7 +218,7 @@ class NodePeerService:
             def read(index: int) -> bytes:
                 try:
                     return content.read_section(table[index].sha256)
-                except (KeyError, FileNotFoundError):
+                except (LookupError, FileNotFoundError):
                     raise PeerCallError(
                         bbrpc_pb2.ERROR_CODE_NOT_FOUND,
                         f"section {index} of that revision is no longer held",
