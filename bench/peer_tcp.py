@@ -1,12 +1,17 @@
 """bbrpc throughput on 127.0.0.1 against a plain socket copy of the same bytes.
 
-Both bbrpc ends run in this process on one fresh (not installed) epoll
-reactor, so handshake, framing, protobuf encode *and* decode, flow control
-and dispatch all share one core — the same position a node is in when it
-serves a peer while doing other work. The baseline copies the same number
-of bytes through a loopback TCP socket with two threads (sendall/recv_into
-of 1 MiB buffers), which is the best plain Python can do and has no
-framing at all.
+The baseline copies the same number of bytes through a loopback TCP socket
+with two threads (sendall/recv_into of 1 MiB buffers): the best plain
+Python can do, with no framing at all, using both cores.
+
+bbrpc is measured two ways, each on a fresh (not installed) epoll reactor:
+
+* two processes (the headline figure, fair against the two-thread
+  baseline): the serving node runs in a child process
+  (``peer_tcp.py --serve ITEMS``), the downloading node in this one, as two
+  real nodes would;
+* one process: both ends on one reactor and one core, so encode and decode
+  and both Twisted transports share it.
 
     .venv/bin/python bench/peer_tcp.py [MiB]     # default 256
 """
@@ -14,6 +19,7 @@ framing at all.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -22,6 +28,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.epollreactor import EPollReactor
+from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.peer.factory import PeerServerFactory, connect_peer
@@ -30,6 +37,8 @@ from barterbackup.peer.testing import keys_for_test
 
 MIB = 1024 * 1024
 ITEM_SIZE = MIB
+SERVER_KEYS = keys_for_test(1)
+CLIENT_KEYS = keys_for_test(2)
 
 
 class _StreamingHandler(UnimplementedHandler):
@@ -50,51 +59,109 @@ class _StreamingHandler(UnimplementedHandler):
             yield send(bbrpc_pb2.DownloadResponse(section=index, data=self.chunk))
 
 
-def bbrpc_transfer(size_bytes: int) -> float:
-    """Seconds to stream ``size_bytes`` as Download items over bbrpc on TCP."""
+def _run_on_fresh_reactor(work: Any) -> Any:
+    """Run ``work(reactor)`` (returning a Deferred) on a new epoll reactor."""
     reactor = EPollReactor()
-    items = size_bytes // ITEM_SIZE
-    server_keys, client_keys = keys_for_test(1), keys_for_test(2)
     outcome: dict[str, Any] = {}
 
-    @inlineCallbacks
-    def transfer() -> Any:
-        factory = PeerServerFactory(reactor, server_keys, _StreamingHandler(items))
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        conn = yield connect_peer(
-            reactor, endpoint, client_keys, server_keys.onion_address, UnimplementedHandler()
-        )
-        received = 0
-
-        def on_item(message: bbrpc_pb2.DownloadResponse) -> None:
-            nonlocal received
-            received += len(message.data)
-
-        started = time.perf_counter()
-        yield conn.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
-        outcome["seconds"] = time.perf_counter() - started
-        if received != items * ITEM_SIZE:
-            raise AssertionError(f"received {received} bytes, expected {items * ITEM_SIZE}")
-        conn.close()
-        yield port.stopListening()
-
-    def finished(result: object) -> object:
+    def finished(result: object) -> None:
         outcome["result"] = result
         reactor.stop()
-        return None
 
-    def start() -> None:
-        d: Deferred[Any] = transfer()
-        d.addBoth(finished)
-
-    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(lambda: work(reactor).addBoth(finished))
     # A bound on the whole run, so a bug cannot hang the benchmark.
     reactor.callLater(600, reactor.stop)
     reactor.run(installSignalHandlers=False)
-    if "seconds" not in outcome:
-        raise RuntimeError(f"bbrpc transfer failed: {outcome.get('result')}")
-    return float(outcome["seconds"])
+    result = outcome.get("result")
+    if result is None or isinstance(result, Failure):
+        raise RuntimeError(f"bbrpc transfer failed: {result}")
+    return result
+
+
+def _serve(items: int) -> None:
+    """Child process: serve one Download of ``items`` MiB, then exit."""
+
+    @inlineCallbacks
+    def serve(reactor: Any) -> Any:
+        closed: Deferred[Any] = Deferred()
+        factory = PeerServerFactory(
+            reactor,
+            SERVER_KEYS,
+            _StreamingHandler(items),
+            on_connection_lost=closed.callback,
+        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory
+        )
+        print(port.getHost().port, flush=True)
+        yield closed
+        yield port.stopListening()
+        return True
+
+    _run_on_fresh_reactor(serve)
+
+
+@inlineCallbacks
+def _download(reactor: Any, port: int, items: int) -> Any:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    conn = yield connect_peer(
+        reactor,
+        endpoint,
+        CLIENT_KEYS,
+        SERVER_KEYS.onion_address,
+        UnimplementedHandler(),
+    )
+    received = 0
+
+    def on_item(message: bbrpc_pb2.DownloadResponse) -> None:
+        nonlocal received
+        received += len(message.data)
+
+    started = time.perf_counter()
+    yield conn.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
+    seconds = time.perf_counter() - started
+    if received != items * ITEM_SIZE:
+        raise AssertionError(f"received {received} bytes, expected {items * ITEM_SIZE}")
+    closed = conn.when_closed()
+    conn.close()
+    yield closed
+    return seconds
+
+
+def bbrpc_transfer_two_processes(size_bytes: int) -> float:
+    """Seconds to download ``size_bytes`` from a bbrpc server in a child."""
+    items = size_bytes // ITEM_SIZE
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(items)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        seconds = _run_on_fresh_reactor(lambda reactor: _download(reactor, port, items))
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return float(seconds)
+
+
+def bbrpc_transfer_one_process(size_bytes: int) -> float:
+    """Seconds to stream ``size_bytes`` with both ends on one reactor."""
+    items = size_bytes // ITEM_SIZE
+
+    @inlineCallbacks
+    def transfer(reactor: Any) -> Any:
+        factory = PeerServerFactory(reactor, SERVER_KEYS, _StreamingHandler(items))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            factory
+        )
+        seconds = yield _download(reactor, port.getHost().port, items)
+        yield port.stopListening()
+        return seconds
+
+    return float(_run_on_fresh_reactor(transfer))
 
 
 def socket_transfer(size_bytes: int) -> float:
@@ -136,23 +203,27 @@ def socket_transfer(size_bytes: int) -> float:
 def run(size_bytes: int = 256 * MIB) -> dict[str, float]:
     """Both transfers of ``size_bytes`` (rounded down to whole MiB); MB/s."""
     size_bytes = max(ITEM_SIZE, size_bytes // ITEM_SIZE * ITEM_SIZE)
-    socket_seconds = socket_transfer(size_bytes)
-    bbrpc_seconds = bbrpc_transfer(size_bytes)
-    bbrpc_mbps = size_bytes / bbrpc_seconds / 1e6
-    socket_mbps = size_bytes / socket_seconds / 1e6
+    socket_mbps = size_bytes / socket_transfer(size_bytes) / 1e6
+    bbrpc_mbps = size_bytes / bbrpc_transfer_two_processes(size_bytes) / 1e6
+    one_process_mbps = size_bytes / bbrpc_transfer_one_process(size_bytes) / 1e6
     return {
         "bytes": float(size_bytes),
         "bbrpc_mb_per_s": bbrpc_mbps,
+        "bbrpc_one_process_mb_per_s": one_process_mbps,
         "socket_mb_per_s": socket_mbps,
         "ratio": bbrpc_mbps / socket_mbps,
     }
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--serve"]:
+        _serve(int(sys.argv[2]))
+        return
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     result = run(mib * MIB)
     print(
-        f"{mib} MiB: bbrpc {result['bbrpc_mb_per_s']:.0f} MB/s, "
+        f"{mib} MiB: bbrpc {result['bbrpc_mb_per_s']:.0f} MB/s (two processes; "
+        f"{result['bbrpc_one_process_mb_per_s']:.0f} MB/s in one), "
         f"plain socket {result['socket_mb_per_s']:.0f} MB/s, "
         f"ratio {result['ratio']:.2f} (goal >= 0.5)"
     )

@@ -67,7 +67,7 @@ def encode_frame(
     return prefix + payload
 
 
-def decode_payload(payload: bytes) -> bbrpc_pb2.Envelope:
+def decode_payload(payload: bytes | memoryview) -> bbrpc_pb2.Envelope:
     """Parse one frame payload, raising MalformedFrame if it is not protobuf."""
     envelope = bbrpc_pb2.Envelope()
     try:
@@ -82,46 +82,65 @@ class FrameDecoder:
 
     Feed it whatever arrived; it returns every Envelope completed by those
     bytes and keeps the incomplete rest. At most one partial frame (bounded
-    by ``max_frame_length``) is ever held. After it has raised a FrameError
-    it stays failed: the stream is out of sync.
+    by ``max_frame_length``) is ever held, and a frame's length is checked as
+    soon as its 4-byte prefix is in. After it has raised a FrameError it
+    stays failed: the stream is out of sync.
     """
 
     def __init__(self, max_frame_length: int = MAX_FRAME_LENGTH) -> None:
         self.max_frame_length = max_frame_length
-        self._buffer = bytearray()
+        # Received bytes not yet decoded, kept as the chunks they came in so
+        # a large frame is joined (copied) once, when it is complete.
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._failed: FrameError | None = None
 
     @property
     def buffered(self) -> int:
         """How many bytes of an incomplete frame are held."""
-        return len(self._buffer)
+        return self._buffered
 
     def feed(self, data: bytes) -> list[bbrpc_pb2.Envelope]:
         """Add received bytes; return the Envelopes they complete, in order."""
         if self._failed is not None:
             raise self._failed
-        self._buffer += data
-        envelopes = []
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
         try:
-            while (payload := self._next_payload()) is not None:
-                envelopes.append(decode_payload(payload))
+            return self._decode_complete_frames()
         except FrameError as e:
             self._failed = e
-            self._buffer = bytearray()
+            self._chunks = []
+            self._buffered = 0
             raise
-        return envelopes
 
-    def _next_payload(self) -> bytes | None:
-        buffer = self._buffer
-        if len(buffer) < PREFIX_LENGTH:
-            return None
-        (length,) = LENGTH_PREFIX.unpack_from(buffer)
+    def _decode_complete_frames(self) -> list[bbrpc_pb2.Envelope]:
+        if self._buffered < PREFIX_LENGTH:
+            return []
+        if len(self._chunks[0]) < PREFIX_LENGTH:
+            self._chunks = [b"".join(self._chunks)]
+        (length,) = LENGTH_PREFIX.unpack_from(self._chunks[0])
         if length > self.max_frame_length:
             raise FrameTooLarge(length, self.max_frame_length)
-        end = PREFIX_LENGTH + length
-        if len(buffer) < end:
-            return None
-        payload = bytes(buffer[PREFIX_LENGTH:end])
-        # Deleting from the front of a bytearray is amortised O(1) in CPython.
-        del buffer[:end]
-        return payload
+        if self._buffered < PREFIX_LENGTH + length:
+            return []
+        # At least one frame is complete: join once (free for one chunk),
+        # then decode every complete frame from views into the joined bytes.
+        joined = b"".join(self._chunks)
+        view = memoryview(joined)
+        envelopes = []
+        offset = 0
+        while len(joined) - offset >= PREFIX_LENGTH:
+            (length,) = LENGTH_PREFIX.unpack_from(joined, offset)
+            if length > self.max_frame_length:
+                raise FrameTooLarge(length, self.max_frame_length)
+            end = offset + PREFIX_LENGTH + length
+            if end > len(joined):
+                break
+            envelopes.append(decode_payload(view[offset + PREFIX_LENGTH : end]))
+            offset = end
+        rest = joined[offset:]
+        self._chunks = [rest] if rest else []
+        self._buffered = len(rest)
+        return envelopes
