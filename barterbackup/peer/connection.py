@@ -109,9 +109,8 @@ class _InboundCall:
             return fail(RuntimeError(f"stream {self.call_id} already ended"))
         check_message(self.spec.response_field, message)
         # Built with the item as a keyword: no extra copy of large items.
-        envelope = bbrpc_pb2.Envelope(
-            call_id=self.call_id, **{self.spec.response_field: message}
-        )
+        body: dict[str, Any] = {self.spec.response_field: message}
+        envelope = bbrpc_pb2.Envelope(call_id=self.call_id, **body)
         self.conn._send(envelope)
         return self.conn._when_writable(self)
 
