@@ -13,6 +13,7 @@ from barterbackup.peer.framing import (
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
+    encode_body_frame,
     encode_frame,
 )
 
@@ -109,3 +110,25 @@ class FramingTests(SynchronousTestCase):
         garbage = b"\x0f\xff\xff"
         with self.assertRaises(MalformedFrame):
             FrameDecoder().feed(len(garbage).to_bytes(4, "big") + garbage)
+
+
+class BodyFrameTests(SynchronousTestCase):
+    @given(
+        st.integers(0, 2**64 - 1),
+        st.booleans(),
+        st.integers(0, 2**64 - 1),
+        st.binary(max_size=3000),
+    )
+    def test_same_envelope_as_normal_encoding(
+        self, call_id: int, end: bool, section: int, data: bytes
+    ) -> None:
+        body = bbrpc_pb2.DownloadResponse(section=section, data=data)
+        frame = b"".join(encode_body_frame(call_id, end, "download_response", body))
+        expected = bbrpc_pb2.Envelope(call_id=call_id, end=end, download_response=body)
+        self.assertEqual(FrameDecoder().feed(frame), [expected])
+        self.assertEqual(len(frame), len(encode_frame(expected)))
+
+    def test_maximum_enforced(self) -> None:
+        body = bbrpc_pb2.DownloadResponse(data=b"x" * 100)
+        with self.assertRaises(FrameTooLarge):
+            encode_body_frame(1, False, "download_response", body, max_frame_length=100)

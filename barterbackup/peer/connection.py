@@ -48,6 +48,7 @@ from barterbackup.peer.framing import (
     MAX_FRAME_LENGTH,
     FrameDecoder,
     FrameError,
+    encode_body_frame,
     encode_payload,
 )
 from barterbackup.peer.handler import PeerRequestHandler
@@ -109,9 +110,15 @@ class _InboundCall:
             return fail(RuntimeError(f"stream {self.call_id} already ended"))
         check_message(self.spec.response_field, message)
         # Built with the item as a keyword: no extra copy of large items.
-        body: dict[str, Any] = {self.spec.response_field: message}
-        envelope = bbrpc_pb2.Envelope(call_id=self.call_id, **body)
-        self.conn._send(envelope)
+        self.conn._send_parts(
+            encode_body_frame(
+                self.call_id,
+                False,
+                self.spec.response_field,
+                message,
+                self.conn.limits.max_frame_length,
+            )
+        )
         return self.conn._when_writable(self)
 
     def handler_succeeded(self, result: object) -> None:
@@ -694,9 +701,13 @@ class PeerConnection(Protocol):
     def _send(self, envelope: bbrpc_pb2.Envelope) -> None:
         if self._state is _State.closed or self.transport is None:
             return
-        prefix, payload = encode_payload(envelope, self.limits.max_frame_length)
+        self._send_parts(encode_payload(envelope, self.limits.max_frame_length))
+
+    def _send_parts(self, parts: tuple[bytes, ...]) -> None:
+        if self._state is _State.closed or self.transport is None:
+            return
         self._touch()
-        self._transport().writeSequence((prefix, payload))
+        self._transport().writeSequence(parts)
 
     def _send_error(self, call_id: int, code: ErrorCode, message: str) -> None:
         self._send(
