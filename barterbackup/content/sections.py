@@ -18,11 +18,15 @@ from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-# Chosen with bench/content_pack.py: 160 scattered 64 KiB edits in 1 GiB cost
-# about 1.3x the changed bytes in new sections at these sizes (pyfastcdc's
-# actual mean is avg + min, about 20 KiB).
-SECTION_AVERAGE_BYTES = 16 * 1024
-SECTION_MIN_BYTES = 4 * 1024
+# Chosen by measurement (docs/storage-format.md, bench/content_pack.py): for
+# 160 scattered 64 KiB edits in 1 GiB of random data, new-section bytes /
+# changed bytes was 1.34 at these sizes (mean section ~17 KiB), 1.45 at
+# 16/4/64 KiB, 1.93 at 32/8/128 KiB, 1.25 at 8/4/64 KiB (but 1.6x the
+# sections, so more per-section cost and a bigger table). pyfastcdc rounds
+# the mask bits to log2(avg) and uses avg as the "normal size" switch point
+# of normalized chunking, so 12 KiB is a valid, not a power-of-two, choice.
+SECTION_AVERAGE_BYTES = 12 * 1024
+SECTION_MIN_BYTES = 3 * 1024
 SECTION_MAX_BYTES = 64 * 1024
 # Normalized chunking level 1 (the FastCDC paper's and fastcdc-rs' default).
 NORMALIZED_CHUNKING = 1

@@ -1,0 +1,262 @@
+"""Content packing benchmark: throughput, memory, delta cost, restic side by side.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.content_pack [SIZE_MIB] [--workdir DIR] [--no-4g]
+
+It prints a compact table; ``run(workdir, size_bytes)`` returns the figures
+as a dict. Data comes from bench.content_data (deterministic, reusable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from barterbackup.content.engine import ContentStore
+from barterbackup.keys.derive import node_keys_from_master
+from bench.content_data import (
+    FileSpec,
+    file_chunks,
+    file_set,
+    scattered_edits,
+    write_file_set,
+)
+
+MIB = 1024 * 1024
+READ_BLOCK = MIB
+BENCH_MASTER = hashlib.sha256(b"barterbackup bench master").digest()
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def hash_tree(data_dir: Path, specs: list[FileSpec]) -> float:
+    """Seconds for hashlib.sha256 over every file, read like packing reads."""
+    buffer = bytearray(READ_BLOCK)
+    view = memoryview(buffer)
+    start = time.perf_counter()
+    for spec in specs:
+        digest = hashlib.sha256()
+        with open(data_dir / spec.name, "rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                digest.update(view[:count])
+        digest.digest()
+    return time.perf_counter() - start
+
+
+def pack_tree(store: ContentStore, data_dir: Path, specs: list[FileSpec]) -> float:
+    """Seconds to add every file to ``store`` and commit."""
+    buffer = bytearray(READ_BLOCK)
+    view = memoryview(buffer)
+    start = time.perf_counter()
+    update = store.begin_update()
+    for spec in specs:
+        writer = update.add_file(spec.name)
+        with open(data_dir / spec.name, "rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                writer.write(view[:count])
+        writer.close()
+    update.commit()
+    return time.perf_counter() - start
+
+
+def pack_generated(node_dir: Path, size_bytes: int) -> dict[str, float]:
+    """Pack a generated file set straight from memory (the RSS child)."""
+    store = ContentStore.open(node_dir, node_keys_from_master(BENCH_MASTER))
+    start = time.perf_counter()
+    update = store.begin_update()
+    for spec in file_set(size_bytes):
+        writer = update.add_file(spec.name)
+        for block in file_chunks(spec):
+            writer.write(block)
+        writer.close()
+    update.commit()
+    seconds = time.perf_counter() - start
+    store.close()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_rss_mib": peak_kib / 1024}
+
+
+def measure_rss(workdir: Path, size_bytes: int) -> dict[str, float]:
+    node_dir = workdir / f"rss-node-{size_bytes}"
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.content_pack"),
+            *("--rss-child", str(size_bytes), "--workdir", str(node_dir)),
+        ],
+        cwd=REPOSITORY,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    shutil.rmtree(node_dir, ignore_errors=True)
+    result: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def incremental(store: ContentStore, specs: list[FileSpec]) -> dict[str, float]:
+    """160 scattered 64 KiB edits over the large files plus a new 1 MiB file."""
+    edits = scattered_edits(specs)
+    update = store.begin_update()
+    changed = 0
+    for spec in specs:
+        if edits.get(spec.name):
+            writer = update.add_file(spec.name)
+            for block in file_chunks(spec, edits[spec.name]):
+                writer.write(block)
+            writer.close()
+            changed += sum(len(data) for data in edits[spec.name].values())
+    added = FileSpec("added/new.bin", MIB, "random", seed=99)
+    writer = update.add_file(added.name)
+    for block in file_chunks(added):
+        writer.write(block)
+    writer.close()
+    changed += added.size
+    result = update.commit()
+    return {
+        "changed_bytes": changed,
+        "new_section_bytes": result.new_section_bytes,
+        "ratio": result.new_section_bytes / changed,
+    }
+
+
+def restic_backup(
+    workdir: Path, data_dir: Path, size_bytes: int
+) -> dict[str, float] | None:
+    restic = shutil.which("restic")
+    if restic is None:
+        return None
+    repo = workdir / "restic-repo"
+    environment = dict(
+        os.environ,
+        RESTIC_PASSWORD="bench-password",
+        RESTIC_REPOSITORY=str(repo),
+        RESTIC_CACHE_DIR=str(workdir / "restic-cache"),
+    )
+    subprocess.run([restic, "init"], env=environment, check=True, capture_output=True)
+    # A wrapper reports the peak RSS of restic alone (RUSAGE_CHILDREN).
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(time.perf_counter() - t, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", wrapper, restic, "backup", "--quiet", str(data_dir)],
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds, peak_kib = completed.stdout.split()
+    return {
+        "mb_per_s": size_bytes / float(seconds) / 1e6,
+        "peak_rss_mib": int(peak_kib) / 1024,
+    }
+
+
+def run(workdir: Path, size_bytes: int, measure_4g: bool = True) -> dict[str, object]:
+    """Every figure of the benchmark for a file set of ``size_bytes``."""
+    specs = file_set(size_bytes)
+    total = sum(spec.size for spec in specs)
+    data_dir = workdir / "data"
+    write_file_set(data_dir, specs)
+    hash_tree(data_dir, specs)  # warm the page cache
+    sha_seconds = hash_tree(data_dir, specs)
+    store = ContentStore.open(workdir / "node", node_keys_from_master(BENCH_MASTER))
+    pack_seconds = pack_tree(store, data_dir, specs)
+    sha_seconds = min(sha_seconds, hash_tree(data_dir, specs))
+    figures: dict[str, object] = {
+        "bytes": total,
+        "files": len(specs),
+        "sha256_mb_per_s": total / sha_seconds / 1e6,
+        "pack_mb_per_s": total / pack_seconds / 1e6,
+        "pack_to_sha256": sha_seconds / pack_seconds,
+        "sections": len(store.current.revision.sections) if store.current else 0,
+        "incremental": incremental(store, specs),
+    }
+    store.close()
+    shutil.rmtree(workdir / "node", ignore_errors=True)
+    figures["rss_100mib"] = measure_rss(workdir, 100 * MIB)
+    if measure_4g:
+        figures["rss_4gib"] = measure_rss(workdir, 4096 * MIB)
+    figures["restic"] = restic_backup(workdir, data_dir, total)
+    return figures
+
+
+def print_table(figures: dict[str, object]) -> None:
+    inc = figures["incremental"]
+    assert isinstance(inc, dict)
+    rows = [
+        (
+            "file set",
+            f"{figures['bytes'] / MIB:.0f} MiB, {figures['files']} files, "
+            f"{figures['sections']} sections",
+        ),
+        ("hashlib sha256", f"{figures['sha256_mb_per_s']:.0f} MB/s"),
+        (
+            "ContentStore pack",
+            f"{figures['pack_mb_per_s']:.0f} MB/s = "
+            f"{figures['pack_to_sha256']:.2f}x sha256 (goal >= 0.6x)",
+        ),
+        (
+            "incremental",
+            f"{inc['new_section_bytes'] / MIB:.2f} MiB new sections / "
+            f"{inc['changed_bytes'] / MIB:.2f} MiB changed = "
+            f"{inc['ratio']:.2f} (goal <= 1.5)",
+        ),
+    ]
+    for key, label in (("rss_100mib", "pack 100 MiB"), ("rss_4gib", "pack 4 GiB")):
+        rss = figures.get(key)
+        if isinstance(rss, dict):
+            rows.append(
+                (
+                    label,
+                    f"peak RSS {rss['peak_rss_mib']:.0f} MiB, {rss['seconds']:.1f} s",
+                )
+            )
+    restic = figures.get("restic")
+    if isinstance(restic, dict):
+        rows.append(
+            (
+                "restic backup",
+                f"{restic['mb_per_s']:.0f} MB/s, "
+                f"peak RSS {restic['peak_rss_mib']:.0f} MiB",
+            )
+        )
+    else:
+        rows.append(("restic backup", "restic not installed"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("size_mib", nargs="?", type=int, default=1024)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--no-4g", action="store_true", help="skip the 4 GiB RSS run")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child is not None:
+        print(json.dumps(pack_generated(args.workdir, args.rss_child)))
+        return
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bb-bench-", dir="/tmp"))
+    try:
+        figures = run(workdir, args.size_mib * MIB, measure_4g=not args.no_4g)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_table(figures)
+
+
+if __name__ == "__main__":
+    main()
