@@ -14,15 +14,17 @@ threads, and tests drive them with deferToThread.
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import __version__, errors
+from barterbackup._proto import clirpc_pb2, storedpb_pb2
 from barterbackup.identity import CorruptIdentity, read_identity, write_identity
 from barterbackup.keys import (
     NodeKeys,
@@ -31,13 +33,24 @@ from barterbackup.keys import (
     check_password_strength,
     derive_node_keys,
 )
+from barterbackup.keys.onion import onion_address_from_pubkey
 from barterbackup.logs import get_logger
+from barterbackup.peer.service import NodePeerService
+from barterbackup.peers import PeerManager
 from barterbackup.store.atomic import make_private_directory
+from barterbackup.store.replicas import ReplicaStore, effective_budget
+from barterbackup.transport.base import Transport
+from barterbackup.transport.tcp import PlainTcpTransport
 
 if TYPE_CHECKING:
     from barterbackup.content.engine import ContentStore
 
 log = get_logger("barterbackup.node")
+
+REPLICAS_DIRNAME = "replicas"
+TOR_DIRNAME = "tor"
+DEFAULT_MIN_REPLICAS = 2
+MAX_MIN_REPLICAS = 64
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,8 @@ class _Unlocked:
 
     keys: NodeKeys
     content: ContentStore
-    extras: dict[str, object] = field(default_factory=dict)
+    replicas: ReplicaStore | None = None
+    peers: PeerManager | None = None
 
 
 class Node:
@@ -154,9 +168,55 @@ class Node:
             # Nothing has been written or opened: the directory is untouched.
             raise errors.PermissionDenied(str(WrongPassword()))
         content = yield self._in_thread(self._open_content, keys)
-        self._unlocked = _Unlocked(keys=keys, content=content)
+        unlocked = _Unlocked(keys=keys, content=content)
+        unlocked.replicas = yield self._in_thread(
+            ReplicaStore.open,
+            self.node_dir / REPLICAS_DIRNAME,
+            lambda: content.metadata.get().storage,
+        )
+        unlocked.peers = self._start_peers(unlocked)
+        self._unlocked = unlocked
         log.info("node {address} unlocked", address=keys.onion_address)
         return UnlockResult(keys.onion_address, created=created)
+
+    def _start_peers(self, unlocked: _Unlocked) -> PeerManager:
+        """Build the peer network; it starts in the background (Tor takes
+        a while to bootstrap) and peer calls wait until it is ready."""
+        assert unlocked.replicas is not None
+        transport = self._make_transport(unlocked.keys)
+        holder: list[PeerManager] = []
+        service = NodePeerService(
+            reactor=self._reactor,
+            content=unlocked.content,
+            replicas=unlocked.replicas,
+            shareable_peers=lambda: holder[0].shareable_peers(),
+            blocking=lambda work: self._in_thread(work),
+        )
+        manager = PeerManager(
+            self._reactor,
+            unlocked.keys,
+            transport,
+            service,
+            unlocked.content.metadata,
+            unlocked.replicas,
+        )
+        holder.append(manager)
+        manager.start()
+        return manager
+
+    def _make_transport(self, keys: NodeKeys) -> Transport:
+        if self.config.transport == "tcp":
+            return PlainTcpTransport(self._reactor, self.config.tcp_listen_port)
+        from barterbackup.transport.tor import TorTransport
+
+        return TorTransport(
+            self._reactor,
+            keys,
+            self.node_dir / TOR_DIRNAME,
+            control_endpoint=self.config.tor_control,
+            extra_torrc=self.config.extra_torrc,
+            tor_binary=self.config.tor_binary,
+        )
 
     def _create_node_dir(self, keys: NodeKeys) -> None:
         make_private_directory(self.node_dir)
@@ -174,7 +234,12 @@ class Node:
             return NodeStatus(unlocked=False, transport=self.config.transport)
         current = self._unlocked.content.current
         manifest = self._unlocked.content.manifest
+        peers = self._unlocked.peers
+        endpoint = ""
+        if peers is not None:
+            endpoint = peers.failure or peers.transport.advertised
         return NodeStatus(
+            peer_endpoint=endpoint,
             unlocked=True,
             onion_address=self._unlocked.keys.onion_address,
             revision=current.number if current else 0,
@@ -218,25 +283,107 @@ class Node:
 
     # -- peers and storage (the peer network) ----------------------------
 
-    def connect_peer(self, request: object) -> Deferred:
-        self._require_unlocked()
-        raise errors.NotBuiltYet("ConnectPeer", "peer network")
+    def _peers(self) -> PeerManager:
+        unlocked = self._require_unlocked()
+        assert unlocked.peers is not None
+        return unlocked.peers
 
-    def connected_peers(self) -> list[object]:
-        self._require_unlocked()
-        raise errors.NotBuiltYet("ConnectedPeers", "peer network")
+    def connect_peer(self, request: clirpc_pb2.ConnectPeerRequest) -> Deferred:
+        return self._peers().connect(request)
 
-    def set_storage_config(self, request: object) -> object:
-        self._require_unlocked()
-        raise errors.NotBuiltYet("SetStorageConfig", "peer network")
+    def connected_peers(self) -> list[clirpc_pb2.PeerInfo]:
+        return self._peers().peers()
 
-    def get_storage_config(self) -> object:
-        self._require_unlocked()
-        raise errors.NotBuiltYet("GetStorageConfig", "peer network")
+    def set_storage_config(
+        self, request: clirpc_pb2.SetStorageConfigRequest
+    ) -> clirpc_pb2.GetStorageConfigResponse:
+        unlocked = self._require_unlocked()
+        if request.per_peer_bytes > request.total_bytes > 0:
+            raise errors.InvalidArgument(
+                "per_peer_bytes cannot be larger than total_bytes"
+            )
+        if request.min_replicas > MAX_MIN_REPLICAS:
+            raise errors.InvalidArgument(
+                f"min_replicas must be at most {MAX_MIN_REPLICAS}"
+            )
 
-    def replicate_content(self, peers: list[str], events: object) -> None:
-        self._require_unlocked()
-        raise errors.NotBuiltYet("ReplicateContent", "peer network")
+        def update(metadata: storedpb_pb2.Metadata) -> None:
+            metadata.storage.total_bytes = request.total_bytes
+            metadata.storage.per_peer_bytes = request.per_peer_bytes
+            metadata.storage.min_replicas = request.min_replicas
+
+        unlocked.content.metadata.update(update)
+        return self.get_storage_config()
+
+    def get_storage_config(self) -> clirpc_pb2.GetStorageConfigResponse:
+        unlocked = self._require_unlocked()
+        config = unlocked.content.metadata.get().storage
+        replicas = unlocked.replicas
+        assert replicas is not None
+        total, per_peer = effective_budget(config)
+        used = replicas.used_bytes
+        response = clirpc_pb2.GetStorageConfigResponse(
+            total_bytes=total,
+            per_peer_bytes=per_peer,
+            min_replicas=config.min_replicas or DEFAULT_MIN_REPLICAS,
+            used_bytes=used,
+            free_bytes=max(total - used, 0),
+        )
+        for owner, stored in sorted(replicas.usage().items()):
+            held = replicas.held(owner)
+            shown = (held.readable or held.pending) if held else None
+            response.obligations.add(
+                onion_address=onion_address_from_pubkey(owner),
+                revision=shown.number if shown else 0,
+                stored_bytes=stored,
+                granted_bytes=replicas.granted_bytes(owner),
+            )
+        return response
+
+    def replicate_content(self, peers: list[str], events: queue.Queue[object]) -> None:
+        """Push the current revision to ``peers`` (all connected if empty).
+
+        Progress messages go on ``events`` (read by a gRPC thread), then None
+        when every peer is done, or a NodeError if any failed.
+        """
+        unlocked = self._require_unlocked()
+        manager = self._peers()
+        current = unlocked.content.current
+        if current is None:
+            raise errors.FailedPrecondition("no content yet: add files first")
+        targets = peers or manager.connected_addresses()
+        if not targets:
+            raise errors.FailedPrecondition(
+                "no connected peers: `barterbackup peers connect ONION` first"
+            )
+        connections = [manager.connection(address) for address in targets]
+        failures: list[str] = []
+
+        def one(conn: Any) -> Deferred:
+            d = manager.replicate_to(conn, current, events.put)
+
+            def failed(failure: Any) -> None:
+                address = onion_address_from_pubkey(bytes(conn.peer_pubkey))
+                failures.append(f"{address}: {failure.getErrorMessage()}")
+                events.put(
+                    clirpc_pb2.Progress(
+                        phase="failed", peer=address, message=failure.getErrorMessage()
+                    )
+                )
+
+            return d.addErrback(failed)
+
+        def finished(_: object) -> None:
+            events.put(None)
+
+        DeferredList([one(c) for c in connections]).addCallback(finished)
+
+    @inlineCallbacks
+    def shutdown(self):  # type: ignore[no-untyped-def]
+        """Stop the peer network (and a tor we launched)."""
+        unlocked = self._unlocked
+        if unlocked is not None and unlocked.peers is not None:
+            yield unlocked.peers.stop()
 
 
 class FileSetUpdate:

@@ -116,6 +116,17 @@ class NodeDirectoryLock(Service):
             self._fd = None
 
 
+class NodeService(Service):
+    """Stops the node's peer network (and any tor it launched) on shutdown."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.node.shutdown()
+
+
 def make_service(options: Options, reactor: Any) -> IService:
     set_log_level(options["log-level"])
     config = NodeConfig(
@@ -129,6 +140,7 @@ def make_service(options: Options, reactor: Any) -> IService:
     node = Node(reactor, config)
     top = MultiService()
     NodeDirectoryLock(config.node_dir).setServiceParent(top)
+    NodeService(node).setServiceParent(top)
     CliRpcServer(reactor, node, options["socket"]).setServiceParent(top)
     log.info(
         "barterbackup {version} starting in {node_dir}",

@@ -89,7 +89,8 @@ class RpcTestCase(TestCase):
             reactor, self.node, default_socket_path(self.node_dir)
         )
         self.server.startService()
-        self.addCleanup(self.server.stopService)
+        self.addCleanup(lambda: self.node.shutdown())
+        self.addCleanup(lambda: self.server.stopService())
         channel = grpc.insecure_channel(
             f"unix:{self.server.socket_path}", options=GRPC_OPTIONS
         )
@@ -275,6 +276,7 @@ class WrongPasswordTests(RpcTestCase):
         yield self.call(CALLS["SetFile"])
         # A fresh daemon on the same directory, still locked.
         yield self.server.stopService()
+        yield self.node.shutdown()
         self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
         self.server = CliRpcServer(
             reactor, self.node, default_socket_path(self.node_dir)
