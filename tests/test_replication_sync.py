@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2, storedpb_pb2
@@ -337,3 +337,37 @@ class PieceTests(SynchronousTestCase):
                 (0, 2 * PIECE_BYTES, 5),
             ],
         )
+
+
+class FloodTests(SynchronousTestCase):
+    def test_owner_flooding_pieces_is_cut_off(self) -> None:
+        clock = task.Clock()
+        base = Path(self.mktemp())
+        owner, replica = Node(base / "o", clock), Node(base / "r", clock)
+        to_replica, to_owner = connect_fake_peers(
+            owner.service,
+            owner.pubkey,
+            OWNER_ONION,
+            replica.service,
+            replica.pubkey,
+            "r",
+        )
+        revision = owner.content.commit(sections(2, 1000))
+        owner.service.offers.offer(replica.pubkey, revision)
+
+        class Flooder:
+            def download(self, conn: object, req: object, send: Any) -> Any:
+                async def flood() -> None:
+                    for _ in range(100):  # bounded: the replica must stop first
+                        piece = bbrpc_pb2.DownloadResponse(
+                            section=7, data=b"z" * 65536, section_length=65536
+                        )
+                        await send(piece)
+
+                return defer.Deferred.fromCoroutine(flood())
+
+        to_owner.remote_handler = Flooder()
+        d = owner.service.push_revision(to_replica, revision, list().append)
+        failure = self.failureResultOf(d, PeerCallError)
+        self.assertIn("far more bytes", failure.value.message)
+        self.assertLess(to_owner.items_received, 100)

@@ -205,6 +205,9 @@ class RevisionFetcher:
     ) -> list[tuple[int, storedpb_pb2.SectionRef]]:
         """Fetch one batch; return the sections that did not arrive intact."""
         assembler = _SectionAssembler(dict(batch))
+        # An owner streaming far more than asked is cut off, not buffered.
+        allowance = 2 * sum(ref.length for _, ref in batch) + PIECE_BYTES
+        received = 0
         request = bbrpc_pb2.DownloadRequest(
             content_id=self._plan.content_id,
             sections=[index for index, _ in batch],
@@ -212,7 +215,11 @@ class RevisionFetcher:
         )
 
         def on_item(piece: bbrpc_pb2.DownloadResponse) -> defer.Deferred[Any] | None:
+            nonlocal received
+            received += len(piece.data)
             self.bytes_fetched += len(piece.data)
+            if received > allowance:
+                raise FetchFailed("the owner sent far more bytes than were asked for")
             finished = assembler.add(piece)
             if finished is None:
                 return None

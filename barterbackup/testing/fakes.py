@@ -175,10 +175,19 @@ class FakePeerConnection:
         self.calls.append(request_field)
         self.counter.count(request_field, message)
         response_field = _RESPONSE_FIELD[request_field]
+        # As on the real link: if on_item fails, the call is cancelled (the
+        # server's sends fail) and the caller gets on_item's error.
+        consumer_failed: list[Failure] = []
+
+        def consumer_error(failure: Failure) -> Failure:
+            consumer_failed.append(failure)
+            return Failure(CallCancelled("the caller cancelled the stream"))
 
         def send(item: Message) -> defer.Deferred[None]:
             if not self.connected:
                 return defer.fail(CallCancelled("fake peer link dropped"))
+            if consumer_failed:
+                return defer.fail(CallCancelled("the caller cancelled the stream"))
             self.counter.count(response_field, item)
             received = _copy(item)
             if self.tamper is not None:
@@ -190,16 +199,25 @@ class FakePeerConnection:
             ):
                 self.disconnect()
                 return defer.fail(CallCancelled("fake peer link dropped"))
-            return defer.maybeDeferred(on_item, received).addCallback(lambda _: None)
+            return (
+                defer.maybeDeferred(on_item, received)
+                .addCallback(lambda _: None)
+                .addErrback(consumer_error)
+            )
 
         d = defer.maybeDeferred(
             self._handler_method(request_field), self.remote_view, _copy(message), send
         )
 
-        def ended(_: object) -> None:
+        def ended(result: object) -> object:
+            if consumer_failed:
+                return consumer_failed[0]
+            if isinstance(result, Failure):
+                return self._as_remote_error(result)
             self._check_connected()
+            return None
 
-        return d.addCallbacks(ended, self._as_remote_error)
+        return d.addBoth(ended)
 
     def _check_connected(self) -> None:
         if not self.connected:
