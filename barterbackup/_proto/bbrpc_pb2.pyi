@@ -105,7 +105,8 @@ class Envelope(_message.Message):
     call_id: _builtins.int
     """call_id ties requests, responses and stream items of one call.
 
-    The handshake uses call_id 0. A caller numbers its calls from 1.
+    The handshake uses call_id 0. The side that dialled numbers its calls
+    with odd ids, the side that listened with even ids.
     """
     end: _builtins.bool
     """end is true on the last message a side sends for this call."""
