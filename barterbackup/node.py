@@ -81,6 +81,7 @@ class NodeStatus:
     version: str = __version__
     transport: str = ""
     peer_endpoint: str = ""
+    peer_network: str = ""
 
 
 @dataclass
@@ -235,11 +236,9 @@ class Node:
         current = self._unlocked.content.current
         manifest = self._unlocked.content.manifest
         peers = self._unlocked.peers
-        endpoint = ""
-        if peers is not None:
-            endpoint = peers.failure or peers.transport.advertised
         return NodeStatus(
-            peer_endpoint=endpoint,
+            peer_endpoint=peers.transport.advertised if peers else "",
+            peer_network=peers.state if peers else "",
             unlocked=True,
             onion_address=self._unlocked.keys.onion_address,
             revision=current.number if current else 0,

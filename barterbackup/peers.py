@@ -126,6 +126,13 @@ class PeerManager:
             conn.close()
         yield defer.ensureDeferred(self.transport.stop())
 
+    @property
+    def state(self) -> str:
+        """The peer network: "starting", "ready" or "failed: <why>"."""
+        if not self._ready:
+            return "starting"
+        return f"failed: {self.failure}" if self.failure else "ready"
+
     def wait_ready(self) -> Deferred[None]:
         """Fires once the transport listens; fails if it could not start."""
         d: Deferred[None] = Deferred()

@@ -105,6 +105,7 @@ class GetStatusResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TRANSPORT_FIELD_NUMBER: _builtins.int
     PEER_ENDPOINT_FIELD_NUMBER: _builtins.int
+    PEER_NETWORK_FIELD_NUMBER: _builtins.int
     unlocked: _builtins.bool
     """unlocked is true once Unlock has succeeded."""
     onion_address: _builtins.str
@@ -121,6 +122,8 @@ class GetStatusResponse(_message.Message):
     """transport names how the node reaches peers ("tor" or "tcp")."""
     peer_endpoint: _builtins.str
     """peer_endpoint is where peers reach this node."""
+    peer_network: _builtins.str
+    """peer_network is "starting", "ready" or "failed: " and the reason."""
     def __init__(
         self,
         *,
@@ -132,10 +135,11 @@ class GetStatusResponse(_message.Message):
         version: _builtins.str = ...,
         transport: _builtins.str = ...,
         peer_endpoint: _builtins.str = ...,
+        peer_network: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "file_count", b"file_count", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "revision", b"revision", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "file_count", b"file_count", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "peer_network", b"peer_network", "revision", b"revision", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

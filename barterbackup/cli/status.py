@@ -30,4 +30,5 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"files:     {status.file_count}")
     print(f"content:   {human_size(status.content_length)}")
     print(f"transport: {status.transport} {status.peer_endpoint}".rstrip())
+    print(f"peers:     {status.peer_network}")
     return 0

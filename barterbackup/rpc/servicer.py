@@ -82,6 +82,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             version=status.version,
             transport=status.transport,
             peer_endpoint=status.peer_endpoint,
+            peer_network=status.peer_network,
         )
 
     def ListFiles(
