@@ -14,6 +14,7 @@ from barterbackup._proto import bbrpc_pb2, storedpb_pb2
 from barterbackup.peer.connection import PeerConnection
 from barterbackup.peer.errors import PeerCallError
 from barterbackup.peer.factory import PeerServerFactory, connect_peer
+from barterbackup.peer.framing import FrameTooLarge
 from barterbackup.peer.service import NodePeerService
 from barterbackup.peer.testing import keys_for_test
 from barterbackup.store.replicas import ReplicaStore
@@ -101,3 +102,16 @@ class TcpSyncTests(TestCase):
         with self.assertRaises(PeerCallError) as caught:
             yield self.owner.service.push_revision(self.conn, revision, list().append)
         self.assertEqual(caught.exception.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED)
+
+    @defer.inlineCallbacks
+    def test_revision_larger_than_a_frame_fails_cleanly(self) -> Any:
+        # ~120k sections: a signed revision of ~4.6 MB, over the frame cap.
+        tiny = [i.to_bytes(4, "big") for i in range(120_000)]
+        revision = self.owner.content.commit(tiny)
+        with self.assertRaises(FrameTooLarge):
+            yield self.owner.service.push_revision(self.conn, revision, list().append)
+        # The connection is still usable afterwards.
+        response = yield self.conn.call(
+            "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
+        )
+        self.assertEqual(response.signed_revision, b"")

@@ -137,7 +137,11 @@ def push_revision(
         return last[0]
 
     request = bbrpc_pb2.SetContentRevisionRequest(signed_revision=revision.signed)
-    d = conn.call_stream("set_content_revision_request", request, on_item)
+    # maybeDeferred: a revision too large for one frame fails the Deferred
+    # (FrameTooLarge) instead of raising at the caller.
+    d = defer.maybeDeferred(
+        conn.call_stream, "set_content_revision_request", request, on_item
+    )
     return d.addCallback(ended)
 
 
