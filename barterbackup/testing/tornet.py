@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import deferLater
@@ -377,9 +377,13 @@ class TorNetwork:
 
     def start(self) -> Deferred[None]:
         """Launch the authorities; fires once the consensus is complete."""
-        return Deferred.fromCoroutine(self._start())
+        return Deferred.fromCoroutine(self._start(wait_for_consensus=True))
 
-    async def _start(self) -> None:
+    def launch(self) -> Deferred[None]:
+        """Launch the authorities without waiting for their consensus."""
+        return Deferred.fromCoroutine(self._start(wait_for_consensus=False))
+
+    async def _start(self, wait_for_consensus: bool) -> None:
         if self.processes:
             raise TorNetworkError("this network is already started")
         began = time.monotonic()
@@ -391,7 +395,7 @@ class TorNetwork:
         try:
             nicknames = [f"auth{i}" for i in range(self._authority_count)]
             self.authorities = list(
-                await gatherResults(
+                await _gather(
                     [
                         Deferred.fromCoroutine(self._make_authority(i, nick))
                         for i, nick in enumerate(nicknames)
@@ -403,17 +407,16 @@ class TorNetwork:
             launched = time.monotonic()
             authorities = [
                 self._new_process(
-                    a.nickname,
-                    a.ports,
-                    functools.partial(self._authority_torrc, a),
+                    a.nickname, a.ports, functools.partial(self._authority_torrc, a)
                 )
                 for a in self.authorities
             ]
             await self._launch_all(authorities)
-            await self._wait_all(
-                authorities, self._consensus_complete, CONSENSUS_TIMEOUT
-            )
-            self.timings["consensus"] = time.monotonic() - launched
+            if wait_for_consensus:
+                await self._wait_all(
+                    authorities, self._consensus_complete, CONSENSUS_TIMEOUT
+                )
+                self.timings["consensus"] = time.monotonic() - launched
         except BaseException:
             await self.stop()
             raise
@@ -573,7 +576,7 @@ class TorNetwork:
         return process
 
     async def _launch_all(self, processes: Sequence[TorProcess]) -> None:
-        await gatherResults(
+        await _gather(
             [Deferred.fromCoroutine(self._launch(p)) for p in processes],
             consumeErrors=True,
         )
@@ -599,7 +602,7 @@ class TorNetwork:
         check: Callable[[TorControl], Awaitable[str | None]],
         timeout: float,
     ) -> None:
-        await gatherResults(
+        await _gather(
             [
                 Deferred.fromCoroutine(self._wait_ready(p, check, timeout))
                 for p in processes
@@ -686,6 +689,15 @@ class TorNetwork:
         if self._atexit_registered:
             atexit.unregister(self.stop_now)
             self._atexit_registered = False
+
+
+async def _gather(deferreds: Sequence[Deferred[Any]], consumeErrors: bool) -> list[Any]:
+    """``gatherResults`` that raises the first error itself, not FirstError."""
+    try:
+        return list(await gatherResults(list(deferreds), consumeErrors=consumeErrors))
+    except FirstError as first:
+        first.subFailure.raiseException()
+        raise  # unreachable: raiseException always raises
 
 
 async def _bootstrapped(control: TorControl) -> str | None:

@@ -13,6 +13,9 @@ like Tahoe-LAFS in anonymous mode).
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -22,14 +25,17 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
+    UNIXClientEndpoint,
     clientFromString,
 )
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IReactorCore,
     IStreamClientEndpoint,
 )
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from barterbackup.keys.derive import NodeKeys
@@ -49,6 +55,8 @@ DEFAULT_ONION_PORT = 4177
 LAUNCH_TIMEOUT = 120.0
 PUBLISH_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+POLL_INTERVAL = 0.2
+CONTROL_SOCKET = "control.socket"
 # Tor refuses Unix control sockets whose path does not fit sockaddr_un.
 MAX_UNIX_SOCKET_PATH = 100
 # Options the transport sets itself; letting extra_torrc override them could
@@ -169,6 +177,11 @@ class TorTransport:
         self._publish_timeout = publish_timeout
         self._connect_tor = connect_tor or self._launch_or_attach
         self._tor: TorLike | None = None
+        # The launched tor's process holder (its quit() stops the process);
+        # we talk to tor through self._tor, a separate control connection.
+        self._launched: Any = None
+        self._temporary_dirs: list[Path] = []
+        self._process_ended: Deferred[None] = Deferred()
         self._socks_port: int | None = None
         self._onion: OnionServiceLike | None = None
         self._listening: IListeningPort | None = None
@@ -192,19 +205,31 @@ class TorTransport:
         """The txtorcon ``Tor`` in use, once started."""
         return self._tor
 
+    @property
+    def launched_pid(self) -> int | None:
+        """PID of the tor we launched (None if attached or not started)."""
+        if self._launched is None or self._launched.process is None:
+            return None
+        pid = self._launched.process.transport.pid
+        return None if pid is None else int(pid)
+
     async def start(self) -> None:
         """Launch or attach to tor, wait for bootstrap, find its SOCKS port."""
         if self._tor is not None:
             raise TransportError("this Tor transport is already started")
         connecting = Deferred.fromCoroutine(_awaited(self._connect_tor()))
-        tor = await _bounded(
-            self._reactor,
-            connecting,
-            self._launch_timeout,
-            TorStartupError,
-            f"tor did not start and bootstrap within {self._launch_timeout:g} s"
-            f" (data directory {self._data_dir})",
-        )
+        try:
+            tor = await _bounded(
+                self._reactor,
+                connecting,
+                self._launch_timeout,
+                TorStartupError,
+                f"tor did not start and bootstrap within {self._launch_timeout:g} s"
+                f" (data directory {self._data_dir})",
+            )
+        except BaseException:
+            await self.stop()
+            raise
         self._tor = tor
         try:
             self._socks_port = await _loopback_socks_port(tor)
@@ -216,28 +241,54 @@ class TorTransport:
         if self._control_endpoint is not None:
             endpoint = clientFromString(self._reactor, self._control_endpoint)
             tor: TorLike = await txtorcon.connect(self._reactor, endpoint)
+            await _wait_bootstrapped(self._reactor, tor, lambda: "")
             return tor
-        make_private_directory(self._data_dir)
+        return await self._launch()
+
+    async def _launch(self) -> TorLike:
+        """Launch our own tor, connect to it, wait for bootstrap 100%.
+
+        ``txtorcon.launch`` waits for a STATUS_CLIENT event reporting 100%,
+        but only subscribes after authenticating; on a private network tor
+        bootstraps in ~1 s and the event can come first, leaving launch
+        hanging forever. So we launch with ``control_port=0`` (launch returns
+        once tor is spawned) and a ``ControlSocket`` we connect to ourselves,
+        then poll ``status/bootstrap-phase``.
+        """
+        data_dir = make_private_directory(self._data_dir.resolve())
+        socket_dir = data_dir
+        if len(str(data_dir / CONTROL_SOCKET)) > MAX_UNIX_SOCKET_PATH:
+            # Too long for a socket address: use a short private directory.
+            socket_dir = Path(tempfile.mkdtemp(prefix="bb-tor-"))
+            self._temporary_dirs.append(socket_dir)
+        socket_path = socket_dir / CONTROL_SOCKET
         config = txtorcon.TorConfig()
         for option, value in _grouped(self._extra_torrc):
             setattr(config, option, value)
-        # The default control port is a Unix socket in the data directory
-        # (only our user can reach it); fall back to a loopback TCP port
-        # when the path is too long for a socket address.
-        socket_path = self._data_dir.resolve() / "control.socket"
-        control_port: int | None = None
-        if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
-            control_port = await txtorcon.util.available_tcp_port(self._reactor)
-        launched: TorLike = await txtorcon.launch(
+        config.ControlSocket = str(socket_path)
+        output = _OutputTail()
+        self._launched = await txtorcon.launch(
             self._reactor,
-            data_directory=str(self._data_dir),
-            control_port=control_port,
+            data_directory=str(data_dir),
+            control_port=0,
             tor_binary=self._tor_binary,
-            timeout=self._launch_timeout,
-            progress_updates=_log_progress("bootstrap"),
+            stdout=output,
             _tor_config=config,
         )
-        return launched
+        self._process_ended = _watch_process_end(self._launched.process)
+        endpoint = UNIXClientEndpoint(self._reactor, str(socket_path))
+        while True:
+            try:
+                tor: TorLike = await txtorcon.connect(self._reactor, endpoint)
+                break
+            except (ConnectError, OSError):
+                if self._launched.process.transport.pid is None:
+                    raise TorStartupError(
+                        f"tor exited during start-up:\n{output.text()}"
+                    ) from None
+                await deferLater(self._reactor, POLL_INTERVAL)
+        await _wait_bootstrapped(self._reactor, tor, output.text)
+        return tor
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on 127.0.0.1 and publish our onion, virtual port → it.
@@ -315,6 +366,7 @@ class TorTransport:
         onion, self._onion = self._onion, None
         port, self._listening = self._listening, None
         tor, self._tor = self._tor, None
+        launched, self._launched = self._launched, None
         self._socks_port = None
         try:
             if onion is not None:
@@ -322,17 +374,28 @@ class TorTransport:
         finally:
             if port is not None:
                 await stop_listening(port)
+            # Closing our control connection drops our ephemeral onion; a
+            # tor we attached to keeps running.
             if tor is not None:
-                # For a launched tor this sends SIGTERM and waits for exit;
-                # for an attached one it only closes our control connection
-                # (which also drops our ephemeral onion).
-                await _bounded(
-                    self._reactor,
-                    tor.quit(),
-                    STOP_TIMEOUT,
-                    TransportError,
-                    f"tor did not stop within {STOP_TIMEOUT:g} s",
-                )
+                await self._bounded_stop(tor.quit(), "close its control port")
+            if launched is not None:
+                # SIGTERM, then wait for the process to exit.
+                await self._bounded_stop(launched.quit(), "exit")
+                # quit() fires when the process is reaped; wait for its pipes
+                # to close too, so nothing of it is left in the reactor.
+                await self._bounded_stop(self._process_ended, "close its output")
+            for directory in self._temporary_dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+            self._temporary_dirs.clear()
+
+    async def _bounded_stop(self, stopping: Deferred[Any], what: str) -> None:
+        await _bounded(
+            self._reactor,
+            stopping,
+            STOP_TIMEOUT,
+            TransportError,
+            f"tor did not {what} within {STOP_TIMEOUT:g} s",
+        )
 
     def _require_started(self) -> TorLike:
         if self._tor is None:
@@ -382,6 +445,57 @@ def _check_control_endpoint(endpoint: str) -> None:
     raise ValueError(
         f"control endpoint {endpoint!r} must be unix:PATH or tcp:127.0.0.1:PORT"
     )
+
+
+def _watch_process_end(process_protocol: Any) -> Deferred[None]:
+    """A Deferred fired after ``processEnded`` of txtorcon's protocol.
+
+    txtorcon offers no such Deferred (``quit()`` fires at reaping, before
+    the pipes are closed), so we wrap the instance's method.
+    """
+    ended: Deferred[None] = Deferred()
+    original = process_protocol.processEnded
+
+    def process_ended(status: Any) -> None:
+        try:
+            original(status)
+        finally:
+            ended.callback(None)
+
+    process_protocol.processEnded = process_ended
+    return ended
+
+
+class _OutputTail:
+    """Keeps the last lines tor printed, for start-up error messages."""
+
+    def __init__(self, lines: int = 20) -> None:
+        self._lines: list[str] = []
+        self._limit = lines
+
+    def write(self, data: str) -> None:
+        self._lines = (self._lines + data.splitlines())[-self._limit :]
+
+    def text(self) -> str:
+        return "\n".join(self._lines)
+
+
+async def _wait_bootstrapped(
+    reactor: Any, tor: TorLike, output: Callable[[], str]
+) -> None:
+    """Poll ``status/bootstrap-phase`` until PROGRESS=100.
+
+    Unbounded here: the caller bounds the whole start-up with a timeout
+    that cancels this wait.
+    """
+    while True:
+        answer = await tor.protocol.get_info("status/bootstrap-phase")
+        phase = str(answer.get("status/bootstrap-phase", ""))
+        if re.search(r"\bPROGRESS=100\b", phase):
+            return
+        if "WARN" in phase.split()[:1]:
+            log.warn("tor bootstrap: {phase}", phase=phase)
+        await deferLater(reactor, POLL_INTERVAL)
 
 
 async def _loopback_socks_port(tor: TorLike) -> int:
