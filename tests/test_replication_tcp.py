@@ -11,7 +11,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
 from barterbackup._proto import bbrpc_pb2, storedpb_pb2
-from barterbackup.peer.connection import PeerConnection
+from barterbackup.peer.connection import PeerConnection, PeerLimits
 from barterbackup.peer.errors import PeerCallError
 from barterbackup.peer.factory import PeerServerFactory, connect_peer
 from barterbackup.peer.framing import FrameTooLarge
@@ -54,7 +54,9 @@ class TcpSyncTests(TestCase):
             factory
         )
         self.addCleanup(port.stopListening)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        self.endpoint = endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", port.getHost().port
+        )
         self.conn = yield connect_peer(
             reactor,
             endpoint,
@@ -104,14 +106,34 @@ class TcpSyncTests(TestCase):
         self.assertEqual(caught.exception.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED)
 
     @defer.inlineCallbacks
+    def test_revision_of_a_gigabyte_content_fits_a_frame(self) -> Any:
+        # ~120k sections: a signed revision of ~4.6 MB (what ~1 GiB of content
+        # takes) travels in one frame once the peer is authenticated. The
+        # sections repeat so that the replica stores only a few files.
+        tiny = [(i % 16).to_bytes(4, "big") for i in range(120_000)]
+        revision = self.owner.content.commit(tiny)
+        final = yield self.owner.service.push_revision(
+            self.conn, revision, list().append
+        )
+        self.assertTrue(final.complete)
+
+    @defer.inlineCallbacks
     def test_revision_larger_than_a_frame_fails_cleanly(self) -> Any:
-        # ~120k sections: a signed revision of ~4.6 MB, over the frame cap.
-        tiny = [i.to_bytes(4, "big") for i in range(120_000)]
+        limited = yield connect_peer(
+            reactor,
+            self.endpoint,
+            self.owner.keys,
+            self.replica.keys.onion_address,
+            self.owner.service,
+            limits=PeerLimits(max_frame_length=1024 * 1024),
+        )
+        self.addCleanup(limited.close)
+        tiny = [i.to_bytes(4, "big") for i in range(30_000)]
         revision = self.owner.content.commit(tiny)
         with self.assertRaises(FrameTooLarge):
-            yield self.owner.service.push_revision(self.conn, revision, list().append)
+            yield self.owner.service.push_revision(limited, revision, list().append)
         # The connection is still usable afterwards.
-        response = yield self.conn.call(
+        response = yield limited.call(
             "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
         )
         self.assertEqual(response.signed_revision, b"")

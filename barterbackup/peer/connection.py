@@ -45,7 +45,6 @@ from barterbackup.peer.errors import (
     PeerProtocolError,
 )
 from barterbackup.peer.framing import (
-    MAX_FRAME_LENGTH,
     FrameDecoder,
     FrameError,
     encode_body_frame,
@@ -67,12 +66,21 @@ TRANSPORT_BUFFER_SIZE = 1 * 1024 * 1024
 INTERNAL_ERROR_MESSAGE = "internal error while serving the call"
 
 
+MAX_HANDSHAKE_FRAME_LENGTH = 64 * 1024
+MAX_AUTHENTICATED_FRAME_LENGTH = 64 * 1024 * 1024 + 64 * 1024
+
+
 @dataclass(frozen=True)
 class PeerLimits:
     """Every bound one connection enforces; all times in seconds."""
 
-    # max_frame_length is the largest frame accepted or sent.
-    max_frame_length: int = MAX_FRAME_LENGTH
+    # max_frame_length is the largest frame accepted or sent once the peer
+    # is authenticated. A signed revision travels in one frame and takes
+    # ~4.5 MB per GiB of content, so this admits contents up to ~14 GiB.
+    max_frame_length: int = MAX_AUTHENTICATED_FRAME_LENGTH
+    # max_handshake_frame_length bounds frames before authentication, so an
+    # anonymous stranger can make us buffer no more than this.
+    max_handshake_frame_length: int = MAX_HANDSHAKE_FRAME_LENGTH
     # max_concurrent_calls is how many calls the peer may have open with us;
     # one more is answered ERROR_CODE_BUSY.
     max_concurrent_calls: int = 32
@@ -226,7 +234,7 @@ class PeerConnection(Protocol):
         self.rtt: float | None = None
 
         self._state = _State.awaiting_hello
-        self._decoder = FrameDecoder(self.limits.max_frame_length)
+        self._decoder = FrameDecoder(self.limits.max_handshake_frame_length)
         self._our_nonce = os.urandom(handshake.NONCE_LENGTH)
         self._our_hello = b""
         self._peer_hello = b""
@@ -470,6 +478,7 @@ class PeerConnection(Protocol):
         handshake.verify_auth(auth, self.peer_pubkey, self.role.other, *self._hellos())
         self.peer_onion_address = onion.onion_address_from_pubkey(self.peer_pubkey)
         self._state = _State.authenticated
+        self._decoder.max_frame_length = self.limits.max_frame_length
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         log.info(
