@@ -23,7 +23,11 @@ from barterbackup.content.sections import (
     SECTION_MIN_BYTES,
     content_sha256,
 )
-from barterbackup.content.signing import verify_revision
+from barterbackup.content.signing import (
+    sign_revision,
+    sign_revision_lean,
+    verify_revision,
+)
 from barterbackup.keys.derive import node_keys_from_master
 
 KEYS = node_keys_from_master(bytes(range(1, 33)))
@@ -131,6 +135,14 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(metadata.content_id, verified.content_id)
         self.assertEqual(metadata.content_sha256, revision.content_sha256)
         self.assertEqual(metadata.content_length, 200_000)
+        # The engine's lean signing gives exactly sign_revision's bytes.
+        self.assertEqual(
+            sign_revision(revision, KEYS.signing_key).signed, result.revision.signed
+        )
+        self.assertEqual(
+            sign_revision_lean(revision, KEYS.signing_key).signed,
+            result.revision.signed,
+        )
         manifest = store.open_revision(verified)
         self.assertEqual([f.name for f in manifest.files], ["a"])
         # The content blob is the sections in table order: all are served.

@@ -49,7 +49,7 @@ from barterbackup.content.signing import (
     REVISION_FORMAT,
     InvalidRevision,
     VerifiedRevision,
-    sign_revision,
+    sign_revision_lean,
     verify_revision,
 )
 from barterbackup.keys.derive import NodeKeys
@@ -77,9 +77,9 @@ __all__ = [
 MANIFEST_AD_LABEL = b"barterbackup v1 manifest\x00"
 METADATA_FILE_NAME = "metadata.sealed"
 # Plaintext is cut in batches of this size: memory stays flat for any file.
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024
 # Batches in flight between the two pipeline threads.
-PIPELINE_DEPTH = 4
+PIPELINE_DEPTH = 2
 # One record per section while an update is built: u64be plaintext length,
 # plaintext SHA-256, ciphertext SHA-256.
 _RECORD = struct.Struct(">Q32s32s")
@@ -134,7 +134,6 @@ class _EncryptionWorker:
     ) -> None:
         self._content_key = content_key
         self._packs = packs
-        self._packs_directory = packs_directory
         self._queue: queue.Queue[
             tuple[_FileState, bytearray, list[tuple[int, int, bytes]]] | None
         ]
@@ -142,8 +141,7 @@ class _EncryptionWorker:
         self._out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
         self._out_view = memoryview(self._out)
         self.error: BaseException | None = None
-        self.writers: list[PackWriter] = []
-        self.written: set[bytes] = set()
+        self.writers: list[tuple[int, PackWriter]] = []
         self.reused: set[bytes] = set()
         self.new_section_bytes = 0
         self._thread = threading.Thread(
@@ -163,8 +161,12 @@ class _EncryptionWorker:
             raise self.error
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        """End the thread and free its buffer (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._out_view.release()
+        self._out = bytearray()
 
     def _run(self) -> None:
         while True:
@@ -179,11 +181,9 @@ class _EncryptionWorker:
             finally:
                 self._queue.task_done()
 
-    def _current_writer(self) -> PackWriter:
-        if not self.writers or self.writers[-1].size >= PACK_TARGET_BYTES:
-            if self.writers:
-                self.writers[-1].finish()
-            self.writers.append(PackWriter(self._packs_directory))
+    def _current_writer(self) -> tuple[int, PackWriter]:
+        if not self.writers or self.writers[-1][1].size >= PACK_TARGET_BYTES:
+            self.writers.append(self._packs.new_writer())
         return self.writers[-1]
 
     def _encrypt(
@@ -193,6 +193,7 @@ class _EncryptionWorker:
         out = self._out_view
         position = 0
         fresh: list[tuple[bytes, int]] = []
+        in_batch: set[bytes] = set()
         for offset, length, plain_sha256 in cuts:
             encryptor = section_cipher(
                 section_key(self._content_key, plain_sha256)
@@ -201,13 +202,15 @@ class _EncryptionWorker:
             encryptor.finalize()
             sha256 = hashlib.sha256(out[position : position + length]).digest()
             state.records += _RECORD.pack(length, plain_sha256, sha256)
-            if sha256 in self.written or self._packs.claim(sha256, self.reused):
+            if sha256 in in_batch or self._packs.claim_or_reserve(sha256, self.reused):
                 continue
-            self.written.add(sha256)
+            in_batch.add(sha256)
             fresh.append((sha256, length))
             position += length
         if fresh:
-            self._current_writer().append(out[:position], fresh)
+            number, writer = self._current_writer()
+            first = writer.append(out[:position], fresh)
+            self._packs.reserve(number, first, [sha256 for sha256, _ in fresh])
             self.new_section_bytes += position
 
 
@@ -331,6 +334,7 @@ class Update:
             raise ValueError(f"files still being written: {names}")
         try:
             self._worker.drain()
+            self._worker.stop()
             return self._store._commit(self)
         except BaseException:
             self.abort()
@@ -349,8 +353,9 @@ class Update:
         except BaseException:
             pass  # aborting anyway
         self._worker.stop()
-        for writer in self._worker.writers:
-            writer.discard()
+        for number, _ in self._worker.writers:
+            self._store._packs.release(number)
+        self._worker.writers.clear()
         self._store._update_ended(self)
 
 
@@ -573,12 +578,13 @@ class ContentStore:
 
     def _commit(self, update: Update) -> CommitResult:
         with self._lock:
-            for writer in update._worker.writers:
+            for _, writer in update._worker.writers:
                 writer.finish()
             crash_point(1)
-            for writer in update._worker.writers:
-                self._packs.install(writer, crash_point)
-            update._worker.writers.clear()
+            while update._worker.writers:
+                number, _ = update._worker.writers[0]
+                self._packs.install(number, crash_point)
+                del update._worker.writers[0]
             verified, manifest = self._build_revision(update)
             atomic_write(self._revision_path(verified.number), verified.signed)
             crash_point(4)
@@ -631,6 +637,7 @@ class ContentStore:
                     sections.add(length=length, sha256=sha256)
                     plain_hashes.append(plain_sha256)
                     content_length += length
+                item.records = bytearray()  # consumed: keep the peak low
             else:
                 assert old_revision is not None and old_manifest is not None
                 entry.size, entry.mode, entry.mtime = item.size, item.mode, item.mtime
@@ -648,7 +655,7 @@ class ContentStore:
             manifest.SerializeToString(deterministic=True),
             manifest_associated_data(revision.owner_pubkey, revision.number),
         )
-        return sign_revision(revision, self._keys.signing_key), manifest
+        return sign_revision_lean(revision, self._keys.signing_key), manifest
 
     def _kept_revision_numbers(self) -> list[int]:
         if self._current is None:

@@ -4,20 +4,29 @@ One file per section would cost ~70 µs of file creation per 16 KiB section
 here (240 MB/s), far below the packing goal, so sections are appended to pack
 files instead. Each pack ``<id>.pack`` (concatenated ciphertext sections) has
 an index ``<id>.idx`` of fixed 48-byte entries: ciphertext SHA-256 (32) ‖
-offset (u64 big-endian) ‖ length (u64 big-endian). A pack is visible only once
-its index exists: the pack is written under a temp name, fsynced, renamed,
-and only then its index is written atomically; a pack without an index is a
-crash leftover and is deleted at open. Everything read back is checked
-against its hash before it is returned.
+offset (u64 big-endian) ‖ length (u64 big-endian), in pack order.
+
+A pack is visible only once its index exists: pack and index are written
+under temp names, the pack is fsynced and renamed, then the index is fsynced
+and renamed; a pack without an index is a crash leftover and is deleted at
+open. Everything read back is checked against its hash before it is returned.
+
+Memory: the in-memory index of stored sections is two sorted arrays, the
+first 8 bytes of each hash and its (pack, entry number): 16 bytes per section
+(a dict of full hashes costs ~160). A lookup bisects the prefixes and
+confirms the full hash from the index file, so correctness never rests on
+the prefix. Only the open update's new sections sit in a dict until commit.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import secrets
 import struct
 import threading
+from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -36,10 +45,8 @@ PACK_TARGET_BYTES = 256 * 1024 * 1024
 # A pack is rewritten by gc once this fraction of it is garbage; below that
 # its dead sections are only dropped from its index (no longer served).
 REPACK_DEAD_FRACTION = 0.25
-# A location packs pack number, offset and length into one int (compact: the
-# index holds one entry per section of every kept revision).
-_OFFSET_SHIFT = 24
-_PACK_SHIFT = 64
+_ENTRY_BITS = 32
+_ENTRY_MASK = (1 << _ENTRY_BITS) - 1
 
 
 class SectionCorrupt(Exception):
@@ -50,128 +57,285 @@ class SectionMissing(LookupError):
     """No stored section has this hash."""
 
 
+def _prefix(sha256: bytes) -> int:
+    return int.from_bytes(sha256[:8], "big")
+
+
 class PackWriter:
-    """Appends ciphertext sections to a new pack under a temp name."""
+    """Appends ciphertext sections and their index entries under temp names."""
 
     def __init__(self, directory: Path) -> None:
         self.pack_id = secrets.token_hex(8)
         self.directory = directory
         self.final_path = directory / f"{self.pack_id}{PACK_SUFFIX}"
         self.temp_path = directory / f".{self.pack_id}{PACK_SUFFIX}{TEMP_SUFFIX}"
-        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb", buffering=0)
+        self.final_index_path = directory / f"{self.pack_id}{INDEX_SUFFIX}"
+        self.temp_index_path = directory / f".{self.pack_id}{INDEX_SUFFIX}{TEMP_SUFFIX}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self._fd = os.open(self.temp_path, flags, 0o600)
+        self.index_fd = os.open(self.temp_index_path, flags, 0o600)
         self.size = 0
-        self.entries = bytearray()
+        self.count = 0
 
     def append(
         self, data: memoryview | bytes, hashes: Iterable[tuple[bytes, int]]
-    ) -> None:
-        """Write ``data``: consecutive sections given as (sha256, length)."""
+    ) -> int:
+        """Write consecutive sections given as (sha256, length); return the
+        entry number of the first."""
+        first = self.count
+        entries = bytearray()
         offset = self.size
         for sha256, length in hashes:
-            self.entries += INDEX_ENTRY.pack(sha256, offset, length)
+            entries += INDEX_ENTRY.pack(sha256, offset, length)
             offset += length
-        self._file.write(data)
+        _write_all(self._fd, data)
+        _write_all(self.index_fd, entries)
         self.size = offset
+        self.count += len(entries) // INDEX_ENTRY.size
+        return first
+
+    def entry(self, number: int) -> tuple[bytes, int, int]:
+        sha256, offset, length = INDEX_ENTRY.unpack(
+            os.pread(self.index_fd, INDEX_ENTRY.size, number * INDEX_ENTRY.size)
+        )
+        return sha256, offset, length
+
+    def entries(self) -> Iterable[tuple[bytes, int, int]]:
+        return INDEX_ENTRY.iter_unpack(
+            os.pread(self.index_fd, self.count * INDEX_ENTRY.size, 0)
+        )
 
     def finish(self) -> None:
-        """Make the pack's bytes durable (still under its temp name)."""
-        if not self._file.closed:
-            os.fsync(self._file.fileno())
-            self._file.close()
+        """Make the pack's bytes and index durable (still under temp names)."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.fsync(self.index_fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def close_index(self) -> None:
+        if self.index_fd >= 0:
+            os.close(self.index_fd)
+            self.index_fd = -1
 
     def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.close_index()
         self.temp_path.unlink(missing_ok=True)
+        self.temp_index_path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class PackStore:
-    """All packs of one directory, with an in-memory hash → location index."""
+    """All packs of one directory, with a compact hash → location index.
+
+    A location is ``pack number << 32 | entry number``; a negative location
+    ``~(writer number << 32 | entry number)`` is a section an open update is
+    writing (reserved: deduplicated within the update, not yet readable).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock = threading.Lock()
         self._pack_ids: dict[int, str] = {}
         self._next_pack_number = 0
-        self._index: dict[bytes, int] = {}
-        self._fds: dict[int, int] = {}
+        # Stored sections: sorted hash prefixes and their locations.
+        self._prefixes = array("Q")
+        self._locations = array("q")
+        # Reservations of the open update: prefix → location, and full hash
+        # → location for the rare prefix collision among them.
+        self._pending: dict[int, int] = {}
+        self._pending_overflow: dict[bytes, int] = {}
+        self._fds: dict[int, tuple[int, int]] = {}
+        self._writers: dict[int, PackWriter] = {}
+        self._next_writer_number = 0
         self.bytes_read = 0
+        for pack_path in directory.glob(f"*{PACK_SUFFIX}"):
+            if not (directory / f"{pack_path.stem}{INDEX_SUFFIX}").exists():
+                # Renamed but its index never was: a crash leftover that no
+                # revision can reference.
+                atomic_delete(pack_path)
+        keys: list[int] = []
         for index_path in sorted(directory.glob(f"*{INDEX_SUFFIX}")):
             pack_id = index_path.name[: -len(INDEX_SUFFIX)]
             if not (directory / f"{pack_id}{PACK_SUFFIX}").exists():
                 raise SectionCorrupt(f"pack index {index_path} has no pack file")
-            self._load_index(pack_id, index_path.read_bytes())
-        for pack_path in directory.glob(f"*{PACK_SUFFIX}"):
-            if not (directory / f"{pack_path.stem}{INDEX_SUFFIX}").exists():
-                # Renamed but its index never written: a crash leftover that
-                # no revision can reference.
-                atomic_delete(pack_path)
+            keys += self._register_pack(pack_id, index_path.read_bytes())
+        self._rebuild(set(), keys)
 
-    def _load_index(self, pack_id: str, raw: bytes) -> None:
+    # -- the index --------------------------------------------------------
+
+    def _register_pack(self, pack_id: str, raw: bytes | bytearray) -> list[int]:
+        """Number a pack; return its sort keys (prefix << 64 | location)."""
         if len(raw) % INDEX_ENTRY.size:
             raise SectionCorrupt(f"pack index {pack_id}{INDEX_SUFFIX} is truncated")
         number = self._next_pack_number
         self._next_pack_number += 1
         self._pack_ids[number] = pack_id
-        for sha256, offset, length in INDEX_ENTRY.iter_unpack(raw):
-            self._index.setdefault(
-                sha256, (number << _PACK_SHIFT) | (offset << _OFFSET_SHIFT) | length
+        base = number << _ENTRY_BITS
+        return [
+            _prefix(sha256) << 64 | base | entry_number
+            for entry_number, (sha256, _, _) in enumerate(INDEX_ENTRY.iter_unpack(raw))
+        ]
+
+    def _rebuild(self, dropped_packs: set[int], added: list[int]) -> None:
+        """Re-sort the stored index without ``dropped_packs``, plus ``added``."""
+        keys = added
+        for prefix, location in zip(self._prefixes, self._locations, strict=True):
+            if location >> _ENTRY_BITS not in dropped_packs:
+                keys.append(prefix << 64 | location)
+        keys.sort()
+        mask = (1 << 64) - 1
+        self._prefixes = array("Q", (key >> 64 for key in keys))
+        self._locations = array("q", (key & mask for key in keys))
+
+    def _entry_at(self, location: int) -> tuple[bytes, int, int]:
+        """The (sha256, offset, length) entry a location points at."""
+        if location < 0:
+            writer_location = ~location
+            writer = self._writers[writer_location >> _ENTRY_BITS]
+            return writer.entry(writer_location & _ENTRY_MASK)
+        number = location >> _ENTRY_BITS
+        _, index_fd = self._pack_fds(number)
+        raw = os.pread(
+            index_fd, INDEX_ENTRY.size, (location & _ENTRY_MASK) * INDEX_ENTRY.size
+        )
+        if len(raw) != INDEX_ENTRY.size:
+            raise SectionCorrupt(
+                f"pack index of {self._pack_path(number)} is truncated"
             )
+        sha256, offset, length = INDEX_ENTRY.unpack(raw)
+        return sha256, offset, length
+
+    def _locate(self, sha256: bytes) -> int | None:
+        """The location of ``sha256`` (stored or reserved), or None. Locked."""
+        prefix = _prefix(sha256)
+        position = bisect.bisect_left(self._prefixes, prefix)
+        while position < len(self._prefixes) and self._prefixes[position] == prefix:
+            location = self._locations[position]
+            if self._entry_at(location)[0] == sha256:
+                return location
+            position += 1
+        reserved = self._pending_overflow.get(sha256)
+        if reserved is None:
+            reserved = self._pending.get(prefix)
+            if reserved is not None and self._entry_at(reserved)[0] != sha256:
+                reserved = None
+        return reserved
+
+    def _pack_path(self, number: int) -> Path:
+        return self.directory / f"{self._pack_ids[number]}{PACK_SUFFIX}"
+
+    def _pack_fds(self, number: int) -> tuple[int, int]:
+        fds = self._fds.get(number)
+        if fds is None:
+            pack_path = self._pack_path(number)
+            pack_fd = os.open(pack_path, os.O_RDONLY)
+            fds = (pack_fd, os.open(pack_path.with_suffix(INDEX_SUFFIX), os.O_RDONLY))
+            self._fds[number] = fds
+        return fds
+
+    # -- public API -------------------------------------------------------
 
     def has(self, sha256: bytes) -> bool:
-        return sha256 in self._index
+        with self._lock:
+            location = self._locate(sha256)
+            return location is not None and location >= 0
 
-    def claim(self, sha256: bytes, pins: set[bytes]) -> bool:
-        """If stored, add ``sha256`` to ``pins`` (which gc keeps) atomically.
+    def new_writer(self) -> tuple[int, PackWriter]:
+        """A new pack writer, registered so its reservations can be read."""
+        with self._lock:
+            number = self._next_writer_number
+            self._next_writer_number += 1
+            writer = PackWriter(self.directory)
+            self._writers[number] = writer
+            return number, writer
 
-        Check and pin happen under the lock gc holds, so a section found
-        here cannot be collected before the update that reuses it commits.
+    def claim_or_reserve(self, sha256: bytes, pins: set[bytes]) -> bool:
+        """True if the section is stored or being written; else False.
+
+        A stored section is added to ``pins`` (which gc keeps) under the lock
+        gc holds, so it cannot be collected before the update that reuses it
+        commits. On False the caller must ``append`` it and ``reserve`` it.
         """
         with self._lock:
-            if sha256 in self._index:
+            location = self._locate(sha256)
+            if location is None:
+                return False
+            if location >= 0:
                 pins.add(sha256)
-                return True
-            return False
+            return True
 
-    def __len__(self) -> int:
-        return len(self._index)
+    def reserve(
+        self, writer_number: int, first_entry: int, hashes: list[bytes]
+    ) -> None:
+        """Mark sections just appended by a writer as being written."""
+        with self._lock:
+            for offset, sha256 in enumerate(hashes):
+                location = ~(writer_number << _ENTRY_BITS | first_entry + offset)
+                prefix = _prefix(sha256)
+                if prefix in self._pending:
+                    self._pending_overflow[sha256] = location
+                else:
+                    self._pending[prefix] = location
 
-    def install(self, writer: PackWriter, crash_point: Callable[[int], None]) -> None:
+    def _drop_reservations(self, writer_number: int, writer: PackWriter) -> None:
+        for entry_number, (sha256, _, _) in enumerate(writer.entries()):
+            location = ~(writer_number << _ENTRY_BITS | entry_number)
+            prefix = _prefix(sha256)
+            if self._pending.get(prefix) == location:
+                del self._pending[prefix]
+            elif self._pending_overflow.get(sha256) == location:
+                del self._pending_overflow[sha256]
+        if not self._pending:
+            self._pending = {}  # a dict never shrinks: free the table
+
+    def release(self, writer_number: int) -> None:
+        """Drop a discarded writer and its reservations."""
+        with self._lock:
+            writer = self._writers.get(writer_number)
+            if writer is None:
+                return
+            if writer.index_fd >= 0:
+                self._drop_reservations(writer_number, writer)
+            del self._writers[writer_number]
+            writer.discard()
+
+    def install(self, writer_number: int, crash_point: Callable[[int], None]) -> None:
         """Rename a finished pack into place, then publish its index."""
+        writer = self._writers[writer_number]
+        writer.finish()
         os.replace(writer.temp_path, writer.final_path)
         fsync_directory(self.directory)
         crash_point(2)
-        atomic_write(
-            self.directory / f"{writer.pack_id}{INDEX_SUFFIX}", bytes(writer.entries)
-        )
+        os.replace(writer.temp_index_path, writer.final_index_path)
+        fsync_directory(self.directory)
         crash_point(3)
         with self._lock:
-            self._load_index(writer.pack_id, bytes(writer.entries))
-
-    def _fd(self, number: int) -> int:
-        fd = self._fds.get(number)
-        if fd is None:
-            fd = os.open(
-                self.directory / f"{self._pack_ids[number]}{PACK_SUFFIX}", os.O_RDONLY
-            )
-            self._fds[number] = fd
-        return fd
+            self._drop_reservations(writer_number, writer)
+            raw = os.pread(writer.index_fd, writer.count * INDEX_ENTRY.size, 0)
+            writer.close_index()
+            del self._writers[writer_number]
+            self._rebuild(set(), self._register_pack(writer.pack_id, raw))
 
     def read(self, sha256: bytes) -> bytes:
         """The section's ciphertext, checked against ``sha256``."""
         with self._lock:
-            location = self._index.get(sha256)
-            if location is None:
+            location = self._locate(sha256)
+            if location is None or location < 0:
                 raise SectionMissing(f"section {sha256.hex()} is not stored")
-            number = location >> _PACK_SHIFT
-            fd = self._fd(number)
-            pack_path = self.directory / f"{self._pack_ids[number]}{PACK_SUFFIX}"
-        offset = (location >> _OFFSET_SHIFT) & (
-            (1 << (_PACK_SHIFT - _OFFSET_SHIFT)) - 1
-        )
-        length = location & ((1 << _OFFSET_SHIFT) - 1)
-        data = os.pread(fd, length, offset)
+            number = location >> _ENTRY_BITS
+            _, offset, length = self._entry_at(location)
+            pack_fd, _ = self._pack_fds(number)
+            pack_path = self._pack_path(number)
+        data = os.pread(pack_fd, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or hashlib.sha256(data).digest() != sha256:
             raise SectionCorrupt(
@@ -182,50 +346,46 @@ class PackStore:
     def gc(self, live: set[bytes], pins: Iterable[set[bytes]] = ()) -> int:
         """Drop every section not in ``live`` or ``pins``; return bytes freed."""
         freed = 0
+        dropped: set[int] = set()
+        added: list[int] = []
         with self._lock:
             live = live.union(*pins)
-            for number, pack_id in list(self._pack_ids.items()):
-                pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
-                index_path = self.directory / f"{pack_id}{INDEX_SUFFIX}"
-                entries = list(INDEX_ENTRY.iter_unpack(index_path.read_bytes()))
-                kept = [entry for entry in entries if entry[0] in live]
-                if len(kept) == len(entries):
-                    continue
-                pack_size = pack_path.stat().st_size
-                dead_bytes = pack_size - sum(length for _, _, length in kept)
-                self._forget(number)
-                if kept and dead_bytes < REPACK_DEAD_FRACTION * pack_size:
-                    atomic_write(
-                        index_path, b"".join(INDEX_ENTRY.pack(*e) for e in kept)
-                    )
-                    self._reload(pack_id, index_path)
-                    continue
-                if kept:
-                    self._repack(pack_path, kept)
-                # Index first: a pack without an index is an ignored leftover.
-                atomic_delete(index_path)
-                atomic_delete(pack_path)
-                freed += pack_size - (pack_size - dead_bytes if kept else 0)
+            try:
+                for number, pack_id in list(self._pack_ids.items()):
+                    pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
+                    index_path = self.directory / f"{pack_id}{INDEX_SUFFIX}"
+                    entries = list(INDEX_ENTRY.iter_unpack(index_path.read_bytes()))
+                    kept = [entry for entry in entries if entry[0] in live]
+                    if len(kept) == len(entries):
+                        continue
+                    pack_size = pack_path.stat().st_size
+                    dead_bytes = pack_size - sum(length for _, _, length in kept)
+                    self._forget(number)
+                    dropped.add(number)
+                    if kept and dead_bytes < REPACK_DEAD_FRACTION * pack_size:
+                        raw = b"".join(INDEX_ENTRY.pack(*entry) for entry in kept)
+                        atomic_write(index_path, raw)
+                        added += self._register_pack(pack_id, raw)
+                        continue
+                    if kept:
+                        added += self._repack(pack_path, kept)
+                    # Index first: a pack without an index is an ignored leftover.
+                    atomic_delete(index_path)
+                    atomic_delete(pack_path)
+                    freed += dead_bytes if kept else pack_size
+            finally:
+                self._rebuild(dropped, added)
         return freed
 
     def _forget(self, number: int) -> None:
-        fd = self._fds.pop(number, None)
-        if fd is not None:
-            os.close(fd)
+        fds = self._fds.pop(number, None)
+        if fds is not None:
+            os.close(fds[0])
+            os.close(fds[1])
         del self._pack_ids[number]
-        stale = [
-            sha256
-            for sha256, loc in self._index.items()
-            if loc >> _PACK_SHIFT == number
-        ]
-        for sha256 in stale:
-            del self._index[sha256]
 
-    def _reload(self, pack_id: str, index_path: Path) -> None:
-        self._load_index(pack_id, index_path.read_bytes())
-
-    def _repack(self, pack_path: Path, kept: list[tuple[bytes, int, int]]) -> None:
-        """Copy the live sections of a pack into a new installed pack."""
+    def _repack(self, pack_path: Path, kept: list[tuple[bytes, int, int]]) -> list[int]:
+        """Copy the live sections of a pack into a new pack; its sort keys."""
         writer = PackWriter(self.directory)
         try:
             fd = os.open(pack_path, os.O_RDONLY)
@@ -245,12 +405,15 @@ class PackStore:
             raise
         os.replace(writer.temp_path, writer.final_path)
         fsync_directory(self.directory)
-        index_path = self.directory / f"{writer.pack_id}{INDEX_SUFFIX}"
-        atomic_write(index_path, bytes(writer.entries))
-        self._reload(writer.pack_id, index_path)
+        os.replace(writer.temp_index_path, writer.final_index_path)
+        fsync_directory(self.directory)
+        raw = os.pread(writer.index_fd, writer.count * INDEX_ENTRY.size, 0)
+        writer.close_index()
+        return self._register_pack(writer.pack_id, raw)
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for pack_fd, index_fd in self._fds.values():
+                os.close(pack_fd)
+                os.close(index_fd)
             self._fds.clear()
