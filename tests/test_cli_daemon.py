@@ -27,16 +27,23 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def tcp_listen_inodes() -> set[str]:
-    inodes = set()
+def tcp_listeners() -> dict[str, str]:
+    """Listening TCP sockets: inode → "tcp:HOST:PORT" (IPv4 only shown)."""
+    listeners = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as handle:
             next(handle)
             for line in handle:
                 fields = line.split()
-                if fields[3] == "0A":  # TCP_LISTEN
-                    inodes.add(fields[9])
-    return inodes
+                if fields[3] != "0A":  # TCP_LISTEN
+                    continue
+                host_hex, port_hex = fields[1].split(":")
+                if len(host_hex) == 8:
+                    host = ".".join(str(b) for b in bytes.fromhex(host_hex)[::-1])
+                else:
+                    host = host_hex
+                listeners[fields[9]] = f"tcp:{host}:{int(port_hex, 16)}"
+    return listeners
 
 
 class CliDaemonTests(SynchronousTestCase):
@@ -142,11 +149,24 @@ class CliDaemonTests(SynchronousTestCase):
         self.assertIn("unlocked", out)
 
     def test_socket_is_private_and_no_tcp_listener(self) -> None:
-        self.unlock()  # with --transport tcp, still nothing listens until asked
         rpc_dir = self.daemon.socket_path.parent
         self.assertEqual(stat.S_IMODE(rpc_dir.stat().st_mode), 0o700)
-        listening = socket_inodes(self.daemon.pid) & tcp_listen_inodes()
+        # Locked, the daemon serves only the CLI socket: no TCP at all.
+        listening = socket_inodes(self.daemon.pid) & set(tcp_listeners())
         self.assertEqual(listening, set(), "the CLI API must never listen on TCP")
+        # Unlocked, the only TCP listener is the peer server the transport
+        # announces, on 127.0.0.1 (Tor maps the onion to it).
+        self.unlock()
+        code, out, _ = self.cli("status", "--json")
+        self.assertEqual(code, 0)
+        endpoint = json.loads(out)["peer_endpoint"]
+        ours = {
+            inode: address
+            for inode, address in tcp_listeners().items()
+            if inode in socket_inodes(self.daemon.pid)
+        }
+        self.assertEqual(list(ours.values()), [endpoint])
+        self.assertTrue(endpoint.startswith("tcp:127.0.0.1:"))
 
     def test_sigterm_stops_cleanly(self) -> None:
         self.unlock()
