@@ -78,8 +78,10 @@ MANIFEST_AD_LABEL = b"barterbackup v1 manifest\x00"
 METADATA_FILE_NAME = "metadata.sealed"
 # Plaintext is cut in batches of this size: memory stays flat for any file.
 BATCH_BYTES = 1024 * 1024
-# Batches in flight between the two pipeline threads.
+# Batches queued for the encryption threads.
 PIPELINE_DEPTH = 2
+# Encryption threads: this machine has two cores.
+ENCRYPTION_THREADS = 2
 # One record per section while an update is built: u64be plaintext length,
 # plaintext SHA-256, ciphertext SHA-256.
 _RECORD = struct.Struct(">Q32s32s")
@@ -127,32 +129,39 @@ def manifest_associated_data(owner_pubkey: bytes, number: int) -> bytes:
 
 
 class _EncryptionWorker:
-    """Pipeline stage 2: encrypt, hash ciphertext, dedupe, append to packs."""
+    """Pipeline stage 2: hash, encrypt, hash ciphertext, dedupe, append.
 
-    def __init__(
-        self, content_key: bytes, packs: PackStore, packs_directory: Path
-    ) -> None:
+    ENCRYPTION_THREADS threads take whole batches in turn: hashing and AES
+    release the GIL on large buffers, so two batches are encrypted at once on
+    two cores. Storing (dedupe, records, pack append) then happens strictly
+    in submission order, so sections land in the order they were written.
+    """
+
+    def __init__(self, content_key: bytes, packs: PackStore) -> None:
         self._content_key = content_key
         self._packs = packs
-        self._queue: queue.Queue[
-            tuple[_FileState, bytearray, list[tuple[int, int, bytes]]] | None
-        ]
-        self._queue = queue.Queue(maxsize=PIPELINE_DEPTH)
-        self._out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
-        self._out_view = memoryview(self._out)
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._submit_lock = threading.Lock()
+        self._submitted = 0
+        self._turn = threading.Condition()
+        self._next_to_store = 0
         self.error: BaseException | None = None
         self.writers: list[tuple[int, PackWriter]] = []
         self.reused: set[bytes] = set()
         self.new_section_bytes = 0
-        self._thread = threading.Thread(
-            target=self._run, name="content-encrypt", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"content-encrypt-{i}", daemon=True)
+            for i in range(ENCRYPTION_THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
-        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int, bytes]]
+        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int]]
     ) -> None:
-        self._queue.put((state, data, cuts))
+        with self._submit_lock:
+            self._queue.put(_Batch(self._submitted, state, data, cuts))
+            self._submitted += 1
 
     def drain(self) -> None:
         """Wait for every submitted batch; re-raise a worker failure."""
@@ -161,57 +170,96 @@ class _EncryptionWorker:
             raise self.error
 
     def stop(self) -> None:
-        """End the thread and free its buffer (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._out_view.release()
-        self._out = bytearray()
+        """End the threads (idempotent)."""
+        for thread in self._threads:
+            if thread.is_alive():
+                self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _run(self) -> None:
+        out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
         while True:
-            item = self._queue.get()
+            batch = self._queue.get()
+            if batch is None:
+                self._queue.task_done()
+                return
+            hashes: list[tuple[bytes, bytes]] = []
             try:
-                if item is None:
-                    return
                 if self.error is None:
-                    self._encrypt(*item)
+                    hashes = self._encrypt(batch, out)
             except BaseException as error:  # handed to the committing thread
                 self.error = error
-            finally:
-                self._queue.task_done()
+            with self._turn:
+                while self._next_to_store != batch.sequence:
+                    self._turn.wait()
+                try:
+                    if self.error is None:
+                        self._store(batch, out, hashes)
+                except BaseException as error:
+                    self.error = error
+                finally:
+                    self._next_to_store += 1
+                    self._turn.notify_all()
+            self._queue.task_done()
+
+    def _encrypt(self, batch: _Batch, out: bytearray) -> list[tuple[bytes, bytes]]:
+        """Encrypt the batch's sections into ``out``; (plain, cipher) hashes."""
+        source = memoryview(batch.data)
+        target = memoryview(out)
+        position = 0
+        hashes = []
+        for offset, length in batch.cuts:
+            plain = source[offset : offset + length]
+            plain_sha256 = hashlib.sha256(plain).digest()
+            key = section_key(self._content_key, plain_sha256)
+            encryptor = section_cipher(key).encryptor()
+            encryptor.update_into(plain, target[position:])
+            encryptor.finalize()
+            sha256 = hashlib.sha256(target[position : position + length]).digest()
+            hashes.append((plain_sha256, sha256))
+            position += length
+        return hashes
+
+    def _store(
+        self, batch: _Batch, out: bytearray, hashes: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Record the sections and append the new ones (in order)."""
+        view = memoryview(out)
+        records = batch.state.records
+        source = 0
+        kept = 0
+        fresh: list[tuple[bytes, int]] = []
+        in_batch: set[bytes] = set()
+        for (_, length), (plain_sha256, sha256) in zip(batch.cuts, hashes, strict=True):
+            records += _RECORD.pack(length, plain_sha256, sha256)
+            if sha256 not in in_batch and not self._packs.claim_or_reserve(
+                sha256, self.reused
+            ):
+                if kept != source:  # close the gap a deduplicated section left
+                    view[kept : kept + length] = view[source : source + length]
+                in_batch.add(sha256)
+                fresh.append((sha256, length))
+                kept += length
+            source += length
+        if fresh:
+            number, writer = self._current_writer()
+            first = writer.append(view[:kept], fresh)
+            self._packs.reserve(number, first, [sha256 for sha256, _ in fresh])
+            self.new_section_bytes += kept
 
     def _current_writer(self) -> tuple[int, PackWriter]:
         if not self.writers or self.writers[-1][1].size >= PACK_TARGET_BYTES:
             self.writers.append(self._packs.new_writer())
         return self.writers[-1]
 
-    def _encrypt(
-        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int, bytes]]
-    ) -> None:
-        source = memoryview(data)
-        out = self._out_view
-        position = 0
-        fresh: list[tuple[bytes, int]] = []
-        in_batch: set[bytes] = set()
-        for offset, length, plain_sha256 in cuts:
-            encryptor = section_cipher(
-                section_key(self._content_key, plain_sha256)
-            ).encryptor()
-            encryptor.update_into(source[offset : offset + length], out[position:])
-            encryptor.finalize()
-            sha256 = hashlib.sha256(out[position : position + length]).digest()
-            state.records += _RECORD.pack(length, plain_sha256, sha256)
-            if sha256 in in_batch or self._packs.claim_or_reserve(sha256, self.reused):
-                continue
-            in_batch.add(sha256)
-            fresh.append((sha256, length))
-            position += length
-        if fresh:
-            number, writer = self._current_writer()
-            first = writer.append(out[:position], fresh)
-            self._packs.reserve(number, first, [sha256 for sha256, _ in fresh])
-            self.new_section_bytes += position
+
+@dataclass
+class _Batch:
+    sequence: int
+    state: _FileState
+    data: bytearray
+    cuts: list[tuple[int, int]]
 
 
 class FileWriter:
@@ -251,15 +299,13 @@ class FileWriter:
         cutting the whole file at once.
         """
         data = self._buffer
-        cuts: list[tuple[int, int, bytes]] = []
+        cuts: list[tuple[int, int]] = []
         tail = len(data)
         for chunk in self._chunker.cut_buf(data):
             if not final and chunk.offset + chunk.length == len(data):
                 tail = chunk.offset
                 break
-            cuts.append(
-                (chunk.offset, chunk.length, hashlib.sha256(chunk.data).digest())
-            )
+            cuts.append((chunk.offset, chunk.length))
         self._buffer = bytearray(memoryview(data)[tail:])
         if cuts:
             self._update._worker.submit(self._state, data, cuts)
@@ -284,9 +330,7 @@ class Update:
 
     def __init__(self, store: ContentStore) -> None:
         self._store = store
-        self._worker = _EncryptionWorker(
-            store._keys.content_key, store._packs, store._packs_dir
-        )
+        self._worker = _EncryptionWorker(store._keys.content_key, store._packs)
         self._lock = threading.Lock()
         self._open_writers: set[FileWriter] = set()
         self._added: dict[str, _FileState] = {}
