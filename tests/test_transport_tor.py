@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -12,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.testing.faketor import FakeTor, onion_address_of_key_blob
 from barterbackup.transport.base import DestinationRefused, TransportError
+from barterbackup.transport.socks import Socks5ClientEndpoint
 from barterbackup.transport.tor import (
     DEFAULT_ONION_PORT,
     OnionAddressMismatch,
@@ -113,12 +115,14 @@ class TorTransportTests(SynchronousTestCase):
     def test_client_endpoint_goes_through_socks_to_onion(self) -> None:
         transport = self.started(FakeTor(socks_listeners='"127.0.0.1:9150"'))
         endpoint = transport.client_endpoint(
-            OTHER.onion_address.upper(), "tcp:1.2.3.4:5"
+            OTHER.onion_address.upper(), "tcp:1.2.3.4:5", isolation="bulk-1"
         )
-        self.assertEqual(endpoint.host, OTHER.onion_address)  # type: ignore[attr-defined]
-        self.assertEqual(endpoint.port, DEFAULT_ONION_PORT)  # type: ignore[attr-defined]
-        socks = endpoint._socks_endpoint  # type: ignore[attr-defined]
-        self.assertEqual((socks._host, socks._port), ("127.0.0.1", 9150))
+        assert isinstance(endpoint, Socks5ClientEndpoint)
+        self.assertEqual(endpoint.host, OTHER.onion_address)
+        self.assertEqual(endpoint.port, DEFAULT_ONION_PORT)
+        self.assertEqual(endpoint.isolation, "bulk-1")
+        proxy: Any = endpoint.proxy
+        self.assertEqual((proxy._host, proxy._port), ("127.0.0.1", 9150))
 
     def test_refuses_everything_but_onions(self) -> None:
         transport = self.started(FakeTor())

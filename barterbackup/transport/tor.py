@@ -8,7 +8,8 @@ check that Tor publishes exactly that one.
 
 Outbound connections go only to v3 onion addresses and only through the
 tor's SOCKS port: no DNS, no direct socket, no exit traffic (fail closed,
-like Tahoe-LAFS in anonymous mode).
+like Tahoe-LAFS in anonymous mode). They use our own SOCKS5 client
+(:mod:`barterbackup.transport.socks`; see there why not txtorcon's).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from barterbackup.transport.base import (
     listening_address,
     stop_listening,
 )
+from barterbackup.transport.socks import Socks5ClientEndpoint
 
 log = Logger()
 
@@ -339,13 +341,19 @@ class TorTransport:
         return port
 
     def client_endpoint(
-        self, onion_address: str, hint: str | None = None
+        self,
+        onion_address: str,
+        hint: str | None = None,
+        *,
+        isolation: str | None = None,
     ) -> IStreamClientEndpoint:
         """A SOCKS endpoint through our tor to ``onion_address``.
 
         Anything but a valid v3 onion address is refused: reaching it would
         need DNS or an exit and would leave Tor. ``hint`` is ignored, so a
-        hint can never route a connection around Tor.
+        hint can never route a connection around Tor. Streams with different
+        ``isolation`` strings go over different circuits (parallel bulk
+        transfers).
         """
         try:
             address = normalize_onion_address(onion_address)
@@ -355,9 +363,11 @@ class TorTransport:
             ) from None
         if self._socks_port is None:
             raise TransportError("the Tor transport is not started")
-        socks = TCP4ClientEndpoint(self._reactor, "127.0.0.1", self._socks_port)
-        endpoint: IStreamClientEndpoint = txtorcon.TorClientEndpoint(
-            address, self._onion_port, socks_endpoint=socks, reactor=self._reactor
+        socks: Any = TCP4ClientEndpoint(self._reactor, "127.0.0.1", self._socks_port)
+        # Typed through Any: mypy without the zope plugin cannot see that
+        # @implementer classes provide their interface.
+        endpoint: Any = Socks5ClientEndpoint(
+            socks, address, self._onion_port, isolation
         )
         return endpoint
 
@@ -451,14 +461,20 @@ def _watch_process_end(process_protocol: Any) -> Deferred[None]:
     """A Deferred fired after ``processEnded`` of txtorcon's protocol.
 
     txtorcon offers no such Deferred (``quit()`` fires at reaping, before
-    the pipes are closed), so we wrap the instance's method.
+    the pipes are closed), so we wrap the instance's method. Its original
+    also logs *every* exit as an error, even the clean one ``quit()`` asked
+    for; on exit code 0 we only run its cleanup, so operators do not see a
+    false error at each shutdown. Other exits keep txtorcon's handling.
     """
     ended: Deferred[None] = Deferred()
     original = process_protocol.processEnded
 
     def process_ended(status: Any) -> None:
         try:
-            original(status)
+            if getattr(status.value, "exitCode", None) == 0:
+                process_protocol.cleanup()
+            else:
+                original(status)
         finally:
             ended.callback(None)
 
