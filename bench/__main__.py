@@ -1,0 +1,54 @@
+"""``make bench``: every benchmark, each in its own process, in one run.
+
+Each prints a table of ratios against a baseline measured in the same run
+(never absolute timings alone: these machines are noisy). Each runs in a
+subprocess because a Twisted reactor runs once per process.
+
+    .venv/bin/python -m bench            # the full sizes of the issues
+    .venv/bin/python -m bench --quick    # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+FULL = [
+    ("content packing, memory, incremental cost", ["bench.content_pack", "1024"]),
+    ("delta sync on the wire vs rsync", ["bench.delta", "1024"]),
+    ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
+    ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
+]
+QUICK = [
+    (
+        "content packing, memory, incremental cost",
+        ["bench.content_pack", "128", "--no-4g"],
+    ),
+    ("delta sync on the wire vs rsync", ["bench.delta", "128"]),
+    ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
+    ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run every benchmark.")
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    args = parser.parse_args()
+    failed = []
+    for title, command in QUICK if args.quick else FULL:
+        print(f"\n### {title}  (python -m {' '.join(command)})", flush=True)
+        began = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", *command])
+        print(f"({time.monotonic() - began:.0f} s)", flush=True)
+        if result.returncode != 0:
+            failed.append(title)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
