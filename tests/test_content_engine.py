@@ -254,6 +254,15 @@ class UpdateTests(StoreTestCase):
         assert store.current is not None
         self.assertEqual(store.current.number, 1)
 
+    def test_finished_update_refuses_more_work(self) -> None:
+        store = self.open_store()
+        update = store.begin_update()
+        writer = update.add_file("late")
+        update.abort()
+        self.assertRaises(ValueError, writer.write, b"x" * 10)
+        self.assertRaises(ValueError, update.add_file, "other")
+        self.assertRaises(ValueError, update.commit)
+
     def test_commit_refuses_open_writer(self) -> None:
         store = self.open_store()
         update = store.begin_update()
@@ -333,3 +342,39 @@ class GarbageCollectionTests(StoreTestCase):
         self.commit_files(store, {"y": b""})
         store.gc()
         self.assertEqual(b"".join(store.read_file("again")), data)
+
+    def check_partly_dead_pack(self, dead_size: int, live_size: int) -> int:
+        store = self.open_store()
+        files = {
+            "dead": random_bytes(dead_size, 11),
+            "live": random_bytes(live_size, 12),
+        }
+        first = self.commit_files(store, files).revision
+        entry = store.open_revision(first).files[0]
+        self.assertEqual(entry.name, "dead")
+        span = range(entry.first_section, entry.first_section + entry.section_count)
+        dead = {first.revision.sections[i].sha256 for i in span}
+        update = store.begin_update()
+        update.remove_file("dead")
+        update.commit()
+        self.commit_files(store, {"tiny": b"t"})  # revision 1 is no longer kept
+        packs_before = sorted(store._packs_dir.iterdir())
+        freed = store.gc()
+        for sha256 in dead:
+            self.assertFalse(store.has_section(sha256))
+        reopened = self.open_store(store._dir.parent)
+        self.assertEqual(
+            self.read_back(reopened), {"live": files["live"], "tiny": b"t"}
+        )
+        for sha256 in dead:
+            self.assertFalse(reopened.has_section(sha256))
+        self.assertEqual(len(list(store._packs_dir.iterdir())), len(packs_before))
+        return freed
+
+    def test_gc_repacks_a_mostly_dead_pack(self) -> None:
+        freed = self.check_partly_dead_pack(300_000, 300_000)
+        self.assertEqual(freed, 300_000)
+
+    def test_gc_only_unindexes_a_little_garbage(self) -> None:
+        # Under a quarter dead: the index drops the sections, bytes stay.
+        self.assertEqual(self.check_partly_dead_pack(50_000, 500_000), 0)

@@ -280,6 +280,7 @@ class FileWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed:
             raise ValueError(f"file {self._state.name!r} is already closed")
+        self._update._check_open()
         view = memoryview(data).cast("B")
         self._state.size += len(view)
         start = 0
