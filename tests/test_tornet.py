@@ -14,6 +14,7 @@ from barterbackup.testing.tornet import (
     AuthorityIdentity,
     NodePorts,
     TorProcess,
+    _read_pid,
     all_ports,
     authority_torrc,
     choose_base_port,
@@ -125,6 +126,17 @@ class TorrcTests(SynchronousTestCase):
         for bad in [("Nickname", "x\nSocksPort 0.0.0.0:1"), ("Bad Name", "1")]:
             with self.assertRaises(ValueError):
                 render_torrc([bad])
+
+
+class PidFileTests(SynchronousTestCase):
+    def test_partly_written_pid_file_is_not_read(self) -> None:
+        pid_file = Path(self.mktemp())
+        self.assertIsNone(_read_pid(pid_file))
+        for partial in ("", "12", "12x\n"):
+            pid_file.write_text(partial)
+            self.assertIsNone(_read_pid(pid_file), partial)
+        pid_file.write_text("1234\n")
+        self.assertEqual(_read_pid(pid_file), 1234)
 
 
 class ProcessIdentityTests(SynchronousTestCase):

@@ -297,6 +297,18 @@ class TorProcess:
                 pass
 
 
+def _read_pid(pid_file: Path) -> int | None:
+    """The PID in tor's PidFile once completely written ("1234\\n")."""
+    try:
+        text = pid_file.read_text()
+    except OSError:
+        return None
+    # Tor writes the file in place, not atomically: wait for the newline.
+    if not text.endswith("\n") or not text.strip().isdigit():
+        return None
+    return int(text)
+
+
 def _is_our_tor(pid: int, torrc: Path) -> bool:
     proc = Path("/proc") / str(pid)
     try:
@@ -454,7 +466,7 @@ class TorNetwork:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        running = [p for p in self.processes if p.is_running()]
+        running = self._recover_pids()
         for process in running:
             process.signal(signal.SIGTERM)
         await self._until(lambda: not any(p.is_running() for p in running), TERM_GRACE)
@@ -468,7 +480,7 @@ class TorNetwork:
 
     def stop_now(self) -> None:
         """Synchronous :meth:`stop` for scripts and interpreter exit."""
-        running = [p for p in self.processes if p.is_running()]
+        running = self._recover_pids()
         for process in running:
             process.signal(signal.SIGTERM)
         deadline = time.monotonic() + TERM_GRACE
@@ -477,6 +489,17 @@ class TorNetwork:
         for process in running:
             process.signal(signal.SIGKILL)
         self._unregister_atexit()
+
+    def _recover_pids(self) -> list[TorProcess]:
+        """Our running tors, including any whose launch we stopped waiting for.
+
+        A launch can fail (timeout, error) after tor daemonized; its PID file
+        then still tells us which process to stop.
+        """
+        for process in self.processes:
+            if process.pid is None:
+                process.pid = _read_pid(process.data_dir / "tor.pid")
+        return [p for p in self.processes if p.is_running()]
 
     def running_pids(self) -> list[int]:
         """PIDs of our tors that are still alive."""
@@ -587,14 +610,14 @@ class TorNetwork:
             self._tor_binary, ["-f", str(process.torrc)], check=False
         )
         pid_file = process.data_dir / "tor.pid"
-        await self._until(pid_file.exists, LAUNCH_TIMEOUT)
-        text = pid_file.read_text().strip() if pid_file.exists() else ""
-        if not text.isdigit():
+        await self._until(lambda: _read_pid(pid_file) is not None, LAUNCH_TIMEOUT)
+        pid = _read_pid(pid_file)
+        if pid is None:
             raise TorNetworkError(
                 f"{process.nickname} did not start:\n{output[-2000:]}\n"
                 f"{log_tail(process.data_dir)}"
             )
-        process.pid = int(text)
+        process.pid = pid
 
     async def _wait_all(
         self,
@@ -706,3 +729,50 @@ async def _bootstrapped(control: TorControl) -> str | None:
         return None
     found = re.search(r'PROGRESS=(\d+).*SUMMARY="([^"]*)"', phase)
     return f"bootstrap {found.group(1)}%: {found.group(2)}" if found else phase
+
+
+async def _serve(reactor: Any, argv: Sequence[str]) -> None:
+    """Run a network until SIGINT/SIGTERM; print how to join it."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m barterbackup.testing.tornet",
+        description="Run a private Tor network on 127.0.0.1 until interrupted.",
+    )
+    parser.add_argument("directory", type=Path, help="where the tors live")
+    parser.add_argument("--clients", type=int, default=0, help="client tors")
+    parser.add_argument("--key-cache", type=Path, default=None)
+    args = parser.parse_args(argv)
+    network = TorNetwork(reactor, args.directory, key_cache=args.key_cache)
+    stopped: Deferred[None] = Deferred()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: reactor.callFromThread(stopped.callback, None))
+    try:
+        await network.start()
+        clients = [await network.start_client() for _ in range(args.clients)]
+        print(
+            json.dumps(
+                {
+                    "client_torrc_options": network.client_torrc_options(),
+                    "clients": [
+                        {"socks_port": c.socks_port, "control": c.control_endpoint}
+                        for c in clients
+                    ],
+                    "timings": network.timings,
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
+        await stopped
+    finally:
+        await network.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from twisted.internet.task import react
+
+    react(lambda reactor: Deferred.fromCoroutine(_serve(reactor, sys.argv[1:])))
