@@ -216,11 +216,17 @@ async def socks_to_loopback(reactor: Any, client: TorTransport) -> str:
     try:
         assert client.socks_port is not None
         socks = TCP4ClientEndpoint(reactor, "127.0.0.1", client.socks_port)
-        endpoint = Socks5ClientEndpoint(socks, "127.0.0.1", port.getHost().port)
+        endpoint = Socks5ClientEndpoint(
+            socks, "127.0.0.1", port.getHost().port, reactor=reactor, timeout=30.0
+        )
+        began = time.monotonic()
         try:
             await fetch(reactor, endpoint, 30.0)
         except Exception as error:
-            return f"failed as expected: {type(error).__name__}: {error}"
+            return (
+                f"failed as expected after {time.monotonic() - began:.1f} s: "
+                f"{type(error).__name__}: {error}"
+            )
         return "unexpectedly succeeded"
     finally:
         await port.stopListening()

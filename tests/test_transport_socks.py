@@ -5,9 +5,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -51,11 +52,18 @@ class FakeProxyEndpoint:
 
 
 def connect(
-    isolation: str | None = None,
+    isolation: str | None = None, clock: Clock | None = None
 ) -> tuple[FakeProxyEndpoint, Deferred[IProtocol], Recorder]:
     proxy = FakeProxyEndpoint()
     app = Recorder()
-    endpoint = Socks5ClientEndpoint(proxy, HOST, PORT, isolation)  # type: ignore[arg-type]
+    endpoint = Socks5ClientEndpoint(
+        proxy,  # type: ignore[arg-type]
+        HOST,
+        PORT,
+        isolation,
+        reactor=clock,
+        timeout=None if clock is None else 30.0,
+    )
     connected = endpoint.connect(Factory.forProtocol(lambda: app))
     return proxy, connected, app
 
@@ -156,6 +164,16 @@ class SocksClientTests(SynchronousTestCase):
         self.successResultOf(connected)
         proxy.protocol.connectionLost(Failure(Exception("closed")))
         self.assertIsNotNone(app.lost)
+
+    def test_timeout_aborts_the_proxy_connection(self) -> None:
+        clock = Clock()
+        proxy, connected, _app = connect(clock=clock)
+        proxy.protocol.dataReceived(bytes([5, 0]))
+        clock.advance(29)
+        self.assertNoResult(connected)
+        clock.advance(2)
+        self.failureResultOf(connected, TimeoutError)
+        self.assertTrue(proxy.transport.disconnecting)
 
     def test_bad_hosts_refused_early(self) -> None:
         for host, port in [("", 1), ("x" * 256, 1), ("h", 0), ("h", 70000)]:

@@ -104,7 +104,9 @@ class TorTransportTests(SynchronousTestCase):
         )
         starting = Deferred.fromCoroutine(transport.start())
         reactor.advance(11)
-        self.failureResultOf(starting, TorStartupError)
+        failure = self.failureResultOf(starting, TorStartupError)
+        self.assertIn("within 10 s", str(failure.value))
+        self.assertIn("last status: not connected to tor yet", str(failure.value))
 
     def test_refuses_tor_without_loopback_socks(self) -> None:
         tor = FakeTor(socks_listeners='"0.0.0.0:9050"')

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -117,7 +118,7 @@ class _SocksClient(Protocol):
         self._buffer = b""
         self._stage = "method"
         self._app: Any = None
-        self.ready: Deferred[IProtocol] = Deferred()
+        self.ready: Deferred[IProtocol] = Deferred(canceller=self._abort)
 
     def connectionMade(self) -> None:
         method = USERNAME_PASSWORD if self._credentials else NO_AUTH
@@ -185,6 +186,12 @@ class _SocksClient(Protocol):
                 SocksError(f"SOCKS connection lost during handshake: {reason.value}")
             )
 
+    def _abort(self, _ready: Deferred[IProtocol]) -> None:
+        """Cancelled (e.g. timed out) during the handshake: drop the socket."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
     def _send_connect(self) -> None:
         self._stage = "reply"
         self._write(self._request)
@@ -210,6 +217,8 @@ class Socks5ClientEndpoint:
 
     ``isolation``: if given, sent as SOCKS username and password; Tor puts
     streams with different credentials on different circuits.
+    ``timeout``: seconds for reaching the proxy *and* the destination (Tor
+    itself gives up on a stream only after two minutes); needs ``reactor``.
     """
 
     def __init__(
@@ -218,12 +227,19 @@ class Socks5ClientEndpoint:
         host: str,
         port: int,
         isolation: str | None = None,
+        *,
+        reactor: IReactorTime | None = None,
+        timeout: float | None = None,
     ) -> None:
         connect_request(host, port)  # validate now, not at connect time
+        if timeout is not None and reactor is None:
+            raise ValueError("a SOCKS connect timeout needs a reactor")
         self.proxy = proxy
         self.host = host
         self.port = port
         self.isolation = isolation
+        self.timeout = timeout
+        self._reactor = reactor
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         credentials = None
@@ -237,4 +253,7 @@ class Socks5ClientEndpoint:
         def handshake(_proxy_protocol: Any) -> Deferred[IProtocol]:
             return client.ready
 
-        return connecting.addCallback(handshake)
+        connected: Deferred[IProtocol] = connecting.addCallback(handshake)
+        if self.timeout is not None and self._reactor is not None:
+            connected.addTimeout(self.timeout, self._reactor)
+        return connected

@@ -57,6 +57,9 @@ DEFAULT_ONION_PORT = 4177
 LAUNCH_TIMEOUT = 120.0
 PUBLISH_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+# Reaching a peer's onion normally takes 0.3-2 s here, a few seconds on the
+# real network; Tor's own limit for a stream is 120 s.
+CONNECT_TIMEOUT = 60.0
 POLL_INTERVAL = 0.2
 CONTROL_SOCKET = "control.socket"
 # Tor refuses Unix control sockets whose path does not fit sockaddr_un.
@@ -161,6 +164,7 @@ class TorTransport:
         onion_port: int = DEFAULT_ONION_PORT,
         launch_timeout: float = LAUNCH_TIMEOUT,
         publish_timeout: float = PUBLISH_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
         connect_tor: TorConnector | None = None,
     ) -> None:
         for option, _value in extra_torrc:
@@ -177,6 +181,7 @@ class TorTransport:
         self._onion_port = onion_port
         self._launch_timeout = launch_timeout
         self._publish_timeout = publish_timeout
+        self._connect_timeout = connect_timeout
         self._connect_tor = connect_tor or self._launch_or_attach
         self._tor: TorLike | None = None
         # The launched tor's process holder (its quit() stops the process);
@@ -184,6 +189,9 @@ class TorTransport:
         self._launched: Any = None
         self._temporary_dirs: list[Path] = []
         self._process_ended: Deferred[None] = Deferred()
+        # For start-up error messages: what tor printed, how far it got.
+        self._output = _OutputTail()
+        self._bootstrap_phase = "not connected to tor yet"
         self._socks_port: int | None = None
         self._onion: OnionServiceLike | None = None
         self._listening: IListeningPort | None = None
@@ -229,6 +237,11 @@ class TorTransport:
                 f"tor did not start and bootstrap within {self._launch_timeout:g} s"
                 f" (data directory {self._data_dir})",
             )
+        except TorStartupError as error:
+            await self.stop()
+            raise TorStartupError(
+                f"{error}; last status: {self._bootstrap_phase}\n{self._output.text()}"
+            ) from None
         except BaseException:
             await self.stop()
             raise
@@ -243,7 +256,7 @@ class TorTransport:
         if self._control_endpoint is not None:
             endpoint = clientFromString(self._reactor, self._control_endpoint)
             tor: TorLike = await txtorcon.connect(self._reactor, endpoint)
-            await _wait_bootstrapped(self._reactor, tor, lambda: "")
+            await self._wait_bootstrapped(tor)
             return tor
         return await self._launch()
 
@@ -268,13 +281,12 @@ class TorTransport:
         for option, value in _grouped(self._extra_torrc):
             setattr(config, option, value)
         config.ControlSocket = str(socket_path)
-        output = _OutputTail()
         self._launched = await txtorcon.launch(
             self._reactor,
             data_directory=str(data_dir),
             control_port=0,
             tor_binary=self._tor_binary,
-            stdout=output,
+            stdout=self._output,
             _tor_config=config,
         )
         self._process_ended = _watch_process_end(self._launched.process)
@@ -286,11 +298,24 @@ class TorTransport:
             except (ConnectError, OSError):
                 if self._launched.process.transport.pid is None:
                     raise TorStartupError(
-                        f"tor exited during start-up:\n{output.text()}"
+                        f"tor exited during start-up:\n{self._output.text()}"
                     ) from None
                 await deferLater(self._reactor, POLL_INTERVAL)
-        await _wait_bootstrapped(self._reactor, tor, output.text)
+        await self._wait_bootstrapped(tor)
         return tor
+
+    async def _wait_bootstrapped(self, tor: TorLike) -> None:
+        """Poll ``status/bootstrap-phase`` until PROGRESS=100.
+
+        Unbounded here: start() bounds the whole start-up with a timeout
+        that cancels this wait.
+        """
+        while True:
+            answer = await tor.protocol.get_info("status/bootstrap-phase")
+            self._bootstrap_phase = str(answer.get("status/bootstrap-phase", ""))
+            if re.search(r"\bPROGRESS=100\b", self._bootstrap_phase):
+                return
+            await deferLater(self._reactor, POLL_INTERVAL)
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on 127.0.0.1 and publish our onion, virtual port → it.
@@ -367,7 +392,12 @@ class TorTransport:
         # Typed through Any: mypy without the zope plugin cannot see that
         # @implementer classes provide their interface.
         endpoint: Any = Socks5ClientEndpoint(
-            socks, address, self._onion_port, isolation
+            socks,
+            address,
+            self._onion_port,
+            isolation,
+            reactor=self._reactor,
+            timeout=self._connect_timeout,
         )
         return endpoint
 
@@ -494,24 +524,6 @@ class _OutputTail:
 
     def text(self) -> str:
         return "\n".join(self._lines)
-
-
-async def _wait_bootstrapped(
-    reactor: Any, tor: TorLike, output: Callable[[], str]
-) -> None:
-    """Poll ``status/bootstrap-phase`` until PROGRESS=100.
-
-    Unbounded here: the caller bounds the whole start-up with a timeout
-    that cancels this wait.
-    """
-    while True:
-        answer = await tor.protocol.get_info("status/bootstrap-phase")
-        phase = str(answer.get("status/bootstrap-phase", ""))
-        if re.search(r"\bPROGRESS=100\b", phase):
-            return
-        if "WARN" in phase.split()[:1]:
-            log.warn("tor bootstrap: {phase}", phase=phase)
-        await deferLater(reactor, POLL_INTERVAL)
 
 
 async def _loopback_socks_port(tor: TorLike) -> int:
