@@ -280,6 +280,28 @@ class Node:
     def _update_finished(self) -> None:
         self._update_lock.release()
 
+    def collect_garbage(self) -> Deferred:
+        """Drop sections no kept revision or in-flight push needs.
+
+        Called after each commit; fires with the bytes freed. Runs on the
+        thread pool (it may rewrite pack files).
+        """
+        unlocked = self._require_unlocked()
+        keep = unlocked.peers.sections_in_flight() if unlocked.peers else set()
+        return self._in_thread(unlocked.content.gc, keep)
+
+    def revision_committed(self) -> None:
+        """After a commit: collect garbage in the background."""
+
+        def collected(freed: int) -> None:
+            if freed:
+                log.info("freed {freed} bytes of old sections", freed=freed)
+
+        def failed(failure: Any) -> None:
+            log.failure("garbage collection failed", failure)
+
+        self.collect_garbage().addCallbacks(collected, failed)
+
     # -- peers and storage (the peer network) ----------------------------
 
     def _peers(self) -> PeerManager:

@@ -79,6 +79,9 @@ class PeerManager:
         self._reconnects: dict[bytes, _Reconnect] = {}
         self._dialling: dict[bytes, Deferred[PeerConnection]] = {}
         self._listening: Any = None
+        # Revisions being pushed right now, by content id (with a count of
+        # pushes): garbage collection must keep their sections.
+        self._pushing: dict[bytes, tuple[VerifiedRevision, int]] = {}
         self._stopping = False
         self._ready = False
         self._waiting: list[Deferred[None]] = []
@@ -346,6 +349,14 @@ class PeerManager:
             )
         return conn
 
+    def sections_in_flight(self) -> set[bytes]:
+        """Section hashes of every revision being pushed to a peer now."""
+        return {
+            ref.sha256
+            for revision, _ in self._pushing.values()
+            for ref in revision.revision.sections
+        }
+
     def connected_addresses(self) -> list[str]:
         return sorted(onion_address_from_pubkey(p) for p in self._connections)
 
@@ -361,6 +372,8 @@ class PeerManager:
         """Push ``revision`` to one peer; report progress; fire when held."""
         address = onion_address_from_pubkey(_pubkey(conn))
         started = self._reactor.seconds()
+        _, count = self._pushing.get(revision.content_id, (revision, 0))
+        self._pushing[revision.content_id] = (revision, count + 1)
 
         def on_progress(item: bbrpc_pb2.SetContentRevisionResponse) -> None:
             report(
@@ -374,7 +387,14 @@ class PeerManager:
                 )
             )
 
-        final = yield self.service.push_revision(conn, revision, on_progress)
+        try:
+            final = yield self.service.push_revision(conn, revision, on_progress)
+        finally:
+            _, count = self._pushing[revision.content_id]
+            if count > 1:
+                self._pushing[revision.content_id] = (revision, count - 1)
+            else:
+                del self._pushing[revision.content_id]
         elapsed = self._reactor.seconds() - started
         self._remember(_pubkey(conn), held_revision=revision.number)
         report(

@@ -247,3 +247,39 @@ class NodeNetworkTests(TestCase):
             if infos and infos[0].connected:
                 break
         self.assertTrue(a.connected_peers()[0].connected)
+
+
+def tree_size(root: Any) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+class GarbageCollectionTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_old_sections_are_collected_but_in_flight_ones_kept(self):  # type: ignore[no-untyped-def]
+        tmp = short_tempdir(self)
+        node = Node(reactor, NodeConfig(node_dir=tmp / "n", transport="tcp"))
+        yield node.unlock(PASSWORDS[0], create_if_missing=True)
+        self.addCleanup(node.shutdown)
+        size = 2 * 1024 * 1024
+        first = yield write_files(node, {"f.bin": os.urandom(size)})
+        in_flight = first.revision
+        # Pretend revision 1 is being pushed to a peer while we move on.
+        node._peers()._pushing[in_flight.content_id] = (in_flight, 1)
+        for _ in range(3):
+            yield write_files(node, {"f.bin": os.urandom(size)})
+        yield node.collect_garbage()
+        # Revision 1 (in flight) and 3, 4 (kept) survive; 2 is gone.
+        for ref in in_flight.revision.sections:
+            self.assertTrue(node.content.has_section(ref.sha256))
+        content_dir = tmp / "n" / "content"
+        self.assertLess(tree_size(content_dir), 3.5 * size)
+        # Once the push is over, revision 1's sections go too.
+        del node._peers()._pushing[in_flight.content_id]
+        freed = yield node.collect_garbage()
+        self.assertGreater(freed, size // 2)
+        self.assertFalse(
+            any(node.content.has_section(r.sha256) for r in in_flight.revision.sections)
+        )
+        self.assertLess(tree_size(content_dir), 2.5 * size)

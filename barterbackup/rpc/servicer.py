@@ -130,6 +130,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                 update.abort()
             finally:
                 blockingCallFromThread(self._reactor, update.finish)
+        blockingCallFromThread(self._reactor, self._node.revision_committed)
         return clirpc_pb2.SetFileResponse(
             revision=result.revision.number,
             files_written=counts[0],
