@@ -43,7 +43,7 @@ def read_all(store: ContentStore) -> dict[str, bytes]:
 
 class CrashPointTests(TestCase):
     def check_crash_at(self, point: int) -> int:
-        node_dir = Path(self.mktemp())
+        node_dir = Path(self.mktemp()).resolve()
         node_dir.mkdir(parents=True)
         self.assertEqual(run_child(node_dir, 1, None), 0)
         code = run_child(node_dir, 2, point)
@@ -74,7 +74,7 @@ class CrashPointTests(TestCase):
         self.assertEqual(outcomes, {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2})
 
     def test_no_crash_gives_revision_2(self) -> None:
-        node_dir = Path(self.mktemp())
+        node_dir = Path(self.mktemp()).resolve()
         node_dir.mkdir()
         self.assertEqual(run_child(node_dir, 1, None), 0)
         self.assertEqual(run_child(node_dir, 2, None), 0)
