@@ -16,12 +16,17 @@ import sys
 import time
 
 FULL = [
+    ("SetFile through the real daemon, daemon RSS", ["bench.daemon_pack", "1024"]),
     ("content packing, memory, incremental cost", ["bench.content_pack", "1024"]),
     ("delta sync on the wire vs rsync", ["bench.delta", "1024"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
 ]
 QUICK = [
+    (
+        "SetFile through the real daemon, daemon RSS",
+        ["bench.daemon_pack", "128", "--rss-small", "32", "--rss-large", "256"],
+    ),
     (
         "content packing, memory, incremental cost",
         ["bench.content_pack", "128", "--no-4g"],
