@@ -51,7 +51,7 @@ unit: venv
 	$(VENV)/bin/trial -j2 $(TRIAL_ARGS)
 
 test: system-deps venv check
-	$(VENV)/bin/trial -j2 tests
+	$(PY) tools/trial_summary.py -j2 tests
 
 demo: system-deps venv
 	$(PY) -m barterbackup.demo
