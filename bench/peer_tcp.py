@@ -18,6 +18,7 @@ bbrpc is measured two ways, each on a fresh (not installed) epoll reactor:
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.peer.factory import PeerServerFactory, connect_peer
+from barterbackup.peer.framing import DownloadPiece
 from barterbackup.peer.handler import StreamSender, UnimplementedHandler
 from barterbackup.peer.testing import keys_for_test
 
@@ -47,6 +49,7 @@ class _StreamingHandler(UnimplementedHandler):
     def __init__(self, items: int) -> None:
         self.items = items
         self.chunk = bytes(range(256)) * (ITEM_SIZE // 256)
+        self.sha256 = hashlib.sha256(self.chunk).digest()
 
     @inlineCallbacks
     def download(
@@ -55,8 +58,18 @@ class _StreamingHandler(UnimplementedHandler):
         request: bbrpc_pb2.DownloadRequest,
         send: StreamSender[bbrpc_pb2.DownloadResponse],
     ) -> Any:
+        # Sent as DownloadPieces, as send_sections does on a real connection;
+        # the hash is the real one, computed once (hashing is measured apart).
         for index in range(self.items):
-            yield send(bbrpc_pb2.DownloadResponse(section=index, data=self.chunk))
+            yield send(
+                DownloadPiece(
+                    section=index,
+                    offset=0,
+                    data=self.chunk,
+                    sha256=self.sha256,
+                    section_length=ITEM_SIZE,
+                )
+            )
 
 
 def _run_on_fresh_reactor(work: Any) -> Any:

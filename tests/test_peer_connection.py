@@ -15,7 +15,11 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.peer.connection import PeerConnection, PeerLimits
 from barterbackup.peer.errors import CallCancelled, PeerCallError, PeerConnectionLost
 from barterbackup.peer.factory import PeerServerFactory, connect_peer
-from barterbackup.peer.framing import encode_frame
+from barterbackup.peer.framing import (
+    DownloadPiece,
+    accepts_download_pieces,
+    encode_frame,
+)
 from barterbackup.peer.handler import UnimplementedHandler
 from barterbackup.peer.handshake import HandshakeFailed
 from barterbackup.peer.testing import connected_pair, keys_for_test
@@ -29,9 +33,12 @@ MIB = 1024 * 1024
 class FakeHandler(UnimplementedHandler):
     """Serves PeerExchange and Download from test-controlled data."""
 
-    def __init__(self, items: int = 3, item_size: int = 10) -> None:
+    def __init__(
+        self, items: int = 3, item_size: int = 10, as_pieces: bool = False
+    ) -> None:
         self.items = items
         self.item_size = item_size
+        self.as_pieces = as_pieces
         self.exchange_result: Any = bbrpc_pb2.PeerExchangeResponse(
             onion_addresses=[MALLORY.onion_address]
         )
@@ -56,11 +63,12 @@ class FakeHandler(UnimplementedHandler):
         try:
             for index in range(self.items):
                 self.sent += 1
-                yield send(
-                    bbrpc_pb2.DownloadResponse(
-                        section=index, data=b"x" * self.item_size
-                    )
-                )
+                data = bytes([index % 256]) * self.item_size
+                if self.as_pieces:
+                    assert accepts_download_pieces(send)
+                    yield send(DownloadPiece(index, 0, data, b"h" * 32, len(data)))
+                else:
+                    yield send(bbrpc_pb2.DownloadResponse(section=index, data=data))
         except Exception:
             self.stream_outcome = Failure()
             raise
@@ -105,6 +113,45 @@ class DispatchTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(got, [0, 1, 2, 3, 4])
         self.assertEqual(server._inbound, {})
+
+    def test_stream_of_download_pieces(self) -> None:
+        handler = FakeHandler(items=3, item_size=1000, as_pieces=True)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        got: list[bbrpc_pb2.DownloadResponse] = []
+        d = client.call_stream(
+            "download_request", bbrpc_pb2.DownloadRequest(), got.append
+        )
+        pipe.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(
+            got,
+            [
+                bbrpc_pb2.DownloadResponse(
+                    section=i,
+                    data=bytes([i]) * 1000,
+                    sha256=b"h" * 32,
+                    section_length=1000,
+                )
+                for i in range(3)
+            ],
+        )
+        self.assertEqual(server._inbound, {})
+
+    def test_download_piece_only_on_download_streams(self) -> None:
+        class PieceOnWrongStream(FakeHandler):
+            def set_content_revision(self, conn: Any, request: Any, send: Any) -> Any:
+                return send(DownloadPiece(0, 0, b"x", b"", 1))
+
+        client, _server, pipe, _ = setup(self, server_handler=PieceOnWrongStream())
+        d = client.call_stream(
+            "set_content_revision_request",
+            bbrpc_pb2.SetContentRevisionRequest(),
+            lambda m: None,
+        )
+        pipe.pump()
+        failure = self.failureResultOf(d, PeerCallError)
+        self.assertEqual(failure.value.code, bbrpc_pb2.ERROR_CODE_INTERNAL)
+        self.flushLoggedErrors(TypeError)
 
     def test_peer_call_error(self) -> None:
         handler = FakeHandler()
@@ -285,6 +332,23 @@ class FlowControlTests(SynchronousTestCase):
 
         d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
         # Move only the request: the handler sends one item, then waits.
+        pipe._move(pipe.client_transport, pipe.server_transport, server)
+        self.assertEqual(handler.sent, 1)
+        pipe.pump()
+        self.successResultOf(d)
+        self.assertEqual(received, 64 * MIB)
+        self.assertLess(pipe.server_transport.most_buffered, 2 * MIB)
+
+    def test_piece_stream_waits_for_transport(self) -> None:
+        handler = FakeHandler(items=64, item_size=MIB, as_pieces=True)
+        client, server, pipe, _ = setup(self, server_handler=handler)
+        received = 0
+
+        def on_item(message: bbrpc_pb2.DownloadResponse) -> None:
+            nonlocal received
+            received += len(message.data)
+
+        d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
         pipe._move(pipe.client_transport, pipe.server_transport, server)
         self.assertEqual(handler.sent, 1)
         pipe.pump()

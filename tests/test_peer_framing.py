@@ -10,10 +10,13 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.peer.framing import (
     MAX_FRAME_LENGTH,
     PREFIX_LENGTH,
+    DownloadPiece,
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
+    accepts_download_pieces,
     encode_body_frame,
+    encode_download_piece_frame,
     encode_frame,
 )
 
@@ -132,3 +135,83 @@ class BodyFrameTests(SynchronousTestCase):
         body = bbrpc_pb2.DownloadResponse(data=b"x" * 100)
         with self.assertRaises(FrameTooLarge):
             encode_body_frame(1, False, "download_response", body, max_frame_length=100)
+
+
+uint64s = st.integers(0, 2**64 - 1)
+
+
+class DownloadPieceFrameTests(SynchronousTestCase):
+    @settings(max_examples=300)
+    @given(
+        uint64s,
+        uint64s,
+        uint64s,
+        st.binary(max_size=3000),
+        st.binary(max_size=40),
+        uint64s,
+        st.booleans(),
+    )
+    def test_equals_serialize_to_string_byte_for_byte(
+        self,
+        call_id: int,
+        section: int,
+        offset: int,
+        data: bytes,
+        sha256: bytes,
+        section_length: int,
+        as_view: bool,
+    ) -> None:
+        piece = DownloadPiece(
+            section=section,
+            offset=offset,
+            # A view into a larger buffer, as send_sections cuts pieces.
+            data=memoryview(b"<" + data + b">")[1:-1] if as_view else data,
+            sha256=sha256,
+            section_length=section_length,
+        )
+        envelope = bbrpc_pb2.Envelope(
+            call_id=call_id,
+            download_response=bbrpc_pb2.DownloadResponse(
+                section=section,
+                offset=offset,
+                data=data,
+                sha256=sha256,
+                section_length=section_length,
+            ),
+        )
+        frame = encode_download_piece_frame(call_id, piece)
+        self.assertIsInstance(frame, bytes)
+        self.assertEqual(frame, encode_frame(envelope))
+        self.assertEqual(piece.to_message(), envelope.download_response)
+
+    def test_large_piece(self) -> None:
+        data = bytes(range(256)) * 4096 * 4
+        piece = DownloadPiece(7, 4 * 2**20, data, b"h" * 32, 2**40)
+        envelope = bbrpc_pb2.Envelope(
+            call_id=2**33, download_response=piece.to_message()
+        )
+        self.assertEqual(
+            encode_download_piece_frame(2**33, piece), encode_frame(envelope)
+        )
+
+    def test_maximum_enforced(self) -> None:
+        piece = DownloadPiece(0, 0, b"x" * 100, b"", 100)
+        with self.assertRaises(FrameTooLarge):
+            encode_download_piece_frame(1, piece, max_frame_length=100)
+
+    def test_out_of_range_fields_rejected(self) -> None:
+        with self.assertRaises(ValueError):
+            DownloadPiece(-1, 0, b"", b"", 0)
+        with self.assertRaises(ValueError):
+            DownloadPiece(0, 2**64, b"", b"", 0)
+        with self.assertRaises(ValueError):
+            encode_download_piece_frame(2**64, DownloadPiece(0, 0, b"", b"", 0))
+        with self.assertRaises(ValueError):
+            DownloadPiece(0, 0, memoryview(b"abcd")[::2], b"", 0)
+
+    def test_only_marked_senders_accept_pieces(self) -> None:
+        def plain_sender(item: object) -> None:
+            return None
+
+        self.assertFalse(accepts_download_pieces(plain_sender))
+        self.assertFalse(accepts_download_pieces(None))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup._proto import bbrpc_pb2
+from barterbackup._proto import bbrpc_pb2, storedpb_pb2
 from barterbackup.peer.errors import PeerCallError
+from barterbackup.peer.framing import ACCEPTS_DOWNLOAD_PIECES, DownloadPiece
+from barterbackup.peer.replication import PIECE_BYTES, send_sections
 from barterbackup.testing.fakes import connect_fake_peers
 from tests.test_replication_sync import OWNER_ONION, Node, sections
 
@@ -126,3 +129,55 @@ class PeerExchangeTests(SynchronousTestCase):
             a_to_b.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         )
         self.assertEqual(list(response.onion_addresses), ["b-friend.onion"])
+
+
+class SendSectionsTests(SynchronousTestCase):
+    """send_sections cuts the same pieces for either kind of sender."""
+
+    def _sent(self, accepts_pieces: bool) -> list[Any]:
+        sent: list[Any] = []
+
+        def send(item: Any) -> defer.Deferred[None]:
+            sent.append(item)
+            return defer.succeed(None)
+
+        if accepts_pieces:
+            setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
+        section_data = [os.urandom(2 * PIECE_BYTES + 7), os.urandom(3)]
+        table = [
+            storedpb_pb2.SectionRef(length=len(d), sha256=hashlib.sha256(d).digest())
+            for d in section_data
+        ]
+        d = defer.Deferred.fromCoroutine(
+            send_sections(send, table, [1, 0], section_data.__getitem__)
+        )
+        self.successResultOf(d)
+        return sent
+
+    def test_pieces_for_a_real_connection_messages_otherwise(self) -> None:
+        pieces = self._sent(accepts_pieces=True)
+        messages = self._sent(accepts_pieces=False)
+        self.assertTrue(all(isinstance(p, DownloadPiece) for p in pieces))
+        # Views into the section read from disk: cutting pieces copies nothing.
+        self.assertTrue(all(isinstance(p.data, memoryview) for p in pieces))
+        self.assertTrue(
+            all(isinstance(m, bbrpc_pb2.DownloadResponse) for m in messages)
+        )
+        self.assertEqual(
+            [(m.section, m.offset, len(m.data)) for m in messages],
+            [
+                (1, 0, 3),
+                (0, 0, PIECE_BYTES),
+                (0, PIECE_BYTES, PIECE_BYTES),
+                (0, 2 * PIECE_BYTES, 7),
+            ],
+        )
+        for message in messages:
+            self.assertEqual(message.sha256, hashlib.sha256(message.data).digest())
+        # Different random sections per call, so compare the cut, not bytes.
+        self.assertEqual(
+            [(p.section, p.offset, len(p.data), p.section_length) for p in pieces],
+            [(m.section, m.offset, len(m.data), m.section_length) for m in messages],
+        )
+        for piece in pieces:
+            self.assertEqual(piece.sha256, hashlib.sha256(piece.data).digest())

@@ -28,6 +28,7 @@ from twisted.internet import defer
 
 from barterbackup._proto import bbrpc_pb2, storedpb_pb2
 from barterbackup.content.signing import VerifiedRevision
+from barterbackup.peer.framing import DownloadPiece, accepts_download_pieces
 from barterbackup.store.replicas import ReplicaPlan, ReplicaStore
 
 MIB = 1024 * 1024
@@ -220,11 +221,13 @@ class RevisionFetcher:
 
         def on_item(piece: bbrpc_pb2.DownloadResponse) -> defer.Deferred[Any] | None:
             nonlocal received
-            received += len(piece.data)
-            self.bytes_fetched += len(piece.data)
+            # Read once: every read of a protobuf bytes field is a new copy.
+            data = piece.data
+            received += len(data)
+            self.bytes_fetched += len(data)
             if received > allowance:
                 raise FetchFailed("the owner sent far more bytes than were asked for")
-            finished = assembler.add(piece)
+            finished = assembler.add(piece, data)
             if finished is None:
                 return None
             index, data = finished
@@ -278,7 +281,14 @@ class _SectionAssembler:
         self._rejected: set[int] = set()
         self.stored: set[int] = set()
 
-    def add(self, piece: bbrpc_pb2.DownloadResponse) -> tuple[int, bytes] | None:
+    def add(
+        self, piece: bbrpc_pb2.DownloadResponse, data: bytes
+    ) -> tuple[int, bytes] | None:
+        """Take ``piece`` (whose ``data`` the caller read already).
+
+        Returns (index, section bytes) when this piece completed a section
+        that passed its hash check, else None.
+        """
         index = piece.section
         ref = self._wanted.get(index)
         if ref is None or index in self._rejected or index in self.stored:
@@ -287,20 +297,30 @@ class _SectionAssembler:
         if (
             piece.section_length != ref.length
             or piece.offset != len(buffer)
-            or len(buffer) + len(piece.data) > ref.length
-            or hashlib.sha256(piece.data).digest() != piece.sha256
+            or len(buffer) + len(data) > ref.length
         ):
             self._reject(index)
             return None
-        buffer += piece.data
-        if len(buffer) < ref.length:
+        piece_digest = hashlib.sha256(data).digest()
+        if piece_digest != piece.sha256:
+            self._reject(index)
             return None
-        data = bytes(self._buffers.pop(index))
-        if hashlib.sha256(data).digest() != ref.sha256:
+        if not buffer and len(data) == ref.length:
+            # The piece is the whole section: its hash is the section's, so
+            # both checks below use one hashing pass and no buffer copy.
+            section, section_digest = data, piece_digest
+            del self._buffers[index]
+        else:
+            buffer += data
+            if len(buffer) < ref.length:
+                return None
+            section = bytes(self._buffers.pop(index))
+            section_digest = hashlib.sha256(section).digest()
+        if section_digest != ref.sha256:
             self._reject(index)
             return None
         self.stored.add(index)
-        return index, data
+        return index, section
 
     def _reject(self, index: int) -> None:
         self._rejected.add(index)
@@ -345,7 +365,7 @@ def selected_sections(
 
 
 async def send_sections(
-    send: Callable[[bbrpc_pb2.DownloadResponse], Awaitable[Any]],
+    send: Callable[[Any], Awaitable[Any]],
     table: list[storedpb_pb2.SectionRef] | Any,
     indices: list[int],
     read: Callable[[int], bytes],
@@ -355,18 +375,28 @@ async def send_sections(
 
     ``read(index)`` returns the section's verified ciphertext; each send is
     awaited, so a slow peer slows the reads instead of filling memory.
+    ``send`` gets DownloadPiece items if it accepts them (see
+    ``accepts_download_pieces``), else DownloadResponse messages.
     """
+    # A real connection takes DownloadPieces: pieces are then views into
+    # the section, copied once into their frames instead of three times.
+    as_pieces = accepts_download_pieces(send)
     for index in indices:
         data: bytes = await blocking(partial(read, index))
+        view = memoryview(data)
         length = table[index].length
         for offset in range(0, max(length, 1), PIECE_BYTES):
-            chunk = data[offset : offset + PIECE_BYTES]
-            await send(
-                bbrpc_pb2.DownloadResponse(
-                    section=index,
-                    offset=offset,
-                    data=chunk,
-                    sha256=hashlib.sha256(chunk).digest(),
-                    section_length=length,
+            chunk = view[offset : offset + PIECE_BYTES]
+            sha256 = hashlib.sha256(chunk).digest()
+            if as_pieces:
+                await send(DownloadPiece(index, offset, chunk, sha256, length))
+            else:
+                await send(
+                    bbrpc_pb2.DownloadResponse(
+                        section=index,
+                        offset=offset,
+                        data=bytes(chunk),
+                        sha256=sha256,
+                        section_length=length,
+                    )
                 )
-            )
