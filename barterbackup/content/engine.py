@@ -41,8 +41,10 @@ from barterbackup.content.sections import (
     SECTION_AVERAGE_BYTES,
     SECTION_MAX_BYTES,
     SECTION_MIN_BYTES,
+    SectionKeyDeriver,
     content_sha256,
     section_cipher,
+    section_encryptor,
     section_key,
 )
 from barterbackup.content.signing import (
@@ -85,6 +87,10 @@ PIPELINE_DEPTH = 2
 # than one here (1.2 s vs 0.9 s for 512 MiB), while splitting the work
 # between the caller (cut + plaintext hash) and one worker measured best.
 ENCRYPTION_THREADS = 1
+# The pack's bytes are handed to the kernel's disk writes (fdatasync in a
+# helper thread) every this many bytes: left to the commit, the fsync of
+# 256 MiB took ~0.15 s here, as long as hashing it; overlapped, ~0.01 s.
+SYNC_EVERY_BYTES = 32 * 1024 * 1024
 # One record per section while an update is built: u64be plaintext length,
 # plaintext SHA-256, ciphertext SHA-256.
 _RECORD = struct.Struct(">Q32s32s")
@@ -140,8 +146,10 @@ class _EncryptionWorker:
     """
 
     def __init__(self, content_key: bytes, packs: PackStore) -> None:
-        self._content_key = content_key
+        self._section_keys = SectionKeyDeriver(content_key)
         self._packs = packs
+        self._sync_requests: queue.Queue[PackWriter | None] = queue.Queue(maxsize=1)
+        self._unsynced_bytes = 0
         self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
         self._submit_lock = threading.Lock()
         self._submitted = 0
@@ -155,6 +163,10 @@ class _EncryptionWorker:
             threading.Thread(target=self._run, name=f"content-encrypt-{i}", daemon=True)
             for i in range(ENCRYPTION_THREADS)
         ]
+        self._syncer = threading.Thread(
+            target=self._sync_packs, name="content-pack-sync", daemon=True
+        )
+        self._syncer.start()
         for thread in self._threads:
             thread.start()
 
@@ -171,13 +183,46 @@ class _EncryptionWorker:
         if self.error is not None:
             raise self.error
 
+    def finish(self) -> None:
+        """Wait for every batch and pack sync; re-raise any failure."""
+        self.drain()
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
     def stop(self) -> None:
-        """End the threads (idempotent)."""
+        """End the threads (idempotent).
+
+        The sync thread is joined before anyone may finish or discard a
+        writer, so it never syncs a closed descriptor.
+        """
         for thread in self._threads:
             if thread.is_alive():
                 self._queue.put(None)
         for thread in self._threads:
             thread.join()
+        if self._syncer.is_alive():
+            self._sync_requests.put(None)
+            self._syncer.join()
+
+    def _sync_packs(self) -> None:
+        while (writer := self._sync_requests.get()) is not None:
+            try:
+                if self.error is None:
+                    writer.sync_data()
+            except BaseException as error:
+                # Linux may clear a write error once reported: a later fsync
+                # could succeed, so this one must fail the update.
+                self.error = error
+
+    def _request_sync(self, writer: PackWriter, appended: int) -> None:
+        self._unsynced_bytes += appended
+        if self._unsynced_bytes >= SYNC_EVERY_BYTES:
+            try:
+                self._sync_requests.put_nowait(writer)
+            except queue.Full:
+                return  # a sync is under way; the next append asks again
+            self._unsynced_bytes = 0
 
     def _run(self) -> None:
         out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
@@ -186,7 +231,7 @@ class _EncryptionWorker:
             if batch is None:
                 self._queue.task_done()
                 return
-            hashes: list[tuple[bytes, bytes]] = []
+            hashes: list[bytes] = []
             try:
                 if self.error is None:
                     hashes = self._encrypt(batch, out)
@@ -205,40 +250,44 @@ class _EncryptionWorker:
                     self._turn.notify_all()
             self._queue.task_done()
 
-    def _encrypt(self, batch: _Batch, out: bytearray) -> list[tuple[bytes, bytes]]:
-        """Encrypt the batch's sections into ``out``; (plain, cipher) hashes."""
+    def _encrypt(self, batch: _Batch, out: bytearray) -> list[bytes]:
+        """Encrypt the batch's sections into ``out``; their ciphertext hashes.
+
+        The hot loop of packing (one pass per ~17 KiB section): names are
+        bound to locals and nothing is allocated that can be avoided.
+        """
         source = memoryview(batch.data)
         target = memoryview(out)
+        derive_key = self._section_keys.key
+        encryptor = section_encryptor
+        sha256 = hashlib.sha256
         position = 0
-        hashes = []
+        hashes: list[bytes] = []
+        append = hashes.append
         for offset, length, plain_sha256 in batch.cuts:
-            plain = source[offset : offset + length]
-            key = section_key(self._content_key, plain_sha256)
-            encryptor = section_cipher(key).encryptor()
-            encryptor.update_into(plain, target[position:])
-            encryptor.finalize()
-            sha256 = hashlib.sha256(target[position : position + length]).digest()
-            hashes.append((plain_sha256, sha256))
-            position += length
+            end = position + length
+            encryptor(derive_key(plain_sha256)).update_into(
+                source[offset : offset + length], target[position:]
+            )
+            append(sha256(target[position:end]).digest())
+            position = end
         return hashes
 
-    def _store(
-        self, batch: _Batch, out: bytearray, hashes: list[tuple[bytes, bytes]]
-    ) -> None:
+    def _store(self, batch: _Batch, out: bytearray, hashes: list[bytes]) -> None:
         """Record the sections and append the new ones (in order)."""
         view = memoryview(out)
         records = batch.state.records
+        pack_record = _RECORD.pack
+        stored = self._packs.claim_or_reserve_many(hashes, self.reused)
         source = 0
         kept = 0
         fresh: list[tuple[bytes, int]] = []
         in_batch: set[bytes] = set()
-        for (_, length, _), (plain_sha256, sha256) in zip(
-            batch.cuts, hashes, strict=True
+        for (_, length, plain_sha256), sha256, is_stored in zip(
+            batch.cuts, hashes, stored, strict=True
         ):
-            records += _RECORD.pack(length, plain_sha256, sha256)
-            if sha256 not in in_batch and not self._packs.claim_or_reserve(
-                sha256, self.reused
-            ):
+            records += pack_record(length, plain_sha256, sha256)
+            if not is_stored and sha256 not in in_batch:
                 if kept != source:  # close the gap a deduplicated section left
                     view[kept : kept + length] = view[source : source + length]
                 in_batch.add(sha256)
@@ -250,10 +299,12 @@ class _EncryptionWorker:
             first = writer.append(view[:kept], fresh)
             self._packs.reserve(number, first, [sha256 for sha256, _ in fresh])
             self.new_section_bytes += kept
+            self._request_sync(writer, kept)
 
     def _current_writer(self) -> tuple[int, PackWriter]:
         if not self.writers or self.writers[-1][1].size >= PACK_TARGET_BYTES:
             self.writers.append(self._packs.new_writer())
+            self._unsynced_bytes = 0
         return self.writers[-1]
 
 
@@ -382,8 +433,7 @@ class Update:
             names = sorted(w._state.name for w in self._open_writers)
             raise ValueError(f"files still being written: {names}")
         try:
-            self._worker.drain()
-            self._worker.stop()
+            self._worker.finish()
             return self._store._commit(self)
         except BaseException:
             self.abort()

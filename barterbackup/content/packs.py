@@ -105,6 +105,16 @@ class PackWriter:
             os.pread(self.index_fd, self.count * INDEX_ENTRY.size, 0)
         )
 
+    def sync_data(self) -> None:
+        """Start the bytes appended so far on their way to disk (fdatasync).
+
+        Called from a helper thread while packing goes on, so that
+        ``finish`` has little left to wait for; the caller must not call
+        it concurrently with ``finish`` or ``discard``.
+        """
+        if self._fd >= 0:
+            os.fdatasync(self._fd)
+
     def finish(self) -> None:
         """Make the pack's bytes and index durable (still under temp names)."""
         if self._fd >= 0:
@@ -265,13 +275,20 @@ class PackStore:
         gc holds, so it cannot be collected before the update that reuses it
         commits. On False the caller must ``append`` it and ``reserve`` it.
         """
+        return self.claim_or_reserve_many([sha256], pins)[0]
+
+    def claim_or_reserve_many(
+        self, hashes: Iterable[bytes], pins: set[bytes]
+    ) -> list[bool]:
+        """``claim_or_reserve`` for each hash, under one lock acquisition."""
+        found = []
         with self._lock:
-            location = self._locate(sha256)
-            if location is None:
-                return False
-            if location >= 0:
-                pins.add(sha256)
-            return True
+            for sha256 in hashes:
+                location = self._locate(sha256)
+                if location is not None and location >= 0:
+                    pins.add(sha256)
+                found.append(location is not None)
+        return found
 
     def reserve(
         self, writer_number: int, first_entry: int, hashes: list[bytes]

@@ -16,7 +16,12 @@ import hmac
 import struct
 from collections.abc import Iterable
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import (
+    Cipher,
+    CipherContext,
+    algorithms,
+    modes,
+)
 
 # Chosen by measurement (docs/storage-format.md, bench/content_pack.py): for
 # 160 scattered 64 KiB edits in 1 GiB of random data, new-section bytes /
@@ -34,6 +39,9 @@ NORMALIZED_CHUNKING = 1
 SECTION_KEY_LABEL = b"barterbackup v1 section key\x00"
 CONTENT_SHA256_LABEL = b"barterbackup v1 content sha256\x00"
 ZERO_NONCE = bytes(16)
+# Modes are immutable: one CTR object serves every section cipher.
+_ZERO_NONCE_CTR = modes.CTR(ZERO_NONCE)
+_SHA256_BLOCK_BYTES = 64
 
 
 def section_key(content_key: bytes, plaintext_sha256: bytes) -> bytes:
@@ -43,7 +51,42 @@ def section_key(content_key: bytes, plaintext_sha256: bytes) -> bytes:
 
 def section_cipher(key: bytes) -> Cipher[modes.CTR]:
     """AES-256-CTR with a zero nonce (safe: the key is unique per plaintext)."""
-    return Cipher(algorithms.AES(key), modes.CTR(ZERO_NONCE))
+    return Cipher(algorithms.AES(key), _ZERO_NONCE_CTR)
+
+
+def section_encryptor(key: bytes) -> CipherContext:
+    """A ready AES-256-CTR encryptor for one section (``section_cipher``).
+
+    CTR needs no ``finalize``: ``update``/``update_into`` return every byte.
+    """
+    return Cipher(algorithms.AES(key), _ZERO_NONCE_CTR).encryptor()
+
+
+class SectionKeyDeriver:
+    """``section_key`` for one content key, ~2.5x faster per call.
+
+    The packing path derives one key per ~17 KiB section; ``hmac.digest``
+    costs ~1.6 µs a call here, mostly setting up the keyed pads. This is
+    the same HMAC-SHA256 (RFC 2104) with the inner and outer pad states
+    hashed once and copied per call (~0.65 µs); the output bytes are
+    identical (tests compare it with ``section_key``).
+    """
+
+    def __init__(self, content_key: bytes) -> None:
+        if len(content_key) > _SHA256_BLOCK_BYTES:
+            content_key = hashlib.sha256(content_key).digest()
+        padded = content_key.ljust(_SHA256_BLOCK_BYTES, b"\x00")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._inner.update(SECTION_KEY_LABEL)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+
+    def key(self, plaintext_sha256: bytes) -> bytes:
+        """HMAC-SHA256(content_key, label ‖ plaintext_sha256)."""
+        inner = self._inner.copy()
+        inner.update(plaintext_sha256)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def content_sha256(table: Iterable[tuple[int, bytes]]) -> bytes:
