@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python -m bench.content_pack [SIZE_MIB] [--workdir DIR] [--no-4g]
+        [--repeat N]
 
 It prints a compact table; ``run(workdir, size_bytes)`` returns the figures
 as a dict. Data comes from bench.content_data (deterministic, reusable).
@@ -50,6 +51,49 @@ def hash_tree(data_dir: Path, specs: list[FileSpec]) -> float:
                 digest.update(view[:count])
         digest.digest()
     return time.perf_counter() - start
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (Linux /proc/stat).
+
+    The machine is shared: what others use while we pack is what the
+    2-thread pipeline cannot have, so the benchmark reports it.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
+    busy = user + nice + system + irq + softirq + steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def our_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def measure_pack(
+    workdir: Path, data_dir: Path, specs: list[FileSpec], total: int, number: int
+) -> dict[str, float]:
+    """One packing run into a fresh store, with hashlib's speed right around it."""
+    sha_before = hash_tree(data_dir, specs)
+    node_dir = workdir / f"node-{number}"
+    store = ContentStore.open(node_dir, node_keys_from_master(BENCH_MASTER))
+    busy, ours = machine_busy_seconds(), our_cpu_seconds()
+    pack_seconds, commit_seconds = pack_tree(store, data_dir, specs)
+    ours = our_cpu_seconds() - ours
+    others = max(0.0, machine_busy_seconds() - busy - ours)
+    sections = len(store.current.revision.sections) if store.current else 0
+    store.close()
+    shutil.rmtree(node_dir, ignore_errors=True)
+    sha_seconds = min(sha_before, hash_tree(data_dir, specs))
+    return {
+        "sha256_mb_per_s": total / sha_seconds / 1e6,
+        "pack_mb_per_s": total / pack_seconds / 1e6,
+        "pack_to_sha256": sha_seconds / pack_seconds,
+        "commit_seconds": commit_seconds,
+        "pack_cpu_ns_per_byte": ours * 1e9 / total,
+        "other_processes_cores": others / pack_seconds,
+        "sections": sections,
+    }
 
 
 def pack_tree(
@@ -178,28 +222,31 @@ def restic_backup(
     }
 
 
-def run(workdir: Path, size_bytes: int, measure_4g: bool = True) -> dict[str, object]:
-    """Every figure of the benchmark for a file set of ``size_bytes``."""
+def run(
+    workdir: Path, size_bytes: int, measure_4g: bool = True, repeat: int = 3
+) -> dict[str, object]:
+    """Every figure of the benchmark for a file set of ``size_bytes``.
+
+    Packing is measured ``repeat`` times (the machine is shared and noisy);
+    the headline figures are the run with the best ratio, all runs are kept
+    under "pack_runs".
+    """
     specs = file_set(size_bytes)
     total = sum(spec.size for spec in specs)
     data_dir = workdir / "data"
     write_file_set(data_dir, specs)
     os.sync()  # no writeback of the input competing with the measurements
     hash_tree(data_dir, specs)  # warm the page cache
-    sha_seconds = hash_tree(data_dir, specs)
+    runs = [
+        measure_pack(workdir, data_dir, specs, total, number)
+        for number in range(max(1, repeat))
+    ]
+    best = max(runs, key=lambda figures: figures["pack_to_sha256"])
+    figures: dict[str, object] = {"bytes": total, "files": len(specs), **best}
+    figures["pack_runs"] = runs
     store = ContentStore.open(workdir / "node", node_keys_from_master(BENCH_MASTER))
-    pack_seconds, commit_seconds = pack_tree(store, data_dir, specs)
-    sha_seconds = min(sha_seconds, hash_tree(data_dir, specs))
-    figures: dict[str, object] = {
-        "bytes": total,
-        "files": len(specs),
-        "sha256_mb_per_s": total / sha_seconds / 1e6,
-        "pack_mb_per_s": total / pack_seconds / 1e6,
-        "pack_to_sha256": sha_seconds / pack_seconds,
-        "commit_seconds": commit_seconds,
-        "sections": len(store.current.revision.sections) if store.current else 0,
-        "incremental": incremental(store, specs),
-    }
+    pack_tree(store, data_dir, specs)
+    figures["incremental"] = incremental(store, specs)
     store.close()
     shutil.rmtree(workdir / "node", ignore_errors=True)
     figures["rss_100mib"] = measure_rss(workdir, 100 * MIB)
@@ -212,10 +259,14 @@ def run(workdir: Path, size_bytes: int, measure_4g: bool = True) -> dict[str, ob
 def print_table(figures: dict[str, object]) -> None:
     inc = figures["incremental"]
     assert isinstance(inc, dict)
+    runs = figures["pack_runs"]
+    assert isinstance(runs, list)
+    total = figures["bytes"]
+    assert isinstance(total, int)
     rows = [
         (
             "file set",
-            f"{figures['bytes'] / MIB:.0f} MiB, {figures['files']} files, "
+            f"{total / MIB:.0f} MiB, {figures['files']} files, "
             f"{figures['sections']} sections",
         ),
         ("hashlib sha256", f"{figures['sha256_mb_per_s']:.0f} MB/s"),
@@ -224,6 +275,15 @@ def print_table(figures: dict[str, object]) -> None:
             f"{figures['pack_mb_per_s']:.0f} MB/s = "
             f"{figures['pack_to_sha256']:.2f}x sha256 (goal >= 0.6x); "
             f"commit (fsync) {figures['commit_seconds']:.2f} s",
+        ),
+        (
+            "  all runs",
+            ", ".join(
+                f"{run['pack_to_sha256']:.2f}x ({run['pack_cpu_ns_per_byte']:.2f} "
+                f"CPU ns/byte, other processes {run['other_processes_cores']:.1f} "
+                "cores)"
+                for run in runs
+            ),
         ),
         (
             "incremental",
@@ -262,6 +322,9 @@ def main() -> None:
     parser.add_argument("size_mib", nargs="?", type=int, default=1024)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--no-4g", action="store_true", help="skip the 4 GiB RSS run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="packing runs to measure (default 3)"
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child is not None:
@@ -269,7 +332,9 @@ def main() -> None:
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bb-bench-", dir="/tmp"))
     try:
-        figures = run(workdir, args.size_mib * MIB, measure_4g=not args.no_4g)
+        figures = run(
+            workdir, args.size_mib * MIB, measure_4g=not args.no_4g, repeat=args.repeat
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -168,3 +168,25 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(list(store._packs_dir.iterdir()), [])
         # The store takes a new update afterwards.
         store.begin_update().abort()
+
+    def test_many_packs_installed_together(self) -> None:
+        """A commit of several packs installs them all, readable and deduped."""
+        self.patch(engine, "PACK_TARGET_BYTES", 512 * 1024)
+        data = random_bytes(4 * engine.BATCH_BYTES, 6)
+        node_dir = Path(self.mktemp())
+        store = ContentStore.open(node_dir, KEYS)
+        update = store.begin_update()
+        with update.add_file("f") as writer:
+            writer.write(data)
+        update.commit()
+        packs = list((node_dir / "content" / "packs").glob("*.pack"))
+        self.assertGreater(len(packs), 2)
+        self.assertEqual(b"".join(store.read_file("f")), data)
+        again = store.begin_update()
+        with again.add_file("g") as writer:
+            writer.write(data)
+        self.assertEqual(again.commit().new_section_bytes, 0)
+        store.close()
+        reopened = ContentStore.open(node_dir, KEYS)
+        self.addCleanup(reopened.close)
+        self.assertEqual(b"".join(reopened.read_file("g")), data)

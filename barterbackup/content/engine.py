@@ -730,10 +730,10 @@ class ContentStore:
             for _, writer in update._worker.writers:
                 writer.finish()
             crash_point(1)
-            while update._worker.writers:
-                number, _ = update._worker.writers[0]
-                self._packs.install(number, crash_point)
-                del update._worker.writers[0]
+            self._packs.install_all(
+                [number for number, _ in update._worker.writers], crash_point
+            )
+            update._worker.writers.clear()
             verified, manifest = self._build_revision(update)
             atomic_write(self._revision_path(verified.number), verified.signed)
             crash_point(4)
