@@ -143,6 +143,85 @@ def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
+class _ReservationTable:
+    """Hash prefix → reserved location: open addressing in two flat arrays.
+
+    An update reserves every new section until it commits: ~250k for 4 GiB.
+    As a dict of Python ints that took ~110 bytes a section (27 MiB), and
+    the freed ints stayed scattered over the heap after the commit; here a
+    slot is 16 bytes (at most half the slots used) in two arrays that go
+    back to the system whole. Reserved locations are negative, so 0 marks
+    an empty slot and 1 a deleted one.
+    """
+
+    _EMPTY, _DELETED = 0, 1
+    _MIN_SLOTS = 1024
+
+    def __init__(self) -> None:
+        self._allocate(self._MIN_SLOTS)
+
+    def _allocate(self, slots: int) -> None:
+        self._prefixes = array("Q", bytes(8 * slots))
+        self._locations = array("q", bytes(8 * slots))
+        self._mask = slots - 1
+        self._used = 0  # live and deleted slots
+        self.count = 0  # live slots
+
+    def get(self, prefix: int) -> int | None:
+        prefixes, locations, mask = self._prefixes, self._locations, self._mask
+        slot = prefix & mask  # prefixes are hash bits: uniform already
+        while True:
+            location = locations[slot]
+            if location == self._EMPTY:
+                return None
+            if location != self._DELETED and prefixes[slot] == prefix:
+                return location
+            slot = (slot + 1) & mask
+
+    def add(self, prefix: int, location: int) -> bool:
+        """Store a new prefix; False (nothing stored) if it is already in."""
+        if location >= 0:
+            raise ValueError("only reservations (negative locations) go here")
+        if 2 * (self._used + 1) > len(self._locations):
+            self._resize()
+        prefixes, locations, mask = self._prefixes, self._locations, self._mask
+        slot = prefix & mask
+        while True:
+            found = locations[slot]
+            if found == self._EMPTY:
+                prefixes[slot], locations[slot] = prefix, location
+                self._used += 1
+                self.count += 1
+                return True
+            if found != self._DELETED and prefixes[slot] == prefix:
+                return False
+            slot = (slot + 1) & mask
+
+    def remove(self, prefix: int, location: int) -> bool:
+        """Delete the entry if it maps prefix to location; True if it did."""
+        prefixes, locations, mask = self._prefixes, self._locations, self._mask
+        slot = prefix & mask
+        while True:
+            found = locations[slot]
+            if found == self._EMPTY:
+                return False
+            if found == location and prefixes[slot] == prefix:
+                locations[slot] = self._DELETED
+                self.count -= 1
+                return True
+            slot = (slot + 1) & mask
+
+    def _resize(self) -> None:
+        slots = self._MIN_SLOTS
+        while slots < 4 * (self.count + 1):
+            slots *= 2
+        old = zip(self._prefixes, self._locations, strict=True)
+        self._allocate(slots)
+        for prefix, location in old:
+            if location not in (self._EMPTY, self._DELETED):
+                self.add(prefix, location)
+
+
 class PackStore:
     """All packs of one directory, with a compact hash → location index.
 
@@ -161,7 +240,7 @@ class PackStore:
         self._locations = array("q")
         # Reservations of the open update: prefix → location, and full hash
         # → location for the rare prefix collision among them.
-        self._pending: dict[int, int] = {}
+        self._pending = _ReservationTable()
         self._pending_overflow: dict[bytes, int] = {}
         self._fds: dict[int, tuple[int, int]] = {}
         self._writers: dict[int, PackWriter] = {}
@@ -298,21 +377,18 @@ class PackStore:
             for offset, sha256 in enumerate(hashes):
                 location = ~(writer_number << _ENTRY_BITS | first_entry + offset)
                 prefix = _prefix(sha256)
-                if prefix in self._pending:
+                if not self._pending.add(prefix, location):
                     self._pending_overflow[sha256] = location
-                else:
-                    self._pending[prefix] = location
 
     def _drop_reservations(self, writer_number: int, writer: PackWriter) -> None:
         for entry_number, (sha256, _, _) in enumerate(writer.entries()):
             location = ~(writer_number << _ENTRY_BITS | entry_number)
             prefix = _prefix(sha256)
-            if self._pending.get(prefix) == location:
-                del self._pending[prefix]
-            elif self._pending_overflow.get(sha256) == location:
-                del self._pending_overflow[sha256]
-        if not self._pending:
-            self._pending = {}  # a dict never shrinks: free the table
+            if not self._pending.remove(prefix, location):
+                if self._pending_overflow.get(sha256) == location:
+                    del self._pending_overflow[sha256]
+        if not self._pending.count:
+            self._pending = _ReservationTable()  # free the big arrays
 
     def release(self, writer_number: int) -> None:
         """Drop a discarded writer and its reservations."""
@@ -358,7 +434,7 @@ class PackStore:
             # look each one up (the usual case, a commit installs them all).
             drop_all = self._writers.keys() == set(writer_numbers)
             if drop_all:
-                self._pending, self._pending_overflow = {}, {}
+                self._pending, self._pending_overflow = _ReservationTable(), {}
             for number, writer in zip(writer_numbers, writers, strict=True):
                 if not drop_all:
                     self._drop_reservations(number, writer)
