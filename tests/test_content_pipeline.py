@@ -6,13 +6,14 @@ import errno
 import hashlib
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc.cy import FastCDC
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.content import engine
+from barterbackup.content import engine, sections
 from barterbackup.content.engine import ContentStore
 from barterbackup.content.packs import PackWriter
 from barterbackup.content.sections import (
@@ -78,6 +79,28 @@ class SectionPrimitiveTests(SynchronousTestCase):
         out = bytearray(len(plain) + 15)
         section_encryptor(key).update_into(plain, out)
         self.assertEqual(bytes(out[: len(plain)]), expected)
+
+    def test_context_factory_uses_the_fast_path_here(self) -> None:
+        """The pinned cryptography has the Rust constructor: packing uses it."""
+        self.assertIsNot(sections._find_context_factory(), sections._public_encryptor)
+
+    def test_context_factory_falls_back_to_the_public_api(self) -> None:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        self.patch(rust_openssl, "ciphers", SimpleNamespace())
+        self.assertIs(sections._find_context_factory(), sections._public_encryptor)
+
+    def test_context_factory_refuses_other_bytes(self) -> None:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        other_key = bytes(32)
+
+        def wrong_key(algorithm: object, mode: object) -> object:
+            return sections._public_encryptor(other_key)
+
+        ciphers = SimpleNamespace(create_encryption_ctx=wrong_key)
+        self.patch(rust_openssl, "ciphers", ciphers)
+        self.assertIs(sections._find_context_factory(), sections._public_encryptor)
 
 
 class PipelineTests(SynchronousTestCase):
