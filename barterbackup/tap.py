@@ -24,6 +24,7 @@ from twisted.python import usage
 from barterbackup import __version__
 from barterbackup.logs import LEVELS, get_logger, set_log_level
 from barterbackup.node import Node, NodeConfig, default_node_dir
+from barterbackup.peer.allocator import keep_memory_lean
 from barterbackup.rpc.server import CliRpcServer, check_socket_path, default_socket_path
 from barterbackup.store.atomic import make_private_directory
 
@@ -136,6 +137,8 @@ class NodeService(Service):
 
 def make_service(options: Options, reactor: Any) -> IService:
     set_log_level(options["log-level"])
+    # Before any thread starts: flat memory over peak loopback throughput.
+    keep_memory_lean()
     config = NodeConfig(
         node_dir=options["node-dir"],
         transport=options["transport"],

@@ -18,6 +18,7 @@ import resource, sys
 if sys.argv[1] == "tuned":
     from barterbackup.peer.allocator import keep_freed_buffers_for_reuse
     assert keep_freed_buffers_for_reuse()
+
 MIB = 1 << 20
 def churn():
     held = [bytes(MIB) for _ in range(4)]
@@ -58,3 +59,41 @@ class AllocatorTests(SynchronousTestCase):
         # without the thresholds, glibc gives the pages back and every few
         # rounds faults them in again (measured: ~6 600 faults).
         self.assertGreater(_faults("default"), PAGES_PER_ROUND)
+
+    def test_lean_policy_returns_memory_and_wins_when_first(self) -> None:
+        # The daemon's policy gives freed MiB buffers back to the kernel,
+        # even after the first bbrpc connection asked for the other policy.
+        self.assertGreaterEqual(_released_mib("lean"), 10)
+        # The throughput policy keeps them for reuse instead.
+        self.assertLess(_released_mib("tuned"), 4)
+
+
+# Fills 12 separate 1 MiB buffers (touching every page), frees them, prints
+# how many MiB of resident memory went back to the kernel.
+_RELEASE = """
+import sys
+from pathlib import Path
+from barterbackup.peer import allocator
+if sys.argv[1] == "lean":
+    assert allocator.keep_memory_lean()
+assert allocator.keep_freed_buffers_for_reuse()
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+held = [bytes([i]) * (1 << 20) for i in range(12)]
+peak = rss()
+del held
+print(int(peak - rss()))
+"""
+
+
+def _released_mib(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _RELEASE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(out.stdout)

@@ -21,9 +21,9 @@ from barterbackup.cli.common import (
 )
 from barterbackup.store.atomic import atomic_write
 
-# SetFile data messages carry this much: half the 8 MiB message limit; fewer,
-# larger messages cut gRPC's per-message thread handoffs in the daemon.
-SEND_CHUNK = 4 * 1024 * 1024
+# SetFile data messages carry this much. 4 MiB messages measured no clear
+# speed gain but ~30 MiB more daemon RSS while streaming (gRPC buffers).
+SEND_CHUNK = 1024 * 1024
 
 
 def register(commands: argparse._SubParsersAction) -> None:

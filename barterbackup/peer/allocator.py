@@ -23,6 +23,7 @@ import sys
 # mallopt parameter numbers, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 # Buffers below this come from the heap: every 1 MiB Download piece and the
 # frames and messages around it, so they are reused, not remapped. (Larger
@@ -33,22 +34,52 @@ MMAP_THRESHOLD = 4 * 1024 * 1024
 # content size; 64 MiB here measured +35-60 MiB of peak RSS while packing.
 TRIM_THRESHOLD = 16 * 1024 * 1024
 
+# The daemon's policy instead (keep_memory_lean): two arenas (not one per
+# thread: gRPC's pool and the content pipeline each kept their own freed
+# MiB buffers), MiB buffers mapped and unmapped, little kept before a trim.
+# Measured: daemon peak RSS adding 4 GiB 252 → 183 MiB.
+LEAN_ARENAS = 2
+LEAN_MMAP_THRESHOLD = 256 * 1024
+LEAN_TRIM_THRESHOLD = 4 * 1024 * 1024
+
+# The first policy chosen in a process wins; later calls change nothing.
 _tuned: bool | None = None
 
 
 def keep_freed_buffers_for_reuse() -> bool:
-    """Set glibc's trim and mmap thresholds once per process.
+    """Favour throughput: keep freed large buffers for reuse (once per process).
 
-    Returns whether they are set: False (and nothing changed) where the C
-    library is not glibc or has no mallopt. Safe to call repeatedly.
+    Returns whether the process's allocator policy is set: False (and
+    nothing changed) where the C library is not glibc or has no mallopt.
+    Safe to call repeatedly; if keep_memory_lean() came first, it stays.
     """
     global _tuned
     if _tuned is None:
-        _tuned = _set_thresholds()
+        _tuned = _set(
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
     return _tuned
 
 
-def _set_thresholds() -> bool:
+def keep_memory_lean() -> bool:
+    """Favour flat memory: the daemon's policy, set before its threads start.
+
+    A backup daemon runs for months beside other programs and must stay
+    under 200 MiB whatever the content size; its peers are reached through
+    Tor at a few MB/s, so the page faults of mapping MiB buffers afresh
+    cost nothing that matters. Call it before starting threads.
+    """
+    global _tuned
+    if _tuned is None:
+        _tuned = _set(
+            (_M_ARENA_MAX, LEAN_ARENAS),
+            (_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, LEAN_TRIM_THRESHOLD),
+        )
+    return _tuned
+
+
+def _set(*settings: tuple[int, int]) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -60,7 +91,4 @@ def _set_thresholds() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on error.
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    return all(mallopt(parameter, value) for parameter, value in settings)
