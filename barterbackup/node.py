@@ -200,6 +200,7 @@ class Node:
             service,
             unlocked.content.metadata,
             unlocked.replicas,
+            current_revision=lambda: unlocked.content.current,
         )
         holder.append(manager)
         manager.start()
@@ -291,7 +292,11 @@ class Node:
         return self._in_thread(unlocked.content.gc, keep)
 
     def revision_committed(self) -> None:
-        """After a commit: collect garbage in the background."""
+        """After a commit: sync peers that hold our content, collect garbage
+        (both in the background)."""
+        peers = self._require_unlocked().peers
+        if peers is not None:
+            peers.schedule_auto_sync()
 
         def collected(freed: int) -> None:
             if freed:

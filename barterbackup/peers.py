@@ -47,6 +47,9 @@ RECONNECT_MAX_DELAY = 300.0
 RECONNECT_JITTER = 0.25
 # Dialling a Tor onion can take a while on a fresh circuit.
 CONNECT_TIMEOUT = 120.0
+# Automatic sync waits this long after a commit or a reconnect, so a burst
+# of commits (a script adding files one by one) makes one push, not many.
+AUTO_SYNC_DELAY = 5.0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class PeerManager:
         service: NodePeerService,
         metadata: MetadataStore,
         replicas: ReplicaStore,
+        current_revision: Callable[[], VerifiedRevision | None] = lambda: None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._reactor = reactor
@@ -74,7 +78,11 @@ class PeerManager:
         self.service = service
         self._metadata = metadata
         self._replicas = replicas
+        self._current_revision = current_revision
         self._now = now
+        self._auto_sync_call: Any = None
+        # One push at a time per peer; later ones wait for the earlier.
+        self._push_tails: dict[bytes, Deferred[None]] = {}
         self._connections: dict[bytes, PeerConnection] = {}
         self._reconnects: dict[bytes, _Reconnect] = {}
         self._dialling: dict[bytes, Deferred[PeerConnection]] = {}
@@ -120,6 +128,8 @@ class PeerManager:
     @inlineCallbacks
     def stop(self):  # type: ignore[no-untyped-def]
         self._stopping = True
+        if self._auto_sync_call is not None and self._auto_sync_call.active():
+            self._auto_sync_call.cancel()
         for state in self._reconnects.values():
             if state.call is not None and state.call.active():
                 state.call.cancel()
@@ -223,6 +233,7 @@ class PeerManager:
             lambda failure: None,
         )
         log.info("peer {peer} connected", peer=onion_address_from_pubkey(pubkey))
+        self.schedule_auto_sync()
 
     def _lost(self, conn: PeerConnection) -> None:
         pubkey = _pubkey(conn)
@@ -362,8 +373,75 @@ class PeerManager:
 
     # -- replication -------------------------------------------------------
 
+    def schedule_auto_sync(self) -> None:
+        """Soon, push the current revision to peers holding an older one."""
+        if self._stopping:
+            return
+        if self._auto_sync_call is not None and self._auto_sync_call.active():
+            self._auto_sync_call.reset(AUTO_SYNC_DELAY)
+            return
+        self._auto_sync_call = self._reactor.callLater(AUTO_SYNC_DELAY, self._auto_sync)
+
+    def _auto_sync(self) -> None:
+        self._auto_sync_call = None
+        current = self._current_revision()
+        if current is None or self._stopping:
+            return
+        held = {
+            bytes(r.onion_pubkey): r.held_revision for r in self._metadata.get().peers
+        }
+        for pubkey, conn in list(self._connections.items()):
+            # Only peers that already hold our content: a first push to a
+            # peer is the user's decision (`barterbackup replicate`).
+            if 0 < held.get(pubkey, 0) < current.number:
+                address = onion_address_from_pubkey(pubkey)
+                log.info(
+                    "syncing revision {number} to {peer}",
+                    number=current.number,
+                    peer=address,
+                )
+                pushing = self.replicate_to(conn, current, lambda _: None)
+                pushing.addErrback(self._auto_sync_failed, address)
+
+    def _auto_sync_failed(self, failure: Failure, address: str) -> None:
+        # The next commit or reconnect tries again.
+        log.info(
+            "automatic sync to {peer} failed: {why}",
+            peer=address,
+            why=failure.getErrorMessage(),
+        )
+
+    def replicate_to(
+        self,
+        conn: PeerConnection,
+        revision: VerifiedRevision,
+        report: Callable[[clirpc_pb2.Progress], None],
+    ) -> Deferred[Any]:
+        """Push ``revision`` to one peer after any push already under way to
+        it (a replica runs one sync per owner at a time)."""
+        pubkey = _pubkey(conn)
+        previous = self._push_tails.get(pubkey)
+        if previous is None:
+            result = self._replicate_now(conn, revision, report)
+        else:
+            waiting: Deferred[None] = Deferred()
+            previous.addBoth(lambda _: waiting.callback(None))
+            result = waiting.addCallback(
+                lambda _: self._replicate_now(conn, revision, report)
+            )
+        tail: Deferred[None] = Deferred()
+        self._push_tails[pubkey] = tail
+
+        def settle(outcome: Any) -> Any:
+            if self._push_tails.get(pubkey) is tail:
+                del self._push_tails[pubkey]
+            tail.callback(None)
+            return outcome
+
+        return result.addBoth(settle)
+
     @inlineCallbacks
-    def replicate_to(  # type: ignore[no-untyped-def]
+    def _replicate_now(  # type: ignore[no-untyped-def]
         self,
         conn: PeerConnection,
         revision: VerifiedRevision,

@@ -232,6 +232,41 @@ class NodeNetworkTests(TestCase):
         self.assertEqual(list(response.onion_addresses), [b.keys.onion_address])
 
     @inlineCallbacks
+    def test_new_revisions_sync_automatically_to_holders(self):  # type: ignore[no-untyped-def]
+        import barterbackup.peers as peers_module
+
+        self.patch(peers_module, "AUTO_SYNC_DELAY", 0.1)
+        a, b, c = self.nodes
+        yield self.connect(a, b)
+        yield self.connect(a, c)
+        yield write_files(a, {"f.bin": os.urandom(200_000)})
+        yield self.replicate(a, [b.keys.onion_address])  # b holds revision 1
+        yield write_files(a, {"g.bin": os.urandom(100_000)})
+        a.revision_committed()  # what SetFile does after a commit
+        for _ in range(200):
+            yield deferLater(reactor, 0.05, lambda: None)
+            held = b.get_storage_config().obligations
+            if held and held[0].revision == 2:
+                break
+        self.assertEqual(b.get_storage_config().obligations[0].revision, 2)
+        # c never held our content: no automatic first push to it.
+        self.assertEqual(list(c.get_storage_config().obligations), [])
+
+    @inlineCallbacks
+    def test_concurrent_pushes_to_one_peer_are_serialized(self):  # type: ignore[no-untyped-def]
+        a, b, _ = self.nodes
+        yield self.connect(a, b)
+        yield write_files(a, {"f.bin": os.urandom(1_000_000)})
+        first: queue.Queue[object] = queue.Queue()
+        second: queue.Queue[object] = queue.Queue()
+        a.replicate_content([b.keys.onion_address], first)
+        a.replicate_content([b.keys.onion_address], second)
+        one = yield drain(first)
+        two = yield drain(second)
+        self.assertEqual([e.phase for e in one if e.phase != "syncing"], ["done"])
+        self.assertEqual([e.phase for e in two if e.phase != "syncing"], ["done"])
+
+    @inlineCallbacks
     def test_reconnects_after_drop(self):  # type: ignore[no-untyped-def]
         import barterbackup.peers as peers_module
 
