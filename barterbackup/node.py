@@ -170,11 +170,16 @@ class Node:
             raise errors.PermissionDenied(str(WrongPassword()))
         content = yield self._in_thread(self._open_content, keys)
         unlocked = _Unlocked(keys=keys, content=content)
-        unlocked.replicas = yield self._in_thread(
-            ReplicaStore.open,
-            self.node_dir / REPLICAS_DIRNAME,
-            lambda: content.metadata.get().storage,
-        )
+        try:
+            unlocked.replicas = yield self._in_thread(
+                ReplicaStore.open,
+                self.node_dir / REPLICAS_DIRNAME,
+                lambda: content.metadata.get().storage,
+            )
+        except BaseException:
+            # Stay locked, with nothing left open.
+            yield self._in_thread(content.close)
+            raise
         unlocked.peers = self._start_peers(unlocked)
         self._unlocked = unlocked
         log.info("node {address} unlocked", address=keys.onion_address)
@@ -406,10 +411,13 @@ class Node:
 
     @inlineCallbacks
     def shutdown(self):  # type: ignore[no-untyped-def]
-        """Stop the peer network (and a tor we launched)."""
+        """Stop the peer network (and a tor we launched), close the stores."""
         unlocked = self._unlocked
-        if unlocked is not None and unlocked.peers is not None:
+        if unlocked is None:
+            return
+        if unlocked.peers is not None:
             yield unlocked.peers.stop()
+        yield self._in_thread(unlocked.content.close)
 
 
 class FileSetUpdate:

@@ -297,3 +297,28 @@ class WrongPasswordTests(RpcTestCase):
         yield self.unlock(create=False)
         chunks = yield self.call(CALLS["GetFile"])
         self.assertEqual(b"".join(c.data for c in chunks), b"hello")
+
+
+class TamperedNodeTests(RpcTestCase):
+    @inlineCallbacks
+    def test_tampered_metadata_is_a_clear_data_loss(self):  # type: ignore[no-untyped-def]
+        yield self.unlock()
+        yield self.call(CALLS["SetFile"])
+        yield self.server.stopService()
+        yield self.node.shutdown()
+        sealed = self.node_dir / "metadata.sealed"
+        data = bytearray(sealed.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        sealed.write_bytes(bytes(data))
+        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        self.server = CliRpcServer(
+            reactor, self.node, default_socket_path(self.node_dir)
+        )
+        self.server.startService()
+        code, details = yield self.status_of(
+            lambda s: s.Unlock(pb.UnlockRequest(password=STRONG))
+        )
+        self.assertEqual(code, grpc.StatusCode.DATA_LOSS)
+        self.assertIn("metadata.sealed", details)
+        status = yield self.call(CALLS["GetStatus"])
+        self.assertFalse(status.unlocked)

@@ -13,13 +13,19 @@ log = get_logger("barterbackup.rpc")
 def _content_errors() -> dict[type[BaseException], grpc.StatusCode]:
     # Imported lazily: the content engine is heavy and optional for tests of
     # the locked node.
-    from barterbackup.content import engine
+    from barterbackup.content import engine, signing
+    from barterbackup.store import replicas, sealed
 
     return {
         engine.InvalidFileName: grpc.StatusCode.INVALID_ARGUMENT,
         engine.FileNotInSet: grpc.StatusCode.NOT_FOUND,
         engine.CorruptContent: grpc.StatusCode.DATA_LOSS,
         engine.UpdateInProgress: grpc.StatusCode.ABORTED,
+        # Records on disk that fail authentication or do not parse: the
+        # message names the file; the daemon refuses to go on with them.
+        sealed.SealedRecordError: grpc.StatusCode.DATA_LOSS,
+        replicas.ReplicaRecordError: grpc.StatusCode.DATA_LOSS,
+        signing.InvalidRevision: grpc.StatusCode.DATA_LOSS,
     }
 
 
