@@ -5,16 +5,11 @@ This is the one module that uses the global reactor.
 
 from __future__ import annotations
 
-import os
-
-# The daemon forks tor (through txtorcon) while gRPC threads run. gRPC's
-# fork handlers then write errors to the child's stderr before it execs, and
-# txtorcon kills a tor that writes to stderr. We never use gRPC in a forked
-# child, so its fork support is switched off before grpc is first imported.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
+# (gRPC fork support is switched off in barterbackup/__init__.py: the daemon
+# forks tor while gRPC threads run.)
 import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any, cast
 
