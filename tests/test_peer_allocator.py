@@ -33,15 +33,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 PAGES_PER_ROUND = 4 * 256
 
 
-def _faults(mode: str) -> int:
+def _child(script: str, mode: str) -> int:
+    """Run ``script`` in a fresh interpreter (the allocator policy is
+    process-wide and set once); return the number it prints."""
     out = subprocess.run(
-        [sys.executable, "-c", _CHURN, mode],
+        [sys.executable, "-c", script, mode],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
     return int(out.stdout)
+
+
+def _faults(mode: str) -> int:
+    return _child(_CHURN, mode)
 
 
 class AllocatorTests(SynchronousTestCase):
@@ -89,11 +95,4 @@ print(int(peak - rss()))
 
 
 def _released_mib(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _RELEASE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return int(out.stdout)
+    return _child(_RELEASE, mode)
