@@ -319,10 +319,10 @@ class LimitTests(SynchronousTestCase):
 
 
 class FlowControlTests(SynchronousTestCase):
-    def test_stream_waits_for_transport(self) -> None:
+    def check_stream_waits_for_transport(self, as_pieces: bool) -> None:
         # 64 items of 1 MiB through a transport that takes 64 KiB before
         # pushing back: at most about one item may be buffered at a time.
-        handler = FakeHandler(items=64, item_size=MIB)
+        handler = FakeHandler(items=64, item_size=MIB, as_pieces=as_pieces)
         client, server, pipe, _ = setup(self, server_handler=handler)
         received = 0
 
@@ -339,22 +339,11 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(received, 64 * MIB)
         self.assertLess(pipe.server_transport.most_buffered, 2 * MIB)
 
+    def test_stream_waits_for_transport(self) -> None:
+        self.check_stream_waits_for_transport(as_pieces=False)
+
     def test_piece_stream_waits_for_transport(self) -> None:
-        handler = FakeHandler(items=64, item_size=MIB, as_pieces=True)
-        client, server, pipe, _ = setup(self, server_handler=handler)
-        received = 0
-
-        def on_item(message: bbrpc_pb2.DownloadResponse) -> None:
-            nonlocal received
-            received += len(message.data)
-
-        d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
-        pipe._move(pipe.client_transport, pipe.server_transport, server)
-        self.assertEqual(handler.sent, 1)
-        pipe.pump()
-        self.successResultOf(d)
-        self.assertEqual(received, 64 * MIB)
-        self.assertLess(pipe.server_transport.most_buffered, 2 * MIB)
+        self.check_stream_waits_for_transport(as_pieces=True)
 
     def test_slow_consumer_pauses_reading(self) -> None:
         handler = FakeHandler(items=10, item_size=MIB)

@@ -273,19 +273,21 @@ class SyncTests(SynchronousTestCase):
         self.assertEqual(response.stored_bytes, 3000)
 
 
+def fake_pair(
+    base: Path, clock: task.Clock
+) -> tuple[Node, Node, FakePeerConnection, FakePeerConnection]:
+    """An owner and a replica node joined by a fake peer link."""
+    owner, replica = Node(base / "o", clock), Node(base / "r", clock)
+    to_replica, to_owner = connect_fake_peers(
+        owner.service, owner.pubkey, OWNER_ONION, replica.service, replica.pubkey, "r"
+    )
+    return owner, replica, to_replica, to_owner
+
+
 class ProgressRateTests(SynchronousTestCase):
     def test_progress_by_time_when_sections_are_small(self) -> None:
         clock = task.Clock()
-        base = Path(self.mktemp())
-        owner, replica = Node(base / "o", clock), Node(base / "r", clock)
-        to_replica, to_owner = connect_fake_peers(
-            owner.service,
-            owner.pubkey,
-            OWNER_ONION,
-            replica.service,
-            replica.pubkey,
-            "r",
-        )
+        owner, _replica, to_replica, to_owner = fake_pair(Path(self.mktemp()), clock)
         original = to_owner.tamper
 
         def tick(field: str, item: Any) -> Any:
@@ -308,16 +310,7 @@ class ProgressRateTests(SynchronousTestCase):
 class PieceTests(SynchronousTestCase):
     def test_large_section_comes_in_pieces(self) -> None:
         clock = task.Clock()
-        base = Path(self.mktemp())
-        owner, replica = Node(base / "o", clock), Node(base / "r", clock)
-        to_replica, to_owner = connect_fake_peers(
-            owner.service,
-            owner.pubkey,
-            OWNER_ONION,
-            replica.service,
-            replica.pubkey,
-            "r",
-        )
+        owner, _replica, to_replica, to_owner = fake_pair(Path(self.mktemp()), clock)
         pieces: list[tuple[int, int, int]] = []
 
         def record(field: str, item: Any) -> Any:
@@ -342,16 +335,7 @@ class PieceTests(SynchronousTestCase):
 class FloodTests(SynchronousTestCase):
     def test_owner_flooding_pieces_is_cut_off(self) -> None:
         clock = task.Clock()
-        base = Path(self.mktemp())
-        owner, replica = Node(base / "o", clock), Node(base / "r", clock)
-        to_replica, to_owner = connect_fake_peers(
-            owner.service,
-            owner.pubkey,
-            OWNER_ONION,
-            replica.service,
-            replica.pubkey,
-            "r",
-        )
+        owner, replica, to_replica, to_owner = fake_pair(Path(self.mktemp()), clock)
         revision = owner.content.commit(sections(2, 1000))
         owner.service.offers.offer(replica.pubkey, revision)
 
