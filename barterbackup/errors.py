@@ -1,24 +1,23 @@
-"""Errors the node API raises, each with the gRPC status the CLI sees.
+"""Errors the node API raises, each naming the gRPC status the CLI sees.
 
-The servicer maps these to status codes; anything else becomes INTERNAL with
-a generic message (and a log line), so internals never leak to the caller.
-Messages here are shown to users: they must say what to do and never carry a
-secret.
+``status`` is the name of a ``grpc.StatusCode``; the servicer (the only
+layer that knows gRPC) maps it, and anything that is not a NodeError becomes
+INTERNAL with a generic message (and a log line), so internals never leak to
+the caller. Messages here are shown to users: they must say what to do and
+never carry a secret.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class NodeError(Exception):
     """Base class: an error with a message fit to show the user."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"
 
 
 class NodeLocked(NodeError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
     def __init__(self) -> None:
         super().__init__("node is locked: run `barterbackup unlock` first")
@@ -27,7 +26,7 @@ class NodeLocked(NodeError):
 class NotBuiltYet(NodeError):
     """A method whose subsystem this version of the node does not have."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    status = "UNIMPLEMENTED"
 
     def __init__(self, method: str, subsystem: str) -> None:
         super().__init__(
@@ -37,32 +36,32 @@ class NotBuiltYet(NodeError):
 
 
 class InvalidArgument(NodeError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(NodeError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class FailedPrecondition(NodeError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class PermissionDenied(NodeError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"
 
 
 class Unavailable(NodeError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class Busy(NodeError):
-    code = grpc.StatusCode.ABORTED
+    status = "ABORTED"
 
 
 class ResourceExhausted(NodeError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class DataLoss(NodeError):
-    code = grpc.StatusCode.DATA_LOSS
+    status = "DATA_LOSS"

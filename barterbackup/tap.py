@@ -16,15 +16,16 @@ from typing import Any, cast
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
-from barterbackup import __version__
+from barterbackup import __version__, paths
+from barterbackup.allocator import keep_memory_lean
 from barterbackup.logs import LEVELS, get_logger, set_log_level
-from barterbackup.node import Node, NodeConfig, default_node_dir
-from barterbackup.peer.allocator import keep_memory_lean
-from barterbackup.rpc.server import CliRpcServer, check_socket_path, default_socket_path
+from barterbackup.node.facade import Node
+from barterbackup.node.results import NodeConfig
+from barterbackup.node.session import production_environment
+from barterbackup.rpc.server import CliRpcServer, check_socket_path
 from barterbackup.store.atomic import make_private_directory
 
 log = get_logger("barterbackup.tap")
-LOCK_FILENAME = "daemon.lock"
 
 
 class Options(usage.Options):
@@ -50,10 +51,10 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        node_dir = Path(self["node-dir"] or default_node_dir()).expanduser()
+        node_dir = Path(self["node-dir"] or paths.default_node_dir()).expanduser()
         self["node-dir"] = node_dir.resolve()
         socket = Path(self["socket"]).expanduser() if self["socket"] else None
-        self["socket"] = socket or default_socket_path(self["node-dir"])
+        self["socket"] = socket or paths.default_socket_path(self["node-dir"])
         try:
             check_socket_path(self["socket"])
         except ValueError as e:
@@ -96,7 +97,7 @@ class NodeDirectoryLock(Service):
     """Holds an exclusive lock on the node directory while the daemon runs."""
 
     def __init__(self, node_dir: Path) -> None:
-        self._path = Path(node_dir) / LOCK_FILENAME
+        self._path = paths.lock_path(node_dir)
         self._fd: int | None = None
 
     def startService(self) -> None:
@@ -119,17 +120,6 @@ class NodeDirectoryLock(Service):
             self._fd = None
 
 
-class NodeService(Service):
-    """Stops the node's peer network (and any tor it launched) on shutdown."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.node.shutdown()
-
-
 def make_service(options: Options, reactor: Any) -> IService:
     set_log_level(options["log-level"])
     # Before any thread starts: flat memory over peak loopback throughput.
@@ -142,10 +132,12 @@ def make_service(options: Options, reactor: Any) -> IService:
         tor_binary=options["tor-binary"],
         extra_torrc=options["extra-torrc"],
     )
-    node = Node(reactor, config)
+    node = Node(production_environment(reactor, config), config)
     top = MultiService()
     NodeDirectoryLock(config.node_dir).setServiceParent(top)
-    NodeService(node).setServiceParent(top)
+    # Stopped after the CLI server (services stop in reverse order): the
+    # node's session closes the peer network, a tor we launched, the stores.
+    node.setServiceParent(top)
     CliRpcServer(reactor, node, options["socket"]).setServiceParent(top)
     log.info(
         "barterbackup {version} starting in {node_dir}",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.testing.stores import open_content_store
 from bench.content_data import (
     FileSpec,
     file_chunks,
@@ -76,7 +77,7 @@ def measure_pack(
     """One packing run into a fresh store, with hashlib's speed right around it."""
     sha_before = hash_tree(data_dir, specs)
     node_dir = workdir / f"node-{number}"
-    store = ContentStore.open(node_dir, node_keys_from_master(BENCH_MASTER))
+    store = open_content_store(node_dir, node_keys_from_master(BENCH_MASTER))
     busy, ours = machine_busy_seconds(), our_cpu_seconds()
     pack_seconds, commit_seconds = pack_tree(store, data_dir, specs)
     ours = our_cpu_seconds() - ours
@@ -118,7 +119,7 @@ def pack_tree(
 
 def pack_generated(node_dir: Path, size_bytes: int) -> dict[str, float]:
     """Pack a generated file set straight from memory (the RSS child)."""
-    store = ContentStore.open(node_dir, node_keys_from_master(BENCH_MASTER))
+    store = open_content_store(node_dir, node_keys_from_master(BENCH_MASTER))
     start = time.perf_counter()
     update = store.begin_update()
     for spec in file_set(size_bytes):
@@ -244,7 +245,7 @@ def run(
     best = max(runs, key=lambda figures: figures["pack_to_sha256"])
     figures: dict[str, object] = {"bytes": total, "files": len(specs), **best}
     figures["pack_runs"] = runs
-    store = ContentStore.open(workdir / "node", node_keys_from_master(BENCH_MASTER))
+    store = open_content_store(workdir / "node", node_keys_from_master(BENCH_MASTER))
     pack_tree(store, data_dir, specs)
     figures["incremental"] = incremental(store, specs)
     store.close()

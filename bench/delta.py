@@ -35,12 +35,17 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from barterbackup._proto import storedpb_pb2
+from barterbackup.bbrpc.connection import PeerLimits
+from barterbackup.bbrpc.factory import PeerServerFactory, connect_peer
 from barterbackup.content.engine import ContentStore
-from barterbackup.peer.connection import PeerLimits
-from barterbackup.peer.factory import PeerServerFactory, connect_peer
-from barterbackup.peer.service import NodePeerService
-from barterbackup.peer.testing import keys_for_test
+from barterbackup.node.handler import NodePeerHandler
 from barterbackup.store.replicas import ReplicaStore
+from barterbackup.sync.offers import OfferedContent
+from barterbackup.sync.push import push_revision
+from barterbackup.sync.replica import ReplicaService
+from barterbackup.sync.serve import ContentServer
+from barterbackup.testing.link import keys_for_test
+from barterbackup.testing.stores import open_content_store
 
 MIB = 1024 * 1024
 EDIT_COUNT = 160
@@ -149,17 +154,19 @@ async def measure(reactor: Any, workdir: Path, size_bytes: int) -> dict[str, Any
     subprocess.run(["cp", "-a", f"{src}/.", str(mirror)], check=True)
 
     owner_keys, replica_keys = keys_for_test(1), keys_for_test(2)
-    content = ContentStore.open(workdir / "owner", owner_keys)
+    content = open_content_store(workdir / "owner", owner_keys)
     budget = storedpb_pb2.StorageConfig(total_bytes=4 * size_bytes + 64 * MIB)
     replicas = ReplicaStore.open(workdir / "replica" / "replicas", lambda: budget)
-    owner = NodePeerService(
-        reactor=reactor, content=content, replicas=replicas, shareable_peers=list
-    )
-    replica_service = NodePeerService(
-        reactor=reactor,
-        content=None,
-        replicas=replicas,
+    offers = OfferedContent()
+    owner = NodePeerHandler(
         shareable_peers=list,
+        replica=ReplicaService(replicas, reactor),
+        server=ContentServer(content, replicas, offers),
+    )
+    replica_service = NodePeerHandler(
+        shareable_peers=list,
+        replica=ReplicaService(replicas, reactor),
+        server=ContentServer(None, replicas, OfferedContent()),
     )
     # The signed revision travels in one frame and, at ~12 KiB sections, is
     # ~4.5 MB per GiB of content: over the default 4 MiB + 64 KiB frame cap.
@@ -179,14 +186,14 @@ async def measure(reactor: Any, workdir: Path, size_bytes: int) -> dict[str, Any
         first = _commit_files(content, src, list(FILE_NAMES))
         figures["pack_seconds"] = round(time.monotonic() - started, 2)
         started, wire_before = time.monotonic(), counting.bytes
-        await owner.push_revision(conn, first.revision, lambda _: None)
+        await push_revision(conn, first.revision, lambda _: None, offers)
         figures["full_sync_seconds"] = round(time.monotonic() - started, 2)
         figures["full_sync_wire_bytes"] = counting.bytes - wire_before
 
         changed = _edit(src, rng)
         second = _commit_files(content, src, [*FILE_NAMES, "new.bin"])
         started, wire_before = time.monotonic(), counting.bytes
-        final = await owner.push_revision(conn, second.revision, lambda _: None)
+        final = await push_revision(conn, second.revision, lambda _: None, offers)
         wire = counting.bytes - wire_before
         figures.update(
             changed_bytes=changed,

@@ -13,7 +13,6 @@ each is kept. Goal: sync ÷ raw ≥ 0.9.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import sys
 import tempfile
@@ -24,9 +23,11 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 
-from barterbackup._proto import clirpc_pb2
 from barterbackup.keys.derive import node_keys_from_master
-from barterbackup.node import Node, NodeConfig
+from barterbackup.node.facade import Node
+from barterbackup.node.results import NodeConfig
+from barterbackup.node.session import production_environment
+from barterbackup.progress import Progress
 from barterbackup.testing.tornet import TorNetwork
 from barterbackup.transport.tor import TorTransport
 from bench.onion_baseline import SourceFactory, fetch
@@ -37,19 +38,6 @@ PASSWORDS = (
 )
 ROUNDS = 2
 MIB = 1024 * 1024
-
-
-async def _wait_events(reactor: Any, events: queue.Queue[object]) -> list[Any]:
-    seen: list[Any] = []
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        while not events.empty():
-            item = events.get()
-            if item is None:
-                return seen
-            seen.append(item)
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise TimeoutError("replication did not finish")
 
 
 async def _commit(node: Node, name: str, data: bytes) -> None:
@@ -82,23 +70,21 @@ async def measure(reactor: Any, workdir: Path, size: int) -> dict[str, Any]:
     )
     try:
         for i, password in enumerate(PASSWORDS):
-            node = Node(
-                reactor,
-                NodeConfig(
-                    node_dir=workdir / f"n{i}", transport="tor", extra_torrc=options
-                ),
+            config = NodeConfig(
+                node_dir=workdir / f"n{i}", transport="tor", extra_torrc=options
             )
+            node = Node(production_environment(reactor, config), config)
+            node.startService()
             await node.unlock(password, create_if_missing=True)
             nodes.append(node)
         await source.start()
         await source.listen(SourceFactory(size))
         for node in nodes:
-            await node._peers().wait_ready()
+            await node.session.network.ready()
         a, b = nodes
-        await a.connect_peer(
-            clirpc_pb2.ConnectPeerRequest(onion_address=b.keys.onion_address)
-        )
-        b_transport = b._peers().transport
+        b_address = b.session.keys.onion_address
+        await a.connect_peer(b_address)
+        b_transport = b.session.transport
         raw: list[float] = []
         sync: list[float] = []
         for round_number in range(ROUNDS):
@@ -110,10 +96,9 @@ async def measure(reactor: Any, workdir: Path, size: int) -> dict[str, Any]:
             raw.append(result["mb_per_s"])
             # A fresh random content each round: every byte must travel.
             await _commit(a, f"round{round_number}.bin", os.urandom(size))
-            events: queue.Queue[object] = queue.Queue()
+            seen: list[Progress] = []
             began = time.monotonic()
-            a.replicate_content([b.keys.onion_address], events)
-            seen = await _wait_events(reactor, events)
+            await a.replicate([b_address], seen.append)
             elapsed = time.monotonic() - began
             [done] = [e for e in seen if e.phase == "done"]
             fetched = int(done.message.split()[0])
@@ -128,7 +113,7 @@ async def measure(reactor: Any, workdir: Path, size: int) -> dict[str, Any]:
         }
     finally:
         for node in nodes:
-            await node.shutdown()
+            await node.stopService()
         await defer.ensureDeferred(source.stop())
         await network.stop()
 

@@ -40,10 +40,10 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2
-from barterbackup.peer.factory import PeerServerFactory, connect_peer
-from barterbackup.peer.framing import DownloadPiece
-from barterbackup.peer.handler import StreamSender, UnimplementedHandler
-from barterbackup.peer.testing import keys_for_test
+from barterbackup.bbrpc.calls import StreamSender
+from barterbackup.bbrpc.factory import PeerServerFactory, connect_peer
+from barterbackup.bbrpc.framing import DownloadPiece
+from barterbackup.testing.link import keys_for_test
 
 MIB = 1024 * 1024
 ITEM_SIZE = MIB
@@ -51,7 +51,7 @@ SERVER_KEYS = keys_for_test(1)
 CLIENT_KEYS = keys_for_test(2)
 
 
-class _StreamingHandler(UnimplementedHandler):
+class _StreamingHandler:
     """Serves Download as ``items`` items of 1 MiB of the same bytes."""
 
     def __init__(self, items: int, hash_pieces: bool = False) -> None:
@@ -135,7 +135,7 @@ def _download(reactor: Any, port: int, items: int, check_hashes: bool = False) -
         endpoint,
         CLIENT_KEYS,
         SERVER_KEYS.onion_address,
-        UnimplementedHandler(),
+        object(),
     )
     received = 0
 

@@ -13,8 +13,8 @@ import random
 import sys
 from pathlib import Path
 
-from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.testing.stores import open_content_store
 
 MASTER = bytes(range(32))
 
@@ -33,7 +33,7 @@ def file_set(revision: int) -> dict[str, bytes]:
 
 
 def commit(node_dir: Path, revision: int) -> None:
-    store = ContentStore.open(node_dir, node_keys_from_master(MASTER))
+    store = open_content_store(node_dir, node_keys_from_master(MASTER))
     previous = set(store.list_files())
     wanted = file_set(revision)
     update = store.begin_update()

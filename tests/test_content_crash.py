@@ -13,6 +13,7 @@ from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX
+from barterbackup.testing.stores import open_content_store
 from tests.content_crash_child import MASTER, file_set
 
 CHILD = Path(__file__).with_name("content_crash_child.py")
@@ -48,7 +49,7 @@ class CrashPointTests(TestCase):
         self.assertEqual(run_child(node_dir, 1, None), 0)
         code = run_child(node_dir, 2, point)
         self.assertEqual(code, -9, f"crash point {point} was never reached")
-        store = ContentStore.open(node_dir, KEYS)
+        store = open_content_store(node_dir, KEYS)
         self.addCleanup(store.close)
         self.assertEqual(list(node_dir.rglob(f"*{TEMP_SUFFIX}")), [])
         assert store.current is not None
@@ -78,6 +79,6 @@ class CrashPointTests(TestCase):
         node_dir.mkdir()
         self.assertEqual(run_child(node_dir, 1, None), 0)
         self.assertEqual(run_child(node_dir, 2, None), 0)
-        store = ContentStore.open(node_dir, KEYS)
+        store = open_content_store(node_dir, KEYS)
         self.addCleanup(store.close)
         self.assertEqual(read_all(store), file_set(2))

@@ -16,10 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import clirpc_pb2
 from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
-from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import derive_node_keys
 from barterbackup.store.atomic import TEMP_SUFFIX
 from barterbackup.testing.daemon import DaemonProcess
+from barterbackup.testing.stores import open_content_store
 from tests.content_crash_child import file_set
 from tests.passwords import STRONG
 from tests.test_content_crash import CRASH_POINTS
@@ -78,7 +78,7 @@ class DaemonCrashTests(SynchronousTestCase):
             )
         assert daemon.process is not None
         self.assertEqual(daemon.process.wait(10), -9, f"point {point} not reached")
-        store = ContentStore.open(node_dir, KEYS)
+        store = open_content_store(node_dir, KEYS)
         self.addCleanup(store.close)
         self.assertEqual(list(node_dir.rglob(f"*{TEMP_SUFFIX}")), [])
         assert store.current is not None

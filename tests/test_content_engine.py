@@ -23,12 +23,13 @@ from barterbackup.content.sections import (
     SECTION_MIN_BYTES,
     content_sha256,
 )
-from barterbackup.content.signing import (
+from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.revisions import (
     sign_revision,
     sign_revision_lean,
     verify_revision,
 )
-from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.testing.stores import open_content_store
 
 KEYS = node_keys_from_master(bytes(range(1, 33)))
 OTHER_KEYS = node_keys_from_master(bytes(range(2, 34)))
@@ -42,7 +43,7 @@ class StoreTestCase(SynchronousTestCase):
     def open_store(self, node_dir: Path | None = None) -> ContentStore:
         if node_dir is None:
             node_dir = Path(self.mktemp())
-        store = ContentStore.open(node_dir, KEYS)
+        store = open_content_store(node_dir, KEYS)
         self.addCleanup(store.close)
         return store
 
@@ -167,7 +168,7 @@ class UpdateTests(StoreTestCase):
         data = random_bytes(100_000, 4)
         store = self.open_store()
         mine = self.commit_files(store, {"f": data}).revision.revision
-        other = ContentStore.open(Path(self.mktemp()), OTHER_KEYS)
+        other = open_content_store(Path(self.mktemp()), OTHER_KEYS)
         self.addCleanup(other.close)
         update = other.begin_update()
         writer = update.add_file("f")

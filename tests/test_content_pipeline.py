@@ -28,6 +28,7 @@ from barterbackup.content.sections import (
     section_key,
 )
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.testing.stores import open_content_store
 
 KEYS = node_keys_from_master(bytes(range(7, 39)))
 
@@ -105,7 +106,7 @@ class SectionPrimitiveTests(SynchronousTestCase):
 
 class PipelineTests(SynchronousTestCase):
     def open_store(self) -> ContentStore:
-        store = ContentStore.open(Path(self.mktemp()), KEYS)
+        store = open_content_store(Path(self.mktemp()), KEYS)
         self.addCleanup(store.close)
         return store
 
@@ -197,7 +198,7 @@ class PipelineTests(SynchronousTestCase):
         self.patch(engine, "PACK_TARGET_BYTES", 512 * 1024)
         data = random_bytes(4 * engine.BATCH_BYTES, 6)
         node_dir = Path(self.mktemp())
-        store = ContentStore.open(node_dir, KEYS)
+        store = open_content_store(node_dir, KEYS)
         update = store.begin_update()
         with update.add_file("f") as writer:
             writer.write(data)
@@ -210,6 +211,6 @@ class PipelineTests(SynchronousTestCase):
             writer.write(data)
         self.assertEqual(again.commit().new_section_bytes, 0)
         store.close()
-        reopened = ContentStore.open(node_dir, KEYS)
+        reopened = open_content_store(node_dir, KEYS)
         self.addCleanup(reopened.close)
         self.assertEqual(b"".join(reopened.read_file("g")), data)

@@ -11,6 +11,7 @@ from barterbackup.content.engine import ContentStore, CorruptContent
 from barterbackup.content.packs import INDEX_ENTRY
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.metadata import MetadataError
+from barterbackup.testing.stores import open_content_store
 
 KEYS = node_keys_from_master(bytes(range(3, 35)))
 OTHER_KEYS = node_keys_from_master(bytes(range(4, 36)))
@@ -26,7 +27,7 @@ def flip_bit(path: Path, offset: int) -> None:
 class TamperTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.node_dir = Path(self.mktemp())
-        store = ContentStore.open(self.node_dir, KEYS)
+        store = open_content_store(self.node_dir, KEYS)
         update = store.begin_update()
         for name in ("victim.bin", "other.bin"):
             writer = update.add_file(name)
@@ -37,7 +38,7 @@ class TamperTests(SynchronousTestCase):
         self.content = self.node_dir / "content"
 
     def reopen(self) -> ContentStore:
-        store = ContentStore.open(self.node_dir, KEYS)
+        store = open_content_store(self.node_dir, KEYS)
         self.addCleanup(store.close)
         return store
 
@@ -89,25 +90,25 @@ class TamperTests(SynchronousTestCase):
             original = revision_file.read_bytes()
             flip_bit(revision_file, offset)
             with self.assertRaises(CorruptContent) as caught:
-                ContentStore.open(self.node_dir, KEYS)
+                open_content_store(self.node_dir, KEYS)
             self.assertIn(str(revision_file), str(caught.exception))
             revision_file.write_bytes(original)
         self.assertEqual(b"".join(self.reopen().read_file("victim.bin")), DATA)
 
     def test_foreign_keys_refused(self) -> None:
         with self.assertRaises(CorruptContent) as caught:
-            ContentStore.open(self.node_dir, OTHER_KEYS)
+            open_content_store(self.node_dir, OTHER_KEYS)
         self.assertIn("another node", str(caught.exception))
 
     def test_bad_current_pointer(self) -> None:
         (self.content / "current").write_bytes(b"1; rm -rf")
-        self.assertRaises(CorruptContent, ContentStore.open, self.node_dir, KEYS)
+        self.assertRaises(CorruptContent, open_content_store, self.node_dir, KEYS)
 
     def test_flipped_metadata_bit(self) -> None:
         metadata = self.node_dir / "metadata.sealed"
         flip_bit(metadata, 20)
         with self.assertRaises(MetadataError) as caught:
-            ContentStore.open(self.node_dir, KEYS)
+            open_content_store(self.node_dir, KEYS)
         self.assertIn(str(metadata), str(caught.exception))
 
     def test_rolled_back_pointer_detected(self) -> None:
@@ -118,7 +119,7 @@ class TamperTests(SynchronousTestCase):
         store.close()
         (self.content / "current").write_bytes(b"1")
         with self.assertRaises(CorruptContent) as caught:
-            ContentStore.open(self.node_dir, KEYS)
+            open_content_store(self.node_dir, KEYS)
         self.assertIn("metadata records revision 2", str(caught.exception))
 
     def test_nothing_plain_on_disk(self) -> None:

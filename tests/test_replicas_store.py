@@ -9,7 +9,7 @@ import nacl.signing
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import storedpb_pb2
-from barterbackup.content.signing import InvalidRevision
+from barterbackup.revisions import InvalidRevision
 from barterbackup.store.replicas import (
     CURRENT_RECORD,
     DEFAULT_TOTAL_BYTES,

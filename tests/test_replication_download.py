@@ -10,53 +10,42 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup._proto import bbrpc_pb2, storedpb_pb2
-from barterbackup.peer.errors import PeerCallError
-from barterbackup.peer.framing import ACCEPTS_DOWNLOAD_PIECES, DownloadPiece
-from barterbackup.peer.replication import PIECE_BYTES, send_sections
-from barterbackup.testing.fakes import connect_fake_peers
-from tests.test_replication_sync import OWNER_ONION, Node, sections
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.errors import PeerCallError
+from barterbackup.bbrpc.framing import ACCEPTS_DOWNLOAD_PIECES, DownloadPiece
+from barterbackup.sync.serve import PIECE_BYTES, send_sections
+from barterbackup.testing.fakes import make_revision
+from barterbackup.testing.link import connected_pair, keys_for_test
+from tests.sync_peers import SyncLink, SyncPeer
+from tests.test_replication_sync import sections
 
 
 class DownloadTests(SynchronousTestCase):
     def setUp(self) -> None:
         clock = task.Clock()
         base = Path(self.mktemp())
-        self.owner = Node(base / "owner", clock)
-        self.replica = Node(base / "replica", clock)
-        self.stranger = Node(base / "stranger", clock)
-        self.to_replica, self.replica_to_owner = connect_fake_peers(
-            self.owner.service,
-            self.owner.pubkey,
-            OWNER_ONION,
-            self.replica.service,
-            self.replica.pubkey,
-            "replica.onion",
+        self.owner = SyncPeer(base / "owner", clock, 1)
+        self.replica = SyncPeer(base / "replica", clock, 2)
+        self.stranger = SyncPeer(base / "stranger", clock, 3)
+        link = SyncLink(self.owner, self.replica)
+        self.owner_to_replica, self.replica_to_owner = link.to_replica, link.to_owner
+        self.stranger_to_owner, _, _ = connected_pair(
+            clock,
+            self.stranger.keys,
+            self.owner.keys,
+            self.stranger.handler,
+            self.owner.handler,
         )
-        self.stranger_to_owner, _ = connect_fake_peers(
-            self.stranger.service,
-            self.stranger.pubkey,
-            "stranger.onion",
-            self.owner.service,
-            self.owner.pubkey,
-            OWNER_ONION,
+        self.stranger_to_replica, _, _ = connected_pair(
+            clock,
+            self.stranger.keys,
+            self.replica.keys,
+            self.stranger.handler,
+            self.replica.handler,
         )
-        self.stranger_to_replica, _ = connect_fake_peers(
-            self.stranger.service,
-            self.stranger.pubkey,
-            "stranger.onion",
-            self.replica.service,
-            self.replica.pubkey,
-            "replica.onion",
-        )
-        self.owner_to_replica = self.to_replica
         self.data = sections(4, 5000)
         self.revision = self.owner.content.commit(self.data)
-        self.successResultOf(
-            self.owner.service.push_revision(
-                self.to_replica, self.revision, list().append
-            )
-        )
+        self.successResultOf(link.push(self.revision))
 
     def download(self, conn: Any, request: bbrpc_pb2.DownloadRequest) -> Any:
         items: list[bbrpc_pb2.DownloadResponse] = []
@@ -120,15 +109,15 @@ class PeerExchangeTests(SynchronousTestCase):
     def test_shares_only_allowed_peers_never_the_caller(self) -> None:
         clock = task.Clock()
         base = Path(self.mktemp())
-        a, b = Node(base / "a", clock), Node(base / "b", clock)
-        b.shareable = ["b-friend.onion", "a.onion"]
-        a_to_b, _ = connect_fake_peers(
-            a.service, a.pubkey, "a.onion", b.service, b.pubkey, "b.onion"
-        )
+        a, b = SyncPeer(base / "a", clock, 1), SyncPeer(base / "b", clock, 2)
+        b.shareable = [keys_for_test(9).onion_address, a.address]
+        a_to_b, _, _ = connected_pair(clock, a.keys, b.keys, a.handler, b.handler)
         response = self.successResultOf(
             a_to_b.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         )
-        self.assertEqual(list(response.onion_addresses), ["b-friend.onion"])
+        self.assertEqual(
+            list(response.onion_addresses), [keys_for_test(9).onion_address]
+        )
 
 
 class SendSectionsTests(SynchronousTestCase):
@@ -144,12 +133,9 @@ class SendSectionsTests(SynchronousTestCase):
         if accepts_pieces:
             setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
         section_data = [os.urandom(2 * PIECE_BYTES + 7), os.urandom(3)]
-        table = [
-            storedpb_pb2.SectionRef(length=len(d), sha256=hashlib.sha256(d).digest())
-            for d in section_data
-        ]
+        revision = make_revision(keys_for_test(1).signing_key, section_data, 1)
         d = defer.Deferred.fromCoroutine(
-            send_sections(send, table, [1, 0], section_data.__getitem__)
+            send_sections(send, revision, [1, 0], section_data.__getitem__)
         )
         self.successResultOf(d)
         return sent

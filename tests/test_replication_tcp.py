@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,29 +11,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
-from barterbackup._proto import bbrpc_pb2, storedpb_pb2
-from barterbackup.peer.connection import PeerConnection, PeerLimits
-from barterbackup.peer.errors import PeerCallError
-from barterbackup.peer.factory import PeerServerFactory, connect_peer
-from barterbackup.peer.framing import FrameTooLarge
-from barterbackup.peer.service import NodePeerService
-from barterbackup.peer.testing import keys_for_test
-from barterbackup.store.replicas import ReplicaStore
-from barterbackup.testing.fakes import FakeContentStore
-
-
-class TcpNode:
-    def __init__(self, index: int, root: Path) -> None:
-        self.keys = keys_for_test(index)
-        self.content = FakeContentStore(self.keys.signing_key)
-        self.config = storedpb_pb2.StorageConfig(total_bytes=100_000_000)
-        self.replicas = ReplicaStore.open(root, lambda: self.config)
-        self.service = NodePeerService(
-            reactor=reactor,
-            content=self.content,
-            replicas=self.replicas,
-            shareable_peers=list,
-        )
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.connection import PeerConnection, PeerLimits
+from barterbackup.bbrpc.errors import PeerCallError
+from barterbackup.bbrpc.factory import PeerServerFactory, connect_peer
+from barterbackup.bbrpc.framing import FrameTooLarge
+from barterbackup.sync.push import push_revision
+from tests.sync_peers import SyncPeer
 
 
 class TcpSyncTests(TestCase):
@@ -41,13 +26,13 @@ class TcpSyncTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         base = Path(self.mktemp())
-        self.owner = TcpNode(1, base / "owner")
-        self.replica = TcpNode(2, base / "replica")
+        self.owner = SyncPeer(base / "owner", reactor, 1, budget=100_000_000)
+        self.replica = SyncPeer(base / "replica", reactor, 2, budget=100_000_000)
         self.accepted: list[PeerConnection] = []
         factory = PeerServerFactory(
             reactor,
             self.replica.keys,
-            self.replica.service,
+            self.replica.handler,
             on_authenticated=self.accepted.append,
         )
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -62,7 +47,7 @@ class TcpSyncTests(TestCase):
             endpoint,
             self.owner.keys,
             self.replica.keys.onion_address,
-            self.owner.service,
+            self.owner.handler,
         )
         self.addCleanup(self.close)
 
@@ -76,7 +61,7 @@ class TcpSyncTests(TestCase):
         data = [os.urandom(200_000) for _ in range(20)] + [os.urandom(3_000_000)]
         first = self.owner.content.commit(data)
         progress: list[bbrpc_pb2.SetContentRevisionResponse] = []
-        push = self.owner.service.push_revision
+        push = partial(push_revision, offers=self.owner.offers)
         final = yield push(self.conn, first, progress.append)
         self.assertTrue(final.complete)
         self.assertEqual(final.bytes_fetched, 7_000_000)
@@ -102,7 +87,7 @@ class TcpSyncTests(TestCase):
         self.replica.config.total_bytes = 1000
         revision = self.owner.content.commit([os.urandom(5000)])
         with self.assertRaises(PeerCallError) as caught:
-            yield self.owner.service.push_revision(self.conn, revision, list().append)
+            yield push_revision(self.conn, revision, list().append, self.owner.offers)
         self.assertEqual(caught.exception.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED)
 
     @defer.inlineCallbacks
@@ -112,8 +97,8 @@ class TcpSyncTests(TestCase):
         # sections repeat so that the replica stores only a few files.
         tiny = [(i % 16).to_bytes(4, "big") for i in range(120_000)]
         revision = self.owner.content.commit(tiny)
-        final = yield self.owner.service.push_revision(
-            self.conn, revision, list().append
+        final = yield push_revision(
+            self.conn, revision, list().append, self.owner.offers
         )
         self.assertTrue(final.complete)
 
@@ -124,14 +109,14 @@ class TcpSyncTests(TestCase):
             self.endpoint,
             self.owner.keys,
             self.replica.keys.onion_address,
-            self.owner.service,
+            self.owner.handler,
             limits=PeerLimits(max_frame_length=1024 * 1024),
         )
         self.addCleanup(limited.close)
         tiny = [i.to_bytes(4, "big") for i in range(30_000)]
         revision = self.owner.content.commit(tiny)
         with self.assertRaises(FrameTooLarge):
-            yield self.owner.service.push_revision(limited, revision, list().append)
+            yield push_revision(limited, revision, list().append, self.owner.offers)
         # The connection is still usable afterwards.
         response = yield limited.call(
             "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()

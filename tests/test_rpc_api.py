@@ -16,10 +16,12 @@ from twisted.trial.unittest import TestCase
 
 from barterbackup._proto import clirpc_pb2 as pb
 from barterbackup._proto import clirpc_pb2_grpc
-from barterbackup.node import Node, NodeConfig
-from barterbackup.rpc.server import GRPC_OPTIONS, CliRpcServer, default_socket_path
+from barterbackup.node.results import NodeConfig
+from barterbackup.paths import default_socket_path
+from barterbackup.rpc.client import GRPC_OPTIONS
+from barterbackup.rpc.server import CliRpcServer
 from tests.passwords import OTHER_STRONG, STRONG, WEAK
-from tests.util import short_tempdir
+from tests.util import short_tempdir, start_node
 
 Call = Callable[[clirpc_pb2_grpc.CliRpcStub], Any]
 
@@ -84,12 +86,14 @@ class RpcTestCase(TestCase):
 
     def setUp(self) -> None:
         self.node_dir = short_tempdir(self) / "node"
-        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        self.node = start_node(
+            reactor, NodeConfig(node_dir=self.node_dir, transport="tcp")
+        )
         self.server = CliRpcServer(
             reactor, self.node, default_socket_path(self.node_dir)
         )
         self.server.startService()
-        self.addCleanup(lambda: self.node.shutdown())
+        self.addCleanup(lambda: self.node.stopService())
         self.addCleanup(lambda: self.server.stopService())
         channel = grpc.insecure_channel(
             f"unix:{self.server.socket_path}", options=GRPC_OPTIONS
@@ -276,8 +280,10 @@ class WrongPasswordTests(RpcTestCase):
         yield self.call(CALLS["SetFile"])
         # A fresh daemon on the same directory, still locked.
         yield self.server.stopService()
-        yield self.node.shutdown()
-        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        yield self.node.stopService()
+        self.node = start_node(
+            reactor, NodeConfig(node_dir=self.node_dir, transport="tcp")
+        )
         self.server = CliRpcServer(
             reactor, self.node, default_socket_path(self.node_dir)
         )
@@ -305,12 +311,14 @@ class TamperedNodeTests(RpcTestCase):
         yield self.unlock()
         yield self.call(CALLS["SetFile"])
         yield self.server.stopService()
-        yield self.node.shutdown()
+        yield self.node.stopService()
         sealed = self.node_dir / "metadata.sealed"
         data = bytearray(sealed.read_bytes())
         data[len(data) // 2] ^= 0x01
         sealed.write_bytes(bytes(data))
-        self.node = Node(reactor, NodeConfig(node_dir=self.node_dir, transport="tcp"))
+        self.node = start_node(
+            reactor, NodeConfig(node_dir=self.node_dir, transport="tcp")
+        )
         self.server = CliRpcServer(
             reactor, self.node, default_socket_path(self.node_dir)
         )

@@ -8,7 +8,6 @@ address only, replicate, sync a delta and download back through Tor.
 from __future__ import annotations
 
 import os
-import queue
 from typing import Any
 
 from twisted.internet import reactor
@@ -16,11 +15,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from barterbackup._proto import bbrpc_pb2, clirpc_pb2
-from barterbackup.node import Node, NodeConfig
-from tests.test_node_network import PASSWORDS, drain, write_files
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.node.facade import Node
+from barterbackup.node.results import NodeConfig
 from tests.test_transport_tor_network import SHARED
-from tests.util import short_tempdir
+from tests.util import PASSWORDS, replicate, short_tempdir, start_node, write_files
 
 
 class NodesOverTorTests(TestCase):
@@ -34,61 +33,53 @@ class NodesOverTorTests(TestCase):
         options = tuple((k, v) for k, v in network.client_torrc_options())
         nodes = []
         for i, password in enumerate(PASSWORDS):
-            node = Node(
+            node = start_node(
                 reactor,
                 NodeConfig(
                     node_dir=tmp / f"n{i}", transport="tor", extra_torrc=options
                 ),
             )
-            self.addCleanup(node.shutdown)
+            self.addCleanup(node.stopService)
             yield node.unlock(password, create_if_missing=True)
             nodes.append(node)
         for node in nodes:
             # Fails (OnionAddressMismatch) unless Tor published exactly the
             # address derived from the password.
-            yield node._peers().wait_ready()
+            yield node.session.network.ready()
             status = node.status()
             self.assertEqual(status.peer_network, "ready")
-            self.assertEqual(status.peer_endpoint, node.keys.onion_address)
-            published = node._peers().transport._onion  # type: ignore[attr-defined]
-            self.assertEqual(published.hostname, node.keys.onion_address)
+            self.assertEqual(status.peer_endpoint, status.onion_address)
+            published = node.session.transport._onion  # type: ignore[attr-defined]
+            self.assertEqual(published.hostname, status.onion_address)
         a, b, c = nodes
 
         # Connect by onion address alone: Tor's SOCKS port, no endpoint hint.
         for peer, share in ((b, True), (c, False)):
-            info = yield a.connect_peer(
-                clirpc_pb2.ConnectPeerRequest(
-                    onion_address=peer.keys.onion_address, share_in_exchange=share
-                )
-            )
+            info = yield a.connect_peer(address(peer), share=share)
             self.assertTrue(info.connected)
 
         # Peer exchange: c asks a and learns b (shared), not itself. (c sees
         # a's connection once a's Auth has arrived, a moment after a's side.)
         for _ in range(100):
-            if a.keys.onion_address in c._peers().connected_addresses():
+            if c.session.pool.is_connected(pubkey(a)):
                 break
             yield deferLater(reactor, 0.1, lambda: None)
-        conn_c = c._peers().connection(a.keys.onion_address)
+        conn_c = c.session.pool.connection(pubkey(a))
         exchange = yield conn_c.call(
             "peer_exchange_request", bbrpc_pb2.PeerExchangeRequest()
         )
-        self.assertEqual(list(exchange.onion_addresses), [b.keys.onion_address])
+        self.assertEqual(list(exchange.onion_addresses), [address(b)])
 
         big = os.urandom(2 * 1024 * 1024)
         yield write_files(a, {"big.bin": big, "small.txt": b"tor\n" * 100})
-        events: queue.Queue[object] = queue.Queue()
-        a.replicate_content([], events)
-        seen = yield drain(events)
+        seen = yield replicate(a, [])
         done = {e.peer: e for e in seen if e.phase == "done"}
-        self.assertEqual(set(done), {b.keys.onion_address, c.keys.onion_address})
+        self.assertEqual(set(done), {address(b), address(c)})
 
         changed = bytearray(big)
         changed[1_000_000 : 1_000_000 + 32768] = os.urandom(32768)
         yield write_files(a, {"big.bin": bytes(changed)})
-        events = queue.Queue()
-        a.replicate_content([b.keys.onion_address], events)
-        seen = yield drain(events)
+        seen = yield replicate(a, [address(b)])
         [final] = [e for e in seen if e.phase == "done"]
         self.assertEqual(final.revision, 2)
         fetched = int(final.message.split()[0])
@@ -96,10 +87,10 @@ class NodesOverTorTests(TestCase):
 
         # Recovery path: a downloads a section back from b's replica and
         # checks it against its own copy.
-        current = a.content.current
+        current = a.session.content.current
         assert current is not None
         table = current.revision.sections
-        conn_b = a._peers().connection(b.keys.onion_address)
+        conn_b = a.session.pool.connection(pubkey(b))
         pieces: list[Any] = []
         yield conn_b.call_stream(
             "download_request",
@@ -108,11 +99,19 @@ class NodesOverTorTests(TestCase):
         )
         data = b"".join(p.data for p in pieces)
         self.assertEqual(len(data), table[0].length)
-        self.assertEqual(data, a.content.read_section(table[0].sha256))
+        self.assertEqual(data, a.session.content.read_section(table[0].sha256))
 
         for node in nodes:
-            yield node.shutdown()
+            yield node.stopService()
         # txtorcon logs every exit of a tor it launched as an error, even a
         # clean one after quit(); anything else is a real failure.
         exits = [str(f.value) for f in self.flushLoggedErrors(RuntimeError)]
         self.assertEqual(exits, ["Tor exited with error-code 0"] * len(exits))
+
+
+def address(node: Node) -> str:
+    return node.session.keys.onion_address
+
+
+def pubkey(node: Node) -> bytes:
+    return node.session.keys.onion_pubkey

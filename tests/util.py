@@ -5,8 +5,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup.content.engine import CommitResult
+from barterbackup.node.facade import Node
+from barterbackup.node.results import NodeConfig
+from barterbackup.node.session import production_environment
+from barterbackup.progress import Progress
 
 
 def short_tempdir(case: SynchronousTestCase) -> Path:
@@ -18,3 +27,49 @@ def short_tempdir(case: SynchronousTestCase) -> Path:
     path = Path(tempfile.mkdtemp(prefix="bb-"))
     case.addCleanup(shutil.rmtree, path, True)
     return path
+
+
+def start_node(reactor: Any, config: NodeConfig) -> Node:
+    """A daemon's Node on the real reactor, started (stop it with
+    ``stopService``)."""
+    node = Node(production_environment(reactor, config), config)
+    node.startService()
+    return node
+
+
+PASSWORDS = [
+    "quartz-lantern-ember-violet-harbor-cobalt-meadow",
+    "saffron-glacier-tundra-orchid-beacon-falcon-pebble",
+    "walnut-prism-meteor-canyon-thimble-juniper-sonnet",
+]
+
+
+def write_files(node: Node, files: dict[str, bytes]) -> Deferred[CommitResult]:
+    """Commit ``files`` as one revision (disk work in a thread, like gRPC)."""
+
+    async def run() -> CommitResult:
+        update = await node.begin_update()
+
+        def work() -> CommitResult:
+            try:
+                for name, data in files.items():
+                    update.add_file(name)
+                    update.write(data)
+                return update.commit()
+            finally:
+                update.abort()
+
+        try:
+            result: CommitResult = await deferToThread(work)
+        finally:
+            update.finish()
+        node.revision_committed()
+        return result
+
+    return Deferred.fromCoroutine(run())
+
+
+def replicate(node: Node, peers: list[str]) -> Deferred[list[Progress]]:
+    """Push the current revision to ``peers``; fires with every event."""
+    events: list[Progress] = []
+    return node.replicate(peers, events.append).addCallback(lambda _: events)

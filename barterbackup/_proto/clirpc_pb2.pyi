@@ -30,19 +30,25 @@ class UnlockRequest(_message.Message):
 
     PASSWORD_FIELD_NUMBER: _builtins.int
     CREATE_IF_MISSING_FIELD_NUMBER: _builtins.int
+    GENERATE_PASSPHRASE_FIELD_NUMBER: _builtins.int
     password: _builtins.str
     """password is the main password, as UTF-8 text."""
     create_if_missing: _builtins.bool
     """create_if_missing is true when an empty node directory may be set up."""
+    generate_passphrase: _builtins.bool
+    """generate_passphrase is true to set up a new node under a passphrase
+    the node generates; password must then be empty.
+    """
     def __init__(
         self,
         *,
         password: _builtins.str = ...,
         create_if_missing: _builtins.bool = ...,
+        generate_passphrase: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_if_missing", b"create_if_missing", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_if_missing", b"create_if_missing", "generate_passphrase", b"generate_passphrase", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,19 +62,25 @@ class UnlockResponse(_message.Message):
 
     ONION_ADDRESS_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    PASSPHRASE_FIELD_NUMBER: _builtins.int
     onion_address: _builtins.str
     """onion_address is the node's onion address, with ".onion"."""
     created: _builtins.bool
     """created is true when this call set up a new node directory."""
+    passphrase: _builtins.str
+    """passphrase is the generated main passphrase, set only when the
+    request asked for one; it is sent this once and never stored.
+    """
     def __init__(
         self,
         *,
         onion_address: _builtins.str = ...,
         created: _builtins.bool = ...,
+        passphrase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "onion_address", b"onion_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "onion_address", b"onion_address", "passphrase", b"passphrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -16,9 +18,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
-from barterbackup.node import default_node_dir
+from barterbackup.paths import default_node_dir, default_socket_path
 from barterbackup.rpc.client import DaemonUnreachable, connect
-from barterbackup.rpc.server import default_socket_path
 
 # Exit codes scripts can rely on (documented in the README).
 EXIT_OK = 0
@@ -66,6 +67,28 @@ def rpc_error(e: grpc.RpcError) -> CliError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return CliError(f"lost the daemon: {details}", EXIT_NO_DAEMON)
     return CliError(str(details or code))
+
+
+def write_output_file(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` so that a failure leaves no partial file.
+
+    The bytes go to a temporary file beside ``path`` (mode 0600), which is
+    synced and renamed over ``path`` only once every chunk arrived.
+    """
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
+    )
+    try:
+        with handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def to_dict(message: Message) -> dict[str, Any]:

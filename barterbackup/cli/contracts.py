@@ -1,13 +1,12 @@
-"""``barterbackup contracts``, ``recover`` and ``chat``.
+"""``barterbackup contracts``: storage contracts with peers.
 
-These call the contract, recovery and chat RPCs; a daemon without those
-subsystems answers UNIMPLEMENTED, which is printed as it is.
+A daemon without the contract subsystem answers UNIMPLEMENTED, which is
+printed as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 
 from barterbackup._proto import clirpc_pb2
@@ -41,16 +40,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("contract_id", metavar="CONTRACT_ID", help="hex contract id")
     check.add_argument("--samples", type=int, default=0)
     check.set_defaults(run=run_check)
-
-    recover = commands.add_parser(
-        "recover", help="fetch our newest revision back from peers"
-    )
-    recover.add_argument("peers", nargs="*", metavar="ONION")
-    recover.set_defaults(run=run_recover)
-
-    chat = commands.add_parser("chat", help="chat with a peer (lines from stdin)")
-    chat.add_argument("peer", metavar="ONION")
-    chat.set_defaults(run=run_chat)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -101,38 +90,4 @@ def run_check(args: argparse.Namespace) -> int:
     if not passed or not passed[-1]:
         raise CliError("the spot check failed")
     print("the peer holds our data")
-    return 0
-
-
-def run_recover(args: argparse.Namespace) -> int:
-    client = stub(args)
-    request = clirpc_pb2.RecoverContentRequest(peers=args.peers)
-    rpc(
-        lambda: show_progress_stream(
-            (r.progress for r in client.RecoverContent(request)), "recovering"
-        )
-    )
-    return 0
-
-
-def run_chat(args: argparse.Namespace) -> int:
-    client = stub(args)
-
-    def actions() -> Iterator[clirpc_pb2.ChatAction]:
-        yield clirpc_pb2.ChatAction(peer=args.peer, init=clirpc_pb2.ChatInit())
-        for line in sys.stdin:
-            yield clirpc_pb2.ChatAction(peer=args.peer, message=line.rstrip("\n"))
-        yield clirpc_pb2.ChatAction(peer=args.peer, stop=clirpc_pb2.ChatStop())
-
-    def show() -> None:
-        for event in client.Chat(actions()):
-            kind = event.WhichOneof("event")
-            if kind == "message":
-                print(f"<{event.peer[:16]}> {event.message}")
-            elif kind == "file_offered":
-                print(f"* {event.peer[:16]} offers {event.file_offered}")
-            elif kind == "stopped":
-                print(f"* chat closed: {event.stopped.reason}")
-
-    rpc(show)
     return 0

@@ -18,8 +18,8 @@ from barterbackup.cli.common import (
     print_json,
     rpc,
     stub,
+    write_output_file,
 )
-from barterbackup.store.atomic import atomic_write
 
 # SetFile data messages carry this much. 4 MiB messages measured no clear
 # speed gain but ~30 MiB more daemon RSS while streaming (gRPC buffers).
@@ -202,7 +202,7 @@ def run_get(args: argparse.Namespace) -> int:
                 yield response.data
 
         # Written to a temp file first: a failed read leaves no partial file.
-        rpc(lambda: atomic_write(Path(args.output), chunks(), mode=0o600))
+        rpc(lambda: write_output_file(Path(args.output), chunks()))
         progress.finish()
         return 0
 

@@ -6,10 +6,20 @@ import argparse
 import sys
 
 from barterbackup import __version__
-from barterbackup.cli import contracts, files, peers, replicate, status, storage, unlock
+from barterbackup.cli import (
+    chat,
+    contracts,
+    files,
+    peers,
+    recover,
+    replicate,
+    status,
+    storage,
+    unlock,
+)
 from barterbackup.cli.common import EXIT_FAILED, CliError
 
-GROUPS = (unlock, status, files, peers, storage, replicate, contracts)
+GROUPS = (unlock, status, files, peers, storage, replicate, contracts, recover, chat)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@ import argparse
 
 from barterbackup._proto import clirpc_pb2
 from barterbackup.cli.common import (
-    CliError,
     human_size,
     human_time,
     print_json,
@@ -14,7 +13,6 @@ from barterbackup.cli.common import (
     stub,
     to_dict,
 )
-from barterbackup.keys.onion import InvalidOnionAddress, normalize_onion_address
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -51,13 +49,10 @@ def _describe(peer: clirpc_pb2.PeerInfo) -> str:
 
 
 def run_connect(args: argparse.Namespace) -> int:
-    try:
-        address = normalize_onion_address(args.onion_address)
-    except InvalidOnionAddress as e:
-        raise CliError(str(e)) from None
+    # The daemon checks the address (and says what is wrong with it).
     client = stub(args)
     request = clirpc_pb2.ConnectPeerRequest(
-        onion_address=address,
+        onion_address=args.onion_address,
         endpoint=args.endpoint or "",
         share_in_exchange=args.share,
     )

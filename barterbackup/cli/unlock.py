@@ -8,7 +8,6 @@ import sys
 
 from barterbackup._proto import clirpc_pb2
 from barterbackup.cli.common import CliError, rpc, stub
-from barterbackup.keys.strength import MIN_BITS, estimated_bits, generate_passphrase
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -82,15 +81,14 @@ def run_init(args: argparse.Namespace) -> int:
     status = rpc(lambda: client.GetStatus(clirpc_pb2.GetStatusRequest()))
     if status.unlocked:
         raise CliError("this node is already set up and unlocked")
-    passphrase = generate_passphrase()
-    assert estimated_bits(passphrase) >= MIN_BITS
+    # The node generates the passphrase (it owns the password policy) and
+    # sends it back this once, over the owner-only socket.
     response = rpc(
-        lambda: client.Unlock(
-            clirpc_pb2.UnlockRequest(password=passphrase, create_if_missing=True)
-        )
+        lambda: client.Unlock(clirpc_pb2.UnlockRequest(generate_passphrase=True))
     )
-    if not response.created:
+    if not response.created or not response.passphrase:
         raise CliError("this node directory was already set up")
+    passphrase = response.passphrase
     print("Your main passphrase (write it down; it is shown only once):")
     print()
     print(f"    {passphrase}")

@@ -48,14 +48,14 @@ from barterbackup.content.sections import (
     section_encryptor,
     section_key,
 )
-from barterbackup.content.signing import (
+from barterbackup.keys.derive import NodeKeys
+from barterbackup.revisions import (
     REVISION_FORMAT,
     InvalidRevision,
     VerifiedRevision,
     sign_revision_lean,
     verify_revision,
 )
-from barterbackup.keys.derive import NodeKeys
 from barterbackup.store.atomic import (
     atomic_delete,
     atomic_write,
@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 MANIFEST_AD_LABEL = b"barterbackup v1 manifest\x00"
-METADATA_FILE_NAME = "metadata.sealed"
 # Plaintext is cut in batches of this size: memory stays flat for any file.
 BATCH_BYTES = 1024 * 1024
 # Batches queued for the encryption threads.
@@ -512,9 +511,11 @@ class Update:
 class ContentStore:
     """The node's own content: its file set and its committed revisions."""
 
-    def __init__(self, node_dir: Path, keys: NodeKeys) -> None:
+    def __init__(
+        self, content_dir: Path, keys: NodeKeys, metadata: MetadataStore
+    ) -> None:
         self._keys = keys
-        self._dir = make_private_directory(Path(node_dir) / "content")
+        self._dir = make_private_directory(Path(content_dir))
         self._packs_dir = make_private_directory(self._dir / "packs")
         self._revisions_dir = make_private_directory(self._dir / "revisions")
         self._lock = threading.RLock()
@@ -524,18 +525,22 @@ class ContentStore:
             self._packs = PackStore(self._packs_dir)
         except SectionCorrupt as error:
             raise CorruptContent(str(error)) from None
-        self.metadata = MetadataStore(
-            Path(node_dir) / METADATA_FILE_NAME, keys.metadata_key
-        )
+        self.metadata = metadata
         self._current: VerifiedRevision | None = None
         self._manifest: storedpb_pb2.Manifest | None = None
         self._files: dict[str, int] = {}
         self._load_current()
 
     @classmethod
-    def open(cls, node_dir: Path, keys: NodeKeys) -> ContentStore:
-        """Open (creating if needed) the content store of ``node_dir``."""
-        return cls(node_dir, keys)
+    def open(
+        cls, content_dir: Path, keys: NodeKeys, metadata: MetadataStore
+    ) -> ContentStore:
+        """Open (creating if needed) the content store in ``content_dir``.
+
+        ``metadata`` is the node's Metadata (opened once by its owner): the
+        store records each commit's revision there.
+        """
+        return cls(content_dir, keys, metadata)
 
     # -- revisions on disk ------------------------------------------------
 

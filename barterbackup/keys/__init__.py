@@ -9,7 +9,11 @@ from barterbackup.keys.onion import (
     onion_address_from_pubkey,
     pubkey_from_onion_address,
 )
-from barterbackup.keys.strength import WeakPassword, check_password_strength
+from barterbackup.keys.strength import (
+    WeakPassword,
+    check_password_strength,
+    generate_passphrase,
+)
 
 __all__ = [
     "InvalidOnionAddress",
@@ -18,6 +22,7 @@ __all__ = [
     "WrongPassword",
     "check_password_strength",
     "derive_node_keys",
+    "generate_passphrase",
     "onion_address_from_pubkey",
     "pubkey_from_onion_address",
 ]

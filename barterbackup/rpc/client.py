@@ -1,4 +1,8 @@
-"""Connecting the CLI to its daemon, with errors a user can act on."""
+"""Connecting the CLI to its daemon, with errors a user can act on.
+
+The CLI imports this module, ``paths`` and ``_proto`` only: nothing of the
+daemon, so ``barterbackup status`` starts fast and the layers stay apart.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,14 @@ from pathlib import Path
 import grpc
 
 from barterbackup._proto import clirpc_pb2_grpc
-from barterbackup.rpc.server import GRPC_OPTIONS
+
+# Explicit limits: SetFile/GetFile carry ≤ 1 MiB chunks, everything else is
+# small, so 8 MiB leaves room without letting one message eat memory.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 class DaemonUnreachable(Exception):

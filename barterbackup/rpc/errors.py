@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import grpc
 
-from barterbackup import errors
+from barterbackup import errors, revisions
+from barterbackup.content import engine
 from barterbackup.logs import get_logger
+from barterbackup.store import replicas, sealed
 
 log = get_logger("barterbackup.rpc")
 
 
 def _content_errors() -> dict[type[BaseException], grpc.StatusCode]:
-    # Imported lazily: the content engine is heavy and optional for tests of
-    # the locked node.
-    from barterbackup.content import engine, signing
-    from barterbackup.store import replicas, sealed
-
     return {
         engine.InvalidFileName: grpc.StatusCode.INVALID_ARGUMENT,
         engine.FileNotInSet: grpc.StatusCode.NOT_FOUND,
@@ -25,14 +22,14 @@ def _content_errors() -> dict[type[BaseException], grpc.StatusCode]:
         # message names the file; the daemon refuses to go on with them.
         sealed.SealedRecordError: grpc.StatusCode.DATA_LOSS,
         replicas.ReplicaRecordError: grpc.StatusCode.DATA_LOSS,
-        signing.InvalidRevision: grpc.StatusCode.DATA_LOSS,
+        revisions.InvalidRevision: grpc.StatusCode.DATA_LOSS,
     }
 
 
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and user-facing message for an exception."""
     if isinstance(error, errors.NodeError):
-        return error.code, str(error)
+        return getattr(grpc.StatusCode, error.status), str(error)
     for kind, code in _content_errors().items():
         if isinstance(error, kind):
             return code, str(error)

@@ -19,32 +19,20 @@ from twisted.internet.threads import deferToThreadPool
 
 from barterbackup._proto import clirpc_pb2_grpc
 from barterbackup.logs import get_logger
-from barterbackup.node import Node
+from barterbackup.node.facade import Node
+from barterbackup.rpc.client import GRPC_OPTIONS
 from barterbackup.rpc.servicer import CliRpcServicer
 from barterbackup.store.atomic import make_private_directory
 
 log = get_logger("barterbackup.rpc")
 
-# Explicit limits: SetFile/GetFile carry ≤ 1 MiB chunks, everything else is
-# small, so 8 MiB leaves room without letting one message eat memory.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 WORKER_THREADS = 8
 # A Unix socket path is limited to 107 bytes by sockaddr_un.
 MAX_SOCKET_PATH = 107
-RPC_DIRNAME = "rpc"
-SOCKET_NAME = "clirpc.sock"
 
 
 class SocketPathError(ValueError):
     pass
-
-
-def default_socket_path(node_dir: Path) -> Path:
-    return Path(node_dir) / RPC_DIRNAME / SOCKET_NAME
 
 
 def check_socket_path(path: Path) -> None:

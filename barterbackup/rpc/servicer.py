@@ -4,6 +4,9 @@ Every call into the node goes through ``blockingCallFromThread``; the only
 work done on the gRPC thread itself is moving file bytes between the stream
 and the node's worker-thread objects (FileSetUpdate, file readers), which is
 what keeps the reactor free while gigabytes go through.
+
+This is the only module that turns the node's domain records into clirpc
+messages (and clirpc requests into the node's arguments).
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from twisted.internet.threads import blockingCallFromThread
+from twisted.python.failure import Failure
 
 from barterbackup import errors
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
-from barterbackup.node import FileSetUpdate, Node, NodeStatus
+from barterbackup.node.facade import FileSetUpdate, Node
+from barterbackup.node.results import NodeStatus, PeerInfo, StorageReport
+from barterbackup.progress import Progress
 from barterbackup.rpc.errors import status_for
 
 T = TypeVar("T")
@@ -62,11 +68,24 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
     def Unlock(
         self, request: clirpc_pb2.UnlockRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.UnlockResponse:
+        if request.generate_passphrase and request.password:
+            self._abort(
+                context,
+                errors.InvalidArgument(
+                    "give a password or ask for a generated passphrase, not both"
+                ),
+            )
         result = self._on_reactor(
-            context, self._node.unlock, request.password, request.create_if_missing
+            context,
+            self._node.unlock,
+            request.password,
+            request.create_if_missing,
+            request.generate_passphrase,
         )
         return clirpc_pb2.UnlockResponse(
-            onion_address=result.onion_address, created=result.created
+            onion_address=result.onion_address,
+            created=result.created,
+            passphrase=result.generated_passphrase,
         )
 
     def GetStatus(
@@ -184,44 +203,62 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
     def ConnectPeer(
         self, request: clirpc_pb2.ConnectPeerRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.ConnectPeerResponse:
-        info = self._on_reactor(context, self._node.connect_peer, request)
-        return clirpc_pb2.ConnectPeerResponse(peer=info)
+        info = self._on_reactor(
+            context,
+            self._node.connect_peer,
+            request.onion_address,
+            request.endpoint,
+            request.share_in_exchange,
+        )
+        return clirpc_pb2.ConnectPeerResponse(peer=_peer_info(info))
 
     def ConnectedPeers(
         self, request: clirpc_pb2.ConnectedPeersRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.ConnectedPeersResponse:
-        peers = self._on_reactor(context, self._node.connected_peers)
-        return clirpc_pb2.ConnectedPeersResponse(peers=peers)
+        peers = self._on_reactor(context, self._node.peers)
+        return clirpc_pb2.ConnectedPeersResponse(peers=[_peer_info(p) for p in peers])
 
     def SetStorageConfig(
         self, request: clirpc_pb2.SetStorageConfigRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.SetStorageConfigResponse:
-        config = self._on_reactor(context, self._node.set_storage_config, request)
-        return clirpc_pb2.SetStorageConfigResponse(config=config)
+        report = self._on_reactor(
+            context,
+            self._node.set_storage_config,
+            request.total_bytes,
+            request.per_peer_bytes,
+            request.min_replicas,
+        )
+        return clirpc_pb2.SetStorageConfigResponse(config=_storage(report))
 
     def GetStorageConfig(
         self, request: clirpc_pb2.GetStorageConfigRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.GetStorageConfigResponse:
-        return self._on_reactor(context, self._node.get_storage_config)
+        return _storage(self._on_reactor(context, self._node.storage_report))
 
     def ReplicateContent(
         self, request: clirpc_pb2.ReplicateContentRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.ReplicateContentResponse]:
-        events: queue.Queue[object] = queue.Queue()
-        self._on_reactor(
-            context, self._node.replicate_content, list(request.onion_addresses), events
-        )
-        for progress in self._drain(context, events):
+        for progress in self._progress_stream(
+            context, self._node.replicate, list(request.onion_addresses)
+        ):
             yield clirpc_pb2.ReplicateContentResponse(progress=progress)
 
-    def _drain(
-        self, context: grpc.ServicerContext, events: queue.Queue[object]
+    def _progress_stream(
+        self, context: grpc.ServicerContext, operation: Callable[..., Any], *args: Any
     ) -> Iterator[clirpc_pb2.Progress]:
-        """Relay reactor-side progress events until the end marker.
+        """Run a long node operation; relay its Progress events as it goes.
 
-        The node puts Progress messages, then either None (done) or an
-        exception (failed) on the queue.
+        ``operation(*args, report)`` runs on the reactor and returns a
+        Deferred; its events travel here through a queue, and the stream
+        ends when the Deferred fires (or aborts with its error).
         """
+        events: queue.Queue[object] = queue.Queue()
+
+        def start() -> None:
+            d = operation(*args, events.put)
+            d.addCallbacks(lambda _: events.put(_END), events.put)
+
+        self._on_reactor(context, start)
         while True:
             try:
                 item = events.get(timeout=POLL_SECONDS)
@@ -229,12 +266,13 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                 if not context.is_active():
                     return
                 continue
-            if item is None:
+            if item is _END:
                 return
-            if isinstance(item, BaseException):
-                self._abort(context, item)
-            assert isinstance(item, clirpc_pb2.Progress)
-            yield item
+            if isinstance(item, Progress):
+                yield _progress(item)
+            else:
+                assert isinstance(item, Failure) and item.value is not None
+                self._abort(context, item.value)
 
     # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
 
@@ -279,6 +317,52 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         # first, so scripts see one consistent precondition.
         self._on_reactor(context, _check_unlocked, self._node)
         self._abort(context, errors.NotBuiltYet(method, subsystem))
+
+
+_END = object()
+
+
+def _progress(event: Progress) -> clirpc_pb2.Progress:
+    return clirpc_pb2.Progress(
+        phase=event.phase,
+        peer=event.peer,
+        bytes_done=event.bytes_done,
+        bytes_total=event.bytes_total,
+        message=event.message,
+        revision=event.revision,
+    )
+
+
+def _peer_info(peer: PeerInfo) -> clirpc_pb2.PeerInfo:
+    return clirpc_pb2.PeerInfo(
+        onion_address=peer.onion_address,
+        connected=peer.connected,
+        first_seen=peer.first_seen,
+        last_seen=peer.last_seen,
+        rtt_ms=peer.rtt_ms,
+        held_revision=peer.held_revision,
+        stored_bytes=peer.stored_bytes,
+        shared_in_exchange=peer.shared_in_exchange,
+        endpoint=peer.endpoint,
+    )
+
+
+def _storage(report: StorageReport) -> clirpc_pb2.GetStorageConfigResponse:
+    response = clirpc_pb2.GetStorageConfigResponse(
+        total_bytes=report.total_bytes,
+        per_peer_bytes=report.per_peer_bytes,
+        min_replicas=report.min_replicas,
+        used_bytes=report.used_bytes,
+        free_bytes=report.free_bytes,
+    )
+    for obligation in report.obligations:
+        response.obligations.add(
+            onion_address=obligation.onion_address,
+            revision=obligation.revision,
+            stored_bytes=obligation.stored_bytes,
+            granted_bytes=obligation.granted_bytes,
+        )
+    return response
 
 
 def _check_unlocked(node: Node) -> None:

@@ -42,8 +42,9 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from barterbackup._proto import storedpb_pb2
-from barterbackup.content.signing import (
+from barterbackup.revisions import (
     InvalidRevision,
+    SectionIndexOutOfRange,
     VerifiedRevision,
     verify_revision,
 )
@@ -142,6 +143,21 @@ class HeldReplica:
     readable: VerifiedRevision | None
     pending: VerifiedRevision | None
 
+    @property
+    def shown(self) -> VerifiedRevision:
+        """What to report as held: the revision that can be served back (the
+        complete one) while a newer one is still being fetched."""
+        shown = self.readable or self.pending
+        assert shown is not None, "a HeldReplica always has a revision"
+        return shown
+
+    def revision_for(self, content_id: bytes) -> VerifiedRevision | None:
+        """The held revision (complete or pending) named ``content_id``."""
+        for revision in (self.readable, self.pending):
+            if revision is not None and revision.content_id == content_id:
+                return revision
+        return None
+
 
 class _OwnerState:
     """In-memory view of one owner's directory."""
@@ -229,10 +245,7 @@ class ReplicaStore:
 
     def granted_bytes(self, owner_pubkey: bytes) -> int:
         """The most ``owner_pubkey`` may store here right now."""
-        total, per_peer = effective_budget(self._budget())
-        with self._lock:
-            others = self.used_bytes - self._stored(owner_pubkey)
-        return max(0, min(per_peer, total - others))
+        return self._budget_for(owner_pubkey)[0]
 
     def held(self, owner_pubkey: bytes) -> HeldReplica | None:
         with self._lock:
@@ -283,7 +296,11 @@ class ReplicaStore:
             _refuse_stale(revision, current, pending)
             if current is not None and current.content_id == revision.content_id:
                 return self._plan(owner_pubkey, revision, state)
-            self._check_quota(owner_pubkey, _unique_bytes([current, revision]))
+            self._refuse_over_budget(
+                owner_pubkey,
+                _unique_bytes([current, revision]),
+                "revision (old and new together)",
+            )
             if state is None:
                 state = self._create_owner(owner_pubkey)
             if pending is None or pending.content_id != revision.content_id:
@@ -318,7 +335,11 @@ class ReplicaStore:
         with self._lock:
             if ref.sha256 in state.section_sizes:
                 return
-            self._check_quota_for_write(owner_pubkey, len(data))
+            self._refuse_over_budget(
+                owner_pubkey,
+                state.stored_bytes + len(data),
+                f"storing section {index}",
+            )
             _write_unsynced(state.section_path(ref.sha256), data)
             state.section_sizes[ref.sha256] = len(data)
             state.unflushed = True
@@ -410,35 +431,32 @@ class ReplicaStore:
             bytes_done=done,
         )
 
-    def _check_quota(self, owner: bytes, needed: int) -> None:
+    def _budget_for(self, owner: bytes) -> tuple[int, int, int]:
+        """(granted, per-peer cap, bytes free in the total) for ``owner``.
+
+        The one place quota arithmetic happens: what an owner may store is
+        the per-peer cap, or what the others leave of the total if less.
+        """
         total, per_peer = effective_budget(self._budget())
+        with self._lock:
+            others = self.used_bytes - self._stored(owner)
+        free_of_total = max(0, total - others)
+        return min(per_peer, free_of_total), per_peer, free_of_total
+
+    def _refuse_over_budget(self, owner: bytes, needed: int, what: str) -> None:
+        """QuotaExceeded unless ``owner`` may hold ``needed`` bytes in all."""
+        granted, per_peer, free_of_total = self._budget_for(owner)
+        if needed <= granted:
+            return
         if needed > per_peer:
             raise QuotaExceeded(
-                f"revision needs {needed} bytes here (old and new revision "
-                f"together) but each peer may store at most {per_peer} bytes"
+                f"{what} needs {needed} bytes here but each peer may store at "
+                f"most {per_peer} bytes"
             )
-        others = self.used_bytes - self._stored(owner)
-        if others + needed > total:
-            raise QuotaExceeded(
-                f"revision needs {needed} bytes here but only "
-                f"{max(0, total - others)} of the {total}-byte total budget "
-                f"are free"
-            )
-
-    def _check_quota_for_write(self, owner: bytes, length: int) -> None:
-        total, per_peer = effective_budget(self._budget())
-        mine = self._stored(owner)
-        if mine + length > per_peer:
-            raise QuotaExceeded(
-                f"storing {length} more bytes would exceed the per-peer budget "
-                f"({mine} of {per_peer} bytes used)"
-            )
-        used = self.used_bytes
-        if used + length > total:
-            raise QuotaExceeded(
-                f"storing {length} more bytes would exceed the total budget "
-                f"({used} of {total} bytes used)"
-            )
+        raise QuotaExceeded(
+            f"{what} needs {needed} bytes here but only {free_of_total} bytes "
+            "of the total budget are free"
+        )
 
     def _create_owner(self, owner: bytes) -> _OwnerState:
         state = _OwnerState(self._root / owner.hex())
@@ -476,10 +494,10 @@ def _refuse_stale(
 
 
 def _section_ref(revision: VerifiedRevision, index: int) -> storedpb_pb2.SectionRef:
-    sections = revision.revision.sections
-    if not 0 <= index < len(sections):
-        raise UnknownRevision(f"section index {index} is out of range")
-    return sections[index]
+    try:
+        return revision.section(index)
+    except SectionIndexOutOfRange as error:
+        raise UnknownRevision(str(error)) from None
 
 
 def _serialize(record: storedpb_pb2.ReplicaRecord) -> bytes:

@@ -24,7 +24,8 @@ from pathlib import Path
 import grpc
 
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
-from barterbackup.rpc.server import GRPC_OPTIONS, default_socket_path
+from barterbackup.paths import default_socket_path
+from barterbackup.rpc.client import GRPC_OPTIONS
 
 BIN = Path(sys.executable).parent
 

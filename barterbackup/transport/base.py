@@ -38,6 +38,12 @@ class Transport(Protocol):
         ...
 
     @property
+    def reaches_by_address(self) -> bool:
+        """True when a peer's onion address alone is enough to reach it
+        (Tor); False when an endpoint hint is needed (plain TCP)."""
+        ...
+
+    @property
     def advertised(self) -> str:
         """Where peers reach us (an onion address or an endpoint string)."""
         ...

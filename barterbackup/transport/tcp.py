@@ -34,6 +34,7 @@ class PlainTcpTransport:
     """Listen on ``interface:listen_port``; reach peers by endpoint hints."""
 
     name = "tcp"
+    reaches_by_address = False
 
     def __init__(
         self,

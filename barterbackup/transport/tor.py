@@ -151,6 +151,7 @@ class TorTransport:
     """
 
     name = "tor"
+    reaches_by_address = True
 
     def __init__(
         self,

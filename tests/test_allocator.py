@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.peer.allocator import keep_freed_buffers_for_reuse
+from barterbackup.allocator import keep_freed_buffers_for_reuse
 
 # Allocates and frees 4 x 1 MiB 64 times (like the buffers of a stream of
 # pieces) and prints the minor page faults those 64 rounds took, after two
@@ -16,7 +16,7 @@ from barterbackup.peer.allocator import keep_freed_buffers_for_reuse
 _CHURN = """
 import resource, sys
 if sys.argv[1] == "tuned":
-    from barterbackup.peer.allocator import keep_freed_buffers_for_reuse
+    from barterbackup.allocator import keep_freed_buffers_for_reuse
     assert keep_freed_buffers_for_reuse()
 
 MIB = 1 << 20
@@ -79,7 +79,7 @@ class AllocatorTests(SynchronousTestCase):
 _RELEASE = """
 import sys
 from pathlib import Path
-from barterbackup.peer import allocator
+from barterbackup import allocator
 if sys.argv[1] == "lean":
     assert allocator.keep_memory_lean()
 assert allocator.keep_freed_buffers_for_reuse()

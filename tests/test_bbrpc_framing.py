@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2
-from barterbackup.peer.framing import (
+from barterbackup.bbrpc.framing import (
     MAX_FRAME_LENGTH,
     PREFIX_LENGTH,
     DownloadPiece,

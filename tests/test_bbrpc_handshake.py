@@ -9,19 +9,18 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2
-from barterbackup.peer import handshake
-from barterbackup.peer.connection import PeerConnection, PeerLimits
-from barterbackup.peer.framing import FrameDecoder, encode_frame
-from barterbackup.peer.handler import UnimplementedHandler
-from barterbackup.peer.handshake import HandshakeFailed, Role
-from barterbackup.peer.testing import keys_for_test
+from barterbackup.bbrpc import handshake
+from barterbackup.bbrpc.connection import PeerConnection, PeerLimits
+from barterbackup.bbrpc.framing import FrameDecoder, encode_frame
+from barterbackup.bbrpc.handshake import HandshakeFailed, Role
+from barterbackup.testing.link import keys_for_test
 
 ALICE = keys_for_test(1)
 BOB = keys_for_test(2)
 MALLORY = keys_for_test(3)
 
 
-class RecordingHandler(UnimplementedHandler):
+class RecordingHandler:
     """Records every call; the handshake tests assert it stays empty."""
 
     def __init__(self) -> None:
@@ -43,7 +42,7 @@ def pair(
     client = PeerConnection(
         clock,
         client_keys,
-        UnimplementedHandler(),
+        object(),
         Role.CLIENT,
         dialed_address=dialed or server_keys.onion_address,
         limits=limits,
@@ -181,7 +180,7 @@ class ConnectionHandshakeTests(SynchronousTestCase):
         client = PeerConnection(
             clock,
             ALICE,
-            UnimplementedHandler(),
+            object(),
             Role.CLIENT,
             dialed_address=BOB.onion_address,
         )

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError, Message
 
 from barterbackup._proto import bbrpc_pb2
+from barterbackup.protowire import (
+    LENGTH_DELIMITED,
+    UINT64_LIMIT,
+    VARINT,
+    length_delimited_head,
+    tag,
+    varint,
+)
 
 LENGTH_PREFIX = struct.Struct(">I")
 PREFIX_LENGTH = LENGTH_PREFIX.size
@@ -60,18 +68,6 @@ def encode_payload(
     return LENGTH_PREFIX.pack(len(payload)), payload
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_LENGTH_DELIMITED = 2
-
-
 def encode_body_frame(
     call_id: int,
     end: bool,
@@ -90,33 +86,27 @@ def encode_body_frame(
     number = bbrpc_pb2.Envelope.DESCRIPTOR.fields_by_name[body_field].number
     inner = body.SerializeToString()
     head = bbrpc_pb2.Envelope(call_id=call_id, end=end).SerializeToString()
-    head += _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(inner))
+    head += length_delimited_head(number, len(inner))
     length = len(head) + len(inner)
     if length > max_frame_length:
         raise FrameTooLarge(length, max_frame_length)
     return LENGTH_PREFIX.pack(length), head, inner
 
 
-_UINT64_LIMIT = 1 << 64
-_VARINT = 0
 _DOWNLOAD_RESPONSE_NUMBER = bbrpc_pb2.Envelope.DESCRIPTOR.fields_by_name[
     "download_response"
 ].number
 
 
-def _tag(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
-
-
 # DownloadResponse field tags, in field-number order (which is the order
 # protobuf serializes known fields in; tests check the bytes are equal).
-_SECTION_TAG = _tag(1, _VARINT)
-_OFFSET_TAG = _tag(2, _VARINT)
-_DATA_TAG = _tag(3, _LENGTH_DELIMITED)
-_SHA256_TAG = _tag(4, _LENGTH_DELIMITED)
-_SECTION_LENGTH_TAG = _tag(5, _VARINT)
-_CALL_ID_TAG = _tag(1, _VARINT)
-_DOWNLOAD_RESPONSE_TAG = _tag(_DOWNLOAD_RESPONSE_NUMBER, _LENGTH_DELIMITED)
+_SECTION_TAG = tag(1, VARINT)
+_OFFSET_TAG = tag(2, VARINT)
+_DATA_TAG = tag(3, LENGTH_DELIMITED)
+_SHA256_TAG = tag(4, LENGTH_DELIMITED)
+_SECTION_LENGTH_TAG = tag(5, VARINT)
+_CALL_ID_TAG = tag(1, VARINT)
+_DOWNLOAD_RESPONSE_TAG = tag(_DOWNLOAD_RESPONSE_NUMBER, LENGTH_DELIMITED)
 
 
 @dataclass(frozen=True)
@@ -140,7 +130,7 @@ class DownloadPiece:
     def __post_init__(self) -> None:
         for name in ("section", "offset", "section_length"):
             value = getattr(self, name)
-            if not 0 <= value < _UINT64_LIMIT:
+            if not 0 <= value < UINT64_LIMIT:
                 raise ValueError(f"{name} {value} is not a uint64")
         if not memoryview(self.data).contiguous:
             raise ValueError("piece data must be a contiguous buffer")
@@ -179,26 +169,26 @@ def encode_download_piece_frame(
     into the returned frame, and the frame is one bytes object so the
     transport can send it without joining buffers again.
     """
-    if not 0 <= call_id < _UINT64_LIMIT:
+    if not 0 <= call_id < UINT64_LIMIT:
         raise ValueError(f"call id {call_id} is not a uint64")
     data_length = memoryview(piece.data).nbytes
     head = bytearray()
     if piece.section:
-        head += _SECTION_TAG + _varint(piece.section)
+        head += _SECTION_TAG + varint(piece.section)
     if piece.offset:
-        head += _OFFSET_TAG + _varint(piece.offset)
+        head += _OFFSET_TAG + varint(piece.offset)
     if data_length:
-        head += _DATA_TAG + _varint(data_length)
+        head += _DATA_TAG + varint(data_length)
     tail = bytearray()
     if piece.sha256:
-        tail += _SHA256_TAG + _varint(len(piece.sha256)) + piece.sha256
+        tail += _SHA256_TAG + varint(len(piece.sha256)) + piece.sha256
     if piece.section_length:
-        tail += _SECTION_LENGTH_TAG + _varint(piece.section_length)
+        tail += _SECTION_LENGTH_TAG + varint(piece.section_length)
     body_length = len(head) + data_length + len(tail)
     envelope_head = bytearray()
     if call_id:
-        envelope_head += _CALL_ID_TAG + _varint(call_id)
-    envelope_head += _DOWNLOAD_RESPONSE_TAG + _varint(body_length)
+        envelope_head += _CALL_ID_TAG + varint(call_id)
+    envelope_head += _DOWNLOAD_RESPONSE_TAG + varint(body_length)
     length = len(envelope_head) + body_length
     if length > max_frame_length:
         raise FrameTooLarge(length, max_frame_length)

@@ -12,17 +12,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from barterbackup._proto import bbrpc_pb2
-from barterbackup.peer.connection import PeerConnection, PeerLimits
-from barterbackup.peer.errors import CallCancelled, PeerCallError, PeerConnectionLost
-from barterbackup.peer.factory import PeerServerFactory, connect_peer
-from barterbackup.peer.framing import (
+from barterbackup.bbrpc.connection import PeerConnection, PeerLimits
+from barterbackup.bbrpc.errors import CallCancelled, PeerCallError, PeerConnectionLost
+from barterbackup.bbrpc.factory import PeerServerFactory, connect_peer
+from barterbackup.bbrpc.framing import (
     DownloadPiece,
     accepts_download_pieces,
     encode_frame,
 )
-from barterbackup.peer.handler import UnimplementedHandler
-from barterbackup.peer.handshake import HandshakeFailed
-from barterbackup.peer.testing import connected_pair, keys_for_test
+from barterbackup.bbrpc.handshake import HandshakeFailed
+from barterbackup.testing.link import Direction, connected_pair, keys_for_test
 
 ALICE = keys_for_test(1)
 BOB = keys_for_test(2)
@@ -30,7 +29,7 @@ MALLORY = keys_for_test(3)
 MIB = 1024 * 1024
 
 
-class FakeHandler(UnimplementedHandler):
+class FakeHandler:
     """Serves PeerExchange and Download from test-controlled data."""
 
     def __init__(
@@ -79,6 +78,8 @@ def setup(
 ) -> tuple[PeerConnection, PeerConnection, Any, Any]:
     clock = Clock()
     server_handler = kw.pop("server_handler", FakeHandler())
+    # Delivery by hand: these tests look at the frames between pumps.
+    kw.setdefault("auto", False)
     client, server, pipe = connected_pair(
         clock, ALICE, BOB, kw.pop("client_handler", FakeHandler()), server_handler, **kw
     )
@@ -112,7 +113,7 @@ class DispatchTests(SynchronousTestCase):
         pipe.pump()
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(got, [0, 1, 2, 3, 4])
-        self.assertEqual(server._inbound, {})
+        self.assertEqual(len(server.inbound), 0)
 
     def test_stream_of_download_pieces(self) -> None:
         handler = FakeHandler(items=3, item_size=1000, as_pieces=True)
@@ -135,7 +136,7 @@ class DispatchTests(SynchronousTestCase):
                 for i in range(3)
             ],
         )
-        self.assertEqual(server._inbound, {})
+        self.assertEqual(len(server.inbound), 0)
 
     def test_download_piece_only_on_download_streams(self) -> None:
         class PieceOnWrongStream(FakeHandler):
@@ -200,7 +201,7 @@ class DispatchTests(SynchronousTestCase):
     def test_empty_body_is_bad_request(self) -> None:
         client, server, pipe, _ = setup(self)
         replies: list[Any] = []
-        client._outbound[1] = _fake_outbound(1, replies)
+        client.outbound._open[1] = _fake_outbound(1, replies)
         client.transport.write(encode_frame(bbrpc_pb2.Envelope(call_id=1, end=True)))  # type: ignore[union-attr]
         pipe.pump()
         self.assertEqual(replies[0].value.code, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
@@ -251,12 +252,12 @@ class DispatchTests(SynchronousTestCase):
 
 
 def _fake_outbound(call_id: int, replies: list[Any]) -> Any:
-    from barterbackup.peer.calls import CALLS
-    from barterbackup.peer.connection import _OutboundCall
+    from barterbackup.bbrpc.calls import CALLS
+    from barterbackup.bbrpc.outbound import OutboundCall
 
     d: Deferred[Any] = Deferred()
     d.addBoth(replies.append)
-    return _OutboundCall(call_id, d, CALLS["peer_exchange_request"])
+    return OutboundCall(call_id, d, CALLS["peer_exchange_request"])
 
 
 class LimitTests(SynchronousTestCase):
@@ -294,7 +295,7 @@ class LimitTests(SynchronousTestCase):
 
     def test_sending_oversized_frame_refused_locally(self) -> None:
         client, _, _pipe, _ = setup(self, limits=PeerLimits(max_frame_length=1000))
-        from barterbackup.peer.framing import FrameTooLarge
+        from barterbackup.bbrpc.framing import FrameTooLarge
 
         with self.assertRaises(FrameTooLarge):
             client.call_stream(
@@ -302,7 +303,7 @@ class LimitTests(SynchronousTestCase):
                 bbrpc_pb2.DownloadRequest(reference_sections=[b"x" * 2000]),
                 lambda m: None,
             )
-        self.assertEqual(client._outbound, {})
+        self.assertEqual(len(client.outbound), 0)
 
     def test_idle_timeout_reset_by_frames(self) -> None:
         client, _server, pipe, clock = setup(self, limits=PeerLimits(idle_timeout=600))
@@ -332,7 +333,9 @@ class FlowControlTests(SynchronousTestCase):
 
         d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
         # Move only the request: the handler sends one item, then waits.
-        pipe._move(pipe.client_transport, pipe.server_transport, server)
+        pipe._move(
+            Direction.to_server, pipe.client_transport, pipe.server_transport, server
+        )
         self.assertEqual(handler.sent, 1)
         pipe.pump()
         self.successResultOf(d)
@@ -375,14 +378,16 @@ class FlowControlTests(SynchronousTestCase):
         d = client.call_stream(
             "download_request", bbrpc_pb2.DownloadRequest(), lambda m: None
         )
-        pipe._move(pipe.client_transport, pipe.server_transport, server)
+        pipe._move(
+            Direction.to_server, pipe.client_transport, pipe.server_transport, server
+        )
         d.cancel()
         pipe.pump()
         self.failureResultOf(d)
         self.assertIsNotNone(handler.stream_outcome)
         self.assertTrue(handler.stream_outcome.check(CallCancelled))  # type: ignore[union-attr]
         self.assertLess(handler.sent, 5)
-        self.assertEqual(server._inbound, {})
+        self.assertEqual(len(server.inbound), 0)
         self.assertTrue(server.authenticated)
 
     def test_on_item_failure_cancels(self) -> None:
@@ -395,7 +400,7 @@ class FlowControlTests(SynchronousTestCase):
         d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
         pipe.pump()
         self.failureResultOf(d, ValueError)
-        self.assertEqual(server._inbound, {})
+        self.assertEqual(len(server.inbound), 0)
         self.assertLess(handler.sent, 1000)
 
 

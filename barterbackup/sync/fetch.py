@@ -1,38 +1,31 @@
-"""Revision sync between an owner and a replica, and section streaming.
+"""The replica side of sync: fetch a revision's missing sections from its
+owner, verify every piece and section, store them.
 
-The flow (docs/replication.md has the whole story):
-
-1. The owner calls ``SetContentRevision`` with its signed revision
-   (``push_revision``) and remembers that this peer may download it
-   (``OfferedContent``).
-2. The replica plans the delta (``ReplicaStore.begin``) and, on the same
-   connection, calls ``Download`` back on the owner for the sections it does
-   not hold, in batches (``RevisionFetcher``). Each piece and each whole
-   section is hash-checked before it is stored; a bad section is fetched once
-   more, then the sync fails with the old revision intact.
-3. The replica streams progress back and a final ``complete`` response.
-
-``send_sections`` is the serving half of ``Download`` for both own content
-and replicas.
+``RevisionFetcher`` calls ``Download`` back on the owner for the sections
+the plan lacks, in batches. Each piece and each whole section is
+hash-checked before it is stored; a bad section is fetched once more, then
+the sync fails with the old revision intact.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from twisted.internet import defer
 
 from barterbackup._proto import bbrpc_pb2, storedpb_pb2
-from barterbackup.content.signing import VerifiedRevision
-from barterbackup.peer.framing import DownloadPiece, accepts_download_pieces
 from barterbackup.store.replicas import ReplicaPlan, ReplicaStore
+from barterbackup.sync.interfaces import (
+    Blocking,
+    PeerConnectionLike,
+    ReactorTime,
+    run_inline,
+)
+from barterbackup.sync.serve import PIECE_BYTES
 
 MIB = 1024 * 1024
-PIECE_BYTES = 1 * MIB
 PROGRESS_EVERY_BYTES = 1 * MIB
 PROGRESS_EVERY_SECONDS = 0.5
 # A Download call asks for at most this much, so request frames stay small
@@ -43,107 +36,10 @@ BATCH_MAX_BYTES = 64 * MIB
 # is only a hint to the server, capped so the request frame stays small.
 MAX_REFERENCE_HASHES = 1024
 FETCH_ATTEMPTS = 2
-OFFERS_PER_PEER = 4
-
-T = TypeVar("T")
-# An IReactorTime provider (the reactor or task.Clock). Typed Any because
-# mypy here has no zope.interface plugin to check providers.
-ReactorTime = Any
-Blocking = Callable[[Callable[[], T]], "defer.Deferred[T]"]
-
-
-def run_inline(work: Callable[[], T]) -> defer.Deferred[T]:
-    """Run blocking store work right away (tests; small stores)."""
-    return defer.maybeDeferred(work)
-
-
-class PeerConnectionLike(Protocol):
-    """What replication needs of an authenticated peer connection."""
-
-    # Both are set once the handshake proved the peer (None before).
-    peer_pubkey: bytes | None
-    peer_onion_address: str | None
-
-    def call(self, request_field: str, message: Any) -> defer.Deferred[Any]: ...
-
-    def call_stream(
-        self, request_field: str, message: Any, on_item: Callable[[Any], Any]
-    ) -> defer.Deferred[None]: ...
-
-
-def authenticated_peer(conn: PeerConnectionLike) -> bytes:
-    """The proven peer key of ``conn``; calls are only served after that."""
-    if conn.peer_pubkey is None:
-        raise RuntimeError("peer connection is not authenticated yet")
-    return conn.peer_pubkey
 
 
 class FetchFailed(Exception):
     """The owner did not deliver valid bytes for some sections."""
-
-
-class PushFailed(Exception):
-    """The replica ended SetContentRevision without confirming completion."""
-
-
-class OfferedContent:
-    """Content ids we asked each peer to store: what it may Download.
-
-    Only the last few revisions per peer are kept; a peer asked to store an
-    older one is asked again (with the newer one) anyway.
-    """
-
-    def __init__(self, per_peer: int = OFFERS_PER_PEER) -> None:
-        self._per_peer = per_peer
-        self._offers: dict[bytes, OrderedDict[bytes, VerifiedRevision]] = {}
-
-    def offer(self, peer_pubkey: bytes, revision: VerifiedRevision) -> None:
-        offers = self._offers.setdefault(peer_pubkey, OrderedDict())
-        offers[revision.content_id] = revision
-        offers.move_to_end(revision.content_id)
-        while len(offers) > self._per_peer:
-            offers.popitem(last=False)
-
-    def lookup(self, peer_pubkey: bytes, content_id: bytes) -> VerifiedRevision | None:
-        offers = self._offers.get(peer_pubkey)
-        return offers.get(content_id) if offers is not None else None
-
-    def is_offered_to_anyone(self, content_id: bytes) -> bool:
-        return any(content_id in offers for offers in self._offers.values())
-
-
-def push_revision(
-    conn: PeerConnectionLike,
-    revision: VerifiedRevision,
-    on_progress: Callable[[bbrpc_pb2.SetContentRevisionResponse], object],
-    offers: OfferedContent | None = None,
-) -> defer.Deferred[bbrpc_pb2.SetContentRevisionResponse]:
-    """Ask the peer behind ``conn`` to store ``revision``; relay progress.
-
-    Fires with the final (complete) response; fails with the peer's error
-    (e.g. quota exceeded) or PushFailed if the stream ends short. With
-    ``offers``, the peer is first allowed to Download the revision.
-    """
-    if offers is not None:
-        offers.offer(authenticated_peer(conn), revision)
-    last: list[bbrpc_pb2.SetContentRevisionResponse] = []
-
-    def on_item(response: bbrpc_pb2.SetContentRevisionResponse) -> None:
-        last[:] = [response]
-        on_progress(response)
-
-    def ended(_: None) -> bbrpc_pb2.SetContentRevisionResponse:
-        if not last or not last[0].complete or last[0].revision != revision.number:
-            raise PushFailed("the peer ended the sync without storing the revision")
-        return last[0]
-
-    request = bbrpc_pb2.SetContentRevisionRequest(signed_revision=revision.signed)
-    # maybeDeferred: a revision too large for one frame fails the Deferred
-    # (FrameTooLarge) instead of raising at the caller.
-    d = defer.maybeDeferred(
-        conn.call_stream, "set_content_revision_request", request, on_item
-    )
-    return d.addCallback(ended)
 
 
 class RevisionFetcher:
@@ -159,7 +55,7 @@ class RevisionFetcher:
         conn: PeerConnectionLike,
         store: ReplicaStore,
         plan: ReplicaPlan,
-        send: Callable[[bbrpc_pb2.SetContentRevisionResponse], defer.Deferred[Any]],
+        send: Callable[[bbrpc_pb2.SetContentRevisionResponse], Awaitable[Any]],
         clock: ReactorTime,
         blocking: Blocking[Any] = run_inline,
     ) -> None:
@@ -343,60 +239,3 @@ def _batches(
         batch_bytes += item[1].length
     if batch:
         yield batch
-
-
-def selected_sections(
-    table: list[storedpb_pb2.SectionRef] | Any,
-    indices: Iterable[int],
-    reference: Iterable[bytes],
-) -> list[int]:
-    """Which sections a Download request asks for (ValueError if out of range).
-
-    An empty index list means all of them; sections whose hash is in
-    ``reference`` are left out (the caller holds them).
-    """
-    count = len(table)
-    chosen = list(indices) or list(range(count))
-    for index in chosen:
-        if not 0 <= index < count:
-            raise ValueError(f"section index {index} is out of range (0..{count - 1})")
-    skip = set(reference)
-    return [i for i in chosen if table[i].sha256 not in skip]
-
-
-async def send_sections(
-    send: Callable[[Any], Awaitable[Any]],
-    table: list[storedpb_pb2.SectionRef] | Any,
-    indices: list[int],
-    read: Callable[[int], bytes],
-    blocking: Blocking[Any] = run_inline,
-) -> None:
-    """Stream sections ``indices`` of ``table`` in pieces of ≤ PIECE_BYTES.
-
-    ``read(index)`` returns the section's verified ciphertext; each send is
-    awaited, so a slow peer slows the reads instead of filling memory.
-    ``send`` gets DownloadPiece items if it accepts them (see
-    ``accepts_download_pieces``), else DownloadResponse messages.
-    """
-    # A real connection takes DownloadPieces: pieces are then views into
-    # the section, copied once into their frames instead of three times.
-    as_pieces = accepts_download_pieces(send)
-    for index in indices:
-        data: bytes = await blocking(partial(read, index))
-        view = memoryview(data)
-        length = table[index].length
-        for offset in range(0, max(length, 1), PIECE_BYTES):
-            chunk = view[offset : offset + PIECE_BYTES]
-            sha256 = hashlib.sha256(chunk).digest()
-            if as_pieces:
-                await send(DownloadPiece(index, offset, chunk, sha256, length))
-            else:
-                await send(
-                    bbrpc_pb2.DownloadResponse(
-                        section=index,
-                        offset=offset,
-                        data=bytes(chunk),
-                        sha256=sha256,
-                        section_length=length,
-                    )
-                )

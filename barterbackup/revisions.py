@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from barterbackup._proto import storedpb_pb2
+from barterbackup.protowire import length_delimited_head
 
 SIGNATURE_LABEL = b"barterbackup v1 content revision\x00"
 CONTENT_ID_LABEL = b"barterbackup v1 content id\x00"
@@ -25,6 +26,10 @@ MAX_SIGNED_REVISION_BYTES = 64 * 1024 * 1024
 
 class InvalidRevision(ValueError):
     """A signed revision is malformed, badly signed, or not the owner's."""
+
+
+class SectionIndexOutOfRange(LookupError):
+    """A section index names no section of the revision."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,20 @@ class VerifiedRevision:
     @property
     def owner_pubkey(self) -> bytes:
         return self.revision.owner_pubkey
+
+    @property
+    def section_count(self) -> int:
+        return len(self.revision.sections)
+
+    def section(self, index: int) -> storedpb_pb2.SectionRef:
+        """The table entry of section ``index``; SectionIndexOutOfRange if none."""
+        sections = self.revision.sections
+        if not 0 <= index < len(sections):
+            last = f"0..{len(sections) - 1}" if sections else "none"
+            raise SectionIndexOutOfRange(
+                f"section index {index} is out of range ({last})"
+            )
+        return sections[index]
 
 
 def content_id_of(revision_bytes: bytes) -> bytes:
@@ -102,18 +121,6 @@ def verify_revision(
     )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def sign_revision_lean(
     revision: storedpb_pb2.ContentRevision, signing_key: nacl.signing.SigningKey
 ) -> VerifiedRevision:
@@ -138,11 +145,9 @@ def sign_revision_lean(
     # SignedRevision: field 1 (revision, bytes), field 2 (signature, bytes).
     signed = b"".join(
         (
-            b"\x0a",
-            _varint(len(revision_bytes)),
+            length_delimited_head(1, len(revision_bytes)),
             revision_bytes,
-            b"\x12",
-            _varint(len(signature)),
+            length_delimited_head(2, len(signature)),
             signature,
         )
     )

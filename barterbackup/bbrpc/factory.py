@@ -9,10 +9,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from barterbackup.bbrpc.channel import PeerLimits
+from barterbackup.bbrpc.connection import PeerConnection, ReactorTime
+from barterbackup.bbrpc.handshake import HandshakeFailed, Role
 from barterbackup.keys.derive import NodeKeys
-from barterbackup.peer.connection import PeerConnection, PeerLimits, ReactorTime
-from barterbackup.peer.handler import PeerRequestHandler
-from barterbackup.peer.handshake import HandshakeFailed, Role
 
 ConnectionHook = Callable[[PeerConnection], object]
 
@@ -29,7 +29,7 @@ class PeerServerFactory(Factory):
         self,
         reactor: ReactorTime,
         keys: NodeKeys,
-        handler: PeerRequestHandler,
+        handler: object,
         limits: PeerLimits | None = None,
         on_authenticated: ConnectionHook | None = None,
         on_connection_lost: ConnectionHook | None = None,
@@ -66,7 +66,7 @@ class _PeerClientFactory(Factory):
         self,
         reactor: ReactorTime,
         keys: NodeKeys,
-        handler: PeerRequestHandler,
+        handler: object,
         dialed_address: str,
         limits: PeerLimits | None,
     ) -> None:
@@ -94,7 +94,7 @@ def connect_peer(
     endpoint: Any,
     keys: NodeKeys,
     expected_onion_address: str,
-    handler: PeerRequestHandler,
+    handler: object,
     limits: PeerLimits | None = None,
 ) -> Deferred[PeerConnection]:
     """Dial ``endpoint`` and authenticate the peer as ``expected_onion_address``.

@@ -1,0 +1,66 @@
+"""What the call tables (inbound.py, outbound.py) need of their connection,
+and the limits every connection enforces.
+
+Kept apart from connection.py so the call tables depend on this small
+interface, not on the protocol class that owns them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc import handshake
+from barterbackup.bbrpc.errors import ErrorCode
+
+MAX_HANDSHAKE_FRAME_LENGTH = 64 * 1024
+MAX_AUTHENTICATED_FRAME_LENGTH = 64 * 1024 * 1024 + 64 * 1024
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    """Every bound one connection enforces; all times in seconds."""
+
+    # max_frame_length is the largest frame accepted or sent once the peer
+    # is authenticated. A signed revision travels in one frame and takes
+    # ~4.5 MB per GiB of content, so this admits contents up to ~14 GiB.
+    max_frame_length: int = MAX_AUTHENTICATED_FRAME_LENGTH
+    # max_handshake_frame_length bounds frames before authentication, so an
+    # anonymous stranger can make us buffer no more than this.
+    max_handshake_frame_length: int = MAX_HANDSHAKE_FRAME_LENGTH
+    # max_concurrent_calls is how many calls the peer may have open with us;
+    # one more is answered ERROR_CODE_BUSY.
+    max_concurrent_calls: int = 32
+    # handshake_timeout bounds connect → authenticated; Tor is slow.
+    handshake_timeout: float = 30.0
+    # idle_timeout closes a connection no frame crossed for that long.
+    idle_timeout: float = 600.0
+    # max_clock_skew is how far a peer's Hello timestamp may be from ours.
+    max_clock_skew: float = handshake.DEFAULT_MAX_CLOCK_SKEW
+
+
+class FrameChannel(Protocol):
+    """The sending half of a connection, as the call tables use it."""
+
+    # reactor is an IReactorTime provider (typed Any: no zope plugin here).
+    reactor: Any
+    limits: PeerLimits
+    # writes_paused is True while the transport's write buffer is full.
+    writes_paused: bool
+    # rtt is the last measured round-trip time in seconds.
+    rtt: float | None
+
+    def send_envelope(self, envelope: bbrpc_pb2.Envelope) -> None: ...
+
+    def send_parts(self, parts: tuple[bytes, ...]) -> None: ...
+
+    def send_frame(self, frame: bytes) -> None: ...
+
+    def send_error(self, call_id: int, code: ErrorCode, message: str) -> None: ...
+
+    def send_cancel(self, call_id: int) -> None: ...
+
+    def pause_delivery(self, until: Deferred[Any]) -> None: ...

@@ -1,0 +1,89 @@
+"""What the node API returns: plain domain records.
+
+The servicer (rpc/) is the only place that turns these into clirpc
+messages; tests and the no-network swarm read them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from barterbackup import __version__
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How the daemon was started (twistd options)."""
+
+    node_dir: Path
+    transport: str = "tor"
+    tcp_listen_port: int = 0
+    tor_control: str | None = None
+    tor_binary: str = "tor"
+    extra_torrc: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class UnlockResult:
+    onion_address: str
+    created: bool
+    # generated_passphrase is set only when the node generated the password.
+    generated_passphrase: str = ""
+
+    def __repr__(self) -> str:
+        # The generated passphrase is a secret: never in a repr or a log.
+        return (
+            f"UnlockResult(onion_address={self.onion_address!r}, "
+            f"created={self.created!r})"
+        )
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    unlocked: bool
+    onion_address: str = ""
+    revision: int = 0
+    file_count: int = 0
+    content_length: int = 0
+    version: str = __version__
+    transport: str = ""
+    peer_endpoint: str = ""
+    peer_network: str = ""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One known peer, as the user sees it."""
+
+    onion_address: str
+    connected: bool
+    first_seen: int
+    last_seen: int
+    rtt_ms: int
+    held_revision: int
+    stored_bytes: int
+    shared_in_exchange: bool
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Obligation:
+    """What this node stores for one peer."""
+
+    onion_address: str
+    revision: int
+    stored_bytes: int
+    granted_bytes: int
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """The storage budget given to peers, its use and the obligations."""
+
+    total_bytes: int
+    per_peer_bytes: int
+    min_replicas: int
+    used_bytes: int
+    free_bytes: int
+    obligations: list[Obligation] = field(default_factory=list)

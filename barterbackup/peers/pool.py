@@ -1,0 +1,244 @@
+"""Connections to peers: dial, de-duplicate, reconnect with backoff.
+
+The pool keeps one authenticated connection per peer. A second connection
+from the same key replaces the first. Peers we dialled (or that the table
+says we reach) are reconnected after a loss, with exponential backoff and
+jitter, until the pool stops. Listeners hear of every connection made and
+lost (auto-sync, and later contracts, react to them).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from barterbackup.bbrpc.connection import PeerConnection
+from barterbackup.bbrpc.factory import connect_peer
+from barterbackup.keys import NodeKeys
+from barterbackup.keys.onion import onion_address_from_pubkey
+from barterbackup.logs import get_logger
+from barterbackup.peers.records import PeerRecords
+from barterbackup.sync.interfaces import ReactorTime
+from barterbackup.transport.base import Transport
+
+log = get_logger("barterbackup.peers")
+
+# Reconnect schedule: 2 s, 4 s, ... capped at 5 minutes, ±25 % jitter so
+# that peers restarting together do not retry in lockstep.
+RECONNECT_FIRST_DELAY = 2.0
+RECONNECT_MAX_DELAY = 300.0
+RECONNECT_JITTER = 0.25
+# Dialling a Tor onion can take a while on a fresh circuit.
+CONNECT_TIMEOUT = 120.0
+
+ConnectionListener = Callable[[PeerConnection], object]
+
+
+@dataclass
+class _Reconnect:
+    delay: float = RECONNECT_FIRST_DELAY
+    call: Any = None  # an IDelayedCall while a retry is scheduled
+
+
+class ConnectionPool:
+    """The authenticated connections of one node (reactor thread only).
+
+    ``clock`` schedules reconnects and timeouts; ``rng`` draws their
+    jitter; ``now()`` gives wall-clock seconds for the peer table.
+    """
+
+    def __init__(
+        self,
+        clock: ReactorTime,
+        keys: NodeKeys,
+        transport: Transport,
+        handler: object,
+        records: PeerRecords,
+        now: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._clock = clock
+        self._keys = keys
+        self._transport = transport
+        self.handler = handler
+        self._records = records
+        self._now = now
+        self._rng = rng
+        self._connections: dict[bytes, PeerConnection] = {}
+        self._reconnects: dict[bytes, _Reconnect] = {}
+        self._dialling: dict[bytes, Deferred[PeerConnection]] = {}
+        self._on_connected: list[ConnectionListener] = []
+        self._on_lost: list[ConnectionListener] = []
+        self._stopping = False
+
+    # -- listeners ----------------------------------------------------------
+
+    def when_connected(self, listener: ConnectionListener) -> None:
+        self._on_connected.append(listener)
+
+    def when_lost(self, listener: ConnectionListener) -> None:
+        self._on_lost.append(listener)
+
+    # -- queries ------------------------------------------------------------
+
+    def connection(self, pubkey: bytes) -> PeerConnection | None:
+        return self._connections.get(pubkey)
+
+    def connections(self) -> dict[bytes, PeerConnection]:
+        return dict(self._connections)
+
+    def is_connected(self, pubkey: bytes) -> bool:
+        return pubkey in self._connections
+
+    # -- dialling -----------------------------------------------------------
+
+    def dial(self, pubkey: bytes, hint: str = "") -> Deferred[PeerConnection]:
+        """Connect to ``pubkey`` (if not connected already) and keep it.
+
+        From now on the peer is reconnected whenever the connection drops.
+        Fails with the transport's or the handshake's error, or
+        ``defer.TimeoutError`` after CONNECT_TIMEOUT.
+        """
+        self._reconnects.setdefault(pubkey, _Reconnect())
+        conn = self._connections.get(pubkey)
+        if conn is not None:
+            return succeed(conn)
+        return self._dial(pubkey, hint)
+
+    def reconnect_all_known(self) -> None:
+        """At start: dial every peer of the table the transport can reach."""
+        for record in self._records:
+            if record.endpoint or self._transport.reaches_by_address:
+                pubkey = bytes(record.onion_pubkey)
+                self._reconnects.setdefault(pubkey, _Reconnect())
+                self._schedule_reconnect(pubkey, delay=0.0)
+
+    def accepted(self, conn: PeerConnection) -> None:
+        """An inbound connection authenticated (the server factory's hook)."""
+        self._authenticated(conn)
+        conn.when_closed().addCallback(self._lost)
+
+    def stop(self) -> None:
+        self._stopping = True
+        for state in self._reconnects.values():
+            if state.call is not None and state.call.active():
+                state.call.cancel()
+        for dialling in list(self._dialling.values()):
+            dialling.cancel()
+        for conn in list(self._connections.values()):
+            conn.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _dial(self, pubkey: bytes, hint: str) -> Deferred[PeerConnection]:
+        if pubkey in self._dialling:
+            return _follow(self._dialling[pubkey])
+        address = onion_address_from_pubkey(pubkey)
+        try:
+            endpoint = self._transport.client_endpoint(address, hint or None)
+        except Exception:
+            return fail()
+        dialling = connect_peer(
+            self._clock, endpoint, self._keys, address, self.handler
+        )
+        dialling.addTimeout(CONNECT_TIMEOUT, self._clock)
+        self._dialling[pubkey] = dialling
+
+        def done(result: object) -> object:
+            self._dialling.pop(pubkey, None)
+            return result
+
+        dialling.addBoth(done)
+        dialling.addCallback(self._dialled)
+        return _follow(dialling)
+
+    def _dialled(self, conn: PeerConnection) -> PeerConnection:
+        self._authenticated(conn)
+        conn.when_closed().addCallback(self._lost)
+        return conn
+
+    def _authenticated(self, conn: PeerConnection) -> None:
+        pubkey = _pubkey(conn)
+        previous = self._connections.get(pubkey)
+        self._connections[pubkey] = conn
+        if previous is not None and previous is not conn:
+            previous.close()
+        state = self._reconnects.get(pubkey)
+        if state is not None:
+            state.delay = RECONNECT_FIRST_DELAY
+        self._records.remember(pubkey, int(self._now()), seen=True)
+        conn.ping().addCallbacks(
+            lambda seconds: self._records.remember(
+                pubkey, int(self._now()), seen=True, rtt_ms=int(seconds * 1000)
+            ),
+            lambda failure: None,
+        )
+        log.info("peer {peer} connected", peer=onion_address_from_pubkey(pubkey))
+        for listener in list(self._on_connected):
+            listener(conn)
+
+    def _lost(self, conn: PeerConnection) -> None:
+        pubkey = _pubkey(conn)
+        if self._connections.get(pubkey) is not conn:
+            return
+        del self._connections[pubkey]
+        log.info("peer {peer} disconnected", peer=onion_address_from_pubkey(pubkey))
+        for listener in list(self._on_lost):
+            listener(conn)
+        if pubkey in self._reconnects:
+            self._schedule_reconnect(pubkey)
+
+    def _schedule_reconnect(self, pubkey: bytes, delay: float | None = None) -> None:
+        if self._stopping:
+            return
+        state = self._reconnects.setdefault(pubkey, _Reconnect())
+        if state.call is not None and state.call.active():
+            return
+        wait = state.delay if delay is None else delay
+        wait *= 1 + self._rng.uniform(-RECONNECT_JITTER, RECONNECT_JITTER)
+        state.call = self._clock.callLater(wait, self._reconnect, pubkey)
+
+    def _reconnect(self, pubkey: bytes) -> None:
+        state = self._reconnects[pubkey]
+        state.call = None
+        if self._stopping or pubkey in self._connections:
+            return
+        dialling = self._dial(pubkey, self._records.endpoint(pubkey))
+
+        def failed(failure: Failure) -> None:
+            state.delay = min(state.delay * 2, RECONNECT_MAX_DELAY)
+            log.info(
+                "reconnecting to {peer} failed ({why}); next try in {delay:.0f} s",
+                peer=onion_address_from_pubkey(pubkey),
+                why=failure.getErrorMessage(),
+                delay=state.delay,
+            )
+            self._schedule_reconnect(pubkey)
+
+        dialling.addErrback(failed)
+
+
+def _pubkey(conn: PeerConnection) -> bytes:
+    assert conn.peer_pubkey is not None, "only authenticated connections"
+    return bytes(conn.peer_pubkey)
+
+
+def _follow(source: Deferred[PeerConnection]) -> Deferred[PeerConnection]:
+    """A Deferred with the result of ``source``, leaving ``source`` intact."""
+    follower: Deferred[PeerConnection] = Deferred()
+
+    def relay(result: Any) -> Any:
+        if isinstance(result, Failure):
+            follower.errback(result)
+        else:
+            follower.callback(result)
+        return result
+
+    source.addBoth(relay)
+    source.addErrback(lambda _: None)
+    return follower

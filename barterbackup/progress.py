@@ -1,0 +1,31 @@
+"""How far a long operation has come: the one progress record every
+subsystem reports (sync, contracts, recovery, backups) and the CLI shows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event of a long operation."""
+
+    # phase names the step, such as "syncing", "done" or "failed".
+    phase: str
+    # peer is the onion address the event is about, if any.
+    peer: str = ""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    # message is a human-readable detail, such as an error.
+    message: str = ""
+    # revision is the content revision the event is about, if any.
+    revision: int = 0
+
+
+# Long operations take one of these and call it with each event.
+ProgressReport = Callable[[Progress], None]
+
+
+def ignore_progress(progress: Progress) -> None:
+    """A ProgressReport for callers that do not show progress."""

@@ -1,0 +1,124 @@
+"""The replica side of sync: what we store for an owner, and storing more.
+
+``GetContentRevision`` tells the caller which of its revisions we hold;
+``SetContentRevision`` checks the revision it asks us to store (signature,
+owner, number, budget), then fetches the sections we lack from it
+(fetch.py) and reports progress until the revision is complete. The
+caller's identity is always ``conn.peer_pubkey`` (proved by the handshake),
+so a peer can only store, inspect or delete its *own* content here.
+
+Errors reach the peer as PeerCallError with a bbrpc ErrorCode and a message
+that never carries a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.errors import ErrorCode, PeerCallError
+from barterbackup.revisions import InvalidRevision
+from barterbackup.store.replicas import (
+    BadSection,
+    QuotaExceeded,
+    ReplicaStore,
+    StaleRevision,
+)
+from barterbackup.sync.fetch import FetchFailed, RevisionFetcher
+from barterbackup.sync.interfaces import (
+    Blocking,
+    PeerConnectionLike,
+    ReactorTime,
+    authenticated_peer,
+    run_inline,
+)
+
+Send = Callable[[Any], Awaitable[Any]]
+
+# How each replica-store refusal reaches the owner.
+_REFUSALS: tuple[tuple[type[Exception], ErrorCode], ...] = (
+    (InvalidRevision, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
+    (QuotaExceeded, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED),
+    (StaleRevision, bbrpc_pb2.ERROR_CODE_STALE),
+    (FetchFailed, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
+    (BadSection, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
+)
+
+
+class ReplicaService:
+    """Stores owners' revisions in the replica store, one sync per owner.
+
+    ``clock`` rate-limits progress reports; ``blocking`` runs disk work (the
+    node passes a thread-pool runner; the default runs it inline).
+    """
+
+    def __init__(
+        self,
+        replicas: ReplicaStore,
+        clock: ReactorTime,
+        blocking: Blocking[Any] = run_inline,
+    ) -> None:
+        self._replicas = replicas
+        self._clock = clock
+        self._blocking = blocking
+        self._syncing: set[bytes] = set()
+
+    def get_content_revision(
+        self, conn: PeerConnectionLike
+    ) -> bbrpc_pb2.GetContentRevisionResponse:
+        owner = authenticated_peer(conn)
+        response = bbrpc_pb2.GetContentRevisionResponse(
+            granted_bytes=self._replicas.granted_bytes(owner)
+        )
+        held = self._replicas.held(owner)
+        if held is not None:
+            # Report what can be served back (the complete revision) while a
+            # newer one is still being fetched; the owner re-pushes to resume.
+            response.signed_revision = held.shown.signed
+            response.complete = held.readable is not None
+            response.stored_bytes = held.stored_bytes
+        return response
+
+    async def set_content_revision(
+        self,
+        conn: PeerConnectionLike,
+        request: bbrpc_pb2.SetContentRevisionRequest,
+        send: Send,
+    ) -> None:
+        owner = authenticated_peer(conn)
+        if owner in self._syncing:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_BUSY, "a sync of your content is already running"
+            )
+        self._syncing.add(owner)
+        try:
+            if request.delete:
+                await self._blocking(lambda: self._replicas.delete(owner))
+                await send(bbrpc_pb2.SetContentRevisionResponse(complete=True))
+                return
+            await self._store(conn, owner, bytes(request.signed_revision), send)
+        finally:
+            self._syncing.discard(owner)
+
+    async def _store(
+        self, conn: PeerConnectionLike, owner: bytes, signed: bytes, send: Send
+    ) -> None:
+        try:
+            plan = await self._blocking(lambda: self._replicas.begin(owner, signed))
+            fetcher = RevisionFetcher(
+                conn, self._replicas, plan, send, self._clock, self._blocking
+            )
+            await fetcher.run()
+        except PeerCallError as error:
+            # The owner refused our Download: report it, do not relay codes
+            # that would blame us (e.g. its NOT_FOUND).
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_BAD_REQUEST,
+                f"downloading the revision from you failed: {error.message}",
+            ) from None
+        except Exception as error:
+            for kind, code in _REFUSALS:
+                if isinstance(error, kind):
+                    raise PeerCallError(code, str(error)) from None
+            raise

@@ -1,0 +1,223 @@
+"""Several full nodes on the no-network swarm: connect, replicate, delta
+sync, quotas, peer exchange, automatic sync, reconnection, garbage
+collection — through the Node API the gRPC servicer uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup import errors
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.peers.pool import RECONNECT_FIRST_DELAY
+from barterbackup.progress import Progress
+from barterbackup.sync.push import AUTO_SYNC_DELAY
+from barterbackup.testing.swarm import Swarm, SwarmNode
+
+
+class SwarmTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.swarm = Swarm(Path(self.mktemp()), 3)
+        self.addCleanup(self.swarm.stop)
+        self.a, self.b, self.c = self.swarm.nodes
+
+    def replicate(self, node: SwarmNode, peers: list[str]) -> list[Progress]:
+        events: list[Progress] = []
+        self.swarm.wait(node.node.replicate(peers, events.append))
+        return events
+
+    def test_connect_and_list(self) -> None:
+        a, b = self.a, self.b
+        info = self.swarm.connect(a, b)
+        self.assertTrue(info.connected)
+        self.assertEqual(info.onion_address, b.address)
+        self.assertEqual(info.first_seen, int(self.swarm.clock.seconds()))
+        [listed] = a.node.peers()
+        self.assertTrue(listed.connected)
+        # The first ping came back at once: no time passed on the swarm.
+        self.assertEqual(listed.rtt_ms, 0)
+        # b learned a from the inbound handshake.
+        [seen_by_b] = b.node.peers()
+        self.assertEqual(seen_by_b.onion_address, a.address)
+        self.assertTrue(seen_by_b.connected)
+
+    def test_connect_errors(self) -> None:
+        a, b = self.a, self.b
+        with self.assertRaises(errors.InvalidArgument):
+            self.swarm.wait(a.node.connect_peer("nonsense.onion"))
+        with self.assertRaises(errors.InvalidArgument):
+            self.swarm.wait(a.node.connect_peer(a.address))
+        self.swarm.wait(b.node.stopService())
+        with self.assertRaises(errors.Unavailable):
+            self.swarm.wait(a.node.connect_peer(b.address))
+
+    def test_replicate_then_delta(self) -> None:
+        a, b, c = self.a, self.b, self.c
+        self.swarm.connect(a, b)
+        self.swarm.connect(a, c)
+        big = os.urandom(3 * 1024 * 1024)
+        a.write_files({"big.bin": big, "notes.txt": b"hello\n" * 1000})
+        events = self.replicate(a, [])
+        done = [e for e in events if e.phase == "done"]
+        self.assertEqual(sorted(e.peer for e in done), sorted([b.address, c.address]))
+        self.assertGreater(done[0].bytes_total, len(big))
+        [held] = b.node.storage_report().obligations
+        self.assertEqual((held.onion_address, held.revision), (a.address, 1))
+        # Change 64 KiB in the middle: only a few sections travel.
+        changed = bytearray(big)
+        changed[1_500_000 : 1_500_000 + 65536] = os.urandom(65536)
+        a.write_files({"big.bin": bytes(changed)})
+        events = self.replicate(a, [b.address])
+        [final] = [e for e in events if e.phase == "done"]
+        self.assertEqual(final.revision, 2)
+        fetched = int(final.message.split()[0])
+        self.assertLess(fetched, 4 * 65536, final.message)
+        self.assertGreater(fetched, 0)
+        [record] = [p for p in a.node.peers() if p.onion_address == b.address]
+        self.assertEqual(record.held_revision, 2)
+
+    def test_quota_refused_cleanly(self) -> None:
+        a, b = self.a, self.b
+        self.swarm.wait(b.node.set_storage_config(1024 * 1024, 512 * 1024, 2))
+        self.swarm.connect(a, b)
+        a.write_files({"big.bin": os.urandom(2 * 1024 * 1024)})
+        events = self.replicate(a, [])
+        [failed] = [e for e in events if e.phase == "failed"]
+        self.assertIn("quota", failed.message.lower())
+        report = b.node.storage_report()
+        self.assertEqual(report.used_bytes, 0)
+        self.assertEqual((report.total_bytes, report.free_bytes), (2**20, 2**20))
+
+    def test_storage_config_validation(self) -> None:
+        node = self.a.node
+        with self.assertRaises(errors.InvalidArgument):
+            node.set_storage_config(10, 20, 2)
+        with self.assertRaises(errors.InvalidArgument):
+            node.set_storage_config(10, 5, 65)
+        report = self.swarm.wait(node.set_storage_config(10**9, 10**8, 3))
+        self.assertEqual(
+            (report.total_bytes, report.per_peer_bytes, report.min_replicas),
+            (10**9, 10**8, 3),
+        )
+
+    def test_replicate_preconditions(self) -> None:
+        a, b = self.a, self.b
+        with self.assertRaises(errors.FailedPrecondition):
+            a.node.replicate([], list().append)  # no content yet
+        a.write_files({"x": b"x"})
+        with self.assertRaises(errors.FailedPrecondition):
+            a.node.replicate([], list().append)  # no peers
+        with self.assertRaises(errors.FailedPrecondition):
+            a.node.replicate([b.address], list().append)  # not connected
+
+    def test_peer_exchange_shares_only_allowed_peers(self) -> None:
+        a, b, c = self.a, self.b, self.c
+        self.swarm.connect(a, b, share=True)
+        self.swarm.connect(a, c, share=False)
+        conn: Any = c.session.pool.connection(a.pubkey)
+        response = self.swarm.wait(
+            conn.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
+        )
+        self.assertEqual(list(response.onion_addresses), [b.address])
+
+    def test_new_revisions_sync_automatically_to_holders(self) -> None:
+        a, b, c = self.a, self.b, self.c
+        self.swarm.connect(a, b)
+        self.swarm.connect(a, c)
+        a.write_files({"f.bin": os.urandom(200_000)})
+        self.replicate(a, [b.address])  # b holds revision 1
+        a.write_files({"g.bin": os.urandom(100_000)})  # commits revision 2
+        self.swarm.advance(AUTO_SYNC_DELAY - 1)
+        self.assertEqual(b.node.storage_report().obligations[0].revision, 1)
+        self.swarm.advance(1)
+        self.assertEqual(b.node.storage_report().obligations[0].revision, 2)
+        # c never held our content: no automatic first push to it.
+        self.assertEqual(c.node.storage_report().obligations, [])
+
+    def test_reconnections_do_not_postpone_an_automatic_sync(self) -> None:
+        a, b, c = self.a, self.b, self.c
+        self.swarm.connect(a, b)
+        a.write_files({"f.bin": os.urandom(10_000)})
+        self.replicate(a, [b.address])
+        a.write_files({"g.bin": os.urandom(10_000)})
+        # A peer reconnecting every second cannot push the sync back.
+        for _ in range(int(AUTO_SYNC_DELAY)):
+            self.swarm.connect(c, a)
+            c.session.pool.connection(a.pubkey).close()
+            self.swarm.advance(1)
+        self.assertEqual(b.node.storage_report().obligations[0].revision, 2)
+
+    def test_concurrent_pushes_to_one_peer_are_serialized(self) -> None:
+        a, b = self.a, self.b
+        self.swarm.connect(a, b)
+        a.write_files({"f.bin": os.urandom(1_000_000)})
+        first: list[Progress] = []
+        second: list[Progress] = []
+        one = a.node.replicate([b.address], first.append)
+        two = a.node.replicate([b.address], second.append)
+        self.swarm.wait(one)
+        self.swarm.wait(two)
+        self.assertEqual([e.phase for e in first if e.phase != "syncing"], ["done"])
+        self.assertEqual([e.phase for e in second if e.phase != "syncing"], ["done"])
+
+    def test_reconnects_after_drop(self) -> None:
+        a, b = self.a, self.b
+        self.swarm.connect(a, b)
+        self.swarm.network.cut(b.address)
+        self.assertFalse(a.node.peers()[0].connected)
+        # The first retry comes within the first delay plus its jitter.
+        self.swarm.advance(RECONNECT_FIRST_DELAY * 1.3)
+        self.assertTrue(a.node.peers()[0].connected)
+
+    def test_peer_table_survives_a_restart(self) -> None:
+        a, b = self.a, self.b
+        self.swarm.connect(a, b, share=True)
+        node_dir = a.node.node_dir
+        self.swarm.wait(a.node.stopService())
+        again = self.swarm.add_node(node_dir, a.index)
+        [record] = again.node.peers()
+        self.assertEqual(
+            (record.onion_address, record.shared_in_exchange), (b.address, True)
+        )
+        # And it dials the peers it knows by itself, at once.
+        self.assertFalse(record.connected)
+        self.swarm.advance(0.1)
+        self.assertTrue(again.node.peers()[0].connected)
+
+
+def tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+class GarbageCollectionTests(SynchronousTestCase):
+    def test_old_sections_are_collected_but_in_flight_ones_kept(self) -> None:
+        swarm = Swarm(Path(self.mktemp()), 1)
+        self.addCleanup(swarm.stop)
+        [member] = swarm.nodes
+        node = member.node
+        size = 2 * 1024 * 1024
+        in_flight = member.write_files({"f.bin": os.urandom(size)}).revision
+        # Revision 1 is being pushed to a peer while we move on.
+        member.session.pusher._pin(in_flight)
+        for _ in range(3):
+            member.write_files({"f.bin": os.urandom(size)})
+        swarm.wait(node.collect_garbage())
+        # Revision 1 (in flight) and 3, 4 (kept) survive; 2 is gone.
+        for ref in in_flight.revision.sections:
+            self.assertTrue(member.session.content.has_section(ref.sha256))
+        content_dir = node.node_dir / "content"
+        self.assertLess(tree_size(content_dir), 3.5 * size)
+        # Once the push is over, revision 1's sections go too.
+        member.session.pusher._unpin(in_flight)
+        freed = swarm.wait(node.collect_garbage())
+        self.assertGreater(freed, size // 2)
+        self.assertFalse(
+            any(
+                member.session.content.has_section(r.sha256)
+                for r in in_flight.revision.sections
+            )
+        )
+        self.assertLess(tree_size(content_dir), 2.5 * size)
