@@ -37,6 +37,9 @@ def set_log_level(name: str) -> None:
     if name not in LEVELS:
         raise ValueError(f"unknown log level {name!r}; use one of {sorted(LEVELS)}")
     _predicate.defaultLogLevel = LEVELS[name]
+    # The predicate keeps the level of the root namespace (and a cache per
+    # namespace) from when it was made: reset both to the new default.
+    _predicate.clearLogLevels()
 
 
 def get_logger(namespace: str) -> Logger:

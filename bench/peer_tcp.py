@@ -34,7 +34,8 @@ import threading
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python.failure import Failure
@@ -60,8 +61,7 @@ class _StreamingHandler:
         self.chunk = bytes(range(256)) * (ITEM_SIZE // 256)
         self.sha256 = hashlib.sha256(self.chunk).digest()
 
-    @inlineCallbacks
-    def download(
+    async def download(
         self,
         conn: Any,
         request: bbrpc_pb2.DownloadRequest,
@@ -74,7 +74,7 @@ class _StreamingHandler:
             sha256 = (
                 hashlib.sha256(self.chunk).digest() if self.hash_pieces else self.sha256
             )
-            yield send(
+            await send(
                 DownloadPiece(
                     section=index,
                     offset=0,
@@ -94,7 +94,9 @@ def _run_on_fresh_reactor(work: Any) -> Any:
         outcome["result"] = result
         reactor.stop()
 
-    reactor.callWhenRunning(lambda: work(reactor).addBoth(finished))
+    reactor.callWhenRunning(
+        lambda: defer.maybeDeferred(work, reactor).addBoth(finished)
+    )
     # A bound on the whole run, so a bug cannot hang the benchmark.
     reactor.callLater(600, reactor.stop)
     reactor.run(installSignalHandlers=False)
@@ -107,8 +109,7 @@ def _run_on_fresh_reactor(work: Any) -> Any:
 def _serve(items: int, hash_pieces: bool) -> None:
     """Child process: serve one Download of ``items`` MiB, then exit."""
 
-    @inlineCallbacks
-    def serve(reactor: Any) -> Any:
+    async def serve(reactor: Any) -> Any:
         closed: Deferred[Any] = Deferred()
         factory = PeerServerFactory(
             reactor,
@@ -116,21 +117,22 @@ def _serve(items: int, hash_pieces: bool) -> None:
             _StreamingHandler(items, hash_pieces),
             on_connection_lost=closed.callback,
         )
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             factory
         )
         print(port.getHost().port, flush=True)
-        yield closed
-        yield port.stopListening()
+        await closed
+        await port.stopListening()
         return True
 
     _run_on_fresh_reactor(serve)
 
 
-@inlineCallbacks
-def _download(reactor: Any, port: int, items: int, check_hashes: bool = False) -> Any:
+async def _download(
+    reactor: Any, port: int, items: int, check_hashes: bool = False
+) -> Any:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    conn = yield connect_peer(
+    conn = await connect_peer(
         reactor,
         endpoint,
         CLIENT_KEYS,
@@ -147,13 +149,13 @@ def _download(reactor: Any, port: int, items: int, check_hashes: bool = False) -
             raise AssertionError(f"piece {message.section} fails its hash check")
 
     started = time.perf_counter()
-    yield conn.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
+    await conn.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
     seconds = time.perf_counter() - started
     if received != items * ITEM_SIZE:
         raise AssertionError(f"received {received} bytes, expected {items * ITEM_SIZE}")
     closed = conn.when_closed()
     conn.close()
-    yield closed
+    await closed
     return seconds
 
 
@@ -186,14 +188,13 @@ def bbrpc_transfer_one_process(size_bytes: int) -> float:
     """Seconds to stream ``size_bytes`` with both ends on one reactor."""
     items = size_bytes // ITEM_SIZE
 
-    @inlineCallbacks
-    def transfer(reactor: Any) -> Any:
+    async def transfer(reactor: Any) -> Any:
         factory = PeerServerFactory(reactor, SERVER_KEYS, _StreamingHandler(items))
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             factory
         )
-        seconds = yield _download(reactor, port.getHost().port, items)
-        yield port.stopListening()
+        seconds = await _download(reactor, port.getHost().port, items)
+        await port.stopListening()
         return seconds
 
     return float(_run_on_fresh_reactor(transfer))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -56,8 +56,7 @@ class FakeHandler:
             return d
         return self.exchange_result
 
-    @inlineCallbacks
-    def download(self, conn: Any, request: Any, send: Any) -> Any:
+    async def download(self, conn: Any, request: Any, send: Any) -> Any:
         self.calls.append("download")
         try:
             for index in range(self.items):
@@ -65,9 +64,9 @@ class FakeHandler:
                 data = bytes([index % 256]) * self.item_size
                 if self.as_pieces:
                     assert accepts_download_pieces(send)
-                    yield send(DownloadPiece(index, 0, data, b"h" * 32, len(data)))
+                    await send(DownloadPiece(index, 0, data, b"h" * 32, len(data)))
                 else:
-                    yield send(bbrpc_pb2.DownloadResponse(section=index, data=data))
+                    await send(bbrpc_pb2.DownloadResponse(section=index, data=data))
         except Exception:
             self.stream_outcome = Failure()
             raise
@@ -405,8 +404,7 @@ class FlowControlTests(SynchronousTestCase):
 
 
 class TCPLoopbackTests(TestCase):
-    @inlineCallbacks
-    def test_connect_serve_and_reject_over_tcp(self) -> Any:
+    async def test_connect_serve_and_reject_over_tcp(self) -> Any:
         handler = FakeHandler(items=4, item_size=100_000)
         seen: list[PeerConnection] = []
         lost: list[PeerConnection] = []
@@ -417,34 +415,34 @@ class TCPLoopbackTests(TestCase):
             on_authenticated=seen.append,
             on_connection_lost=lost.append,
         )
-        port = yield TCP4ServerEndpoint(
+        port = await TCP4ServerEndpoint(
             global_reactor, 0, interface="127.0.0.1"
         ).listen(factory)
         self.addCleanup(port.stopListening)
         endpoint = TCP4ClientEndpoint(global_reactor, "127.0.0.1", port.getHost().port)
 
-        conn = yield connect_peer(
+        conn = await connect_peer(
             global_reactor, endpoint, ALICE, BOB.onion_address, FakeHandler()
         )
         self.assertEqual(conn.peer_onion_address, BOB.onion_address)
         got: list[int] = []
-        yield conn.call_stream(
+        await conn.call_stream(
             "download_request",
             bbrpc_pb2.DownloadRequest(),
             lambda m: got.append(len(m.data)),
         )
         self.assertEqual(got, [100_000] * 4)
-        rtt = yield conn.ping()
+        rtt = await conn.ping()
         self.assertGreaterEqual(rtt, 0)
         self.assertEqual([c.peer_onion_address for c in seen], [ALICE.onion_address])
         closed = seen[0].when_closed()
         conn.close()
-        yield closed
+        await closed
         self.assertEqual(lost, seen)
 
         # Dialing the right port but expecting another node fails cleanly.
         with self.assertRaises(HandshakeFailed):
-            yield connect_peer(
+            await connect_peer(
                 global_reactor, endpoint, ALICE, MALLORY.onion_address, FakeHandler()
             )
         self.assertEqual(len(seen), 1)

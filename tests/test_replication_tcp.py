@@ -23,8 +23,7 @@ from tests.sync_peers import SyncPeer
 class TcpSyncTests(TestCase):
     timeout = 30
 
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
+    async def setUp(self) -> Any:
         base = Path(self.mktemp())
         self.owner = SyncPeer(base / "owner", reactor, 1, budget=100_000_000)
         self.replica = SyncPeer(base / "replica", reactor, 2, budget=100_000_000)
@@ -35,14 +34,14 @@ class TcpSyncTests(TestCase):
             self.replica.handler,
             on_authenticated=self.accepted.append,
         )
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             factory
         )
         self.addCleanup(port.stopListening)
         self.endpoint = endpoint = TCP4ClientEndpoint(
             reactor, "127.0.0.1", port.getHost().port
         )
-        self.conn = yield connect_peer(
+        self.conn = await connect_peer(
             reactor,
             endpoint,
             self.owner.keys,
@@ -56,13 +55,12 @@ class TcpSyncTests(TestCase):
         self.conn.close()
         return defer.gatherResults(closed)
 
-    @defer.inlineCallbacks
-    def test_full_then_delta_sync(self) -> Any:
+    async def test_full_then_delta_sync(self) -> Any:
         data = [os.urandom(200_000) for _ in range(20)] + [os.urandom(3_000_000)]
         first = self.owner.content.commit(data)
         progress: list[bbrpc_pb2.SetContentRevisionResponse] = []
         push = partial(push_revision, offers=self.owner.offers)
-        final = yield push(self.conn, first, progress.append)
+        final = await push(self.conn, first, progress.append)
         self.assertTrue(final.complete)
         self.assertEqual(final.bytes_fetched, 7_000_000)
         self.assertGreater(len(progress), 2)
@@ -70,7 +68,7 @@ class TcpSyncTests(TestCase):
         changed = list(data)
         changed[5] = os.urandom(200_000)
         second = self.owner.content.commit(changed)
-        final = yield push(self.conn, second, progress.append)
+        final = await push(self.conn, second, progress.append)
         self.assertEqual((final.revision, final.bytes_fetched), (2, 200_000))
         held = self.replica.replicas.held(self.owner.keys.onion_pubkey)
         assert held is not None
@@ -79,32 +77,29 @@ class TcpSyncTests(TestCase):
         # The owner gets its content back from the replica (recovery path).
         pieces: list[bbrpc_pb2.DownloadResponse] = []
         request = bbrpc_pb2.DownloadRequest(content_id=second.content_id, sections=[5])
-        yield self.conn.call_stream("download_request", request, pieces.append)
+        await self.conn.call_stream("download_request", request, pieces.append)
         self.assertEqual(b"".join(p.data for p in pieces), changed[5])
 
-    @defer.inlineCallbacks
-    def test_quota_error_crosses_the_wire(self) -> Any:
+    async def test_quota_error_crosses_the_wire(self) -> Any:
         self.replica.config.total_bytes = 1000
         revision = self.owner.content.commit([os.urandom(5000)])
         with self.assertRaises(PeerCallError) as caught:
-            yield push_revision(self.conn, revision, list().append, self.owner.offers)
+            await push_revision(self.conn, revision, list().append, self.owner.offers)
         self.assertEqual(caught.exception.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED)
 
-    @defer.inlineCallbacks
-    def test_revision_of_a_gigabyte_content_fits_a_frame(self) -> Any:
+    async def test_revision_of_a_gigabyte_content_fits_a_frame(self) -> Any:
         # ~120k sections: a signed revision of ~4.6 MB (what ~1 GiB of content
         # takes) travels in one frame once the peer is authenticated. The
         # sections repeat so that the replica stores only a few files.
         tiny = [(i % 16).to_bytes(4, "big") for i in range(120_000)]
         revision = self.owner.content.commit(tiny)
-        final = yield push_revision(
+        final = await push_revision(
             self.conn, revision, list().append, self.owner.offers
         )
         self.assertTrue(final.complete)
 
-    @defer.inlineCallbacks
-    def test_revision_larger_than_a_frame_fails_cleanly(self) -> Any:
-        limited = yield connect_peer(
+    async def test_revision_larger_than_a_frame_fails_cleanly(self) -> Any:
+        limited = await connect_peer(
             reactor,
             self.endpoint,
             self.owner.keys,
@@ -116,9 +111,9 @@ class TcpSyncTests(TestCase):
         tiny = [i.to_bytes(4, "big") for i in range(30_000)]
         revision = self.owner.content.commit(tiny)
         with self.assertRaises(FrameTooLarge):
-            yield push_revision(limited, revision, list().append, self.owner.offers)
+            await push_revision(limited, revision, list().append, self.owner.offers)
         # The connection is still usable afterwards.
-        response = yield limited.call(
+        response = await limited.call(
             "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
         )
         self.assertEqual(response.signed_revision, b"")

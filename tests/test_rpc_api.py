@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -106,10 +105,9 @@ class RpcTestCase(TestCase):
         needs the reactor to answer)."""
         return deferToThread(fn, self.stub)
 
-    @inlineCallbacks
-    def status_of(self, fn: Call):  # type: ignore[no-untyped-def]
+    async def status_of(self, fn: Call) -> Any:
         try:
-            yield self.call(fn)
+            await self.call(fn)
         except grpc.RpcError as e:
             return e.code(), e.details()
         return grpc.StatusCode.OK, ""
@@ -126,24 +124,21 @@ class LockedNodeTests(RpcTestCase):
     def test_calls_cover_every_method(self) -> None:
         self.assertEqual(set(CALLS) | {"Unlock"}, every_clirpc_method())
 
-    @inlineCallbacks
-    def test_every_method_but_unlock_says_locked(self):  # type: ignore[no-untyped-def]
+    async def test_every_method_but_unlock_says_locked(self) -> None:
         for name, fn in CALLS.items():
             if name == "GetStatus":
                 continue
-            code, details = yield self.status_of(fn)
+            code, details = await self.status_of(fn)
             self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION, name)
             self.assertIn("node is locked", details, name)
 
-    @inlineCallbacks
-    def test_status_reports_locked(self):  # type: ignore[no-untyped-def]
-        status = yield self.call(CALLS["GetStatus"])
+    async def test_status_reports_locked(self) -> None:
+        status = await self.call(CALLS["GetStatus"])
         self.assertFalse(status.unlocked)
         self.assertEqual(status.onion_address, "")
 
-    @inlineCallbacks
-    def test_weak_password_refused(self):  # type: ignore[no-untyped-def]
-        code, details = yield self.status_of(
+    async def test_weak_password_refused(self) -> None:
+        code, details = await self.status_of(
             lambda s: s.Unlock(pb.UnlockRequest(password=WEAK, create_if_missing=True))
         )
         self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
@@ -151,9 +146,8 @@ class LockedNodeTests(RpcTestCase):
         self.assertNotIn(WEAK, details)
         self.assertFalse((self.node_dir / "identity").exists())
 
-    @inlineCallbacks
-    def test_new_directory_needs_create(self):  # type: ignore[no-untyped-def]
-        code, details = yield self.status_of(
+    async def test_new_directory_needs_create(self) -> None:
+        code, details = await self.status_of(
             lambda s: s.Unlock(pb.UnlockRequest(password=STRONG))
         )
         self.assertEqual(code, grpc.StatusCode.FAILED_PRECONDITION)
@@ -167,67 +161,62 @@ class LockedNodeTests(RpcTestCase):
 
 
 class UnlockedNodeTests(RpcTestCase):
-    @inlineCallbacks
-    def test_unlock_then_status(self):  # type: ignore[no-untyped-def]
-        response = yield self.unlock()
+    async def test_unlock_then_status(self) -> None:
+        response = await self.unlock()
         self.assertTrue(response.created)
         self.assertTrue(response.onion_address.endswith(".onion"))
-        status = yield self.call(CALLS["GetStatus"])
+        status = await self.call(CALLS["GetStatus"])
         self.assertTrue(status.unlocked)
         self.assertEqual(status.onion_address, response.onion_address)
         # Unlocking again with the same password is harmless.
-        again = yield self.unlock()
+        again = await self.unlock()
         self.assertFalse(again.created)
         self.assertEqual(again.onion_address, response.onion_address)
 
-    @inlineCallbacks
-    def test_wrong_password_after_unlock(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
-        code, details = yield self.status_of(
+    async def test_wrong_password_after_unlock(self) -> None:
+        await self.unlock()
+        code, details = await self.status_of(
             lambda s: s.Unlock(pb.UnlockRequest(password=OTHER_STRONG))
         )
         self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED)
         self.assertEqual(details, "wrong password")
 
-    @inlineCallbacks
-    def test_unbuilt_subsystems_answer_unimplemented(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
+    async def test_unbuilt_subsystems_answer_unimplemented(self) -> None:
+        await self.unlock()
         for name in sorted(NOT_BUILT):
-            code, details = yield self.status_of(CALLS[name])
+            code, details = await self.status_of(CALLS[name])
             self.assertEqual(code, grpc.StatusCode.UNIMPLEMENTED, name)
             self.assertIn("not built yet", details)
 
-    @inlineCallbacks
-    def test_built_methods_do_not_answer_unimplemented(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
+    async def test_built_methods_do_not_answer_unimplemented(self) -> None:
+        await self.unlock()
         for name, fn in sorted(CALLS.items()):
             if name in NOT_BUILT:
                 continue
-            code, details = yield self.status_of(fn)
+            code, details = await self.status_of(fn)
             self.assertNotIn(
                 code,
                 (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL),
                 f"{name}: {details}",
             )
 
-    @inlineCallbacks
-    def test_file_round_trip_and_errors(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
-        response = yield self.call(CALLS["SetFile"])
+    async def test_file_round_trip_and_errors(self) -> None:
+        await self.unlock()
+        response = await self.call(CALLS["SetFile"])
         self.assertEqual(response.revision, 1)
         self.assertEqual(response.files_written, 1)
         self.assertEqual(response.bytes_written, 5)
-        names = yield self.call(CALLS["ListFiles"])
+        names = await self.call(CALLS["ListFiles"])
         self.assertEqual(list(names.names), ["a.txt"])
-        chunks = yield self.call(CALLS["GetFile"])
+        chunks = await self.call(CALLS["GetFile"])
         self.assertEqual(b"".join(c.data for c in chunks), b"hello")
         self.assertEqual(chunks[0].size, 5)
-        code, _ = yield self.status_of(
+        code, _ = await self.status_of(
             lambda s: list(s.GetFile(pb.GetFileRequest(name="missing")))
         )
         self.assertEqual(code, grpc.StatusCode.NOT_FOUND)
         for bad in ("../etc/passwd", "/abs", "a/../b", "nul\x00byte", ""):
-            code, details = yield self.status_of(
+            code, details = await self.status_of(
                 lambda s, bad=bad: s.SetFile(
                     iter([pb.SetFileRequest(header=pb.FileHeader(name=bad))])
                 )
@@ -235,21 +224,20 @@ class UnlockedNodeTests(RpcTestCase):
             self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, repr(bad))
             self.assertTrue(details)
         # Data before any header, and an empty stream, are refused.
-        code, _ = yield self.status_of(
+        code, _ = await self.status_of(
             lambda s: s.SetFile(iter([pb.SetFileRequest(data=b"x")]))
         )
         self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
-        code, _ = yield self.status_of(lambda s: s.SetFile(iter([])))
+        code, _ = await self.status_of(lambda s: s.SetFile(iter([])))
         self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
         # None of the refused streams made a revision.
-        status = yield self.call(CALLS["GetStatus"])
+        status = await self.call(CALLS["GetStatus"])
         self.assertEqual(status.revision, 1)
 
-    @inlineCallbacks
-    def test_remove_file(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
-        yield self.call(CALLS["SetFile"])
-        response = yield self.call(
+    async def test_remove_file(self) -> None:
+        await self.unlock()
+        await self.call(CALLS["SetFile"])
+        response = await self.call(
             lambda s: s.SetFile(
                 iter(
                     [pb.SetFileRequest(header=pb.FileHeader(name="a.txt", remove=True))]
@@ -257,7 +245,7 @@ class UnlockedNodeTests(RpcTestCase):
             )
         )
         self.assertEqual(response.files_removed, 1)
-        names = yield self.call(CALLS["ListFiles"])
+        names = await self.call(CALLS["ListFiles"])
         self.assertEqual(list(names.names), [])
 
 
@@ -274,13 +262,12 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
 
 
 class WrongPasswordTests(RpcTestCase):
-    @inlineCallbacks
-    def test_wrong_password_changes_nothing(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
-        yield self.call(CALLS["SetFile"])
+    async def test_wrong_password_changes_nothing(self) -> None:
+        await self.unlock()
+        await self.call(CALLS["SetFile"])
         # A fresh daemon on the same directory, still locked.
-        yield self.server.stopService()
-        yield self.node.stopService()
+        await self.server.stopService()
+        await self.node.stopService()
         self.node = start_node(
             reactor, NodeConfig(node_dir=self.node_dir, transport="tcp")
         )
@@ -289,7 +276,7 @@ class WrongPasswordTests(RpcTestCase):
         )
         self.server.startService()
         before = snapshot(self.node_dir)
-        code, details = yield self.status_of(
+        code, details = await self.status_of(
             lambda s: s.Unlock(
                 pb.UnlockRequest(password=OTHER_STRONG, create_if_missing=True)
             )
@@ -297,21 +284,20 @@ class WrongPasswordTests(RpcTestCase):
         self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED)
         self.assertEqual(details, "wrong password")
         self.assertEqual(snapshot(self.node_dir), before)
-        status = yield self.call(CALLS["GetStatus"])
+        status = await self.call(CALLS["GetStatus"])
         self.assertFalse(status.unlocked)
         # The right password still opens it, with the file intact.
-        yield self.unlock(create=False)
-        chunks = yield self.call(CALLS["GetFile"])
+        await self.unlock(create=False)
+        chunks = await self.call(CALLS["GetFile"])
         self.assertEqual(b"".join(c.data for c in chunks), b"hello")
 
 
 class TamperedNodeTests(RpcTestCase):
-    @inlineCallbacks
-    def test_tampered_metadata_is_a_clear_data_loss(self):  # type: ignore[no-untyped-def]
-        yield self.unlock()
-        yield self.call(CALLS["SetFile"])
-        yield self.server.stopService()
-        yield self.node.stopService()
+    async def test_tampered_metadata_is_a_clear_data_loss(self) -> None:
+        await self.unlock()
+        await self.call(CALLS["SetFile"])
+        await self.server.stopService()
+        await self.node.stopService()
         sealed = self.node_dir / "metadata.sealed"
         data = bytearray(sealed.read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -323,10 +309,10 @@ class TamperedNodeTests(RpcTestCase):
             reactor, self.node, default_socket_path(self.node_dir)
         )
         self.server.startService()
-        code, details = yield self.status_of(
+        code, details = await self.status_of(
             lambda s: s.Unlock(pb.UnlockRequest(password=STRONG))
         )
         self.assertEqual(code, grpc.StatusCode.DATA_LOSS)
         self.assertIn("metadata.sealed", details)
-        status = yield self.call(CALLS["GetStatus"])
+        status = await self.call(CALLS["GetStatus"])
         self.assertFalse(status.unlocked)

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -26,9 +25,8 @@ class NodesOverTorTests(TestCase):
     # Network start (~15 s, shared), three tors (~10 s), transfers over Tor.
     timeout = 300
 
-    @inlineCallbacks
-    def test_replicate_delta_and_download_over_onions(self):  # type: ignore[no-untyped-def]
-        network = yield SHARED.get()
+    async def test_replicate_delta_and_download_over_onions(self) -> None:
+        network = await SHARED.get()
         tmp = short_tempdir(self)
         options = tuple((k, v) for k, v in network.client_torrc_options())
         nodes = []
@@ -40,12 +38,12 @@ class NodesOverTorTests(TestCase):
                 ),
             )
             self.addCleanup(node.stopService)
-            yield node.unlock(password, create_if_missing=True)
+            await node.unlock(password, create_if_missing=True)
             nodes.append(node)
         for node in nodes:
             # Fails (OnionAddressMismatch) unless Tor published exactly the
             # address derived from the password.
-            yield node.session.network.ready()
+            await node.session.network.ready()
             status = node.status()
             self.assertEqual(status.peer_network, "ready")
             self.assertEqual(status.peer_endpoint, status.onion_address)
@@ -55,7 +53,7 @@ class NodesOverTorTests(TestCase):
 
         # Connect by onion address alone: Tor's SOCKS port, no endpoint hint.
         for peer, share in ((b, True), (c, False)):
-            info = yield a.connect_peer(address(peer), share=share)
+            info = await a.connect_peer(address(peer), share=share)
             self.assertTrue(info.connected)
 
         # Peer exchange: c asks a and learns b (shared), not itself. (c sees
@@ -63,23 +61,23 @@ class NodesOverTorTests(TestCase):
         for _ in range(100):
             if c.session.pool.is_connected(pubkey(a)):
                 break
-            yield deferLater(reactor, 0.1, lambda: None)
+            await deferLater(reactor, 0.1, lambda: None)
         conn_c = c.session.pool.connection(pubkey(a))
-        exchange = yield conn_c.call(
+        exchange = await conn_c.call(
             "peer_exchange_request", bbrpc_pb2.PeerExchangeRequest()
         )
         self.assertEqual(list(exchange.onion_addresses), [address(b)])
 
         big = os.urandom(2 * 1024 * 1024)
-        yield write_files(a, {"big.bin": big, "small.txt": b"tor\n" * 100})
-        seen = yield replicate(a, [])
+        await write_files(a, {"big.bin": big, "small.txt": b"tor\n" * 100})
+        seen = await replicate(a, [])
         done = {e.peer: e for e in seen if e.phase == "done"}
         self.assertEqual(set(done), {address(b), address(c)})
 
         changed = bytearray(big)
         changed[1_000_000 : 1_000_000 + 32768] = os.urandom(32768)
-        yield write_files(a, {"big.bin": bytes(changed)})
-        seen = yield replicate(a, [address(b)])
+        await write_files(a, {"big.bin": bytes(changed)})
+        seen = await replicate(a, [address(b)])
         [final] = [e for e in seen if e.phase == "done"]
         self.assertEqual(final.revision, 2)
         fetched = int(final.message.split()[0])
@@ -92,7 +90,7 @@ class NodesOverTorTests(TestCase):
         table = current.revision.sections
         conn_b = a.session.pool.connection(pubkey(b))
         pieces: list[Any] = []
-        yield conn_b.call_stream(
+        await conn_b.call_stream(
             "download_request",
             bbrpc_pb2.DownloadRequest(content_id=current.content_id, sections=[0]),
             pieces.append,
@@ -102,7 +100,7 @@ class NodesOverTorTests(TestCase):
         self.assertEqual(data, a.session.content.read_section(table[0].sha256))
 
         for node in nodes:
-            yield node.stopService()
+            await node.stopService()
         # txtorcon logs every exit of a tor it launched as an error, even a
         # clean one after quit(); anything else is a real failure.
         exits = [str(f.value) for f in self.flushLoggedErrors(RuntimeError)]

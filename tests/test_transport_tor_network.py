@@ -20,15 +20,15 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.logs import get_logger
 from barterbackup.testing.tornet import TorNetwork
 from barterbackup.transport.tor import TorTransport
 
-log = Logger()
+log = get_logger("tests.tor_network")
 reactor: Any = global_reactor
 # Fixed master secrets: fast (no Argon2id) and reproducible addresses.
 ALICE = node_keys_from_master(bytes(range(32)))

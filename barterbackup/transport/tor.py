@@ -37,10 +37,10 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.keys.onion import InvalidOnionAddress, normalize_onion_address
+from barterbackup.logs import get_logger
 from barterbackup.store.atomic import make_private_directory
 from barterbackup.transport.base import (
     DestinationRefused,
@@ -50,7 +50,7 @@ from barterbackup.transport.base import (
 )
 from barterbackup.transport.socks import Socks5ClientEndpoint
 
-log = Logger()
+log = get_logger("barterbackup.transport")
 
 # The virtual port every node publishes on its onion; peers connect to it.
 DEFAULT_ONION_PORT = 4177
