@@ -221,3 +221,25 @@ class GarbageCollectionTests(SynchronousTestCase):
             )
         )
         self.assertLess(tree_size(content_dir), 2.5 * size)
+
+
+class FiveNodeTests(SynchronousTestCase):
+    def test_one_node_replicates_to_four_and_each_reads_back(self) -> None:
+        swarm = Swarm(Path(self.mktemp()), 5)
+        self.addCleanup(swarm.stop)
+        owner, *replicas = swarm.nodes
+        for replica in replicas:
+            swarm.connect(owner, replica)
+        data = os.urandom(1024 * 1024)
+        commit = owner.write_files({"a.bin": data, "b.txt": b"five\n" * 100})
+        events: list[Progress] = []
+        results = swarm.wait(owner.node.replicate([], events.append))
+        self.assertEqual(
+            sorted(r.peer for r in results), sorted(r.address for r in replicas)
+        )
+        content_id = commit.revision.content_id
+        for replica in replicas:
+            held = replica.session.replicas.held(owner.pubkey)
+            self.assertEqual((held.number, held.complete), (1, True))
+            self.assertEqual(held.shown.content_id, content_id)
+        self.assertEqual(owner.read_file("a.bin"), data)
