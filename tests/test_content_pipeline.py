@@ -15,7 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup.content import engine, sections
 from barterbackup.content.engine import ContentStore
-from barterbackup.content.packs import PackWriter
 from barterbackup.content.sections import (
     NORMALIZED_CHUNKING,
     SECTION_AVERAGE_BYTES,
@@ -28,6 +27,7 @@ from barterbackup.content.sections import (
     section_key,
 )
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.store.packs import PackWriter
 from barterbackup.testing.stores import open_content_store
 
 KEYS = node_keys_from_master(bytes(range(7, 39)))

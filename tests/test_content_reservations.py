@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.content.packs import _ReservationTable
+from barterbackup.store.packs import _ReservationTable
 
 # Few distinct low bits, so probing and collisions are exercised.
 PREFIX = st.one_of(

@@ -8,9 +8,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup.content.engine import ContentStore, CorruptContent
-from barterbackup.content.packs import INDEX_ENTRY
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.metadata import MetadataError
+from barterbackup.store.packs import INDEX_ENTRY
 from barterbackup.testing.stores import open_content_store
 
 KEYS = node_keys_from_master(bytes(range(3, 35)))

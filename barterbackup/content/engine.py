@@ -30,13 +30,6 @@ from pyfastcdc.cy import FastCDC
 from barterbackup._proto import storedpb_pb2
 from barterbackup.content.crash import crash_point
 from barterbackup.content.names import InvalidFileName, validate_name
-from barterbackup.content.packs import (
-    PACK_TARGET_BYTES,
-    PackStore,
-    PackWriter,
-    SectionCorrupt,
-    SectionMissing,
-)
 from barterbackup.content.sections import (
     NORMALIZED_CHUNKING,
     SECTION_AVERAGE_BYTES,
@@ -63,6 +56,13 @@ from barterbackup.store.atomic import (
     remove_leftovers,
 )
 from barterbackup.store.metadata import MetadataStore
+from barterbackup.store.packs import (
+    PACK_TARGET_BYTES,
+    PackStore,
+    PackWriter,
+    SectionCorrupt,
+    SectionMissing,
+)
 from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
 
 __all__ = [
