@@ -331,11 +331,13 @@ class FlowControlTests(SynchronousTestCase):
             received += len(message.data)
 
         d = client.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)
-        # Move only the request: the handler sends one item, then waits.
+        # Move only the request: the first item is written, the handler's
+        # second send waits for the transport, nothing more is written.
         pipe._move(
             Direction.to_server, pipe.client_transport, pipe.server_transport, server
         )
-        self.assertEqual(handler.sent, 1)
+        self.assertEqual(handler.sent, 2)
+        self.assertLess(len(pipe.server_transport.value()), MIB + 1024)
         pipe.pump()
         self.successResultOf(d)
         self.assertEqual(received, 64 * MIB)

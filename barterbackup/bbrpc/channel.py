@@ -40,6 +40,16 @@ class PeerLimits:
     idle_timeout: float = 600.0
     # max_clock_skew is how far a peer's Hello timestamp may be from ours.
     max_clock_skew: float = handshake.DEFAULT_MAX_CLOCK_SKEW
+    # outbox_pause_bytes: answers queued past the transport's own buffer
+    # (the peer is not reading them) beyond which we stop reading its
+    # requests, so it cannot make us produce more.
+    outbox_pause_bytes: int = 1024 * 1024
+    # max_outbox_bytes: answers queued beyond which the peer is dropped. It
+    # leaves room for one largest frame on top of the pause mark.
+    max_outbox_bytes: int = MAX_AUTHENTICATED_FRAME_LENGTH + 2 * 1024 * 1024
+    # max_ping_payload is the longest ping payload answered; a longer one
+    # is a protocol violation (a pong must not amplify).
+    max_ping_payload: int = 64
 
 
 class FrameChannel(Protocol):
@@ -52,6 +62,9 @@ class FrameChannel(Protocol):
     writes_paused: bool
     # rtt is the last measured round-trip time in seconds.
     rtt: float | None
+
+    @property
+    def writable(self) -> bool: ...
 
     def send_envelope(self, envelope: bbrpc_pb2.Envelope) -> None: ...
 

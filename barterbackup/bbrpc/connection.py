@@ -101,13 +101,17 @@ class PeerConnection(Protocol):
         self.inbound = InboundCalls(self, handler)
         self.outbound = OutboundCalls(self, 1 if role is Role.CLIENT else 2)
 
-        # Frames decoded but not yet handled: delivery pauses while a
-        # stream consumer's on_item Deferred is pending.
-        self._pending: deque[bbrpc_pb2.Envelope] = deque()
+        # Frames wait undecoded in the decoder while delivery is paused (a
+        # stream consumer's on_item Deferred is pending).
         self._delivery_paused = False
         self._dispatching = False
-        # Write-side flow control, driven by the transport (IPushProducer).
+        # Write-side flow control, driven by the transport (IPushProducer):
+        # while it is paused, answers wait in the outbox (bounded) and
+        # stream items are not written at all (their senders wait).
         self.writes_paused = False
+        self._outbox: deque[tuple[bytes, ...]] = deque()
+        self._outbox_bytes = 0
+        self._reading_paused = False
 
     # -- public API ---------------------------------------------------------
 
@@ -190,11 +194,12 @@ class PeerConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self._transport()
         if hasattr(transport, "bufferSize"):
-            # Twisted's TCP transport reads at most bufferSize bytes per
-            # event and pauses producers above it; its 64 KiB default costs
-            # 16 reactor turns per 1 MiB item. One frame's worth is still a
-            # small, fixed bound per connection.
-            transport.bufferSize = TRANSPORT_BUFFER_SIZE
+            # Twisted's TCP transport reads at most bufferSize bytes per event
+            # (and pauses producers above that much buffered for writing).
+            # Until the peer is authenticated a read is one handshake frame's
+            # worth, so a stranger makes us hold little; afterwards 1 MiB, as
+            # the 64 KiB default costs 16 reactor turns per 1 MiB item.
+            transport.bufferSize = self.limits.max_handshake_frame_length
             # And writes at most SEND_LIMIT (128 KiB) per event: one frame
             # per send call instead of eight measured twice as fast.
             transport.SEND_LIMIT = TRANSPORT_BUFFER_SIZE
@@ -220,14 +225,11 @@ class PeerConnection(Protocol):
         if self._state is _State.closed:
             return
         try:
-            envelopes = self._decoder.feed(data)
+            self._decoder.add(data)
         except FrameError as e:
             self._drop(f"bad frame: {e}")
             return
-        if envelopes:
-            self._touch()
-            self._pending.extend(envelopes)
-            self._dispatch_pending()
+        self._dispatch_pending()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         was_authenticated = self._state is _State.authenticated
@@ -235,7 +237,8 @@ class PeerConnection(Protocol):
         for timer in (self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._pending.clear()
+        self._outbox.clear()
+        self._outbox_bytes = 0
         if not was_authenticated and self._handshake_outcome is None:
             why = self._failure_reason or "connection closed during the handshake"
             self._end_handshake(Failure(HandshakeFailed(why)))
@@ -252,7 +255,14 @@ class PeerConnection(Protocol):
 
     def resumeProducing(self) -> None:
         self.writes_paused = False
-        self.inbound.writes_resumed()
+        # Queued answers first, in order; then the waiting stream senders.
+        while self._outbox and not self.writes_paused:
+            parts = self._outbox.popleft()
+            self._outbox_bytes -= sum(len(p) for p in parts)
+            self._transport().writeSequence(parts)
+        self._update_reading()
+        if not self.writes_paused:
+            self.inbound.writes_resumed()
 
     def stopProducing(self) -> None:
         self.inbound.fail_all_write_waiters()
@@ -266,10 +276,15 @@ class PeerConnection(Protocol):
             return
         self._dispatching = True
         try:
-            while self._pending and not self._delivery_paused:
-                if self._state is _State.closed:
+            while not self._delivery_paused and self._state is not _State.closed:
+                try:
+                    envelope = self._decoder.next()
+                except FrameError as e:
+                    self._drop(f"bad frame: {e}")
                     return
-                envelope = self._pending.popleft()
+                if envelope is None:
+                    return
+                self._touch()
                 try:
                     self._handle(envelope)
                 except HandshakeFailed as e:
@@ -306,16 +321,35 @@ class PeerConnection(Protocol):
     def pause_delivery(self, until: Deferred[Any]) -> None:
         """Handle no further frame (and stop reading) until ``until`` fires."""
         self._delivery_paused = True
-        self._transport().pauseProducing()
+        self._update_reading()
 
         def resume(result: object) -> object:
             self._delivery_paused = False
             if self._state is not _State.closed:
-                self._transport().resumeProducing()
+                self._update_reading()
                 self._dispatch_pending()
             return result
 
         until.addBoth(resume)
+
+    def _update_reading(self) -> None:
+        """Read from the peer only while we deliver and it reads our answers.
+
+        A peer that sends requests but does not read the answers would
+        otherwise make us queue answers without end: past
+        ``outbox_pause_bytes`` queued we stop reading its requests.
+        """
+        if self._state is _State.closed or self.transport is None:
+            return
+        pause = (
+            self._delivery_paused or self._outbox_bytes > self.limits.outbox_pause_bytes
+        )
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            self._transport().pauseProducing()
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            self._transport().resumeProducing()
 
     # -- handshake ----------------------------------------------------------
 
@@ -341,6 +375,9 @@ class PeerConnection(Protocol):
         self.peer_onion_address = onion.onion_address_from_pubkey(self.peer_pubkey)
         self._state = _State.authenticated
         self._decoder.max_frame_length = self.limits.max_frame_length
+        transport = self._transport()
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = TRANSPORT_BUFFER_SIZE
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         log.info(
@@ -373,21 +410,43 @@ class PeerConnection(Protocol):
 
     # -- sending --------------------------------------------------------------
 
+    @property
+    def writable(self) -> bool:
+        """True when a stream item may be written now (nothing is queued)."""
+        return not self.writes_paused and not self._outbox
+
     def send_envelope(self, envelope: bbrpc_pb2.Envelope) -> None:
         if self._state is _State.closed or self.transport is None:
             return
         self.send_parts(encode_payload(envelope, self.limits.max_frame_length))
 
     def send_parts(self, parts: tuple[bytes, ...]) -> None:
+        """Write a frame now, or queue it (bounded) while writes are paused."""
         if self._state is _State.closed or self.transport is None:
             return
         self._touch()
-        self._transport().writeSequence(parts)
+        if self.writable:
+            self._transport().writeSequence(parts)
+            return
+        self._outbox.append(parts)
+        self._outbox_bytes += sum(len(p) for p in parts)
+        if self._outbox_bytes > self.limits.max_outbox_bytes:
+            self._drop(
+                f"it does not read our answers ({self._outbox_bytes} bytes "
+                f"queued, at most {self.limits.max_outbox_bytes})"
+            )
+            return
+        self._update_reading()
 
     def send_frame(self, frame: bytes) -> None:
+        """Write a stream item framed as one bytes object (only when
+        ``writable``: stream senders wait for it)."""
         # One bytes object: Twisted sends it as is, where a sequence of parts
         # would be joined (copied) into its write buffer first.
         if self._state is _State.closed or self.transport is None:
+            return
+        if not self.writable:
+            self.send_parts((frame,))
             return
         self._touch()
         self._transport().write(frame)
@@ -437,7 +496,8 @@ class PeerConnection(Protocol):
     def _abort(self) -> None:
         if self._state is _State.closed:
             return
-        self._pending.clear()
+        self._outbox.clear()
+        self._outbox_bytes = 0
         self._transport().abortConnection()
 
     def _peer_name(self) -> str:

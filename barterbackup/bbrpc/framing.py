@@ -215,69 +215,84 @@ def decode_payload(payload: bytes | memoryview) -> bbrpc_pb2.Envelope:
 
 
 class FrameDecoder:
-    """Turns bytes, split anywhere, into Envelopes.
+    """Turns bytes, split anywhere, into Envelopes, one frame at a time.
 
-    Feed it whatever arrived; it returns every Envelope completed by those
-    bytes and keeps the incomplete rest. At most one partial frame (bounded
-    by ``max_frame_length``) is ever held, and a frame's length is checked as
-    soon as its 4-byte prefix is in. After it has raised a FrameError it
-    stays failed: the stream is out of sync.
+    ``add`` what arrived; ``next`` returns the next complete Envelope (or
+    None), checking each frame's length against ``max_frame_length`` *as it
+    is at that moment*: a connection raises the limit once the handshake is
+    done, and the frame that follows the peer's Auth in the same read is
+    judged by the new limit, not the old. Only undecoded bytes are held, as
+    the chunks they came in, so a large frame is joined (copied) once, when
+    it is complete; its length is checked as soon as its 4-byte prefix is
+    in. After it has raised a FrameError it stays failed: the stream is out
+    of sync.
     """
 
     def __init__(self, max_frame_length: int = MAX_FRAME_LENGTH) -> None:
         self.max_frame_length = max_frame_length
-        # Received bytes not yet decoded, kept as the chunks they came in so
-        # a large frame is joined (copied) once, when it is complete.
         self._chunks: list[bytes] = []
+        # Where the undecoded bytes start in the first chunk.
+        self._offset = 0
         self._buffered = 0
         self._failed: FrameError | None = None
 
     @property
     def buffered(self) -> int:
-        """How many bytes of an incomplete frame are held."""
+        """How many received bytes are not decoded yet."""
         return self._buffered
 
-    def feed(self, data: bytes) -> list[bbrpc_pb2.Envelope]:
-        """Add received bytes; return the Envelopes they complete, in order."""
+    def add(self, data: bytes) -> None:
+        """Take received bytes (decoded by later calls to ``next``)."""
         if self._failed is not None:
             raise self._failed
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
+
+    def next(self) -> bbrpc_pb2.Envelope | None:
+        """The next complete Envelope, or None until more bytes arrive."""
+        if self._failed is not None:
+            raise self._failed
         try:
-            return self._decode_complete_frames()
+            return self._next()
         except FrameError as e:
             self._failed = e
-            self._chunks = []
-            self._buffered = 0
+            self._chunks, self._offset, self._buffered = [], 0, 0
             raise
 
-    def _decode_complete_frames(self) -> list[bbrpc_pb2.Envelope]:
+    def feed(self, data: bytes) -> list[bbrpc_pb2.Envelope]:
+        """``add`` then every complete Envelope, in order (tools and tests)."""
+        self.add(data)
+        envelopes = []
+        while (envelope := self.next()) is not None:
+            envelopes.append(envelope)
+        return envelopes
+
+    def _next(self) -> bbrpc_pb2.Envelope | None:
         if self._buffered < PREFIX_LENGTH:
-            return []
-        if len(self._chunks[0]) < PREFIX_LENGTH:
-            self._chunks = [b"".join(self._chunks)]
-        (length,) = LENGTH_PREFIX.unpack_from(self._chunks[0])
+            return None
+        if len(self._chunks[0]) - self._offset < PREFIX_LENGTH:
+            self._join()
+        first = self._chunks[0]
+        (length,) = LENGTH_PREFIX.unpack_from(first, self._offset)
         if length > self.max_frame_length:
             raise FrameTooLarge(length, self.max_frame_length)
-        if self._buffered < PREFIX_LENGTH + length:
-            return []
-        # At least one frame is complete: join once (free for one chunk),
-        # then decode every complete frame from views into the joined bytes.
-        joined = b"".join(self._chunks)
-        view = memoryview(joined)
-        envelopes = []
-        offset = 0
-        while len(joined) - offset >= PREFIX_LENGTH:
-            (length,) = LENGTH_PREFIX.unpack_from(joined, offset)
-            if length > self.max_frame_length:
-                raise FrameTooLarge(length, self.max_frame_length)
-            end = offset + PREFIX_LENGTH + length
-            if end > len(joined):
-                break
-            envelopes.append(decode_payload(view[offset + PREFIX_LENGTH : end]))
-            offset = end
-        rest = joined[offset:]
-        self._chunks = [rest] if rest else []
-        self._buffered = len(rest)
-        return envelopes
+        end = PREFIX_LENGTH + length
+        if self._buffered < end:
+            return None
+        if len(first) - self._offset < end:
+            self._join()
+            first = self._chunks[0]
+        start = self._offset + PREFIX_LENGTH
+        payload = memoryview(first)[start : start + length]
+        self._offset += end
+        self._buffered -= end
+        if self._offset == len(first):
+            self._chunks.pop(0)
+            self._offset = 0
+        return decode_payload(payload)
+
+    def _join(self) -> None:
+        """One chunk of every undecoded byte (copies them once)."""
+        joined = b"".join([self._chunks[0][self._offset :], *self._chunks[1:]])
+        self._chunks, self._offset = [joined], 0

@@ -10,6 +10,7 @@ is full.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -53,8 +54,11 @@ class InboundCall:
     def send(self, message: Message | DownloadPiece) -> Deferred[None]:
         """The StreamSender given to a stream handler.
 
-        A Download handler may send DownloadPiece items instead of
-        DownloadResponse messages: same bytes on the wire, fewer copies.
+        The item is written as soon as the connection is writable; the
+        Deferred fires once it has been, so a handler awaiting each send
+        never has more than one item waiting. A Download handler may send
+        DownloadPiece items instead of DownloadResponse messages: same bytes
+        on the wire, fewer copies.
         """
         if self.cancelled:
             return fail(CallCancelled(f"call {self.call_id} was cancelled"))
@@ -65,16 +69,14 @@ class InboundCall:
         if isinstance(message, DownloadPiece):
             if self.spec.response_field != "download_response":
                 raise TypeError(f"a DownloadPiece is not a {self.spec.response_field}")
-            conn.send_frame(encode_download_piece_frame(self.call_id, message, limit))
-        else:
-            check_message(self.spec.response_field, message)
-            # Built with the item as a keyword: no extra copy of large items.
-            conn.send_parts(
-                encode_body_frame(
-                    self.call_id, False, self.spec.response_field, message, limit
-                )
-            )
-        return self._calls.when_writable(self)
+            frame = encode_download_piece_frame(self.call_id, message, limit)
+            return self._calls.write_when_writable(self, lambda: conn.send_frame(frame))
+        check_message(self.spec.response_field, message)
+        # Built with the item as a keyword: no extra copy of large items.
+        parts = encode_body_frame(
+            self.call_id, False, self.spec.response_field, message, limit
+        )
+        return self._calls.write_when_writable(self, lambda: conn.send_parts(parts))
 
     setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
 
@@ -143,8 +145,10 @@ class InboundCalls:
         self.conn = conn
         self.handler = handler
         self._open: dict[int, InboundCall] = {}
-        # Stream senders waiting for the transport's write buffer to drain.
-        self._write_waiters: deque[tuple[InboundCall, Deferred[None]]] = deque()
+        # Stream items waiting for the transport's write buffer to drain.
+        self._write_waiters: deque[
+            tuple[InboundCall, Callable[[], None], Deferred[None]]
+        ] = deque()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -159,6 +163,11 @@ class InboundCalls:
             # A Cancel crossing our last answer on the wire is normal.
             return
         if kind == "ping":
+            if len(envelope.ping.payload) > self.conn.limits.max_ping_payload:
+                raise PeerProtocolError(
+                    f"ping payload of {len(envelope.ping.payload)} bytes (at most "
+                    f"{self.conn.limits.max_ping_payload})"
+                )
             self.conn.send_envelope(
                 bbrpc_pb2.Envelope(call_id=call_id, end=True, pong=envelope.ping)
             )
@@ -208,27 +217,33 @@ class InboundCalls:
 
     # -- write-side flow control ---------------------------------------------
 
-    def when_writable(self, call: InboundCall) -> Deferred[None]:
-        if not self.conn.writes_paused:
+    def write_when_writable(
+        self, call: InboundCall, write: Callable[[], None]
+    ) -> Deferred[None]:
+        """Run ``write`` (one stream item) now if the connection is writable,
+        else once it is; fires after it ran."""
+        if self.conn.writable and not self._write_waiters:
+            write()
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._write_waiters.append((call, waiter))
+        self._write_waiters.append((call, write, waiter))
         return waiter
 
     def writes_resumed(self) -> None:
-        while self._write_waiters and not self.conn.writes_paused:
-            _, waiter = self._write_waiters.popleft()
+        while self._write_waiters and self.conn.writable:
+            _, write, waiter = self._write_waiters.popleft()
+            write()
             waiter.callback(None)
 
     def fail_write_waiters(self, call: InboundCall) -> None:
-        mine = [w for c, w in self._write_waiters if c is call]
+        mine = [w for c, _, w in self._write_waiters if c is call]
         self._write_waiters = deque(
-            (c, w) for c, w in self._write_waiters if c is not call
+            entry for entry in self._write_waiters if entry[0] is not call
         )
         for waiter in mine:
             waiter.errback(CallCancelled(f"call {call.call_id} was cancelled"))
 
     def fail_all_write_waiters(self) -> None:
         waiters, self._write_waiters = self._write_waiters, deque()
-        for call, waiter in waiters:
+        for call, _, waiter in waiters:
             waiter.errback(CallCancelled(f"call {call.call_id} was cancelled"))

@@ -1,0 +1,126 @@
+"""A peer that follows the wire protocol but attacks: what it can make us
+hold is bounded (docs/wire-protocol.md, "Limits")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.channel import PeerLimits
+from barterbackup.bbrpc.connection import PeerConnection
+from barterbackup.bbrpc.framing import encode_frame
+from barterbackup.bbrpc.handshake import Role
+from barterbackup.testing.link import Direction, PeerLink, connected_pair, keys_for_test
+
+ALICE = keys_for_test(1)
+BOB = keys_for_test(2)
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class BigAnswers:
+    """Answers every PeerExchange with ~100 KiB (what a greedy asker wants)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def peer_exchange(self, conn: Any, request: Any) -> bbrpc_pb2.PeerExchangeResponse:
+        self.asked += 1
+        return bbrpc_pb2.PeerExchangeResponse(onion_addresses=["x" * 1000] * 100)
+
+
+class AmplificationTests(SynchronousTestCase):
+    def test_a_peer_that_does_not_read_cannot_queue_answers_without_end(self) -> None:
+        handler = BigAnswers()
+        _client, server, link = connected_pair(
+            Clock(), ALICE, BOB, object(), handler, auto=False
+        )
+        # The attacker writes 400 requests (~40 MB of answers) and never
+        # reads what comes back.
+        for number in range(400):
+            request = bbrpc_pb2.Envelope(
+                call_id=2 * number + 1,  # odd: calls the client opened
+                peer_exchange_request=bbrpc_pb2.PeerExchangeRequest(),
+            )
+            link.client_transport.write(encode_frame(request))
+            link._move(
+                Direction.to_server,
+                link.client_transport,
+                link.server_transport,
+                server,
+            )
+        limits = PeerLimits()
+        # It was answered until our queue passed its mark, then not read.
+        self.assertTrue(link.server_transport.reading_paused)
+        self.assertLess(handler.asked, 40)
+        queued = len(link.server_transport.value()) + server._outbox_bytes
+        self.assertLess(queued, limits.outbox_pause_bytes + 2 * 65536 + 200 * KIB)
+
+    def test_a_large_ping_is_refused_not_echoed(self) -> None:
+        client, server, link = connected_pair(Clock(), ALICE, BOB, object(), object())
+        closed = server.when_closed()
+        client.send_envelope(
+            bbrpc_pb2.Envelope(
+                call_id=1, end=True, ping=bbrpc_pb2.Ping(payload=b"p" * 65)
+            )
+        )
+        self.successResultOf(closed)
+        self.assertTrue(link.closed)
+        self.assertLess(link.bytes[Direction.to_client], 1024)
+
+    def test_a_peer_that_never_reads_is_dropped_at_the_outbox_cap(self) -> None:
+        handler = BigAnswers()
+        limits = PeerLimits(outbox_pause_bytes=10**9, max_outbox_bytes=MIB)
+        _, server, link = connected_pair(
+            Clock(), ALICE, BOB, object(), handler, limits=limits, auto=False
+        )
+        closed = server.when_closed()
+        sent = 0
+        while sent < 30 and not link.server_transport.disconnecting:
+            server.send_parts((b"\0" * 4, b"x" * (100 * KIB)))  # never read
+            sent += 1
+        # The transport's buffer took 100 KiB before pushing back; past that
+        # the outbox grew to its cap and the peer was dropped.
+        self.assertEqual(sent, 12)
+        link.pump()
+        self.successResultOf(closed)
+
+
+class AuthThenFrameTests(SynchronousTestCase):
+    def test_a_large_frame_right_behind_auth_in_one_read_is_accepted(self) -> None:
+        clock = Clock()
+        client = PeerConnection(
+            clock, ALICE, object(), Role.CLIENT, dialed_address=BOB.onion_address
+        )
+        answered: list[Any] = []
+
+        class Store:
+            def get_content_revision(self, conn: Any, request: Any) -> Any:
+                answered.append(request)
+                return bbrpc_pb2.GetContentRevisionResponse()
+
+        server = PeerConnection(clock, BOB, Store(), Role.SERVER)
+        link = PeerLink(client, server, auto=False)
+        # The client's Hello to the server, which answers with its Hello and
+        # Auth: the client is then authenticated and may call at once, while
+        # its own Auth has not reached the server yet.
+        link._move(
+            Direction.to_server, link.client_transport, link.server_transport, server
+        )
+        link._move(
+            Direction.to_client, link.server_transport, link.client_transport, client
+        )
+        self.assertTrue(client.authenticated)
+        # A request far over the pre-handshake limit (the unknown field is
+        # padding a real client could send), written right behind its Auth.
+        request = bbrpc_pb2.GetContentRevisionRequest()
+        request.ParseFromString(b"\x7a" + b"\x80\x80\x08" + b"z" * (128 * KIB))
+        d = client.call("get_content_revision_request", request)
+        self.assertFalse(server.authenticated)
+        link.pump()  # the client's Auth and the request in one read
+        self.assertTrue(server.authenticated)
+        self.successResultOf(d)
+        self.assertEqual(len(answered), 1)
