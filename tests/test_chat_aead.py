@@ -19,6 +19,7 @@ from barterbackup.chat.aead import (
     Role,
     SecureChannel,
     StreamCut,
+    sealed_length,
 )
 from barterbackup.chat.peer_key import PeerKey
 
@@ -221,6 +222,21 @@ class FrameTests(SynchronousTestCase):
         for length in (0, NONCE_LENGTH, FRAME_OVERHEAD - 1, len(sealed) - 1):
             _, responder = channels()
             self.assertRaises(FrameRefused, responder.incoming.open, sealed[:length])
+
+    def test_seal_into_writes_what_seal_returns(self) -> None:
+        by_seal, _ = channels(seed=3)
+        by_seal_into, responder = channels(seed=3)
+        expected = by_seal.outgoing.seal(b"piece data", context=b"ctx")
+        frame = bytearray(4 + sealed_length(10))
+        by_seal_into.outgoing.seal_into(
+            memoryview(frame)[4:], b"piece data", context=b"ctx"
+        )
+        self.assertEqual(bytes(frame[4:]), expected)
+        opened = responder.incoming.open(memoryview(frame)[4:], context=b"ctx")
+        self.assertEqual(opened.plaintext, b"piece data")
+        self.assertRaises(
+            ValueError, by_seal_into.outgoing.seal_into, bytearray(10), b"piece data"
+        )
 
     def test_sizes_are_bounded(self) -> None:
         initiator, responder = channels()
