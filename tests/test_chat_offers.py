@@ -167,6 +167,11 @@ class IncomingOffersTests(SynchronousTestCase):
         self.assertRaises(OfferRefused, self.incoming.find, "zzzz")
         self.assertRaises(OfferRefused, self.incoming.find, "ffff")
 
+    def test_another_peers_offer_id_is_not_taken_over(self) -> None:
+        first = self.incoming.add(BOB, proto_offer())
+        self.assertRaises(OfferRefused, self.incoming.add, CAROL, proto_offer())
+        self.assertEqual(self.incoming.pending(), [first])
+
     def test_malformed_offers_are_refused(self) -> None:
         for bad in (
             proto_offer(offer_id=bytes(15)),

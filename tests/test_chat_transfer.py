@@ -98,8 +98,12 @@ class TransferTests(SynchronousTestCase):
         tamper: Callable[[int, bytes], bytes] | None = None,
     ) -> DownloadClient:
         """Download what ``receiver`` lacks; cut after ``cut_after`` pieces."""
-        client = self.client(
-            receiver.offer.offer_id, receiver.offset, receiver.remaining
+        client = DownloadClient.resuming(
+            receiver,
+            peer_key=KEY,
+            local_onion=CALLER,
+            remote_onion=SERVER,
+            random_bytes=self.rng.randbytes,
         )
         download = self.authorise(client)
         sent: list[int] = []
@@ -206,6 +210,34 @@ class TransferTests(SynchronousTestCase):
             peer_key=None,
         )
         self.assertTrue(error.no_local_key)
+
+    def test_malformed_request_is_not_called_a_key_mismatch(self) -> None:
+        offer, _ = self.offered(10)
+        request = self.client(offer.offer_id, 0, 10).request()
+        for sealed in (b"", bytes(1000), b"\x02" + request.sealed[1:]):
+            bad = bbrpc_pb2.EncryptedDownloadRequest(
+                sealed=sealed, session_nonce=request.session_nonce
+            )
+            error = self.assertRaises(
+                FrameRefused,
+                open_download_request,
+                bad,
+                peer_key=KEY,
+                local_onion=SERVER,
+                remote_onion=CALLER,
+                offers=self.offers,
+            )
+            self.assertNotIsInstance(error, ChatKeyMismatch)
+        bad = bbrpc_pb2.EncryptedDownloadRequest(sealed=request.sealed)
+        self.assertRaises(
+            FrameRefused,
+            open_download_request,
+            bad,
+            peer_key=KEY,
+            local_onion=SERVER,
+            remote_onion=CALLER,
+            offers=self.offers,
+        )
 
     def test_another_peer_is_refused(self) -> None:
         offer, _ = self.offered(10)

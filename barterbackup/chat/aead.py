@@ -88,6 +88,10 @@ class FrameRefused(ChatError):
     """A frame was tampered with, replayed, reordered, reflected or too big."""
 
 
+class AuthenticationFailed(FrameRefused):
+    """A well-formed frame did not open: tampered, or sealed under another key."""
+
+
 class StreamCut(ChatError):
     """The stream ended without its authenticated final frame."""
 
@@ -369,7 +373,7 @@ class FrameOpener:
         try:
             plaintext = self._aead.decrypt(nonce, sealed[NONCE_LENGTH:], associated)
         except InvalidTag:
-            raise FrameRefused(
+            raise AuthenticationFailed(
                 f"frame {counter} failed authentication (tampered with, "
                 "or sealed for another session or place)"
             ) from None

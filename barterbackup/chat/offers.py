@@ -294,7 +294,12 @@ class OfferTable:
 
 @dataclass(frozen=True)
 class ReceivedOffer:
-    """A file a peer offered us, with the name made safe."""
+    """A file a peer offered us.
+
+    ``name`` is made safe (``safe_name``) and is what the file is stored
+    as; ``offered_name`` is exactly what the peer sent: pass it through
+    ``escaped_for_display`` before showing it.
+    """
 
     offer_id: bytes
     peer: bytes
@@ -354,6 +359,9 @@ class IncomingOffers:
             self._clock.seconds() + lifetime,
         )
         self._prune()
+        known = self._offers.get(received.offer_id)
+        if known is not None and known.peer != peer:
+            raise OfferRefused("another peer's offer already has that id")
         self._offers.pop(received.offer_id, None)
         from_peer = [i for i, o in self._offers.items() if o.peer == peer]
         if len(from_peer) >= self.per_peer:

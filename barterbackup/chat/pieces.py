@@ -42,6 +42,7 @@ from barterbackup.chat.aead import (
     PURPOSE_DOWNLOAD,
     PURPOSE_DOWNLOAD_REQUEST,
     SESSION_NONCE_LENGTH,
+    AuthenticationFailed,
     ChatKeyMismatch,
     Direction,
     FrameOpener,
@@ -56,6 +57,7 @@ from barterbackup.chat.aead import (
 )
 from barterbackup.chat.offers import OFFER_ID_LENGTH, Offer, OfferRefused, OfferTable
 from barterbackup.chat.peer_key import PeerKey
+from barterbackup.chat.receiving import FileReceiver
 
 PIECE_BYTES = 1024 * 1024
 # A ChatFileRequest is an id and two integers: well under this.
@@ -142,6 +144,27 @@ class DownloadClient:
         self._nonce = bytes(random_bytes(SESSION_NONCE_LENGTH))
         self._transcript = _request_transcript(self._nonce, local_onion, remote_onion)
         self._opener: FrameOpener | None = None
+
+    @classmethod
+    def resuming(
+        cls,
+        receiver: FileReceiver,
+        *,
+        peer_key: PeerKey,
+        local_onion: bytes,
+        remote_onion: bytes,
+        random_bytes: RandomBytes,
+    ) -> DownloadClient:
+        """A download of what ``receiver`` still lacks (all of it, at first)."""
+        return cls(
+            peer_key=peer_key,
+            local_onion=local_onion,
+            remote_onion=remote_onion,
+            offer_id=receiver.offer.offer_id,
+            offset=receiver.offset,
+            length=receiver.remaining,
+            random_bytes=random_bytes,
+        )
 
     def request(self) -> bbrpc_pb2.EncryptedDownloadRequest:
         """The one request message of the call."""
@@ -240,9 +263,9 @@ def open_download_request(
     transcript = _request_transcript(caller_nonce, remote_onion, local_onion)
     try:
         frame = _request_opener(peer_key, transcript).open(request.sealed)
-    except FrameRefused:
+    except AuthenticationFailed:
         # The caller sealed it a moment ago on an authenticated channel:
-        # failing here means the keys differ.
+        # a well-formed request that does not open means the keys differ.
         raise ChatKeyMismatch() from None
     if not frame.final:
         raise FrameRefused("a download request is a single final frame")
