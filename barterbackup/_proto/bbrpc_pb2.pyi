@@ -583,43 +583,94 @@ Global___DownloadResponse: _TypeAlias = DownloadResponse  # noqa: Y015
 
 @_typing.final
 class EncryptedDownloadRequest(_message.Message):
-    """EncryptedDownloadRequest is a DownloadRequest sealed with the peer key."""
+    """EncryptedDownloadRequest asks for a file offered in a chat, sealed with
+    the peer key (docs/chat.md).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEALED_FIELD_NUMBER: _builtins.int
+    SESSION_NONCE_FIELD_NUMBER: _builtins.int
     sealed: _builtins.bytes
-    """sealed is the nonce followed by the AEAD ciphertext."""
+    """sealed is the nonce followed by the AEAD ciphertext of a
+    ChatFileRequest.
+    """
+    session_nonce: _builtins.bytes
+    """session_nonce is the caller's fresh 32-byte nonce for this download."""
     def __init__(
         self,
         *,
         sealed: _builtins.bytes = ...,
+        session_nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed", "session_nonce", b"session_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EncryptedDownloadRequest: _TypeAlias = EncryptedDownloadRequest  # noqa: Y015
 
 @_typing.final
+class ChatFileRequest(_message.Message):
+    """ChatFileRequest names the offered bytes wanted, sealed in an
+    EncryptedDownloadRequest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.bytes
+    """offer_id is the id of the offer, from its ChatFileOffer."""
+    offset: _builtins.int
+    """offset is the first byte wanted: what the caller already holds."""
+    length: _builtins.int
+    """length is how many bytes are wanted from offset."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "offer_id", b"offer_id", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatFileRequest: _TypeAlias = ChatFileRequest  # noqa: Y015
+
+@_typing.final
 class EncryptedDownloadResponse(_message.Message):
-    """EncryptedDownloadResponse is a DownloadResponse sealed with the peer key."""
+    """EncryptedDownloadResponse carries one sealed piece of an offered file."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEALED_FIELD_NUMBER: _builtins.int
+    SESSION_NONCE_FIELD_NUMBER: _builtins.int
     sealed: _builtins.bytes
-    """sealed is the nonce followed by the AEAD ciphertext."""
+    """sealed is the nonce followed by the AEAD ciphertext of the piece.
+
+    The piece's offer id and offset are bound in the associated data,
+    and the last piece is marked as final there.
+    """
+    session_nonce: _builtins.bytes
+    """session_nonce is the server's fresh 32-byte nonce for this download.
+
+    Only the first response carries it.
+    """
     def __init__(
         self,
         *,
         sealed: _builtins.bytes = ...,
+        session_nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed", "session_nonce", b"session_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,10 +687,15 @@ class ChatRequest(_message.Message):
     MSG_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
     session_id: _builtins.bytes
     """session_id identifies the chat session."""
     msg: _builtins.str
     """msg is a text message."""
+    ack: _builtins.int
+    """ack is how many msg actions of this session the sender has
+    received so far.
+    """
     @_builtins.property
     def init(self) -> Global___ChatOpen:
         """init opens the session."""
@@ -660,12 +716,13 @@ class ChatRequest(_message.Message):
         msg: _builtins.str = ...,
         file: Global___ChatFileOffer | None = ...,
         stop: Global___ChatClose | None = ...,
+        ack: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "file", b"file", "init", b"init", "msg", b"msg", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "action", b"action", "file", b"file", "init", b"init", "msg", b"msg", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "file", b"file", "init", b"init", "msg", b"msg", "session_id", b"session_id", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "action", b"action", "file", b"file", "init", b"init", "msg", b"msg", "session_id", b"session_id", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "msg", "file", "stop"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "msg", "file", "stop", "ack"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -702,22 +759,34 @@ class ChatFileOffer(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     CONTENT_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is the file's name as shown to the peer."""
     size: _builtins.int
     """size is the file's size in bytes."""
     content_id: _builtins.bytes
     """content_id names the content holding the file."""
+    offer_id: _builtins.bytes
+    """offer_id is the random 16-byte id to ask for the file with."""
+    sha256: _builtins.bytes
+    """sha256 is the SHA-256 of the whole file."""
+    expires_in: _builtins.int
+    """expires_in is how many seconds from now the offer stays valid."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         size: _builtins.int = ...,
         content_id: _builtins.bytes = ...,
+        offer_id: _builtins.bytes = ...,
+        sha256: _builtins.bytes = ...,
+        expires_in: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "expires_in", b"expires_in", "name", b"name", "offer_id", b"offer_id", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -747,22 +816,65 @@ Global___ChatClose: _TypeAlias = ChatClose  # noqa: Y015
 
 @_typing.final
 class EncryptedChatRequest(_message.Message):
-    """EncryptedChatRequest is a ChatRequest sealed with the peer key."""
+    """EncryptedChatRequest is one frame of an EncryptedChat stream.
+
+    Each side sends hello, then key_confirmation once it has the other's
+    hello, then only sealed frames (docs/chat.md).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEALED_FIELD_NUMBER: _builtins.int
+    HELLO_FIELD_NUMBER: _builtins.int
+    KEY_CONFIRMATION_FIELD_NUMBER: _builtins.int
     sealed: _builtins.bytes
-    """sealed is the nonce followed by the AEAD ciphertext."""
+    """sealed is the nonce followed by the AEAD ciphertext of a
+    ChatRequest.
+    """
+    key_confirmation: _builtins.bytes
+    """key_confirmation proves the sender holds the same peer key.
+
+    It is empty when the sender has no key for this peer.
+    """
+    @_builtins.property
+    def hello(self) -> Global___ChatHello:
+        """hello opens the session in the clear."""
+
     def __init__(
         self,
         *,
         sealed: _builtins.bytes = ...,
+        hello: Global___ChatHello | None = ...,
+        key_confirmation: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "hello", b"hello", "key_confirmation", b"key_confirmation", "sealed", b"sealed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "hello", b"hello", "key_confirmation", b"key_confirmation", "sealed", b"sealed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["sealed", "hello", "key_confirmation"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___EncryptedChatRequest: _TypeAlias = EncryptedChatRequest  # noqa: Y015
+
+@_typing.final
+class ChatHello(_message.Message):
+    """ChatHello opens an EncryptedChat session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """nonce is the sender's fresh 32-byte session nonce."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sealed", b"sealed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EncryptedChatRequest: _TypeAlias = EncryptedChatRequest  # noqa: Y015
+Global___ChatHello: _TypeAlias = ChatHello  # noqa: Y015
