@@ -43,9 +43,9 @@ from nacl.bindings import (
 )
 
 from barterbackup._proto import bbrpc_pb2
+from barterbackup.allocator import keep_freed_buffers_for_reuse, keep_memory_lean
 from barterbackup.chat.aead import Direction, FrameOpener, FrameSealer, sealed_length
 from barterbackup.chat.pieces import PIECE_BYTES, piece_context
-from barterbackup.peer.allocator import keep_freed_buffers_for_reuse, keep_memory_lean
 
 MIB = 1024 * 1024
 ROUNDS = 3
