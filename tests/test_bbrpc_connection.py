@@ -448,3 +448,82 @@ class TCPLoopbackTests(TestCase):
                 global_reactor, endpoint, ALICE, MALLORY.onion_address, FakeHandler()
             )
         self.assertEqual(len(seen), 1)
+
+
+class Echo:
+    """Serves Chat by echoing each item of the caller's stream back."""
+
+    def __init__(self, late: bool = False) -> None:
+        self.late = late
+        self.streams: list[Any] = []
+        self.outcomes: list[Any] = []
+
+    def chat(self, conn: Any, request: Any, stream: Any) -> Any:
+        self.streams.append(stream)
+        echoed = stream.send(bbrpc_pb2.ChatRequest(msg=f"hello {request.msg}"))
+
+        def start(_: object) -> Any:
+            ended = stream.receive(
+                lambda item: stream.send(bbrpc_pb2.ChatRequest(msg=item.msg.upper()))
+            )
+            return ended.addBoth(self.outcomes.append)
+
+        if self.late:
+            # Receive later: items that arrive meanwhile wait.
+            self.start = lambda: start(None)
+            return Deferred()
+        return echoed.addCallback(start)
+
+
+class BidirectionalStreamTests(SynchronousTestCase):
+    def test_items_both_ways_then_both_halves_end(self) -> None:
+        client, server, pipe, _ = setup(self, server_handler=Echo())
+        got: list[str] = []
+        stream = client.open_stream(
+            "chat_request",
+            bbrpc_pb2.ChatRequest(msg="you"),
+            lambda m: got.append(m.msg),
+        )
+        for text in ("a", "b", "c"):
+            stream.send(bbrpc_pb2.ChatRequest(msg=text))
+        pipe.pump()
+        self.assertEqual(got, ["hello you", "A", "B", "C"])
+        self.assertNoResult(stream.result)
+        stream.end()
+        pipe.pump()
+        self.successResultOf(stream.result)
+        self.assertEqual(len(server.inbound), 0)
+
+    def test_items_before_receive_wait_and_stop_reading(self) -> None:
+        handler = Echo(late=True)
+        client, _server, pipe, _ = setup(self, server_handler=handler)
+        got: list[str] = []
+        stream = client.open_stream(
+            "chat_request", bbrpc_pb2.ChatRequest(msg="x"), lambda m: got.append(m.msg)
+        )
+        stream.send(bbrpc_pb2.ChatRequest(msg="early"))
+        stream.send(bbrpc_pb2.ChatRequest(msg="later"))
+        pipe.pump()
+        # The first early item is held; reading stopped behind it.
+        self.assertTrue(pipe.server_transport.reading_paused)
+        handler.start()
+        pipe.pump()
+        self.assertEqual(got, ["hello x", "EARLY", "LATER"])
+
+    def test_cancel_fails_the_handlers_receive(self) -> None:
+        handler = Echo()
+        client, _server, pipe, _ = setup(self, server_handler=handler)
+        stream = client.open_stream(
+            "chat_request", bbrpc_pb2.ChatRequest(msg="x"), lambda m: None
+        )
+        pipe.pump()
+        stream.result.cancel()
+        pipe.pump()
+        self.failureResultOf(stream.result)
+        [outcome] = handler.outcomes
+        self.assertTrue(outcome.check(CallCancelled))
+
+    def test_chat_needs_open_stream(self) -> None:
+        client, _, _, _ = setup(self)
+        with self.assertRaises(ValueError):
+            client.call_stream("chat_request", bbrpc_pb2.ChatRequest(), lambda m: None)

@@ -9,8 +9,10 @@ is one row here plus one handler method.
 Handler methods take ``(conn, request)`` for a unary call and return the
 response (or a Deferred of it); a server-streaming call's method takes
 ``(conn, request, send)``, sends items with ``send`` (whose Deferred is the
-flow control: it fires once the connection can take more) and ends the
-stream by returning (or its Deferred firing). Raising ``PeerCallError``
+flow control: it fires once the item is written) and ends the stream by
+returning (or its Deferred firing). A client-streaming call's method takes
+``(conn, request, stream)``: ``stream.send`` as above, ``stream.receive``
+for the caller's further items (see inbound.IncomingStream). Raising ``PeerCallError``
 answers with that code and message; any other exception answers
 ERROR_CODE_INTERNAL with a generic message and is logged locally.
 """
@@ -47,7 +49,7 @@ class CallSpec:
     # handler_method names the handler method serving the call.
     handler_method: str
     # client_streaming is True when the caller sends more than one message
-    # (Chat); such calls cannot be opened or served yet.
+    # (Chat): the call is a stream both ways.
     client_streaming: bool = False
 
 
@@ -87,18 +89,9 @@ CALLS: dict[str, CallSpec] = {
     )
 }
 
-# Calls this node can open towards a peer.
-CALLABLE = frozenset(name for name, spec in CALLS.items() if not spec.client_streaming)
-
 
 def handler_for(handler: object, spec: CallSpec) -> Callable[..., Any] | None:
-    """The method of ``handler`` serving ``spec``, or None if it has none.
-
-    Client-streaming calls are never served until the wire library carries
-    them, whatever the handler has.
-    """
-    if spec.client_streaming:
-        return None
+    """The method of ``handler`` serving ``spec``, or None if it has none."""
     method = getattr(handler, spec.handler_method, None)
     return method if callable(method) else None
 

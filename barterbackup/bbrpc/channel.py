@@ -7,6 +7,7 @@ interface, not on the protocol class that owns them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,3 +78,9 @@ class FrameChannel(Protocol):
     def send_cancel(self, call_id: int) -> None: ...
 
     def pause_delivery(self, until: Deferred[Any]) -> None: ...
+
+    def write_when_writable(
+        self, owner: object, write: Callable[[], None]
+    ) -> Deferred[None]: ...
+
+    def fail_write_waiters(self, owner: object) -> None: ...

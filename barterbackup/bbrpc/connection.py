@@ -26,11 +26,16 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.allocator import keep_freed_buffers_for_reuse
 from barterbackup.bbrpc import handshake
 from barterbackup.bbrpc.channel import PeerLimits
-from barterbackup.bbrpc.errors import ErrorCode, PeerProtocolError
+from barterbackup.bbrpc.errors import (
+    CallCancelled,
+    ErrorCode,
+    PeerConnectionLost,
+    PeerProtocolError,
+)
 from barterbackup.bbrpc.framing import FrameDecoder, FrameError, encode_payload
 from barterbackup.bbrpc.handshake import HandshakeFailed, Role
 from barterbackup.bbrpc.inbound import InboundCalls
-from barterbackup.bbrpc.outbound import OutboundCalls, not_authenticated
+from barterbackup.bbrpc.outbound import OutboundCalls, OutgoingStream, not_authenticated
 from barterbackup.keys import onion
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
@@ -112,6 +117,11 @@ class PeerConnection(Protocol):
         self._outbox: deque[tuple[bytes, ...]] = deque()
         self._outbox_bytes = 0
         self._reading_paused = False
+        # Stream items waiting for the transport's write buffer to drain,
+        # with the call each belongs to.
+        self._write_waiters: deque[
+            tuple[object, Callable[[], None], Deferred[None]]
+        ] = deque()
 
     # -- public API ---------------------------------------------------------
 
@@ -178,6 +188,20 @@ class PeerConnection(Protocol):
             request_field, message, streaming=True, on_item=on_item
         )
 
+    def open_stream(
+        self,
+        request_field: str,
+        message: Message,
+        on_item: Callable[[Any], object],
+    ) -> OutgoingStream:
+        """Open a call streaming both ways (Chat); see OutgoingStream.
+
+        ``on_item`` gets the peer's items as for ``call_stream``.
+        """
+        if not self.authenticated:
+            raise PeerConnectionLost("connection is not authenticated")
+        return self.outbound.open_stream(request_field, message, on_item)
+
     def ping(self) -> Deferred[float]:
         """Measure the round-trip time in seconds; also stored in ``rtt``."""
         if not self.authenticated:
@@ -243,6 +267,7 @@ class PeerConnection(Protocol):
             why = self._failure_reason or "connection closed during the handshake"
             self._end_handshake(Failure(HandshakeFailed(why)))
         self.inbound.cancel_all()
+        self.fail_all_write_waiters()
         self.outbound.fail_all(f"connection to {self._peer_name()} closed")
         waiters, self._close_waiters = self._close_waiters, []
         for waiter in waiters:
@@ -261,11 +286,38 @@ class PeerConnection(Protocol):
             self._outbox_bytes -= sum(len(p) for p in parts)
             self._transport().writeSequence(parts)
         self._update_reading()
-        if not self.writes_paused:
-            self.inbound.writes_resumed()
+        while self._write_waiters and self.writable:
+            _, write, waiter = self._write_waiters.popleft()
+            write()
+            waiter.callback(None)
 
     def stopProducing(self) -> None:
-        self.inbound.fail_all_write_waiters()
+        self.fail_all_write_waiters()
+
+    # -- write-side flow control for stream items ---------------------------
+
+    def write_when_writable(
+        self, owner: object, write: Callable[[], None]
+    ) -> Deferred[None]:
+        """Run ``write`` (one stream item of call ``owner``) now if writable,
+        else once it is; fires after it ran."""
+        if self.writable and not self._write_waiters:
+            write()
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._write_waiters.append((owner, write, waiter))
+        return waiter
+
+    def fail_write_waiters(self, owner: object) -> None:
+        mine = [w for o, _, w in self._write_waiters if o is owner]
+        self._write_waiters = deque(e for e in self._write_waiters if e[0] is not owner)
+        for waiter in mine:
+            waiter.errback(CallCancelled("the call was cancelled"))
+
+    def fail_all_write_waiters(self) -> None:
+        waiters, self._write_waiters = self._write_waiters, deque()
+        for _, _, waiter in waiters:
+            waiter.errback(CallCancelled("the connection closed"))
 
     # -- dispatch -----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2
@@ -50,6 +50,10 @@ class InboundCall:
         self.cancelled = False
         self.finished = False
         self.handler_result: Deferred[Any] | None = None
+        # The caller's half of a client-streaming call.
+        self.stream: IncomingStream | None = (
+            IncomingStream(self) if spec.client_streaming else None
+        )
 
     def send(self, message: Message | DownloadPiece) -> Deferred[None]:
         """The StreamSender given to a stream handler.
@@ -70,13 +74,13 @@ class InboundCall:
             if self.spec.response_field != "download_response":
                 raise TypeError(f"a DownloadPiece is not a {self.spec.response_field}")
             frame = encode_download_piece_frame(self.call_id, message, limit)
-            return self._calls.write_when_writable(self, lambda: conn.send_frame(frame))
+            return conn.write_when_writable(self, lambda: conn.send_frame(frame))
         check_message(self.spec.response_field, message)
         # Built with the item as a keyword: no extra copy of large items.
         parts = encode_body_frame(
             self.call_id, False, self.spec.response_field, message, limit
         )
-        return self._calls.write_when_writable(self, lambda: conn.send_parts(parts))
+        return conn.write_when_writable(self, lambda: conn.send_parts(parts))
 
     setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
 
@@ -129,13 +133,18 @@ class InboundCall:
             return
         self.cancelled = True
         self._calls.forget(self)
-        self._calls.fail_write_waiters(self)
+        self._calls.conn.fail_write_waiters(self)
+        if self.stream is not None:
+            self.stream.cancelled()
         if self.handler_result is not None:
             self.handler_result.cancel()
 
     def _finish(self) -> None:
         self.finished = True
         self._calls.forget(self)
+
+    def conn_channel(self) -> FrameChannel:
+        return self._calls.conn
 
 
 class InboundCalls:
@@ -145,10 +154,6 @@ class InboundCalls:
         self.conn = conn
         self.handler = handler
         self._open: dict[int, InboundCall] = {}
-        # Stream items waiting for the transport's write buffer to drain.
-        self._write_waiters: deque[
-            tuple[InboundCall, Callable[[], None], Deferred[None]]
-        ] = deque()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -172,8 +177,17 @@ class InboundCalls:
                 bbrpc_pb2.Envelope(call_id=call_id, end=True, pong=envelope.ping)
             )
             return
-        if call_id in self._open:
-            raise PeerProtocolError(f"call id {call_id} reused while its call is open")
+        open_call = self._open.get(call_id)
+        if open_call is not None:
+            if open_call.stream is None:
+                raise PeerProtocolError(
+                    f"call id {call_id} reused while its call is open"
+                )
+            if kind not in (None, open_call.spec.request_field):
+                raise PeerProtocolError(f"{kind} on the stream of call {call_id}")
+            item = getattr(envelope, kind) if kind is not None else None
+            open_call.stream.arrived(item, envelope.end)
+            return
         if kind is None:
             self.conn.send_error(
                 call_id, bbrpc_pb2.ERROR_CODE_BAD_REQUEST, "empty envelope"
@@ -199,7 +213,11 @@ class InboundCalls:
         call = InboundCall(self, call_id, spec)
         self._open[call_id] = call
         request = getattr(envelope, kind)
-        if spec.streaming:
+        if call.stream is not None:
+            if envelope.end:
+                call.stream.arrived(None, True)
+            result = maybeDeferred(method, self.conn, request, call.stream)
+        elif spec.streaming:
             result = maybeDeferred(method, self.conn, request, call.send)
         else:
             result = maybeDeferred(method, self.conn, request)
@@ -213,37 +231,77 @@ class InboundCalls:
     def cancel_all(self) -> None:
         for call in list(self._open.values()):
             call.cancel()
-        self.fail_all_write_waiters()
 
-    # -- write-side flow control ---------------------------------------------
 
-    def write_when_writable(
-        self, call: InboundCall, write: Callable[[], None]
-    ) -> Deferred[None]:
-        """Run ``write`` (one stream item) now if the connection is writable,
-        else once it is; fires after it ran."""
-        if self.conn.writable and not self._write_waiters:
-            write()
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._write_waiters.append((call, write, waiter))
-        return waiter
+class IncomingStream:
+    """Both halves of a client-streaming call (Chat), as its handler sees it.
 
-    def writes_resumed(self) -> None:
-        while self._write_waiters and self.conn.writable:
-            _, write, waiter = self._write_waiters.popleft()
-            write()
-            waiter.callback(None)
+    The handler gets it with the opening request: ``send`` writes its items
+    (flow controlled, like a server stream's ``send``), ``receive`` takes
+    the caller's further items. Items that arrive before ``receive`` is
+    called wait, and the connection reads nothing more meanwhile.
+    """
 
-    def fail_write_waiters(self, call: InboundCall) -> None:
-        mine = [w for c, _, w in self._write_waiters if c is call]
-        self._write_waiters = deque(
-            entry for entry in self._write_waiters if entry[0] is not call
-        )
-        for waiter in mine:
-            waiter.errback(CallCancelled(f"call {call.call_id} was cancelled"))
+    def __init__(self, call: InboundCall) -> None:
+        self._call = call
+        self._receiver: Callable[[Message], object] | None = None
+        self._held: deque[Message] = deque()
+        self._unblocked: Deferred[None] | None = None
+        self._caller_ended = False
+        self.ended: Deferred[None] = Deferred()
 
-    def fail_all_write_waiters(self) -> None:
-        waiters, self._write_waiters = self._write_waiters, deque()
-        for call, _, waiter in waiters:
-            waiter.errback(CallCancelled(f"call {call.call_id} was cancelled"))
+    def send(self, message: Message) -> Deferred[None]:
+        return self._call.send(message)
+
+    def receive(self, on_item: Callable[[Message], object]) -> Deferred[None]:
+        """Deliver the caller's items to ``on_item`` from now on.
+
+        If ``on_item`` returns an unfired Deferred, nothing more is read from
+        the connection until it fires. Returns ``ended``: it fires when the
+        caller ends its half, and fails with CallCancelled if the call is
+        cancelled or the connection closes first.
+        """
+        if self._receiver is not None:
+            raise RuntimeError("receive() was already called")
+        self._receiver = on_item
+        while self._held:
+            self._deliver(self._held.popleft())
+        if self._caller_ended and not self.ended.called:
+            self.ended.callback(None)
+        unblocked, self._unblocked = self._unblocked, None
+        if unblocked is not None:
+            unblocked.callback(None)
+        return self.ended
+
+    def arrived(self, item: Message | None, end: bool) -> None:
+        if self._caller_ended:
+            raise PeerProtocolError(
+                f"frame after the end of the caller's stream {self._call.call_id}"
+            )
+        if item is not None:
+            if self._receiver is None:
+                self._held.append(item)
+                if self._unblocked is None:
+                    self._unblocked = Deferred()
+                    self._call.conn_channel().pause_delivery(self._unblocked)
+            else:
+                self._deliver(item)
+        if end:
+            self._caller_ended = True
+            if self._receiver is not None and not self.ended.called:
+                self.ended.callback(None)
+
+    def cancelled(self) -> None:
+        if not self.ended.called:
+            self.ended.errback(
+                CallCancelled(f"call {self._call.call_id} was cancelled")
+            )
+        unblocked, self._unblocked = self._unblocked, None
+        if unblocked is not None:
+            unblocked.callback(None)
+
+    def _deliver(self, item: Message) -> None:
+        assert self._receiver is not None
+        outcome = self._receiver(item)
+        if isinstance(outcome, Deferred) and not outcome.called:
+            self._call.conn_channel().pause_delivery(outcome)

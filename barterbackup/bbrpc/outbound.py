@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2
-from barterbackup.bbrpc.calls import CALLABLE, CALLS, CallSpec, check_message
+from barterbackup.bbrpc.calls import CALLS, CallSpec, check_message
 from barterbackup.bbrpc.channel import FrameChannel
 from barterbackup.bbrpc.errors import (
     PeerCallError,
@@ -61,18 +61,37 @@ class OutboundCalls:
         streaming: bool,
         on_item: Callable[[Any], object] | None = None,
     ) -> Deferred[Any]:
-        spec = _callable_spec(request_field, message, streaming)
+        spec = _callable_spec(request_field, message, streaming, False)
+        return self._open_call(spec, message, on_item, end=True)[1]
+
+    def open_stream(
+        self, request_field: str, message: Message, on_item: Callable[[Any], object]
+    ) -> OutgoingStream:
+        spec = _callable_spec(request_field, message, True, True)
+        call_id, result = self._open_call(spec, message, on_item, end=False)
+        return OutgoingStream(self, call_id, spec, result)
+
+    def _open_call(
+        self,
+        spec: CallSpec,
+        message: Message,
+        on_item: Callable[[Any], object] | None,
+        end: bool,
+    ) -> tuple[int, Deferred[Any]]:
         call_id = self._take_call_id()
         result: Deferred[Any] = Deferred(lambda d: self._cancel(call_id))
         self._open[call_id] = OutboundCall(call_id, result, spec, on_item)
-        envelope = bbrpc_pb2.Envelope(call_id=call_id, end=True)
+        envelope = bbrpc_pb2.Envelope(call_id=call_id, end=end)
         getattr(envelope, spec.request_field).CopyFrom(message)
         try:
             self.conn.send_envelope(envelope)
         except FrameError:
             del self._open[call_id]
             raise
-        return result
+        return call_id, result
+
+    def is_open(self, call_id: int) -> bool:
+        return call_id in self._open
 
     def ping(self) -> Deferred[float]:
         call_id = self._take_call_id()
@@ -174,15 +193,64 @@ class OutboundCalls:
         self._open.pop(call_id, None)
 
 
-def _callable_spec(request_field: str, message: Message, streaming: bool) -> CallSpec:
-    if request_field not in CALLABLE:
+def _callable_spec(
+    request_field: str, message: Message, streaming: bool, client_streaming: bool
+) -> CallSpec:
+    spec = CALLS.get(request_field)
+    if spec is None:
         raise ValueError(f"{request_field!r} is not a call this node can open")
-    spec = CALLS[request_field]
-    if spec.streaming != streaming:
-        use = "call_stream" if spec.streaming else "call"
+    if (spec.streaming, spec.client_streaming) != (streaming, client_streaming):
+        use = (
+            "open_stream"
+            if spec.client_streaming
+            else "call_stream"
+            if spec.streaming
+            else "call"
+        )
         raise ValueError(f"{request_field} must be opened with {use}()")
     check_message(request_field, message)
     return spec
+
+
+class OutgoingStream:
+    """Our half of a client-streaming call (Chat) we opened.
+
+    ``send`` writes one more item (its Deferred fires once it is written:
+    flow control), ``end`` ends our half; the peer's items go to the
+    ``on_item`` given when the call was opened, and ``result`` fires when
+    the peer ends its half (or fails with its error, or PeerConnectionLost).
+    Cancelling ``result`` cancels the call.
+    """
+
+    def __init__(
+        self, calls: OutboundCalls, call_id: int, spec: CallSpec, result: Deferred[Any]
+    ) -> None:
+        self._calls = calls
+        self.call_id = call_id
+        self._spec = spec
+        self.result = result
+        self._ended = False
+
+    def send(self, message: Message) -> Deferred[None]:
+        if self._ended:
+            return fail(RuntimeError(f"stream {self.call_id} already ended"))
+        if not self._calls.is_open(self.call_id):
+            return fail(PeerConnectionLost(f"call {self.call_id} is over"))
+        check_message(self._spec.request_field, message)
+        envelope = bbrpc_pb2.Envelope(call_id=self.call_id)
+        getattr(envelope, self._spec.request_field).CopyFrom(message)
+        conn = self._calls.conn
+        return conn.write_when_writable(self, lambda: conn.send_envelope(envelope))
+
+    def end(self) -> None:
+        """End our half of the call (the peer may go on sending)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._calls.is_open(self.call_id):
+            conn = self._calls.conn
+            envelope = bbrpc_pb2.Envelope(call_id=self.call_id, end=True)
+            conn.write_when_writable(self, lambda: conn.send_envelope(envelope))
 
 
 def not_authenticated() -> Deferred[Any]:
