@@ -21,6 +21,8 @@ FULL = [
     ("delta sync on the wire vs rsync", ["bench.delta", "1024"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
+    ("source walk of 1 M files vs find, walk RSS", ["bench.walk", "1000000"]),
+    ("exclude patterns vs git check-ignore (and pathspec)", ["bench.excludes_git"]),
 ]
 QUICK = [
     (
@@ -34,6 +36,11 @@ QUICK = [
     ("delta sync on the wire vs rsync", ["bench.delta", "128"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
+    ("source walk of 100 k files vs find, walk RSS", ["bench.walk", "100000"]),
+    (
+        "exclude patterns vs git check-ignore (and pathspec)",
+        ["bench.excludes_git", "50"],
+    ),
 ]
 
 
