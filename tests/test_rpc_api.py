@@ -63,6 +63,12 @@ CALLS: dict[str, Call] = {
         pb.SetAeadKeyForPeerRequest(peer="x.onion", aead_key=b"k" * 32)
     ),
     "Chat": lambda s: list(s.Chat(iter([pb.ChatAction(peer="x.onion")]))),
+    "AddSource": lambda s: s.AddSource(pb.AddSourceRequest(path="/tmp")),
+    "ListSources": lambda s: s.ListSources(pb.ListSourcesRequest()),
+    "RemoveSource": lambda s: s.RemoveSource(pb.RemoveSourceRequest(path="/tmp")),
+    "SetSchedule": lambda s: s.SetSchedule(pb.SetScheduleRequest(every_seconds=60)),
+    "GetSchedule": lambda s: s.GetSchedule(pb.GetScheduleRequest()),
+    "BackupNow": lambda s: list(s.BackupNow(pb.BackupNowRequest())),
 }
 # Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
 NOT_BUILT = {
@@ -72,6 +78,12 @@ NOT_BUILT = {
     "RecoverContent",
     "SetAeadKeyForPeer",
     "Chat",
+    "AddSource",
+    "ListSources",
+    "RemoveSource",
+    "SetSchedule",
+    "GetSchedule",
+    "BackupNow",
 }
 
 

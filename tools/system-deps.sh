@@ -2,10 +2,12 @@
 # Install the Debian packages barterbackup needs, only when missing.
 # tor + tor-gencert: the node's Tor and the private test network.
 # rsync, restic: only compared against in `make bench`; optional.
+# systemd: systemd-analyze verifies contrib/systemd/ in the tests.
 set -e
 need=""
 command -v tor >/dev/null 2>&1 || need="$need tor"
 command -v tor-gencert >/dev/null 2>&1 || need="$need tor"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 "${PYTHON:-python3}" -c 'import venv, ensurepip' 2>/dev/null || need="$need python3-venv"
 if [ -n "$need" ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

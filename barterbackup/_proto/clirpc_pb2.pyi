@@ -118,6 +118,17 @@ class GetStatusResponse(_message.Message):
     TRANSPORT_FIELD_NUMBER: _builtins.int
     PEER_ENDPOINT_FIELD_NUMBER: _builtins.int
     PEER_NETWORK_FIELD_NUMBER: _builtins.int
+    REVISION_TIME_FIELD_NUMBER: _builtins.int
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICAS_CURRENT_FIELD_NUMBER: _builtins.int
+    REPLICAS_OLDER_FIELD_NUMBER: _builtins.int
+    CHECKS_PASSED_FIELD_NUMBER: _builtins.int
+    CHECKS_FAILED_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_FIELD_NUMBER: _builtins.int
+    SOURCE_COUNT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    LAST_BACKUP_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     unlocked: _builtins.bool
     """unlocked is true once Unlock has succeeded."""
     onion_address: _builtins.str
@@ -136,6 +147,44 @@ class GetStatusResponse(_message.Message):
     """peer_endpoint is where peers reach this node."""
     peer_network: _builtins.str
     """peer_network is "starting", "ready" or "failed: " and the reason."""
+    revision_time: _builtins.int
+    """revision_time is when the current revision was committed, in Unix
+    seconds, or 0 when there is none.
+    """
+    min_replicas: _builtins.int
+    """min_replicas is how many peers should hold our content."""
+    replicas_current: _builtins.int
+    """replicas_current is how many peers hold the current revision."""
+    replicas_older: _builtins.int
+    """replicas_older is how many peers hold only an older revision."""
+    checks_passed: _builtins.int
+    """checks_passed is how many replicas passed their most recent spot
+    check.
+    """
+    checks_failed: _builtins.int
+    """checks_failed is how many replicas failed their most recent spot
+    check.
+    """
+    last_check: _builtins.int
+    """last_check is when the most recent spot check ended, in Unix
+    seconds, or 0 when there has been none.
+    """
+    source_count: _builtins.int
+    """source_count is how many source folders are configured."""
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleInfo:
+        """schedule is the backup schedule, the next run and whether one runs."""
+
+    @_builtins.property
+    def last_backup(self) -> Global___BackupRunInfo:
+        """last_backup is the outcome of the most recent backup run, if any."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """errors are problems that need the user's attention, one sentence
+        each.
+        """
+
     def __init__(
         self,
         *,
@@ -148,10 +197,21 @@ class GetStatusResponse(_message.Message):
         transport: _builtins.str = ...,
         peer_endpoint: _builtins.str = ...,
         peer_network: _builtins.str = ...,
+        revision_time: _builtins.int = ...,
+        min_replicas: _builtins.int = ...,
+        replicas_current: _builtins.int = ...,
+        replicas_older: _builtins.int = ...,
+        checks_passed: _builtins.int = ...,
+        checks_failed: _builtins.int = ...,
+        last_check: _builtins.int = ...,
+        source_count: _builtins.int = ...,
+        schedule: Global___ScheduleInfo | None = ...,
+        last_backup: Global___BackupRunInfo | None = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_backup", b"last_backup", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "file_count", b"file_count", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "peer_network", b"peer_network", "revision", b"revision", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "content_length", b"content_length", "errors", b"errors", "file_count", b"file_count", "last_backup", b"last_backup", "last_check", b"last_check", "min_replicas", b"min_replicas", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "peer_network", b"peer_network", "replicas_current", b"replicas_current", "replicas_older", b"replicas_older", "revision", b"revision", "revision_time", b"revision_time", "schedule", b"schedule", "source_count", b"source_count", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -721,6 +781,8 @@ class Progress(_message.Message):
     BYTES_TOTAL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    FILES_DONE_FIELD_NUMBER: _builtins.int
+    FILES_TOTAL_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """phase names the step, such as "syncing" or "done"."""
     peer: _builtins.str
@@ -733,6 +795,12 @@ class Progress(_message.Message):
     """message is a human-readable detail, such as an error."""
     revision: _builtins.int
     """revision is the content revision the event is about."""
+    files_done: _builtins.int
+    """files_done is how many files of this step are done."""
+    files_total: _builtins.int
+    """files_total is how many files this step needs in all, or 0 when
+    not known yet.
+    """
     def __init__(
         self,
         *,
@@ -742,10 +810,12 @@ class Progress(_message.Message):
         bytes_total: _builtins.int = ...,
         message: _builtins.str = ...,
         revision: _builtins.int = ...,
+        files_done: _builtins.int = ...,
+        files_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "message", b"message", "peer", b"peer", "phase", b"phase", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "files_done", b"files_done", "files_total", b"files_total", "message", b"message", "peer", b"peer", "phase", b"phase", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1188,3 +1258,480 @@ class ChatEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ChatEvent: _TypeAlias = ChatEvent  # noqa: Y015
+
+@_typing.final
+class AddSourceRequest(_message.Message):
+    """AddSourceRequest names a folder to back up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXCLUDES_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the folder's absolute path, as the daemon sees it."""
+    name: _builtins.str
+    """name is the first component of the names of its files; empty means
+    the folder's base name.
+    """
+    replace: _builtins.bool
+    """replace is true to change the name or excludes of a folder that is
+    a source already; otherwise that is an error.
+    """
+    @_builtins.property
+    def excludes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """excludes are gitignore-style patterns of what not to back up,
+        matched relative to the folder, in order.
+        """
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        excludes: _abc.Iterable[_builtins.str] | None = ...,
+        replace: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excludes", b"excludes", "name", b"name", "path", b"path", "replace", b"replace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSourceRequest: _TypeAlias = AddSourceRequest  # noqa: Y015
+
+@_typing.final
+class AddSourceResponse(_message.Message):
+    """AddSourceResponse returns the source as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> Global___SourceInfo:
+        """source is the folder now backed up."""
+
+    def __init__(
+        self,
+        *,
+        source: Global___SourceInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSourceResponse: _TypeAlias = AddSourceResponse  # noqa: Y015
+
+@_typing.final
+class SourceInfo(_message.Message):
+    """SourceInfo describes one source folder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXCLUDES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the folder's absolute path."""
+    name: _builtins.str
+    """name is the first component of the names of its files."""
+    @_builtins.property
+    def excludes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """excludes are its gitignore-style exclude patterns, in order."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        excludes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excludes", b"excludes", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceInfo: _TypeAlias = SourceInfo  # noqa: Y015
+
+@_typing.final
+class ListSourcesRequest(_message.Message):
+    """ListSourcesRequest asks for the source folders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourcesRequest: _TypeAlias = ListSourcesRequest  # noqa: Y015
+
+@_typing.final
+class ListSourcesResponse(_message.Message):
+    """ListSourcesResponse lists the source folders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceInfo]:
+        """sources are the folders the daemon backs up, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[Global___SourceInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourcesResponse: _TypeAlias = ListSourcesResponse  # noqa: Y015
+
+@_typing.final
+class RemoveSourceRequest(_message.Message):
+    """RemoveSourceRequest names the folder to stop backing up.
+
+    Exactly one of path and name is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the folder's absolute path."""
+    name: _builtins.str
+    """name is the source's name."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSourceRequest: _TypeAlias = RemoveSourceRequest  # noqa: Y015
+
+@_typing.final
+class RemoveSourceResponse(_message.Message):
+    """RemoveSourceResponse returns the source that was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> Global___SourceInfo:
+        """removed is the source as it was."""
+
+    def __init__(
+        self,
+        *,
+        removed: Global___SourceInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSourceResponse: _TypeAlias = RemoveSourceResponse  # noqa: Y015
+
+@_typing.final
+class SetScheduleRequest(_message.Message):
+    """SetScheduleRequest sets the backup schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    every_seconds: _builtins.int
+    """every_seconds is the time from the end of one run to the start of
+    the next, at least 60, or 0 to switch scheduled runs off.
+    """
+    def __init__(
+        self,
+        *,
+        every_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["every_seconds", b"every_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetScheduleRequest: _TypeAlias = SetScheduleRequest  # noqa: Y015
+
+@_typing.final
+class SetScheduleResponse(_message.Message):
+    """SetScheduleResponse returns the schedule now in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleInfo:
+        """schedule is the stored schedule and the next run."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___ScheduleInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetScheduleResponse: _TypeAlias = SetScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetScheduleRequest(_message.Message):
+    """GetScheduleRequest asks for the backup schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetScheduleRequest: _TypeAlias = GetScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetScheduleResponse(_message.Message):
+    """GetScheduleResponse describes the backup schedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleInfo:
+        """schedule is the schedule and the next run."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___ScheduleInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetScheduleResponse: _TypeAlias = GetScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ScheduleInfo(_message.Message):
+    """ScheduleInfo is the backup schedule and the state of its runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    RUN_QUEUED_FIELD_NUMBER: _builtins.int
+    every_seconds: _builtins.int
+    """every_seconds is the time from the end of one run to the start of
+    the next, or 0 when scheduled runs are off.
+    """
+    next_run: _builtins.int
+    """next_run is when the next scheduled run starts, in Unix seconds, or
+    0 when none is scheduled.
+    """
+    running: _builtins.bool
+    """running is true while a backup run is in progress."""
+    run_queued: _builtins.bool
+    """run_queued is true when another run starts once this one ends."""
+    def __init__(
+        self,
+        *,
+        every_seconds: _builtins.int = ...,
+        next_run: _builtins.int = ...,
+        running: _builtins.bool = ...,
+        run_queued: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["every_seconds", b"every_seconds", "next_run", b"next_run", "run_queued", b"run_queued", "running", b"running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleInfo: _TypeAlias = ScheduleInfo  # noqa: Y015
+
+@_typing.final
+class BackupNowRequest(_message.Message):
+    """BackupNowRequest asks for a backup run at once.
+
+    A run already in progress is not interrupted: the requested run starts
+    once it ends, and requests made meanwhile share that one run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupNowRequest: _TypeAlias = BackupNowRequest  # noqa: Y015
+
+@_typing.final
+class BackupNowResponse(_message.Message):
+    """BackupNowResponse is a progress event of a backup run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """progress is how far the run has come: phase "waiting" (behind a
+        running run), "scanning", "reading", "committing", "done" or
+        "failed".
+        """
+
+    @_builtins.property
+    def result(self) -> Global___BackupRunInfo:
+        """result is the run's outcome, set on the last event."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___BackupRunInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupNowResponse: _TypeAlias = BackupNowResponse  # noqa: Y015
+
+@_typing.final
+class BackupRunInfo(_message.Message):
+    """BackupRunInfo is the outcome of one backup run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    READ_BYTES_FIELD_NUMBER: _builtins.int
+    NEW_BYTES_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_SOURCES_FIELD_NUMBER: _builtins.int
+    started_at: _builtins.int
+    """started_at is when the run started, in Unix seconds."""
+    finished_at: _builtins.int
+    """finished_at is when the run ended, in Unix seconds."""
+    trigger: _builtins.str
+    """trigger is what started the run: "schedule" or "now"."""
+    revision: _builtins.int
+    """revision is the revision the run committed, or the one it kept."""
+    committed: _builtins.bool
+    """committed is true when the run committed a new revision, false when
+    nothing had changed (or the run failed).
+    """
+    files: _builtins.int
+    """files is how many files the resulting file set holds."""
+    bytes: _builtins.int
+    """bytes is how many bytes those files hold."""
+    read_bytes: _builtins.int
+    """read_bytes is how many bytes the run read from disk."""
+    new_bytes: _builtins.int
+    """new_bytes is how many bytes of new sections the run stored."""
+    warning_count: _builtins.int
+    """warning_count is how many entries the run skipped."""
+    error: _builtins.str
+    """error is why the run failed, or empty when it succeeded."""
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupWarning]:
+        """warnings are the first entries the run skipped, with the reasons."""
+
+    @_builtins.property
+    def unavailable_sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unavailable_sources are the names of sources that could not be read;
+        their files were kept as the previous revision had them.
+        """
+
+    def __init__(
+        self,
+        *,
+        started_at: _builtins.int = ...,
+        finished_at: _builtins.int = ...,
+        trigger: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        committed: _builtins.bool = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        read_bytes: _builtins.int = ...,
+        new_bytes: _builtins.int = ...,
+        warning_count: _builtins.int = ...,
+        warnings: _abc.Iterable[Global___BackupWarning] | None = ...,
+        error: _builtins.str = ...,
+        unavailable_sources: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "committed", b"committed", "error", b"error", "files", b"files", "finished_at", b"finished_at", "new_bytes", b"new_bytes", "read_bytes", b"read_bytes", "revision", b"revision", "started_at", b"started_at", "trigger", b"trigger", "unavailable_sources", b"unavailable_sources", "warning_count", b"warning_count", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRunInfo: _TypeAlias = BackupRunInfo  # noqa: Y015
+
+@_typing.final
+class BackupWarning(_message.Message):
+    """BackupWarning is one entry a backup run skipped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the entry's absolute path."""
+    reason: _builtins.str
+    """reason says why it was skipped."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupWarning: _TypeAlias = BackupWarning  # noqa: Y015

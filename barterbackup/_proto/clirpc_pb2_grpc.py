@@ -115,6 +115,36 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.ChatAction.SerializeToString,
                 response_deserializer=clirpc__pb2.ChatEvent.FromString,
                 _registered_method=True)
+        self.AddSource = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/AddSource',
+                request_serializer=clirpc__pb2.AddSourceRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.AddSourceResponse.FromString,
+                _registered_method=True)
+        self.ListSources = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/ListSources',
+                request_serializer=clirpc__pb2.ListSourcesRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.ListSourcesResponse.FromString,
+                _registered_method=True)
+        self.RemoveSource = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/RemoveSource',
+                request_serializer=clirpc__pb2.RemoveSourceRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.RemoveSourceResponse.FromString,
+                _registered_method=True)
+        self.SetSchedule = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/SetSchedule',
+                request_serializer=clirpc__pb2.SetScheduleRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.SetScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/GetSchedule',
+                request_serializer=clirpc__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.BackupNow = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/BackupNow',
+                request_serializer=clirpc__pb2.BackupNowRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.BackupNowResponse.FromString,
+                _registered_method=True)
 
 
 class CliRpcServicer:
@@ -234,6 +264,50 @@ class CliRpcServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddSource(self, request, context):
+        """AddSource adds a folder to those the daemon backs up, or changes
+        one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSources(self, request, context):
+        """ListSources lists the folders the daemon backs up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSource(self, request, context):
+        """RemoveSource stops backing up a folder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSchedule(self, request, context):
+        """SetSchedule sets when the daemon backs up by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule reports the schedule and when the next run starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackupNow(self, request, context):
+        """BackupNow runs a backup of the sources at once and streams its
+        progress; the last message carries the outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CliRpcServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +390,36 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=clirpc__pb2.ChatAction.FromString,
                     response_serializer=clirpc__pb2.ChatEvent.SerializeToString,
+            ),
+            'AddSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSource,
+                    request_deserializer=clirpc__pb2.AddSourceRequest.FromString,
+                    response_serializer=clirpc__pb2.AddSourceResponse.SerializeToString,
+            ),
+            'ListSources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSources,
+                    request_deserializer=clirpc__pb2.ListSourcesRequest.FromString,
+                    response_serializer=clirpc__pb2.ListSourcesResponse.SerializeToString,
+            ),
+            'RemoveSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSource,
+                    request_deserializer=clirpc__pb2.RemoveSourceRequest.FromString,
+                    response_serializer=clirpc__pb2.RemoveSourceResponse.SerializeToString,
+            ),
+            'SetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSchedule,
+                    request_deserializer=clirpc__pb2.SetScheduleRequest.FromString,
+                    response_serializer=clirpc__pb2.SetScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=clirpc__pb2.GetScheduleRequest.FromString,
+                    response_serializer=clirpc__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'BackupNow': grpc.unary_stream_rpc_method_handler(
+                    servicer.BackupNow,
+                    request_deserializer=clirpc__pb2.BackupNowRequest.FromString,
+                    response_serializer=clirpc__pb2.BackupNowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -751,6 +855,168 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/Chat',
             clirpc__pb2.ChatAction.SerializeToString,
             clirpc__pb2.ChatEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/AddSource',
+            clirpc__pb2.AddSourceRequest.SerializeToString,
+            clirpc__pb2.AddSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/ListSources',
+            clirpc__pb2.ListSourcesRequest.SerializeToString,
+            clirpc__pb2.ListSourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/RemoveSource',
+            clirpc__pb2.RemoveSourceRequest.SerializeToString,
+            clirpc__pb2.RemoveSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/SetSchedule',
+            clirpc__pb2.SetScheduleRequest.SerializeToString,
+            clirpc__pb2.SetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/GetSchedule',
+            clirpc__pb2.GetScheduleRequest.SerializeToString,
+            clirpc__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/BackupNow',
+            clirpc__pb2.BackupNowRequest.SerializeToString,
+            clirpc__pb2.BackupNowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,22 @@ class CliRpcStub:
     """SetAeadKeyForPeer sets the symmetric key for encrypted chat."""
     Chat: _grpc.StreamStreamMultiCallable[_clirpc_pb2.ChatAction, _clirpc_pb2.ChatEvent]
     """Chat exchanges chat actions and events with peers."""
+    AddSource: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.AddSourceRequest, _clirpc_pb2.AddSourceResponse]
+    """AddSource adds a folder to those the daemon backs up, or changes
+    one.
+    """
+    ListSources: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.ListSourcesRequest, _clirpc_pb2.ListSourcesResponse]
+    """ListSources lists the folders the daemon backs up."""
+    RemoveSource: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.RemoveSourceRequest, _clirpc_pb2.RemoveSourceResponse]
+    """RemoveSource stops backing up a folder."""
+    SetSchedule: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.SetScheduleRequest, _clirpc_pb2.SetScheduleResponse]
+    """SetSchedule sets when the daemon backs up by itself."""
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.GetScheduleRequest, _clirpc_pb2.GetScheduleResponse]
+    """GetSchedule reports the schedule and when the next run starts."""
+    BackupNow: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.BackupNowRequest, _clirpc_pb2.BackupNowResponse]
+    """BackupNow runs a backup of the sources at once and streams its
+    progress; the last message carries the outcome.
+    """
 
 @_typing.type_check_only
 class CliRpcAsyncStub(CliRpcStub):
@@ -111,6 +127,22 @@ class CliRpcAsyncStub(CliRpcStub):
     """SetAeadKeyForPeer sets the symmetric key for encrypted chat."""
     Chat: _aio.StreamStreamMultiCallable[_clirpc_pb2.ChatAction, _clirpc_pb2.ChatEvent]  # type: ignore[assignment]
     """Chat exchanges chat actions and events with peers."""
+    AddSource: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.AddSourceRequest, _clirpc_pb2.AddSourceResponse]  # type: ignore[assignment]
+    """AddSource adds a folder to those the daemon backs up, or changes
+    one.
+    """
+    ListSources: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.ListSourcesRequest, _clirpc_pb2.ListSourcesResponse]  # type: ignore[assignment]
+    """ListSources lists the folders the daemon backs up."""
+    RemoveSource: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.RemoveSourceRequest, _clirpc_pb2.RemoveSourceResponse]  # type: ignore[assignment]
+    """RemoveSource stops backing up a folder."""
+    SetSchedule: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.SetScheduleRequest, _clirpc_pb2.SetScheduleResponse]  # type: ignore[assignment]
+    """SetSchedule sets when the daemon backs up by itself."""
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.GetScheduleRequest, _clirpc_pb2.GetScheduleResponse]  # type: ignore[assignment]
+    """GetSchedule reports the schedule and when the next run starts."""
+    BackupNow: _aio.UnaryStreamMultiCallable[_clirpc_pb2.BackupNowRequest, _clirpc_pb2.BackupNowResponse]  # type: ignore[assignment]
+    """BackupNow runs a backup of the sources at once and streams its
+    progress; the last message carries the outcome.
+    """
 
 class CliRpcServicer(metaclass=_abc_1.ABCMeta):
     """CliRpc is the service the CLI calls on its own node."""
@@ -244,5 +276,57 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.ChatEvent], _abc.AsyncIterator[_clirpc_pb2.ChatEvent]]:
         """Chat exchanges chat actions and events with peers."""
+
+    @_abc_1.abstractmethod
+    def AddSource(
+        self,
+        request: _clirpc_pb2.AddSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.AddSourceResponse, _abc.Awaitable[_clirpc_pb2.AddSourceResponse]]:
+        """AddSource adds a folder to those the daemon backs up, or changes
+        one.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSources(
+        self,
+        request: _clirpc_pb2.ListSourcesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.ListSourcesResponse, _abc.Awaitable[_clirpc_pb2.ListSourcesResponse]]:
+        """ListSources lists the folders the daemon backs up."""
+
+    @_abc_1.abstractmethod
+    def RemoveSource(
+        self,
+        request: _clirpc_pb2.RemoveSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.RemoveSourceResponse, _abc.Awaitable[_clirpc_pb2.RemoveSourceResponse]]:
+        """RemoveSource stops backing up a folder."""
+
+    @_abc_1.abstractmethod
+    def SetSchedule(
+        self,
+        request: _clirpc_pb2.SetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.SetScheduleResponse, _abc.Awaitable[_clirpc_pb2.SetScheduleResponse]]:
+        """SetSchedule sets when the daemon backs up by itself."""
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _clirpc_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.GetScheduleResponse, _abc.Awaitable[_clirpc_pb2.GetScheduleResponse]]:
+        """GetSchedule reports the schedule and when the next run starts."""
+
+    @_abc_1.abstractmethod
+    def BackupNow(
+        self,
+        request: _clirpc_pb2.BackupNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.BackupNowResponse], _abc.AsyncIterator[_clirpc_pb2.BackupNowResponse]]:
+        """BackupNow runs a backup of the sources at once and streams its
+        progress; the last message carries the outcome.
+        """
 
 def add_CliRpcServicer_to_server(servicer: CliRpcServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

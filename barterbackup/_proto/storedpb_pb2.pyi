@@ -217,6 +217,9 @@ class Metadata(_message.Message):
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     STORAGE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    BACKUP_SCHEDULE_FIELD_NUMBER: _builtins.int
+    LAST_BACKUP_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the number of the most recent committed revision."""
     content_id: _builtins.bytes
@@ -233,6 +236,18 @@ class Metadata(_message.Message):
     def storage(self) -> Global___StorageConfig:
         """storage is the storage budget granted to peers."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceConfig]:
+        """sources are the folders the daemon backs up, sorted by name."""
+
+    @_builtins.property
+    def backup_schedule(self) -> Global___BackupSchedule:
+        """backup_schedule is when the daemon backs up its sources by itself."""
+
+    @_builtins.property
+    def last_backup(self) -> Global___BackupRunRecord:
+        """last_backup is the outcome of the most recent backup run."""
+
     def __init__(
         self,
         *,
@@ -242,10 +257,13 @@ class Metadata(_message.Message):
         content_sha256: _builtins.bytes = ...,
         peers: _abc.Iterable[Global___Peer] | None = ...,
         storage: Global___StorageConfig | None = ...,
+        sources: _abc.Iterable[Global___SourceConfig] | None = ...,
+        backup_schedule: Global___BackupSchedule | None = ...,
+        last_backup: Global___BackupRunRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["storage", b"storage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup_schedule", b"backup_schedule", "last_backup", b"last_backup", "storage", b"storage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "content_length", b"content_length", "content_sha256", b"content_sha256", "peers", b"peers", "revision", b"revision", "storage", b"storage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_schedule", b"backup_schedule", "content_id", b"content_id", "content_length", b"content_length", "content_sha256", b"content_sha256", "last_backup", b"last_backup", "peers", b"peers", "revision", b"revision", "sources", b"sources", "storage", b"storage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,3 +396,168 @@ class ReplicaRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplicaRecord: _TypeAlias = ReplicaRecord  # noqa: Y015
+
+@_typing.final
+class SourceConfig(_message.Message):
+    """SourceConfig is one folder the daemon backs up.
+
+    Its files are named NAME/relative/path in the file set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    EXCLUDES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the folder's absolute path on this machine."""
+    name: _builtins.str
+    """name is the first component of the names of the folder's files."""
+    @_builtins.property
+    def excludes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """excludes are gitignore-style patterns of what not to back up,
+        matched relative to the folder, in order.
+        """
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        excludes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excludes", b"excludes", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceConfig: _TypeAlias = SourceConfig  # noqa: Y015
+
+@_typing.final
+class BackupSchedule(_message.Message):
+    """BackupSchedule is when the daemon backs up its sources by itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    every_seconds: _builtins.int
+    """every_seconds is the time from the end of one run to the start of
+    the next scheduled one, or 0 when scheduled runs are off.
+    """
+    def __init__(
+        self,
+        *,
+        every_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["every_seconds", b"every_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupSchedule: _TypeAlias = BackupSchedule  # noqa: Y015
+
+@_typing.final
+class BackupRunRecord(_message.Message):
+    """BackupRunRecord is the outcome of one backup run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    READ_BYTES_FIELD_NUMBER: _builtins.int
+    NEW_BYTES_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_SOURCES_FIELD_NUMBER: _builtins.int
+    started_at: _builtins.int
+    """started_at is when the run started, in Unix seconds."""
+    finished_at: _builtins.int
+    """finished_at is when the run ended, in Unix seconds."""
+    trigger: _builtins.str
+    """trigger is what started the run: "schedule" or "now"."""
+    revision: _builtins.int
+    """revision is the revision the run committed, or the one it kept."""
+    committed: _builtins.bool
+    """committed is true when the run committed a new revision, false when
+    nothing had changed (or the run failed).
+    """
+    files: _builtins.int
+    """files is how many files the resulting file set holds."""
+    bytes: _builtins.int
+    """bytes is how many bytes those files hold."""
+    read_bytes: _builtins.int
+    """read_bytes is how many bytes the run read from disk."""
+    new_bytes: _builtins.int
+    """new_bytes is how many bytes of new sections the run stored."""
+    warning_count: _builtins.int
+    """warning_count is how many entries the run skipped."""
+    error: _builtins.str
+    """error is why the run failed, or empty when it succeeded."""
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupWarning]:
+        """warnings are the first entries the run skipped, with the reasons."""
+
+    @_builtins.property
+    def unavailable_sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unavailable_sources are the names of sources that could not be read;
+        their files were kept as the previous revision had them.
+        """
+
+    def __init__(
+        self,
+        *,
+        started_at: _builtins.int = ...,
+        finished_at: _builtins.int = ...,
+        trigger: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        committed: _builtins.bool = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        read_bytes: _builtins.int = ...,
+        new_bytes: _builtins.int = ...,
+        warning_count: _builtins.int = ...,
+        warnings: _abc.Iterable[Global___BackupWarning] | None = ...,
+        error: _builtins.str = ...,
+        unavailable_sources: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "committed", b"committed", "error", b"error", "files", b"files", "finished_at", b"finished_at", "new_bytes", b"new_bytes", "read_bytes", b"read_bytes", "revision", b"revision", "started_at", b"started_at", "trigger", b"trigger", "unavailable_sources", b"unavailable_sources", "warning_count", b"warning_count", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupRunRecord: _TypeAlias = BackupRunRecord  # noqa: Y015
+
+@_typing.final
+class BackupWarning(_message.Message):
+    """BackupWarning is one entry a backup run skipped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the entry's absolute path."""
+    reason: _builtins.str
+    """reason says why it was skipped."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupWarning: _TypeAlias = BackupWarning  # noqa: Y015

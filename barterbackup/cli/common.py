@@ -18,6 +18,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
+from barterbackup.cli import output
+from barterbackup.cli.output import Output, report_progress_events
 from barterbackup.paths import default_node_dir, default_socket_path
 from barterbackup.rpc.client import DaemonUnreachable, connect
 
@@ -154,7 +156,8 @@ def human_time(unix: int) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    """Progress of one transfer on stderr, drawn by ``cli.output``: one
+    updating line on a terminal, at most a line every 10 s otherwise."""
 
     def __init__(self, label: str, total: int = 0, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
@@ -162,8 +165,9 @@ class ProgressBar:
         self.label = label
         self.total = total
         self.done = 0
-        self._start = time.monotonic()
-        self._last_draw = 0.0
+        self._output = Output(
+            output.TERMINAL if self.enabled else output.PLAIN, self.stream, sys.stdout
+        )
 
     def update(
         self, done: int, total: int | None = None, label: str | None = None
@@ -173,54 +177,17 @@ class ProgressBar:
             self.total = total
         if label is not None:
             self.label = label
-        now = time.monotonic()
-        if self.enabled and (now - self._last_draw >= 0.1 or done == self.total):
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self._start, 1e-6)
-        rate = human_size(int(self.done / elapsed)) + "/s"
-        if self.total:
-            fraction = min(self.done / self.total, 1.0)
-            bar = "#" * int(fraction * 30)
-            text = (
-                f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% "
-                f"{human_size(self.done)}/{human_size(self.total)} {rate}"
-            )
-        else:
-            text = f"\r{self.label} {human_size(self.done)} {rate}"
-        self.stream.write(text[:120].ljust(80))
-        self.stream.flush()
+        self._output.progress(done, self.total, label=self.label)
 
     def finish(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic())
-            self.stream.write("\n")
-            self.stream.flush()
+        self._output.finish()
 
 
 def show_progress_stream(
     events: Iterator[clirpc_pb2.Progress], label: str, quiet_json: bool = False
 ) -> list[clirpc_pb2.Progress]:
-    """Draw streamed Progress events; return them all (for --json)."""
-    seen = []
-    bars: dict[str, ProgressBar] = {}
-    for progress in events:
-        seen.append(progress)
-        if quiet_json:
-            continue
-        key = progress.peer or "-"
-        bar = bars.get(key)
-        if bar is None:
-            bar = bars[key] = ProgressBar(f"{label} {progress.peer[:16]}")
-        bar.update(
-            progress.bytes_done,
-            progress.bytes_total,
-            f"{label} {progress.peer[:16]} {progress.phase}",
-        )
-        if progress.message and not bar.enabled:
-            print(f"{progress.peer or label}: {progress.phase}: {progress.message}")
-    for bar in bars.values():
-        bar.finish()
-    return seen
+    """Draw streamed Progress events (one key per peer); return them all."""
+    mode = output.QUIET
+    if not quiet_json:
+        mode = output.TERMINAL if sys.stderr.isatty() else output.PLAIN
+    return report_progress_events(events, Output(mode, sys.stderr, sys.stdout), label)

@@ -310,6 +310,39 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
     ) -> Iterator[clirpc_pb2.ChatEvent]:
         self._not_built(context, "Chat", "chat")
 
+    # Scheduled backups (issue 12): the messages are defined, the lead wires
+    # them to barterbackup.sources.
+
+    def AddSource(
+        self, request: clirpc_pb2.AddSourceRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.AddSourceResponse:
+        self._not_built(context, "AddSource", "backups")
+
+    def ListSources(
+        self, request: clirpc_pb2.ListSourcesRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.ListSourcesResponse:
+        self._not_built(context, "ListSources", "backups")
+
+    def RemoveSource(
+        self, request: clirpc_pb2.RemoveSourceRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.RemoveSourceResponse:
+        self._not_built(context, "RemoveSource", "backups")
+
+    def SetSchedule(
+        self, request: clirpc_pb2.SetScheduleRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.SetScheduleResponse:
+        self._not_built(context, "SetSchedule", "backups")
+
+    def GetSchedule(
+        self, request: clirpc_pb2.GetScheduleRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.GetScheduleResponse:
+        self._not_built(context, "GetSchedule", "backups")
+
+    def BackupNow(
+        self, request: clirpc_pb2.BackupNowRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.BackupNowResponse]:
+        self._not_built(context, "BackupNow", "backups")
+
     def _not_built(
         self, context: grpc.ServicerContext, method: str, subsystem: str
     ) -> NoReturn:

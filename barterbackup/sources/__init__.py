@@ -1,0 +1,1 @@
+"""Scheduled backups of source folders: configuration, excludes, the walk."""
