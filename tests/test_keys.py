@@ -151,6 +151,17 @@ class StrengthTests(SynchronousTestCase):
     def test_strong_password_accepted(self) -> None:
         self.assertGreaterEqual(strength.check_password_strength(STRONG), 80)
 
+    def test_floor_judges_what_keys_derive_from(self) -> None:
+        # Superscripts score high as typed but normalize (NFKC) to a weak
+        # password, which is what the keys come from and an attacker tries.
+        lookalike = "ᵐʸˢᵉᶜʳᵉᵗᵖᵃˢˢʷᵒʳᵈ¹²³⁴⁵⁶ᵃᵇᶜ"
+        self.assertGreaterEqual(strength.estimated_bits(lookalike), 80)
+        self.assertEqual(
+            derive.normalize_password(lookalike), "mysecretpassword123456abc"
+        )
+        with self.assertRaises(strength.WeakPassword):
+            strength.check_password_strength(lookalike)
+
     def test_generated_passphrases_clear_the_floor(self) -> None:
         phrases = {strength.generate_passphrase() for _ in range(40)}
         self.assertEqual(len(phrases), 40)

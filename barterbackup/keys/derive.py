@@ -44,13 +44,19 @@ class WrongPassword(Exception):
         super().__init__("wrong password")
 
 
-def derive_master_secret(password: str) -> bytes:
-    """Argon2id of the NFKC-normalized password.
+def normalize_password(password: str) -> str:
+    """The form of the password that keys are derived from (NFKC).
 
     Normalizing means the same passphrase typed on another system (other
-    keyboard, other Unicode composition) still gives the same keys.
+    keyboard, other Unicode composition) still gives the same keys. The
+    strength floor judges this form too: it is what an attacker guesses.
     """
-    data = unicodedata.normalize("NFKC", password).encode("utf-8")
+    return unicodedata.normalize("NFKC", password)
+
+
+def derive_master_secret(password: str) -> bytes:
+    """Argon2id of the normalized password (``normalize_password``)."""
+    data = normalize_password(password).encode("utf-8")
     kdf = Argon2id(
         salt=ARGON2_SALT,
         length=MASTER_LENGTH,

@@ -14,6 +14,8 @@ import math
 from xkcdpass import xkcd_password
 from zxcvbn import zxcvbn
 
+from barterbackup.keys.derive import normalize_password
+
 MIN_BITS = 80
 PASSPHRASE_WORDS = 7
 # zxcvbn refuses passwords over 72 characters; past that length the estimate
@@ -36,9 +38,12 @@ def estimated_bits(password: str) -> float:
 def check_password_strength(password: str) -> float:
     """Raise WeakPassword unless the password is estimated at MIN_BITS or more.
 
-    The error never quotes the password.
+    What is judged is the normalized form keys derive from: a password
+    padded with look-alike characters (superscripts, full-width letters)
+    that normalize to plain ones is only as strong as the plain one. The
+    error never quotes the password.
     """
-    bits = estimated_bits(password)
+    bits = estimated_bits(normalize_password(password))
     if bits < MIN_BITS:
         raise WeakPassword(
             f"main password too weak: estimated {bits:.0f} bits of strength, "
