@@ -124,3 +124,18 @@ class AuthThenFrameTests(SynchronousTestCase):
         self.assertTrue(server.authenticated)
         self.successResultOf(d)
         self.assertEqual(len(answered), 1)
+
+
+class ErrorTextTests(SynchronousTestCase):
+    def test_a_peers_error_text_is_bounded_and_escaped(self) -> None:
+        from barterbackup.bbrpc.errors import PeerCallError
+
+        hostile = "\x1b[2J\x1b]0;pwned\x07" + "\u202eevil" + "x" * 2000 + "\n"
+        error = PeerCallError.from_error(
+            bbrpc_pb2.Error(code=bbrpc_pb2.ERROR_CODE_NOT_FOUND, message=hostile)
+        )
+        self.assertTrue(
+            error.message.startswith("\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil")
+        )
+        self.assertLessEqual(len(error.message), 600)
+        self.assertFalse(any(ord(c) < 32 or c == "\u202e" for c in error.message))

@@ -30,6 +30,7 @@ LAYERS: list[list[str]] = [
         "barterbackup.progress",
         "barterbackup.protowire",
         "barterbackup.allocator",
+        "barterbackup.untrusted",
     ],
     ["barterbackup.keys"],
     ["barterbackup.revisions"],

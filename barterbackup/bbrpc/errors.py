@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeAlias
 
 from barterbackup._proto import bbrpc_pb2
+from barterbackup.untrusted import printable
 
 if TYPE_CHECKING:
     ErrorCode: TypeAlias = bbrpc_pb2.ErrorCode.ValueType
@@ -31,8 +32,9 @@ class PeerCallError(Exception):
         if code not in bbrpc_pb2.ErrorCode.values():
             # An enum value from a newer peer we do not know.
             code = bbrpc_pb2.ERROR_CODE_UNSPECIFIED
-        # The peer's text is untrusted: cap it before it reaches a log line.
-        return cls(code, error.message[:500])
+        # The peer's text is untrusted: bounded and escaped before it can
+        # reach a log line or a terminal.
+        return cls(code, printable(error.message, 500))
 
 
 class CallCancelled(Exception):
