@@ -17,6 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
+from barterbackup import paths
 from barterbackup._proto import clirpc_pb2_grpc
 from barterbackup.logs import get_logger
 from barterbackup.node.facade import Node
@@ -33,6 +34,28 @@ MAX_SOCKET_PATH = 107
 
 class SocketPathError(ValueError):
     pass
+
+
+def prepare_socket_directory(directory: Path, owned: bool) -> Path:
+    """Make sure only this user can reach the socket in ``directory``.
+
+    A directory that does not exist is created 0700. The node directory's
+    own socket directory (``owned``) is set back to 0700 if it drifted. Any
+    other existing directory is never changed: it must already be owned by
+    this user and closed to everyone else, or the daemon refuses it (a
+    ``--socket /tmp/x.sock`` must not chmod /tmp).
+    """
+    directory = Path(directory)
+    if not directory.exists() or owned:
+        return make_private_directory(directory)
+    info = directory.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SocketPathError(
+            f"{directory} is open to other users (or not yours): put the socket "
+            "in a directory only you can enter (mode 0700), or leave --socket "
+            "unset to use NODE_DIR/rpc/"
+        )
+    return directory
 
 
 def check_socket_path(path: Path) -> None:
@@ -58,6 +81,8 @@ class CliRpcServer(Service):
     """Serves clirpc for one node; start/stop with the daemon."""
 
     def __init__(self, reactor: Any, node: Node, socket_path: Path) -> None:
+        # The socket's directory is ours to create and to keep at 0700 only
+        # when it is the node directory's own (NODE/rpc).
         self._reactor = reactor
         self._node = node
         self.socket_path = Path(socket_path)
@@ -65,7 +90,9 @@ class CliRpcServer(Service):
 
     def startService(self) -> None:
         check_socket_path(self.socket_path)
-        directory = make_private_directory(self.socket_path.parent)
+        prepare_socket_directory(
+            self.socket_path.parent, owned=self._owns_directory()
+        )
         if self.socket_path.exists():
             if _socket_in_use(self.socket_path):
                 raise SocketPathError(
@@ -86,10 +113,13 @@ class CliRpcServer(Service):
         server.add_insecure_port(f"unix:{self.socket_path}")
         server.start()
         os.chmod(self.socket_path, 0o600)
-        os.chmod(directory, 0o700)
         self._server = server
         super().startService()
         log.info("CLI API listening on {path}", path=str(self.socket_path))
+
+    def _owns_directory(self) -> bool:
+        own = paths.default_socket_path(self._node.node_dir).parent
+        return self.socket_path.parent.resolve() == own.resolve()
 
     def stopService(self) -> Deferred | None:
         super().stopService()
