@@ -324,6 +324,24 @@ class IncrementalBuildTests(SynchronousTestCase):
         self.assertLess(builder.nodes_read, 6 * (root.level + 1))
         self.assertGreater(builder.reused_nodes, 0)
 
+    def test_a_failing_sink_or_source_leaves_the_builder_unusable(self) -> None:
+        class FailingSink:
+            def put(self, node_hash: bytes, node_bytes: bytes) -> None:
+                raise OSError("disk full")
+
+        entries = make_entries(random.Random(13), 100)
+        builder = TreeBuilder(FailingSink(), SMALL)
+        self.assertRaises(OSError, builder.add_packed, pack(entries) * 100)
+        self.assertRaises(TreeError, builder.add, entries[0])
+        self.assertRaises(TreeError, builder.finish)
+
+        store = MemoryStore()
+        root = build(entries, store)
+        del store[root.hash]
+        builder = TreeBuilder(MemoryStore(), SMALL)
+        self.assertRaises(KeyError, builder.copy_range, root, 0, 100, store)
+        self.assertRaises(TreeError, builder.finish)
+
     def test_bad_range_is_refused(self) -> None:
         store = MemoryStore()
         root = build(make_entries(random.Random(6), 10), store)

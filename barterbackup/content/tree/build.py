@@ -226,6 +226,9 @@ class TreeBuilder:
     which reuses that tree's unchanged subtrees without reading them). The
     result depends only on the sequence of entries, never on how they were
     given. New nodes go to ``sink`` as they are finished.
+
+    Bad input is refused before anything changes. If the sink or a source
+    fails midway, the builder is left unusable (TreeError): start again.
     """
 
     def __init__(self, sink: NodeSink, shape: TreeShape = SECTION_TREE_SHAPE) -> None:
@@ -235,6 +238,7 @@ class TreeBuilder:
         self._single = bytearray()
         self._entries = 0
         self._finished = False
+        self._broken = False
         self.reused_nodes = 0
         self.nodes_read = 0
 
@@ -259,6 +263,8 @@ class TreeBuilder:
     def _check_open(self) -> None:
         if self._finished:
             raise TreeError("this tree is already finished")
+        if self._broken:
+            raise TreeError("this builder failed earlier; build the tree again")
 
     def _count(self, entries: int) -> None:
         if self._entries + entries >= MAX_ENTRIES:
@@ -291,7 +297,11 @@ class TreeBuilder:
         if not digits:
             return
         self._count(len(digits) // 8)
-        self._level(0).feed(memoryview(entries).cast("B"), digits)
+        try:
+            self._level(0).feed(memoryview(entries).cast("B"), digits)
+        except BaseException:
+            self._broken = True
+            raise
 
     def copy_range(
         self, root: TreeRoot, start: int, stop: int, source: NodeSource
@@ -314,7 +324,11 @@ class TreeBuilder:
         if start == stop:
             return
         self._flush_single()
-        self._copy(source, root.ref(), True, start, stop)
+        try:
+            self._copy(source, root.ref(), True, start, stop)
+        except BaseException:
+            self._broken = True
+            raise
 
     def _copy(
         self, source: NodeSource, ref: NodeRef, is_last: bool, start: int, stop: int
@@ -364,6 +378,13 @@ class TreeBuilder:
         self._check_open()
         self._flush_single()
         self._finished = True
+        try:
+            return self._close_levels()
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _close_levels(self) -> TreeRoot:
         number = 0
         while True:
             level = self._level(number)
