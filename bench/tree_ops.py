@@ -17,7 +17,7 @@ Part 2 (the issue 8 wire goals, synthetic tables): what a replica holding
 the old tree must fetch (``missing``) after 160 scattered 64 KiB edits and a
 new 1 MiB file in 1 GiB, and after one changed byte in 20 GiB; proof sizes
 at both sizes. ``--shapes`` repeats part 2 and a build at 2 M entries for
-several tree shapes (the trade-off table of barterbackup.content.tree).
+several tree shapes (the trade-off table of barterbackup.tree).
 
 The disk store needs about ENTRIES x 95 bytes in WORKDIR (1.5 GB at 16 M).
 """
@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from barterbackup.content.tree import (
+from barterbackup.tree import (
     ENTRY_BYTES,
     SECTION_TREE_SHAPE,
     Entry,

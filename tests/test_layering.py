@@ -33,6 +33,7 @@ LAYERS: list[list[str]] = [
         "barterbackup.untrusted",
     ],
     ["barterbackup.keys"],
+    ["barterbackup.tree"],
     ["barterbackup.revisions"],
     ["barterbackup.store"],
     ["barterbackup.content"],

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.content.tree import (
+from barterbackup.tree import (
     ENTRY_BYTES,
     MAX_SECTION_BYTES,
     SECTION_TREE_SHAPE,
@@ -35,7 +35,7 @@ from barterbackup.content.tree import (
     verify_offset_proof,
     verify_proof,
 )
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.nodes import (
     HEADER_BYTES,
     MAX_NODE_BYTES,
     MAX_NODE_ITEMS,

@@ -410,29 +410,31 @@ class GetContentRevisionResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SIGNED_REVISION_FIELD_NUMBER: _builtins.int
+    SIGNED_ROOT_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     GRANTED_BYTES_FIELD_NUMBER: _builtins.int
-    signed_revision: _builtins.bytes
-    """signed_revision is the SignedRevision held, or empty for none."""
+    signed_root: _builtins.bytes
+    """signed_root is the storedpb SignedRoot of the newest revision held
+    completely, or empty for none.
+    """
     complete: _builtins.bool
-    """complete is true when every section of that revision is stored."""
+    """complete is true when a revision is held completely."""
     stored_bytes: _builtins.int
-    """stored_bytes is how many bytes of that revision are stored."""
+    """stored_bytes is how many bytes the caller's content takes here."""
     granted_bytes: _builtins.int
     """granted_bytes is the most the caller may store here."""
     def __init__(
         self,
         *,
-        signed_revision: _builtins.bytes = ...,
+        signed_root: _builtins.bytes = ...,
         complete: _builtins.bool = ...,
         stored_bytes: _builtins.int = ...,
         granted_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "granted_bytes", b"granted_bytes", "signed_revision", b"signed_revision", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "granted_bytes", b"granted_bytes", "signed_root", b"signed_root", "stored_bytes", b"stored_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -446,21 +448,21 @@ class SetContentRevisionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SIGNED_REVISION_FIELD_NUMBER: _builtins.int
+    SIGNED_ROOT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
-    signed_revision: _builtins.bytes
-    """signed_revision is the storedpb SignedRevision to store."""
+    signed_root: _builtins.bytes
+    """signed_root is the storedpb SignedRoot of the revision to store."""
     delete: _builtins.bool
     """delete is true to drop the caller's content instead."""
     def __init__(
         self,
         *,
-        signed_revision: _builtins.bytes = ...,
+        signed_root: _builtins.bytes = ...,
         delete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "signed_revision", b"signed_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "signed_root", b"signed_root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -480,13 +482,13 @@ class SetContentRevisionResponse(_message.Message):
     revision: _builtins.int
     """revision is the revision number being stored."""
     bytes_done: _builtins.int
-    """bytes_done is how many bytes of it are stored."""
+    """bytes_done is how many bytes of its sections are held."""
     bytes_total: _builtins.int
-    """bytes_total is how many bytes it takes."""
+    """bytes_total is the content's length."""
     bytes_fetched: _builtins.int
     """bytes_fetched is how many bytes had to be fetched, not reused."""
     complete: _builtins.bool
-    """complete is true on the last response, once every section is held."""
+    """complete is true on the last response, once everything is held."""
     def __init__(
         self,
         *,
@@ -506,38 +508,31 @@ Global___SetContentRevisionResponse: _TypeAlias = SetContentRevisionResponse  # 
 
 @_typing.final
 class DownloadRequest(_message.Message):
-    """DownloadRequest asks for sections of one content revision."""
+    """DownloadRequest asks for blobs of one content revision by hash.
+
+    A blob is a section, a tree node or a sealed manifest chunk, named by the
+    SHA-256 of its bytes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTENT_ID_FIELD_NUMBER: _builtins.int
-    SECTIONS_FIELD_NUMBER: _builtins.int
-    REFERENCE_SECTIONS_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
     content_id: _builtins.bytes
-    """content_id names the revision."""
+    """content_id names the revision the blobs belong to."""
     @_builtins.property
-    def sections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """sections are the indexes of the sections wanted, in order.
-
-        An empty list means every section of the revision.
-        """
-
-    @_builtins.property
-    def reference_sections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """reference_sections are SHA-256 hashes of ciphertext sections the
-        caller already holds; such sections are not sent again.
-        """
+    def blobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """blobs are the SHA-256 hashes of the blobs wanted, in order."""
 
     def __init__(
         self,
         *,
         content_id: _builtins.bytes = ...,
-        sections: _abc.Iterable[_builtins.int] | None = ...,
-        reference_sections: _abc.Iterable[_builtins.bytes] | None = ...,
+        blobs: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "reference_sections", b"reference_sections", "sections", b"sections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "content_id", b"content_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,37 +540,37 @@ Global___DownloadRequest: _TypeAlias = DownloadRequest  # noqa: Y015
 
 @_typing.final
 class DownloadResponse(_message.Message):
-    """DownloadResponse carries one section, or part of one."""
+    """DownloadResponse carries one blob, or part of one."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SECTION_FIELD_NUMBER: _builtins.int
+    BLOB_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
-    SECTION_LENGTH_FIELD_NUMBER: _builtins.int
-    section: _builtins.int
-    """section is the index of the section."""
+    BLOB_LENGTH_FIELD_NUMBER: _builtins.int
+    blob: _builtins.bytes
+    """blob is the SHA-256 of the whole blob."""
     offset: _builtins.int
-    """offset is where data starts within the section."""
+    """offset is where data starts within the blob."""
     data: _builtins.bytes
-    """data is the ciphertext bytes."""
+    """data is the blob's bytes from offset on."""
     sha256: _builtins.bytes
     """sha256 is the SHA-256 of data."""
-    section_length: _builtins.int
-    """section_length is the full length of the section."""
+    blob_length: _builtins.int
+    """blob_length is the full length of the blob."""
     def __init__(
         self,
         *,
-        section: _builtins.int = ...,
+        blob: _builtins.bytes = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
         sha256: _builtins.bytes = ...,
-        section_length: _builtins.int = ...,
+        blob_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "section", b"section", "section_length", b"section_length", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "blob_length", b"blob_length", "data", b"data", "offset", b"offset", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,37 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0estoredpb.proto\x12\x15\x62\x61rterbackup.storedpb\"\xc5\x01\n\x0f\x43ontentRevision\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0cowner_pubkey\x18\x02 \x01(\x0c\x12\x0e\n\x06number\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_length\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x33\n\x08sections\x18\x06 \x03(\x0b\x32!.barterbackup.storedpb.SectionRef\x12\x17\n\x0fsealed_manifest\x18\x07 \x01(\x0c\",\n\nSectionRef\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"5\n\x0eSignedRevision\x12\x10\n\x08revision\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"]\n\x08Manifest\x12/\n\x05\x66iles\x18\x01 \x03(\x0b\x32 .barterbackup.storedpb.FileEntry\x12 \n\x18section_plaintext_sha256\x18\x02 \x03(\x0c\"r\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04mode\x18\x03 \x01(\r\x12\r\n\x05mtime\x18\x04 \x01(\x03\x12\x15\n\rfirst_section\x18\x05 \x01(\x04\x12\x15\n\rsection_count\x18\x06 \x01(\x04\"\xf6\x02\n\x08Metadata\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x12\n\ncontent_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12*\n\x05peers\x18\x05 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x35\n\x07storage\x18\x06 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x07 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\x12;\n\x0blast_backup\x18\t \x01(\x0b\x32&.barterbackup.storedpb.BackupRunRecord\"\x82\x02\n\x04Peer\x12\x14\n\x0conion_pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x65\x61\x64_key\x18\x02 \x01(\x0c\x12\x12\n\nfirst_seen\x18\x03 \x01(\x03\x12\x11\n\tlast_seen\x18\x04 \x01(\x03\x12\x13\n\x0b\x61udit_score\x18\x05 \x01(\x01\x12\x14\n\x0cuptime_score\x18\x06 \x01(\x01\x12\x15\n\rchecks_passed\x18\x07 \x01(\x04\x12\x15\n\rchecks_failed\x18\x08 \x01(\x04\x12\x19\n\x11share_in_exchange\x18\t \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x15\n\rheld_revision\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\r\"R\n\rStorageConfig\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x16\n\x0eper_peer_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cmin_replicas\x18\x03 \x01(\r\"P\n\rReplicaRecord\x12\x14\n\x0cowner_pubkey\x18\x01 \x01(\x0c\x12\x17\n\x0fsigned_revision\x18\x02 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"<\n\x0cSourceConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65xcludes\x18\x03 \x03(\t\"\'\n\x0e\x42\x61\x63kupSchedule\x12\x15\n\revery_seconds\x18\x01 \x01(\x04\"\xb0\x02\n\x0f\x42\x61\x63kupRunRecord\x12\x12\n\nstarted_at\x18\x01 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x02 \x01(\x03\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x11\n\tcommitted\x18\x05 \x01(\x08\x12\r\n\x05\x66iles\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x12\n\nread_bytes\x18\x08 \x01(\x04\x12\x11\n\tnew_bytes\x18\t \x01(\x04\x12\x15\n\rwarning_count\x18\n \x01(\x04\x12\x36\n\x08warnings\x18\x0b \x03(\x0b\x32$.barterbackup.storedpb.BackupWarning\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x1b\n\x13unavailable_sources\x18\r \x03(\t\"-\n\rBackupWarning\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0estoredpb.proto\x12\x15\x62\x61rterbackup.storedpb\"\xd8\x01\n\x0cRevisionRoot\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0cowner_pubkey\x18\x02 \x01(\x0c\x12\x0e\n\x06number\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_length\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x30\n\x08sections\x18\x06 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\x12\x30\n\x08manifest\x18\x07 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\"T\n\x07TreeRef\x12\x11\n\troot_hash\x18\x01 \x01(\x0c\x12\r\n\x05level\x18\x02 \x01(\r\x12\x13\n\x0b\x65ntry_count\x18\x03 \x01(\x04\x12\x12\n\nbyte_count\x18\x04 \x01(\x04\"-\n\nSignedRoot\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xf6\x02\n\x08Metadata\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x12\n\ncontent_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12*\n\x05peers\x18\x05 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x35\n\x07storage\x18\x06 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x07 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\x12;\n\x0blast_backup\x18\t \x01(\x0b\x32&.barterbackup.storedpb.BackupRunRecord\"\x82\x02\n\x04Peer\x12\x14\n\x0conion_pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x65\x61\x64_key\x18\x02 \x01(\x0c\x12\x12\n\nfirst_seen\x18\x03 \x01(\x03\x12\x11\n\tlast_seen\x18\x04 \x01(\x03\x12\x13\n\x0b\x61udit_score\x18\x05 \x01(\x01\x12\x14\n\x0cuptime_score\x18\x06 \x01(\x01\x12\x15\n\rchecks_passed\x18\x07 \x01(\x04\x12\x15\n\rchecks_failed\x18\x08 \x01(\x04\x12\x19\n\x11share_in_exchange\x18\t \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x15\n\rheld_revision\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\r\"R\n\rStorageConfig\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x16\n\x0eper_peer_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cmin_replicas\x18\x03 \x01(\r\"\\\n\rReplicaRecord\x12\x14\n\x0cowner_pubkey\x18\x01 \x01(\x0c\x12\x0c\n\x04held\x18\x02 \x01(\x0c\x12\x0f\n\x07pending\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63omplete_packs\x18\x04 \x03(\t\"<\n\x0cSourceConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65xcludes\x18\x03 \x03(\t\"\'\n\x0e\x42\x61\x63kupSchedule\x12\x15\n\revery_seconds\x18\x01 \x01(\x04\"\xb0\x02\n\x0f\x42\x61\x63kupRunRecord\x12\x12\n\nstarted_at\x18\x01 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x02 \x01(\x03\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x11\n\tcommitted\x18\x05 \x01(\x08\x12\r\n\x05\x66iles\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x12\n\nread_bytes\x18\x08 \x01(\x04\x12\x11\n\tnew_bytes\x18\t \x01(\x04\x12\x15\n\rwarning_count\x18\n \x01(\x04\x12\x36\n\x08warnings\x18\x0b \x03(\x0b\x32$.barterbackup.storedpb.BackupWarning\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x1b\n\x13unavailable_sources\x18\r \x03(\t\"-\n\rBackupWarning\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storedpb_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTENTREVISION']._serialized_start=42
-  _globals['_CONTENTREVISION']._serialized_end=239
-  _globals['_SECTIONREF']._serialized_start=241
-  _globals['_SECTIONREF']._serialized_end=285
-  _globals['_SIGNEDREVISION']._serialized_start=287
-  _globals['_SIGNEDREVISION']._serialized_end=340
-  _globals['_MANIFEST']._serialized_start=342
-  _globals['_MANIFEST']._serialized_end=435
-  _globals['_FILEENTRY']._serialized_start=437
-  _globals['_FILEENTRY']._serialized_end=551
-  _globals['_METADATA']._serialized_start=554
-  _globals['_METADATA']._serialized_end=928
-  _globals['_PEER']._serialized_start=931
-  _globals['_PEER']._serialized_end=1189
-  _globals['_STORAGECONFIG']._serialized_start=1191
-  _globals['_STORAGECONFIG']._serialized_end=1273
-  _globals['_REPLICARECORD']._serialized_start=1275
-  _globals['_REPLICARECORD']._serialized_end=1355
-  _globals['_SOURCECONFIG']._serialized_start=1357
-  _globals['_SOURCECONFIG']._serialized_end=1417
-  _globals['_BACKUPSCHEDULE']._serialized_start=1419
-  _globals['_BACKUPSCHEDULE']._serialized_end=1458
-  _globals['_BACKUPRUNRECORD']._serialized_start=1461
-  _globals['_BACKUPRUNRECORD']._serialized_end=1765
-  _globals['_BACKUPWARNING']._serialized_start=1767
-  _globals['_BACKUPWARNING']._serialized_end=1812
+  _globals['_REVISIONROOT']._serialized_start=42
+  _globals['_REVISIONROOT']._serialized_end=258
+  _globals['_TREEREF']._serialized_start=260
+  _globals['_TREEREF']._serialized_end=344
+  _globals['_SIGNEDROOT']._serialized_start=346
+  _globals['_SIGNEDROOT']._serialized_end=391
+  _globals['_METADATA']._serialized_start=394
+  _globals['_METADATA']._serialized_end=768
+  _globals['_PEER']._serialized_start=771
+  _globals['_PEER']._serialized_end=1029
+  _globals['_STORAGECONFIG']._serialized_start=1031
+  _globals['_STORAGECONFIG']._serialized_end=1113
+  _globals['_REPLICARECORD']._serialized_start=1115
+  _globals['_REPLICARECORD']._serialized_end=1207
+  _globals['_SOURCECONFIG']._serialized_start=1209
+  _globals['_SOURCECONFIG']._serialized_end=1269
+  _globals['_BACKUPSCHEDULE']._serialized_start=1271
+  _globals['_BACKUPSCHEDULE']._serialized_end=1310
+  _globals['_BACKUPRUNRECORD']._serialized_start=1313
+  _globals['_BACKUPRUNRECORD']._serialized_end=1617
+  _globals['_BACKUPWARNING']._serialized_start=1619
+  _globals['_BACKUPWARNING']._serialized_end=1664
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,14 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class ContentRevision(_message.Message):
-    """ContentRevision is one version of a node's content.
+class RevisionRoot(_message.Message):
+    """RevisionRoot is one version of a node's content: a small record that
+    names the trees holding the rest.
 
-    The section table is readable by replicas so they can verify and dedupe
-    sections; the file manifest is sealed. The serialized record is what the
-    owner signs in a SignedRevision.
+    The section tree lists every ciphertext section (public to replicas, so
+    they can verify and dedupe); the manifest tree lists the sealed chunks of
+    the file list. Its size does not grow with the content. The serialized
+    record is what the owner signs in a SignedRoot.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -39,26 +41,31 @@ class ContentRevision(_message.Message):
     CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     SECTIONS_FIELD_NUMBER: _builtins.int
-    SEALED_MANIFEST_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     format: _builtins.int
-    """format is the version of this record's layout; this is 1."""
+    """format is the version of this record's layout; this is 2."""
     owner_pubkey: _builtins.bytes
     """owner_pubkey is the owner's 32-byte Ed25519 onion identity key."""
     number: _builtins.int
     """number is the revision number; it only ever grows."""
     content_length: _builtins.int
-    """content_length is the size in bytes of the content blob."""
-    content_sha256: _builtins.bytes
-    """content_sha256 is the hash over the section table.
-
-    It is SHA-256 of a label and each section's length and hash, so it
-    is computed without reading unchanged sections again.
+    """content_length is the size in bytes of the content: the sum of the
+    section lengths, equal to sections.byte_count.
     """
-    sealed_manifest: _builtins.bytes
-    """sealed_manifest is the nonce and AEAD ciphertext of a Manifest."""
+    content_sha256: _builtins.bytes
+    """content_sha256 is derived from the section tree's root.
+
+    It is SHA-256 of a label and the section tree reference (root hash,
+    level, counts), so equal content gives equal values; verifiers
+    recompute it.
+    """
     @_builtins.property
-    def sections(self) -> _containers.RepeatedCompositeFieldContainer[Global___SectionRef]:
-        """sections is the ordered section table of the content blob."""
+    def sections(self) -> Global___TreeRef:
+        """sections is the tree of the content's ciphertext sections."""
+
+    @_builtins.property
+    def manifest(self) -> Global___TreeRef:
+        """manifest is the tree of the sealed manifest chunks."""
 
     def __init__(
         self,
@@ -68,142 +75,76 @@ class ContentRevision(_message.Message):
         number: _builtins.int = ...,
         content_length: _builtins.int = ...,
         content_sha256: _builtins.bytes = ...,
-        sections: _abc.Iterable[Global___SectionRef] | None = ...,
-        sealed_manifest: _builtins.bytes = ...,
+        sections: Global___TreeRef | None = ...,
+        manifest: Global___TreeRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "sections", b"sections"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256", "format", b"format", "number", b"number", "owner_pubkey", b"owner_pubkey", "sealed_manifest", b"sealed_manifest", "sections", b"sections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256", "format", b"format", "manifest", b"manifest", "number", b"number", "owner_pubkey", b"owner_pubkey", "sections", b"sections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ContentRevision: _TypeAlias = ContentRevision  # noqa: Y015
+Global___RevisionRoot: _TypeAlias = RevisionRoot  # noqa: Y015
 
 @_typing.final
-class SectionRef(_message.Message):
-    """SectionRef describes one ciphertext section."""
+class TreeRef(_message.Message):
+    """TreeRef names one tree of a revision: its root node and its totals."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    LENGTH_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
-    length: _builtins.int
-    """length is the section's size in bytes."""
-    sha256: _builtins.bytes
-    """sha256 is the SHA-256 of the section's ciphertext."""
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    BYTE_COUNT_FIELD_NUMBER: _builtins.int
+    root_hash: _builtins.bytes
+    """root_hash is the SHA-256 of the root node's bytes."""
+    level: _builtins.int
+    """level is the root node's level; 0 means the root is a leaf."""
+    entry_count: _builtins.int
+    """entry_count is the number of entries (sections or chunks)."""
+    byte_count: _builtins.int
+    """byte_count is the sum of the entries' lengths."""
     def __init__(
         self,
         *,
-        length: _builtins.int = ...,
-        sha256: _builtins.bytes = ...,
+        root_hash: _builtins.bytes = ...,
+        level: _builtins.int = ...,
+        entry_count: _builtins.int = ...,
+        byte_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_count", b"byte_count", "entry_count", b"entry_count", "level", b"level", "root_hash", b"root_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SectionRef: _TypeAlias = SectionRef  # noqa: Y015
+Global___TreeRef: _TypeAlias = TreeRef  # noqa: Y015
 
 @_typing.final
-class SignedRevision(_message.Message):
-    """SignedRevision is a ContentRevision with the owner's signature."""
+class SignedRoot(_message.Message):
+    """SignedRoot is a RevisionRoot with the owner's signature."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    REVISION_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
-    revision: _builtins.bytes
-    """revision is the serialized ContentRevision, exactly as signed."""
+    root: _builtins.bytes
+    """root is the serialized RevisionRoot, exactly as signed."""
     signature: _builtins.bytes
-    """signature is the owner's Ed25519 signature over a label and revision."""
+    """signature is the owner's Ed25519 signature over a label and root."""
     def __init__(
         self,
         *,
-        revision: _builtins.bytes = ...,
+        root: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SignedRevision: _TypeAlias = SignedRevision  # noqa: Y015
-
-@_typing.final
-class Manifest(_message.Message):
-    """Manifest is the private part of a revision: the files and the keys."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    FILES_FIELD_NUMBER: _builtins.int
-    SECTION_PLAINTEXT_SHA256_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileEntry]:
-        """files are the files of the file set, sorted by name."""
-
-    @_builtins.property
-    def section_plaintext_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """section_plaintext_sha256 holds, for each section of the table, the
-        SHA-256 of its plaintext, from which its key is derived.
-        """
-
-    def __init__(
-        self,
-        *,
-        files: _abc.Iterable[Global___FileEntry] | None = ...,
-        section_plaintext_sha256: _abc.Iterable[_builtins.bytes] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "section_plaintext_sha256", b"section_plaintext_sha256"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
-
-@_typing.final
-class FileEntry(_message.Message):
-    """FileEntry is one file of the file set."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    SIZE_FIELD_NUMBER: _builtins.int
-    MODE_FIELD_NUMBER: _builtins.int
-    MTIME_FIELD_NUMBER: _builtins.int
-    FIRST_SECTION_FIELD_NUMBER: _builtins.int
-    SECTION_COUNT_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """name is the relative path, with "/" separators."""
-    size: _builtins.int
-    """size is the file's size in bytes."""
-    mode: _builtins.int
-    """mode is the file's permission bits."""
-    mtime: _builtins.int
-    """mtime is the modification time in Unix seconds."""
-    first_section: _builtins.int
-    """first_section is the index of the file's first section."""
-    section_count: _builtins.int
-    """section_count is how many sections the file spans."""
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        size: _builtins.int = ...,
-        mode: _builtins.int = ...,
-        mtime: _builtins.int = ...,
-        first_section: _builtins.int = ...,
-        section_count: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_section", b"first_section", "mode", b"mode", "mtime", b"mtime", "name", b"name", "section_count", b"section_count", "size", b"size"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FileEntry: _TypeAlias = FileEntry  # noqa: Y015
+Global___SignedRoot: _TypeAlias = SignedRoot  # noqa: Y015
 
 @_typing.final
 class Metadata(_message.Message):
@@ -369,29 +310,42 @@ Global___StorageConfig: _TypeAlias = StorageConfig  # noqa: Y015
 
 @_typing.final
 class ReplicaRecord(_message.Message):
-    """ReplicaRecord is what a node keeps about one peer's content it stores."""
+    """ReplicaRecord is what a node keeps about one owner's content it stores.
+
+    It is sealed on disk, in a directory named by a keyed hash of the owner.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OWNER_PUBKEY_FIELD_NUMBER: _builtins.int
-    SIGNED_REVISION_FIELD_NUMBER: _builtins.int
-    COMPLETE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    COMPLETE_PACKS_FIELD_NUMBER: _builtins.int
     owner_pubkey: _builtins.bytes
     """owner_pubkey is the owner's 32-byte Ed25519 onion identity key."""
-    signed_revision: _builtins.bytes
-    """signed_revision is the owner's SignedRevision being stored."""
-    complete: _builtins.bool
-    """complete is true once every section of it is stored."""
+    held: _builtins.bytes
+    """held is the SignedRoot of the newest revision stored completely, or
+    empty for none.
+    """
+    pending: _builtins.bytes
+    """pending is the SignedRoot of the revision being fetched, or empty."""
+    @_builtins.property
+    def complete_packs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """complete_packs are the packs written before held was complete: every
+        tree node in them has its whole subtree stored.
+        """
+
     def __init__(
         self,
         *,
         owner_pubkey: _builtins.bytes = ...,
-        signed_revision: _builtins.bytes = ...,
-        complete: _builtins.bool = ...,
+        held: _builtins.bytes = ...,
+        pending: _builtins.bytes = ...,
+        complete_packs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "owner_pubkey", b"owner_pubkey", "signed_revision", b"signed_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_packs", b"complete_packs", "held", b"held", "owner_pubkey", b"owner_pubkey", "pending", b"pending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,7 +6,7 @@ a record's name falls below a threshold (on average every
 chunk's plaintext past ``MAX_CHUNK_PLAINTEXT``. Each chunk is sealed
 deterministically (``sealing``) and stored as a blob named by the SHA-256
 of its sealed bytes, like a section. The chunk table is a second tree in
-the section tree's format (``content.tree``; entries with ``private`` all
+the section tree's format (``barterbackup.tree``; entries with ``private`` all
 zero), so replicas store, sync and prove both trees the same way. An edit
 re-seals only the chunks holding changed records (and at most a neighbour
 where a cut moves); every other chunk keeps its bytes.
@@ -34,7 +34,7 @@ from barterbackup.content.manifest.records import (
 )
 from barterbackup.content.manifest.sealing import ChunkSealer, ManifestKeys
 from barterbackup.content.names import InvalidFileName, validate_name
-from barterbackup.content.tree import (
+from barterbackup.tree import (
     ZERO_PRIVATE,
     Entry,
     InvalidNode,

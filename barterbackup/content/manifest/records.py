@@ -35,7 +35,7 @@ from barterbackup.content.names import (
     InvalidFileName,
     validate_name,
 )
-from barterbackup.content.tree import MAX_SECTION_BYTES
+from barterbackup.tree import MAX_SECTION_BYTES
 
 CHUNK_FORMAT = 1
 # A chunk's plaintext is at most this long (a record is at most ~4.2 KB).

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from barterbackup.content.tree.build import NodeSource
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.build import NodeSource
+from barterbackup.tree.nodes import (
     MAX_LEVEL,
     MAX_NODE_BYTES,
     Internal,
@@ -24,7 +24,7 @@ from barterbackup.content.tree.nodes import (
     TreeRoot,
     decode_node,
 )
-from barterbackup.content.tree.read import (
+from barterbackup.tree.read import (
     Located,
     _descend_to_index,
     _descend_to_offset,

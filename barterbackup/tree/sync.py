@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from barterbackup.content.tree.build import NodeSource
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.build import NodeSource
+from barterbackup.tree.nodes import (
     Internal,
     Leaf,
     NodeRef,
@@ -25,7 +25,7 @@ from barterbackup.content.tree.nodes import (
     TreeRoot,
     decode_node,
 )
-from barterbackup.content.tree.read import Located, read_node
+from barterbackup.tree.read import Located, read_node
 
 # How many recently handed-out hashes a plan remembers (~300 KB at most).
 RECENT = 4096

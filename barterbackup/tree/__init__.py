@@ -66,7 +66,7 @@ it the benchmark's node index. A revision therefore never rebuilds the
 whole tree: only the first backup does.
 """
 
-from barterbackup.content.tree.build import (
+from barterbackup.tree.build import (
     SECTION_TREE_SHAPE,
     NodeSink,
     NodeSource,
@@ -74,7 +74,7 @@ from barterbackup.content.tree.build import (
     TreeShape,
     build_tree,
 )
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.nodes import (
     ENTRY_BYTES,
     MAX_SECTION_BYTES,
     PRIVATE_BYTES,
@@ -87,14 +87,14 @@ from barterbackup.content.tree.nodes import (
     TreeRoot,
     unpack_entries,
 )
-from barterbackup.content.tree.proofs import (
+from barterbackup.tree.proofs import (
     Proof,
     prove,
     prove_offset,
     verify_offset_proof,
     verify_proof,
 )
-from barterbackup.content.tree.read import (
+from barterbackup.tree.read import (
     Located,
     entry_at,
     entry_at_offset,
@@ -103,7 +103,7 @@ from barterbackup.content.tree.read import (
     iter_packed,
     read_node,
 )
-from barterbackup.content.tree.sync import Missing, SyncPlan, diff, missing
+from barterbackup.tree.sync import Missing, SyncPlan, diff, missing
 
 __all__ = [
     "ENTRY_BYTES",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
 
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.nodes import (
     CHILD_BYTES,
     CHILD_RECORD,
     ENTRY_BYTES,
@@ -113,7 +113,7 @@ class TreeShape:
 
 
 # Chosen by measurement (bench/tree_ops.py; the table is in the package
-# docstring): see barterbackup.content.tree.
+# docstring): see barterbackup.tree.
 SECTION_TREE_SHAPE = TreeShape(
     leaf_average=8, leaf_max=64, internal_average=8, internal_max=64
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from barterbackup.content.tree.build import NodeSource
-from barterbackup.content.tree.nodes import (
+from barterbackup.tree.build import NodeSource
+from barterbackup.tree.nodes import (
     Entry,
     Internal,
     Leaf,

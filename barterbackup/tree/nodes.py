@@ -29,6 +29,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 
+from barterbackup._proto import storedpb_pb2
+
 HASH_BYTES = 32
 PRIVATE_BYTES = 48
 ENTRY_BYTES = 8 + HASH_BYTES + PRIVATE_BYTES
@@ -385,3 +387,20 @@ def decode_node(data: bytes, expected: NodeRef) -> Leaf | Internal:
             f"not {expected.byte_count}"
         )
     return Internal(expected, data, children)
+
+
+def tree_root_of(ref: storedpb_pb2.TreeRef) -> TreeRoot:
+    """The TreeRoot a signed revision's TreeRef names (TreeError if invalid)."""
+    return TreeRoot(
+        bytes(ref.root_hash), int(ref.level), int(ref.entry_count), int(ref.byte_count)
+    )
+
+
+def tree_ref_of(root: TreeRoot) -> storedpb_pb2.TreeRef:
+    """The TreeRef naming ``root`` in a signed revision."""
+    return storedpb_pb2.TreeRef(
+        root_hash=root.hash,
+        level=root.level,
+        entry_count=root.entry_count,
+        byte_count=root.byte_count,
+    )
