@@ -6,7 +6,6 @@ so their figures are the same on every run.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import random
 
@@ -20,141 +19,17 @@ from barterbackup.contracts.heldcontent import (
     BadChallenge,
     HeldRevision,
     RevisionNotHeld,
-    SectionEntry,
 )
 from barterbackup.contracts.wire import framed_size
+from barterbackup.testing.spotcheck import (
+    AUDIT_KEY,
+    LossyReplica,
+    SyntheticContent,
+    lost_fraction,
+)
 
-AUDIT_KEY = b"a" * 32
 KiB = 1024
 MiB = 1024 * KiB
-
-
-class SyntheticContent:
-    """A revision in memory: random ciphertext cut into sections.
-
-    It is both the owner's view (reader, section index with audit samples)
-    and an honest replica's.
-    """
-
-    def __init__(
-        self,
-        seed: int,
-        size: int,
-        section_sizes: tuple[int, int] = (2 * KiB, 8 * KiB),
-    ) -> None:
-        rng = random.Random(seed)
-        self.data = rng.randbytes(size)
-        self.starts: list[int] = []
-        self.lengths: list[int] = []
-        offset = 0
-        while offset < size:
-            length = min(rng.randint(*section_sizes), size - offset)
-            self.starts.append(offset)
-            self.lengths.append(length)
-            offset += length
-        self.content_id = hashlib.sha256(b"id" + self.data[:64]).digest()
-        self.entries = [
-            SectionEntry(
-                length=length,
-                sha256=hashlib.sha256(self.section(i)).digest(),
-                audit_samples=b"",
-            )
-            for i, length in enumerate(self.lengths)
-        ]
-        self.entries = [
-            SectionEntry(
-                e.length,
-                e.sha256,
-                s.make_audit_samples(AUDIT_KEY, e.sha256, self.section(i)),
-            )
-            for i, e in enumerate(self.entries)
-        ]
-
-    @property
-    def held(self) -> HeldRevision:
-        return HeldRevision(self.content_id, len(self.data))
-
-    def section(self, index: int) -> bytes:
-        start = self.starts[index]
-        return self.data[start : start + self.lengths[index]]
-
-    # ContentReader
-    def read_at(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
-
-    # SectionReader
-    def section_count(self) -> int:
-        return len(self.lengths)
-
-    def section_length(self, index: int) -> int:
-        return self.lengths[index]
-
-    def read_section(self, index: int, offset: int, length: int) -> bytes:
-        return self.section(index)[offset : offset + length]
-
-    # SectionIndex
-    def content_length(self) -> int:
-        return len(self.data)
-
-    def locate(self, offset: int) -> int:
-        return bisect.bisect_right(self.starts, offset) - 1
-
-    def entry(self, index: int) -> SectionEntry:
-        return self.entries[index]
-
-    def lose_one_percent(self, rng: random.Random) -> set[int]:
-        """Random sections making up at least 1 % of the bytes."""
-        lost: set[int] = set()
-        total = 0
-        target = len(self.data) / 100
-        while total < target:
-            index = rng.randrange(len(self.lengths))
-            # Skip sections that would overshoot by more than 2 KiB, so the
-            # loss is 1 % to 1.05 %, not more.
-            if index not in lost and total + self.lengths[index] <= target + 2 * KiB:
-                lost.add(index)
-                total += self.lengths[index]
-        return lost
-
-
-class LossyReplica:
-    """A replica that lost some sections and guesses their bytes."""
-
-    def __init__(
-        self, content: SyntheticContent, lost: set[int], rng: random.Random
-    ) -> None:
-        self.content = content
-        self.lost = lost
-        self.rng = rng
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        out = bytearray(self.content.read_at(offset, length))
-        first = self.content.locate(offset)
-        last = self.content.locate(offset + length - 1)
-        for index in range(first, last + 1):
-            if index in self.lost:
-                start = max(self.content.starts[index], offset)
-                end = min(
-                    self.content.starts[index] + self.content.lengths[index],
-                    offset + length,
-                )
-                out[start - offset : end - offset] = self.rng.randbytes(end - start)
-        return bytes(out)
-
-    def section_count(self) -> int:
-        return self.content.section_count()
-
-    def section_length(self, index: int) -> int:
-        return self.content.section_length(index)
-
-    def read_section(self, index: int, offset: int, length: int) -> bytes:
-        if index in self.lost:
-            return self.rng.randbytes(length)
-        return self.content.read_section(index, offset, length)
-
-
-def lost_fraction(content: SyntheticContent, lost: set[int]) -> float:
-    return sum(content.lengths[i] for i in lost) / len(content.data)
 
 
 class DigestCheckTests(SynchronousTestCase):
