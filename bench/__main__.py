@@ -21,6 +21,7 @@ FULL = [
     ("delta sync on the wire vs rsync", ["bench.delta", "1024"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
+    ("spot-check cost and detection", ["bench.contract_checks"]),
 ]
 QUICK = [
     (
@@ -34,6 +35,7 @@ QUICK = [
     ("delta sync on the wire vs rsync", ["bench.delta", "128"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
+    ("spot-check cost and detection", ["bench.contract_checks", "--quick"]),
 ]
 
 
