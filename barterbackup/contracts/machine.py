@@ -171,7 +171,8 @@ class ContractCore:
         self.store.save(encode_record(self.contract.signed.encode(), state, data))
 
     def allow_peer_data(self) -> None:
-        # Never more than the contract says, whatever the caller asked.
+        # Exactly the size the terms give us to keep, never more: the keeper
+        # measures every revision the peer pushes against it.
         self.keeper.allow(self.contract, self.contract.we_keep_bytes)
 
     def grace_until(self, cause: BreakCause) -> float:
@@ -187,7 +188,7 @@ class ContractCore:
         return self.now() + self.timings.ending_keep_seconds
 
 
-builder = TypeMachineBuilder(_Inputs, ContractCore)
+_builder = TypeMachineBuilder(_Inputs, ContractCore)
 
 
 # Data factories: build the new state's data from the input's arguments.
@@ -233,13 +234,13 @@ def _new_ended(inputs: _Inputs, core: ContractCore, reason: str) -> Ended:
     return Ended(bounded_reason(reason), core.now())
 
 
-proposed = builder.state("proposed")
-syncing = builder.state("syncing", _new_syncing)
-active = builder.state("active", _new_active)
-suspect = builder.state("suspect", _new_suspect)
-broken = builder.state("broken", _new_broken)
-ending = builder.state("ending", _new_ending)
-ended = builder.state("ended", _new_ended)
+proposed = _builder.state("proposed")
+syncing = _builder.state("syncing", _new_syncing)
+active = _builder.state("active", _new_active)
+suspect = _builder.state("suspect", _new_suspect)
+broken = _builder.state("broken", _new_broken)
+ending = _builder.state("ending", _new_ending)
+ended = _builder.state("ended", _new_ended)
 
 
 # Helpers shared by behaviours (not behaviours themselves).
@@ -750,7 +751,7 @@ def _keeping(data: object) -> Broken | Ending:
     return data
 
 
-ContractMachine = builder.build()
+ContractMachine = _builder.build()
 _STATES = {
     state.name: state
     for state in (proposed, syncing, active, suspect, broken, ending, ended)
