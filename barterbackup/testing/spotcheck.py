@@ -115,9 +115,11 @@ class LossyReplica:
         self.rng = rng
 
     def read_at(self, offset: int, length: int) -> bytes:
-        out = bytearray(self.content.read_at(offset, length))
         first = self.content.locate(offset)
         last = self.content.locate(offset + length - 1)
+        if not any(index in self.lost for index in range(first, last + 1)):
+            return self.content.read_at(offset, length)
+        out = bytearray(self.content.read_at(offset, length))
         for index in range(first, last + 1):
             if index in self.lost:
                 start = max(self.content.starts[index], offset)
