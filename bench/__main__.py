@@ -24,6 +24,7 @@ FULL = [
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead"]),
     ("source walk of 1 M files vs find, walk RSS", ["bench.walk", "1000000"]),
     ("exclude patterns vs git check-ignore (and pathspec)", ["bench.excludes_git"]),
+    ("spot-check cost and detection", ["bench.contract_checks"]),
 ]
 QUICK = [
     (
@@ -43,6 +44,7 @@ QUICK = [
         "exclude patterns vs git check-ignore (and pathspec)",
         ["bench.excludes_git", "50"],
     ),
+    ("spot-check cost and detection", ["bench.contract_checks", "--quick"]),
 ]
 
 

@@ -76,6 +76,116 @@ ERROR_CODE_BUSY: ErrorCode.ValueType  # 9
 """ERROR_CODE_BUSY means too many calls are already open."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
+class _ContractRefusalCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContractRefusalCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContractRefusalCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRACT_REFUSAL_CODE_UNSPECIFIED: _ContractRefusalCode.ValueType  # 0
+    """CONTRACT_REFUSAL_CODE_UNSPECIFIED is never sent on purpose."""
+    CONTRACT_REFUSAL_CODE_BAD_TERMS: _ContractRefusalCode.ValueType  # 1
+    """CONTRACT_REFUSAL_CODE_BAD_TERMS means the terms are malformed or
+    out of bounds.
+    """
+    CONTRACT_REFUSAL_CODE_NO_CAPACITY: _ContractRefusalCode.ValueType  # 2
+    """CONTRACT_REFUSAL_CODE_NO_CAPACITY means the storage budget left is
+    too small.
+    """
+    CONTRACT_REFUSAL_CODE_NOT_KNOWN: _ContractRefusalCode.ValueType  # 3
+    """CONTRACT_REFUSAL_CODE_NOT_KNOWN means the node only contracts with
+    peers its user connected or accepted.
+    """
+    CONTRACT_REFUSAL_CODE_NOT_VETTED: _ContractRefusalCode.ValueType  # 4
+    """CONTRACT_REFUSAL_CODE_NOT_VETTED means a new peer asked for more
+    than new peers get.
+    """
+    CONTRACT_REFUSAL_CODE_UNFAIR: _ContractRefusalCode.ValueType  # 5
+    """CONTRACT_REFUSAL_CODE_UNFAIR means the terms ask much more than
+    they give.
+    """
+    CONTRACT_REFUSAL_CODE_LOW_SCORE: _ContractRefusalCode.ValueType  # 6
+    """CONTRACT_REFUSAL_CODE_LOW_SCORE means the proposer failed this
+    node's checks recently.
+    """
+    CONTRACT_REFUSAL_CODE_DECLINED: _ContractRefusalCode.ValueType  # 7
+    """CONTRACT_REFUSAL_CODE_DECLINED means the node's user said no."""
+
+class ContractRefusalCode(_ContractRefusalCode, metaclass=_ContractRefusalCodeEnumTypeWrapper):
+    """ContractRefusalCode classifies refusals of a contract."""
+
+CONTRACT_REFUSAL_CODE_UNSPECIFIED: ContractRefusalCode.ValueType  # 0
+"""CONTRACT_REFUSAL_CODE_UNSPECIFIED is never sent on purpose."""
+CONTRACT_REFUSAL_CODE_BAD_TERMS: ContractRefusalCode.ValueType  # 1
+"""CONTRACT_REFUSAL_CODE_BAD_TERMS means the terms are malformed or
+out of bounds.
+"""
+CONTRACT_REFUSAL_CODE_NO_CAPACITY: ContractRefusalCode.ValueType  # 2
+"""CONTRACT_REFUSAL_CODE_NO_CAPACITY means the storage budget left is
+too small.
+"""
+CONTRACT_REFUSAL_CODE_NOT_KNOWN: ContractRefusalCode.ValueType  # 3
+"""CONTRACT_REFUSAL_CODE_NOT_KNOWN means the node only contracts with
+peers its user connected or accepted.
+"""
+CONTRACT_REFUSAL_CODE_NOT_VETTED: ContractRefusalCode.ValueType  # 4
+"""CONTRACT_REFUSAL_CODE_NOT_VETTED means a new peer asked for more
+than new peers get.
+"""
+CONTRACT_REFUSAL_CODE_UNFAIR: ContractRefusalCode.ValueType  # 5
+"""CONTRACT_REFUSAL_CODE_UNFAIR means the terms ask much more than
+they give.
+"""
+CONTRACT_REFUSAL_CODE_LOW_SCORE: ContractRefusalCode.ValueType  # 6
+"""CONTRACT_REFUSAL_CODE_LOW_SCORE means the proposer failed this
+node's checks recently.
+"""
+CONTRACT_REFUSAL_CODE_DECLINED: ContractRefusalCode.ValueType  # 7
+"""CONTRACT_REFUSAL_CODE_DECLINED means the node's user said no."""
+Global___ContractRefusalCode: _TypeAlias = ContractRefusalCode  # noqa: Y015
+
+class _ContractEndKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContractEndKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContractEndKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRACT_END_KIND_UNSPECIFIED: _ContractEndKind.ValueType  # 0
+    """CONTRACT_END_KIND_UNSPECIFIED is never sent on purpose."""
+    CONTRACT_END_KIND_ENDING: _ContractEndKind.ValueType  # 1
+    """CONTRACT_END_KIND_ENDING means the caller ends the contract; it
+    keeps the server's data until the server releases it or until
+    keep_until.
+    """
+    CONTRACT_END_KIND_BROKEN: _ContractEndKind.ValueType  # 2
+    """CONTRACT_END_KIND_BROKEN means the caller considers the contract
+    broken by the server, for the reason given.
+    """
+    CONTRACT_END_KIND_RELEASED: _ContractEndKind.ValueType  # 3
+    """CONTRACT_END_KIND_RELEASED means the caller's content is safe
+    elsewhere; the server may drop it now.
+    """
+
+class ContractEndKind(_ContractEndKind, metaclass=_ContractEndKindEnumTypeWrapper):
+    """ContractEndKind says what an EndContractRequest announces."""
+
+CONTRACT_END_KIND_UNSPECIFIED: ContractEndKind.ValueType  # 0
+"""CONTRACT_END_KIND_UNSPECIFIED is never sent on purpose."""
+CONTRACT_END_KIND_ENDING: ContractEndKind.ValueType  # 1
+"""CONTRACT_END_KIND_ENDING means the caller ends the contract; it
+keeps the server's data until the server releases it or until
+keep_until.
+"""
+CONTRACT_END_KIND_BROKEN: ContractEndKind.ValueType  # 2
+"""CONTRACT_END_KIND_BROKEN means the caller considers the contract
+broken by the server, for the reason given.
+"""
+CONTRACT_END_KIND_RELEASED: ContractEndKind.ValueType  # 3
+"""CONTRACT_END_KIND_RELEASED means the caller's content is safe
+elsewhere; the server may drop it now.
+"""
+Global___ContractEndKind: _TypeAlias = ContractEndKind  # noqa: Y015
+
 @_typing.final
 class Envelope(_message.Message):
     """Envelope is the one message every frame carries."""
@@ -873,3 +983,366 @@ class ChatHello(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatHello: _TypeAlias = ChatHello  # noqa: Y015
+
+@_typing.final
+class ProposeContractRequest(_message.Message):
+    """ProposeContractRequest offers contract terms to the server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_TERMS_FIELD_NUMBER: _builtins.int
+    signed_terms: _builtins.bytes
+    """signed_terms is a storedpb SignedContractTerms carrying only the
+    proposer's signature; the caller is the proposer.
+    """
+    def __init__(
+        self,
+        *,
+        signed_terms: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signed_terms", b"signed_terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeContractRequest: _TypeAlias = ProposeContractRequest  # noqa: Y015
+
+@_typing.final
+class ProposeContractResponse(_message.Message):
+    """ProposeContractResponse is the server's answer to a proposal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_TERMS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    accepted_terms: _builtins.bytes
+    """accepted_terms is the SignedContractTerms with both
+    signatures.
+    """
+    @_builtins.property
+    def refused(self) -> Global___ContractRefusal:
+        """refused says why the server will not take the contract."""
+
+    @_builtins.property
+    def pending(self) -> Global___ContractPending:
+        """pending means the server's user decides later; the answer
+        then comes in an AnswerContract call.
+        """
+
+    def __init__(
+        self,
+        *,
+        accepted_terms: _builtins.bytes = ...,
+        refused: Global___ContractRefusal | None = ...,
+        pending: Global___ContractPending | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_terms", b"accepted_terms", "answer", b"answer", "pending", b"pending", "refused", b"refused"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_terms", b"accepted_terms", "answer", b"answer", "pending", b"pending", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["accepted_terms", "refused", "pending"]  # noqa: Y015
+    _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
+
+Global___ProposeContractResponse: _TypeAlias = ProposeContractResponse  # noqa: Y015
+
+@_typing.final
+class ContractRefusal(_message.Message):
+    """ContractRefusal says why a node will not take a contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: Global___ContractRefusalCode.ValueType
+    """code classifies the refusal."""
+    reason: _builtins.str
+    """reason explains it in words the proposer's user understands."""
+    def __init__(
+        self,
+        *,
+        code: Global___ContractRefusalCode.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractRefusal: _TypeAlias = ContractRefusal  # noqa: Y015
+
+@_typing.final
+class ContractPending(_message.Message):
+    """ContractPending says a proposal waits for the server's user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason says what is awaited."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractPending: _TypeAlias = ContractPending  # noqa: Y015
+
+@_typing.final
+class AnswerContractRequest(_message.Message):
+    """AnswerContractRequest delivers a decision taken after a pending answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_TERMS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id names the proposal."""
+    accepted_terms: _builtins.bytes
+    """accepted_terms is the SignedContractTerms with both
+    signatures.
+    """
+    @_builtins.property
+    def refused(self) -> Global___ContractRefusal:
+        """refused says why the caller will not take the contract."""
+
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        accepted_terms: _builtins.bytes = ...,
+        refused: Global___ContractRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_terms", b"accepted_terms", "answer", b"answer", "refused", b"refused"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_terms", b"accepted_terms", "answer", b"answer", "contract_id", b"contract_id", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["accepted_terms", "refused"]  # noqa: Y015
+    _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
+
+Global___AnswerContractRequest: _TypeAlias = AnswerContractRequest  # noqa: Y015
+
+@_typing.final
+class AnswerContractResponse(_message.Message):
+    """AnswerContractResponse acknowledges an AnswerContractRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerContractResponse: _TypeAlias = AnswerContractResponse  # noqa: Y015
+
+@_typing.final
+class EndContractRequest(_message.Message):
+    """EndContractRequest tells the server about the end of a contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    KEEP_UNTIL_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id names the contract."""
+    kind: Global___ContractEndKind.ValueType
+    """kind says what kind of end this is."""
+    reason: _builtins.str
+    """reason explains it in words the server's user understands."""
+    keep_until: _builtins.int
+    """keep_until is when the caller stops keeping the server's data at
+    the latest, in Unix seconds.
+    """
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        kind: Global___ContractEndKind.ValueType = ...,
+        reason: _builtins.str = ...,
+        keep_until: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "keep_until", b"keep_until", "kind", b"kind", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndContractRequest: _TypeAlias = EndContractRequest  # noqa: Y015
+
+@_typing.final
+class EndContractResponse(_message.Message):
+    """EndContractResponse acknowledges an EndContractRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndContractResponse: _TypeAlias = EndContractResponse  # noqa: Y015
+
+@_typing.final
+class SpotCheckRequest(_message.Message):
+    """SpotCheckRequest challenges the server to prove it holds the caller's
+    current revision.
+
+    The file docs/contracts.md, "Spot checks", specifies both kinds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id names the contract under which the check is made."""
+    @_builtins.property
+    def digest(self) -> Global___DigestChallenge:
+        """digest asks for one hash over bytes at positions derived from
+        a fresh nonce; the caller keeps a copy to compare.
+        """
+
+    @_builtins.property
+    def sample(self) -> Global___SampleChallenge:
+        """sample asks for single bytes at given positions; the caller
+        compares them with the audit samples of the section tree.
+        """
+
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        digest: Global___DigestChallenge | None = ...,
+        sample: Global___SampleChallenge | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "digest", b"digest", "sample", b"sample"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "contract_id", b"contract_id", "digest", b"digest", "sample", b"sample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_challenge: _TypeAlias = _typing.Literal["digest", "sample"]  # noqa: Y015
+    _WhichOneofArgType_challenge: _TypeAlias = _typing.Literal["challenge", b"challenge"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_challenge) -> _WhichOneofReturnType_challenge | None: ...
+
+Global___SpotCheckRequest: _TypeAlias = SpotCheckRequest  # noqa: Y015
+
+@_typing.final
+class DigestChallenge(_message.Message):
+    """DigestChallenge asks for SHA-256 over runs of bytes at derived positions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    RUN_LENGTH_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """nonce is 32 fresh random bytes, from which the positions derive."""
+    content_id: _builtins.bytes
+    """content_id names the revision the server must hold."""
+    positions: _builtins.int
+    """positions is how many positions to sample."""
+    run_length: _builtins.int
+    """run_length is how many bytes to take at each position."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        content_id: _builtins.bytes = ...,
+        positions: _builtins.int = ...,
+        run_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "nonce", b"nonce", "positions", b"positions", "run_length", b"run_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestChallenge: _TypeAlias = DigestChallenge  # noqa: Y015
+
+@_typing.final
+class SampleChallenge(_message.Message):
+    """SampleChallenge asks for the byte at each of a list of positions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
+    OFFSETS_FIELD_NUMBER: _builtins.int
+    content_id: _builtins.bytes
+    """content_id names the revision the server must hold."""
+    @_builtins.property
+    def sections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """sections are the section indexes of the positions, in order."""
+
+    @_builtins.property
+    def offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """offsets are the offsets within those sections, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        content_id: _builtins.bytes = ...,
+        sections: _abc.Iterable[_builtins.int] | None = ...,
+        offsets: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_id", b"content_id", "offsets", b"offsets", "sections", b"sections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleChallenge: _TypeAlias = SampleChallenge  # noqa: Y015
+
+@_typing.final
+class SpotCheckResponse(_message.Message):
+    """SpotCheckResponse answers a SpotCheckRequest.
+
+    A server without the named revision answers with an Error instead:
+    ERROR_CODE_STALE when it holds an older one, ERROR_CODE_NOT_FOUND when
+    it holds none.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    digest: _builtins.bytes
+    """digest is the 32-byte answer to a DigestChallenge."""
+    samples: _builtins.bytes
+    """samples are the bytes asked by a SampleChallenge, in order."""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.bytes = ...,
+        samples: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "digest", b"digest", "samples", b"samples"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "digest", b"digest", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["digest", "samples"]  # noqa: Y015
+    _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
+
+Global___SpotCheckResponse: _TypeAlias = SpotCheckResponse  # noqa: Y015

@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ContractBreakCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContractBreakCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContractBreakCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRACT_BREAK_CAUSE_UNSPECIFIED: _ContractBreakCause.ValueType  # 0
+    """CONTRACT_BREAK_CAUSE_UNSPECIFIED is never written on purpose."""
+    CONTRACT_BREAK_CAUSE_FAILED_CHECKS: _ContractBreakCause.ValueType  # 1
+    """CONTRACT_BREAK_CAUSE_FAILED_CHECKS means the audit score fell below
+    the broken threshold.
+    """
+    CONTRACT_BREAK_CAUSE_UNREACHABLE: _ContractBreakCause.ValueType  # 2
+    """CONTRACT_BREAK_CAUSE_UNREACHABLE means the peer stayed unreachable
+    past the outage limit.
+    """
+
+class ContractBreakCause(_ContractBreakCause, metaclass=_ContractBreakCauseEnumTypeWrapper):
+    """ContractBreakCause says why a contract broke."""
+
+CONTRACT_BREAK_CAUSE_UNSPECIFIED: ContractBreakCause.ValueType  # 0
+"""CONTRACT_BREAK_CAUSE_UNSPECIFIED is never written on purpose."""
+CONTRACT_BREAK_CAUSE_FAILED_CHECKS: ContractBreakCause.ValueType  # 1
+"""CONTRACT_BREAK_CAUSE_FAILED_CHECKS means the audit score fell below
+the broken threshold.
+"""
+CONTRACT_BREAK_CAUSE_UNREACHABLE: ContractBreakCause.ValueType  # 2
+"""CONTRACT_BREAK_CAUSE_UNREACHABLE means the peer stayed unreachable
+past the outage limit.
+"""
+Global___ContractBreakCause: _TypeAlias = ContractBreakCause  # noqa: Y015
 
 @_typing.final
 class RevisionRoot(_message.Message):
@@ -228,6 +261,10 @@ class Peer(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     HELD_REVISION_FIELD_NUMBER: _builtins.int
     RTT_MS_FIELD_NUMBER: _builtins.int
+    AUDIT_ALPHA_FIELD_NUMBER: _builtins.int
+    AUDIT_BETA_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_AT_FIELD_NUMBER: _builtins.int
+    UPTIME_WINDOWS_FIELD_NUMBER: _builtins.int
     onion_pubkey: _builtins.bytes
     """onion_pubkey is the peer's 32-byte Ed25519 onion identity key."""
     aead_key: _builtins.bytes
@@ -254,6 +291,27 @@ class Peer(_message.Message):
     """held_revision is the revision of our content the peer holds."""
     rtt_ms: _builtins.int
     """rtt_ms is the last measured round-trip time in milliseconds."""
+    audit_alpha: _builtins.float
+    """audit_alpha is the forgotten-but-weighted count of passed checks.
+
+    It is the beta reputation's first parameter (docs/contracts.md,
+    "Scores"); audit_score is audit_alpha / (audit_alpha + audit_beta).
+    Both zero means no history: the prior applies.
+    """
+    audit_beta: _builtins.float
+    """audit_beta is the forgotten-but-weighted count of failed checks."""
+    last_check_at: _builtins.float
+    """last_check_at is when the peer last answered or failed a check, in
+    Unix seconds, or 0 before the first.
+    """
+    @_builtins.property
+    def uptime_windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UptimeWindow]:
+        """uptime_windows are the reachability probes of the last 30 days.
+
+        One window per UTC day, oldest first, at most 30; uptime_score is
+        the share of probes answered over them.
+        """
+
     def __init__(
         self,
         *,
@@ -269,14 +327,48 @@ class Peer(_message.Message):
         endpoint: _builtins.str = ...,
         held_revision: _builtins.int = ...,
         rtt_ms: _builtins.int = ...,
+        audit_alpha: _builtins.float = ...,
+        audit_beta: _builtins.float = ...,
+        last_check_at: _builtins.float = ...,
+        uptime_windows: _abc.Iterable[Global___UptimeWindow] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_seen", b"last_seen", "onion_pubkey", b"onion_pubkey", "rtt_ms", b"rtt_ms", "share_in_exchange", b"share_in_exchange", "uptime_score", b"uptime_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "audit_alpha", b"audit_alpha", "audit_beta", b"audit_beta", "audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_check_at", b"last_check_at", "last_seen", b"last_seen", "onion_pubkey", b"onion_pubkey", "rtt_ms", b"rtt_ms", "share_in_exchange", b"share_in_exchange", "uptime_score", b"uptime_score", "uptime_windows", b"uptime_windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Peer: _TypeAlias = Peer  # noqa: Y015
+
+@_typing.final
+class UptimeWindow(_message.Message):
+    """UptimeWindow counts the reachability probes of one day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    PROBES_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    day: _builtins.int
+    """day is the number of whole days since the Unix epoch, in UTC."""
+    probes: _builtins.int
+    """probes is how many times the peer was tried that day."""
+    answered: _builtins.int
+    """answered is how many of those tries reached the peer."""
+    def __init__(
+        self,
+        *,
+        day: _builtins.int = ...,
+        probes: _builtins.int = ...,
+        answered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "day", b"day", "probes", b"probes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UptimeWindow: _TypeAlias = UptimeWindow  # noqa: Y015
 
 @_typing.final
 class StorageConfig(_message.Message):
@@ -515,3 +607,386 @@ class BackupWarning(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackupWarning: _TypeAlias = BackupWarning  # noqa: Y015
+
+@_typing.final
+class ContractTerms(_message.Message):
+    """ContractTerms is what two nodes agree on when they form a contract.
+
+    Both sign its exact serialized bytes (deterministic encoding) in a
+    SignedContractTerms; the contract id is SHA-256 of a label and those
+    bytes. docs/contracts.md lists the bounds a verifier enforces.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    PROPOSER_PUBKEY_FIELD_NUMBER: _builtins.int
+    ACCEPTOR_PUBKEY_FIELD_NUMBER: _builtins.int
+    ACCEPTOR_KEEPS_BYTES_FIELD_NUMBER: _builtins.int
+    PROPOSER_KEEPS_BYTES_FIELD_NUMBER: _builtins.int
+    CHECK_POLICY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    format: _builtins.int
+    """format is the version of this record's layout; this is 1."""
+    proposer_pubkey: _builtins.bytes
+    """proposer_pubkey is the proposer's 32-byte Ed25519 onion key."""
+    acceptor_pubkey: _builtins.bytes
+    """acceptor_pubkey is the acceptor's 32-byte Ed25519 onion key."""
+    acceptor_keeps_bytes: _builtins.int
+    """acceptor_keeps_bytes is how much of the proposer's content the
+    acceptor keeps.
+    """
+    proposer_keeps_bytes: _builtins.int
+    """proposer_keeps_bytes is how much of the acceptor's content the
+    proposer keeps.
+    """
+    created_at: _builtins.int
+    """created_at is when the proposer wrote the terms, in Unix seconds."""
+    nonce: _builtins.bytes
+    """nonce is 16 random bytes, so no two contracts share an id."""
+    @_builtins.property
+    def check_policy(self) -> Global___CheckPolicy:
+        """check_policy says how each side checks the other."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.int = ...,
+        proposer_pubkey: _builtins.bytes = ...,
+        acceptor_pubkey: _builtins.bytes = ...,
+        acceptor_keeps_bytes: _builtins.int = ...,
+        proposer_keeps_bytes: _builtins.int = ...,
+        check_policy: Global___CheckPolicy | None = ...,
+        created_at: _builtins.int = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["check_policy", b"check_policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptor_keeps_bytes", b"acceptor_keeps_bytes", "acceptor_pubkey", b"acceptor_pubkey", "check_policy", b"check_policy", "created_at", b"created_at", "format", b"format", "nonce", b"nonce", "proposer_keeps_bytes", b"proposer_keeps_bytes", "proposer_pubkey", b"proposer_pubkey"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractTerms: _TypeAlias = ContractTerms  # noqa: Y015
+
+@_typing.final
+class CheckPolicy(_message.Message):
+    """CheckPolicy says how often and how hard each side checks the other."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    ANSWER_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
+    interval_seconds: _builtins.int
+    """interval_seconds is the mean time between two spot checks."""
+    samples: _builtins.int
+    """samples is how many positions one spot check samples."""
+    answer_deadline_seconds: _builtins.int
+    """answer_deadline_seconds is how long a checked side has to answer."""
+    def __init__(
+        self,
+        *,
+        interval_seconds: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        answer_deadline_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_deadline_seconds", b"answer_deadline_seconds", "interval_seconds", b"interval_seconds", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckPolicy: _TypeAlias = CheckPolicy  # noqa: Y015
+
+@_typing.final
+class SignedContractTerms(_message.Message):
+    """SignedContractTerms is a ContractTerms with the signatures of both sides."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERMS_FIELD_NUMBER: _builtins.int
+    PROPOSER_SIGNATURE_FIELD_NUMBER: _builtins.int
+    ACCEPTOR_SIGNATURE_FIELD_NUMBER: _builtins.int
+    terms: _builtins.bytes
+    """terms is the serialized ContractTerms, exactly as signed."""
+    proposer_signature: _builtins.bytes
+    """proposer_signature is the proposer's Ed25519 signature over its
+    label and terms.
+    """
+    acceptor_signature: _builtins.bytes
+    """acceptor_signature is the acceptor's Ed25519 signature over its
+    label and terms; it is empty in a proposal not yet accepted.
+    """
+    def __init__(
+        self,
+        *,
+        terms: _builtins.bytes = ...,
+        proposer_signature: _builtins.bytes = ...,
+        acceptor_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptor_signature", b"acceptor_signature", "proposer_signature", b"proposer_signature", "terms", b"terms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedContractTerms: _TypeAlias = SignedContractTerms  # noqa: Y015
+
+@_typing.final
+class ContractRecord(_message.Message):
+    """ContractRecord is what a node persists about one contract.
+
+    It is the contract's terms and the state of its machine; the node saves
+    it sealed on every transition and restores the machine from it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SIGNED_TERMS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SYNCING_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    SUSPECT_FIELD_NUMBER: _builtins.int
+    BROKEN_FIELD_NUMBER: _builtins.int
+    ENDING_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    format: _builtins.int
+    """format is the version of this record's layout; this is 1."""
+    signed_terms: _builtins.bytes
+    """signed_terms is the serialized SignedContractTerms."""
+    state: _builtins.str
+    """state is the name of the machine's state, such as "active"."""
+    @_builtins.property
+    def syncing(self) -> Global___ContractSyncing:
+        """syncing is set in the syncing state."""
+
+    @_builtins.property
+    def active(self) -> Global___ContractActive:
+        """active is set in the active state."""
+
+    @_builtins.property
+    def suspect(self) -> Global___ContractSuspect:
+        """suspect is set in the suspect state."""
+
+    @_builtins.property
+    def broken(self) -> Global___ContractBroken:
+        """broken is set in the broken state."""
+
+    @_builtins.property
+    def ending(self) -> Global___ContractEnding:
+        """ending is set in the ending state."""
+
+    @_builtins.property
+    def ended(self) -> Global___ContractEnded:
+        """ended is set in the ended state."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.int = ...,
+        signed_terms: _builtins.bytes = ...,
+        state: _builtins.str = ...,
+        syncing: Global___ContractSyncing | None = ...,
+        active: Global___ContractActive | None = ...,
+        suspect: Global___ContractSuspect | None = ...,
+        broken: Global___ContractBroken | None = ...,
+        ending: Global___ContractEnding | None = ...,
+        ended: Global___ContractEnded | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "broken", b"broken", "data", b"data", "ended", b"ended", "ending", b"ending", "suspect", b"suspect", "syncing", b"syncing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "broken", b"broken", "data", b"data", "ended", b"ended", "ending", b"ending", "format", b"format", "signed_terms", b"signed_terms", "state", b"state", "suspect", b"suspect", "syncing", b"syncing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["syncing", "active", "suspect", "broken", "ending", "ended"]  # noqa: Y015
+    _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
+
+Global___ContractRecord: _TypeAlias = ContractRecord  # noqa: Y015
+
+@_typing.final
+class ContractSyncing(_message.Message):
+    """ContractSyncing is the data of a contract whose peer is receiving our
+    current revision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """since is when syncing began, in Unix seconds."""
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractSyncing: _TypeAlias = ContractSyncing  # noqa: Y015
+
+@_typing.final
+class ContractActive(_message.Message):
+    """ContractActive is the data of a contract in good standing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """since is when the contract became active, in Unix seconds."""
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractActive: _TypeAlias = ContractActive  # noqa: Y015
+
+@_typing.final
+class ContractSuspect(_message.Message):
+    """ContractSuspect is the data of a contract whose peer is contained."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNANSWERED_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_SINCE_FIELD_NUMBER: _builtins.int
+    NEEDS_SYNC_FIELD_NUMBER: _builtins.int
+    since: _builtins.float
+    """since is when the contract became suspect, in Unix seconds."""
+    unanswered: _builtins.int
+    """unanswered is how many times in a row the pending check went
+    unanswered while the peer was reachable.
+    """
+    unreachable_since: _builtins.float
+    """unreachable_since is when the peer was first found unreachable in
+    this outage; it is unset while the peer is reachable.
+    """
+    needs_sync: _builtins.bool
+    """needs_sync is true when our current revision is not yet synced to
+    the peer, so checks wait.
+    """
+    def __init__(
+        self,
+        *,
+        since: _builtins.float = ...,
+        unanswered: _builtins.int = ...,
+        unreachable_since: _builtins.float | None = ...,
+        needs_sync: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_unreachable_since", b"_unreachable_since", "unreachable_since", b"unreachable_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_unreachable_since", b"_unreachable_since", "needs_sync", b"needs_sync", "since", b"since", "unanswered", b"unanswered", "unreachable_since", b"unreachable_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__unreachable_since: _TypeAlias = _typing.Literal["unreachable_since"]  # noqa: Y015
+    _WhichOneofArgType__unreachable_since: _TypeAlias = _typing.Literal["_unreachable_since", b"_unreachable_since"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unreachable_since) -> _WhichOneofReturnType__unreachable_since | None: ...
+
+Global___ContractSuspect: _TypeAlias = ContractSuspect  # noqa: Y015
+
+@_typing.final
+class ContractBroken(_message.Message):
+    """ContractBroken is the data of a contract the peer broke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAUSE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    GRACE_UNTIL_FIELD_NUMBER: _builtins.int
+    cause: Global___ContractBreakCause.ValueType
+    """cause says why the contract broke."""
+    detail: _builtins.str
+    """detail explains it in words a user understands."""
+    since: _builtins.float
+    """since is when the contract broke, in Unix seconds."""
+    grace_until: _builtins.float
+    """grace_until is when we stop keeping the peer's data, in Unix
+    seconds.
+    """
+    def __init__(
+        self,
+        *,
+        cause: Global___ContractBreakCause.ValueType = ...,
+        detail: _builtins.str = ...,
+        since: _builtins.float = ...,
+        grace_until: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "detail", b"detail", "grace_until", b"grace_until", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractBroken: _TypeAlias = ContractBroken  # noqa: Y015
+
+@_typing.final
+class ContractEnding(_message.Message):
+    """ContractEnding is the data of a contract ending gracefully."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    BY_US_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    KEEP_UNTIL_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason says why the contract ends."""
+    by_us: _builtins.bool
+    """by_us is true when this node ended it, false when the peer did."""
+    since: _builtins.float
+    """since is when ending began, in Unix seconds."""
+    keep_until: _builtins.float
+    """keep_until is when we stop keeping the peer's data at the latest,
+    in Unix seconds.
+    """
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        by_us: _builtins.bool = ...,
+        since: _builtins.float = ...,
+        keep_until: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_us", b"by_us", "keep_until", b"keep_until", "reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractEnding: _TypeAlias = ContractEnding  # noqa: Y015
+
+@_typing.final
+class ContractEnded(_message.Message):
+    """ContractEnded is the data of a contract that is over."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason says why the contract is over."""
+    since: _builtins.float
+    """since is when it ended, in Unix seconds."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        since: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractEnded: _TypeAlias = ContractEnded  # noqa: Y015

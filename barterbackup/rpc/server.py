@@ -90,9 +90,7 @@ class CliRpcServer(Service):
 
     def startService(self) -> None:
         check_socket_path(self.socket_path)
-        prepare_socket_directory(
-            self.socket_path.parent, owned=self._owns_directory()
-        )
+        prepare_socket_directory(self.socket_path.parent, owned=self._owns_directory())
         if self.socket_path.exists():
             if _socket_in_use(self.socket_path):
                 raise SocketPathError(
