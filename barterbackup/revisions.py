@@ -1,154 +1,165 @@
-"""Signing and verifying content revisions.
+"""Signing and verifying revisions: a small signed root over two trees.
 
-A SignedRevision carries the serialized ContentRevision exactly as signed, so
-every holder verifies the same bytes. The content_id is derived from those
-bytes (which include the sealed manifest), never from a re-serialization.
+A revision is a ``storedpb.RevisionRoot``: the format, the owner's key, a
+monotonic number, the content's length and SHA-256, and the roots of the
+section tree (the public table of ciphertext sections) and of the manifest
+tree (the sealed chunks of the file list). Its size does not grow with the
+content. A ``SignedRoot`` carries the serialized root exactly as signed, so
+every holder verifies the same bytes; the content_id is derived from those
+bytes, never from a re-serialization.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from barterbackup._proto import storedpb_pb2
-from barterbackup.protowire import length_delimited_head
+from barterbackup.tree import TreeError, TreeRoot
+from barterbackup.tree.nodes import tree_ref_of, tree_root_of
 
-SIGNATURE_LABEL = b"barterbackup v1 content revision\x00"
-CONTENT_ID_LABEL = b"barterbackup v1 content id\x00"
-REVISION_FORMAT = 1
-MAX_SIGNED_REVISION_BYTES = 64 * 1024 * 1024
+SIGNATURE_LABEL = b"barterbackup v2 revision root\x00"
+CONTENT_ID_LABEL = b"barterbackup v2 content id\x00"
+CONTENT_SHA256_LABEL = b"barterbackup v2 content sha256\x00"
+REVISION_FORMAT = 2
+# A signed root is a few hundred bytes; anything near this is not one.
+MAX_SIGNED_ROOT_BYTES = 4096
+PUBKEY_LENGTH = 32
 
 
 class InvalidRevision(ValueError):
-    """A signed revision is malformed, badly signed, or not the owner's."""
-
-
-class SectionIndexOutOfRange(LookupError):
-    """A section index names no section of the revision."""
+    """A signed root is malformed, badly signed, or not the owner's."""
 
 
 @dataclass(frozen=True)
 class VerifiedRevision:
-    """A revision whose signature checked out against its owner's key."""
+    """A revision whose signature and structure checked out."""
 
     signed: bytes
-    revision: storedpb_pb2.ContentRevision
+    root: storedpb_pb2.RevisionRoot
     content_id: bytes
+    sections: TreeRoot
+    manifest: TreeRoot
 
     @property
     def number(self) -> int:
-        return self.revision.number
+        return int(self.root.number)
 
     @property
     def owner_pubkey(self) -> bytes:
-        return self.revision.owner_pubkey
+        return bytes(self.root.owner_pubkey)
+
+    @property
+    def content_length(self) -> int:
+        return int(self.root.content_length)
+
+    @property
+    def content_sha256(self) -> bytes:
+        return bytes(self.root.content_sha256)
 
     @property
     def section_count(self) -> int:
-        return len(self.revision.sections)
-
-    def section(self, index: int) -> storedpb_pb2.SectionRef:
-        """The table entry of section ``index``; SectionIndexOutOfRange if none."""
-        sections = self.revision.sections
-        if not 0 <= index < len(sections):
-            last = f"0..{len(sections) - 1}" if sections else "none"
-            raise SectionIndexOutOfRange(
-                f"section index {index} is out of range ({last})"
-            )
-        return sections[index]
+        return self.sections.entry_count
 
 
-def content_id_of(revision_bytes: bytes) -> bytes:
-    # Incremental: a 4 GiB content's record is ~19 MB; no concatenated copy.
-    digest = hashlib.sha256(CONTENT_ID_LABEL)
-    digest.update(revision_bytes)
+def content_sha256_of(sections: TreeRoot) -> bytes:
+    """The content's SHA-256: a label and the section tree's root.
+
+    The root hash already binds every section's length, ciphertext hash
+    and private data, so this is O(1) and equal for equal content.
+    """
+    digest = hashlib.sha256(CONTENT_SHA256_LABEL)
+    digest.update(sections.hash)
+    digest.update(
+        struct.pack(">BQQ", sections.level, sections.entry_count, sections.byte_count)
+    )
     return digest.digest()
 
 
-def sign_revision(
-    revision: storedpb_pb2.ContentRevision, signing_key: nacl.signing.SigningKey
-) -> VerifiedRevision:
-    revision_bytes = revision.SerializeToString(deterministic=True)
-    signature = signing_key.sign(SIGNATURE_LABEL + revision_bytes).signature
-    signed = storedpb_pb2.SignedRevision(revision=revision_bytes, signature=signature)
-    return VerifiedRevision(
-        signed=signed.SerializeToString(deterministic=True),
-        revision=revision,
-        content_id=content_id_of(revision_bytes),
+def content_id_of(root_bytes: bytes) -> bytes:
+    digest = hashlib.sha256(CONTENT_ID_LABEL)
+    digest.update(root_bytes)
+    return digest.digest()
+
+
+def new_root(
+    owner_pubkey: bytes,
+    number: int,
+    sections: TreeRoot,
+    manifest: TreeRoot,
+) -> storedpb_pb2.RevisionRoot:
+    """The RevisionRoot of a revision with these trees."""
+    return storedpb_pb2.RevisionRoot(
+        format=REVISION_FORMAT,
+        owner_pubkey=owner_pubkey,
+        number=number,
+        content_length=sections.byte_count,
+        content_sha256=content_sha256_of(sections),
+        sections=tree_ref_of(sections),
+        manifest=tree_ref_of(manifest),
     )
 
 
-def verify_revision(
+def sign_root(
+    root: storedpb_pb2.RevisionRoot, signing_key: nacl.signing.SigningKey
+) -> VerifiedRevision:
+    """Sign ``root``; the result verifies as any holder would verify it."""
+    root_bytes = root.SerializeToString(deterministic=True)
+    signature = signing_key.sign(SIGNATURE_LABEL + root_bytes).signature
+    signed = storedpb_pb2.SignedRoot(root=root_bytes, signature=signature)
+    return verify_root(
+        signed.SerializeToString(deterministic=True),
+        expected_owner=bytes(signing_key.verify_key),
+    )
+
+
+def verify_root(
     signed_bytes: bytes, expected_owner: bytes | None = None
 ) -> VerifiedRevision:
-    """Parse and check a SignedRevision; raise InvalidRevision on any fault.
+    """Parse and check a SignedRoot; raise InvalidRevision on any fault.
 
     With ``expected_owner``, the revision must also belong to that key (a
     peer cannot hand us someone else's revision as its own).
     """
-    if len(signed_bytes) > MAX_SIGNED_REVISION_BYTES:
-        raise InvalidRevision("signed revision is too large")
+    if len(signed_bytes) > MAX_SIGNED_ROOT_BYTES:
+        raise InvalidRevision("signed revision root is too large")
     try:
-        signed = storedpb_pb2.SignedRevision.FromString(signed_bytes)
-        revision = storedpb_pb2.ContentRevision.FromString(signed.revision)
+        signed = storedpb_pb2.SignedRoot.FromString(signed_bytes)
+        root = storedpb_pb2.RevisionRoot.FromString(signed.root)
     except DecodeError:
-        raise InvalidRevision("signed revision is not a valid record") from None
-    if revision.format != REVISION_FORMAT:
-        raise InvalidRevision(f"unknown revision format {revision.format}")
-    if len(revision.owner_pubkey) != 32:
+        raise InvalidRevision("signed revision root is not a valid record") from None
+    if root.format != REVISION_FORMAT:
+        raise InvalidRevision(f"unknown revision format {root.format}")
+    if len(root.owner_pubkey) != PUBKEY_LENGTH:
         raise InvalidRevision("revision owner key is not 32 bytes")
-    if expected_owner is not None and revision.owner_pubkey != expected_owner:
+    if expected_owner is not None and root.owner_pubkey != expected_owner:
         raise InvalidRevision("revision belongs to another node")
     try:
-        nacl.signing.VerifyKey(revision.owner_pubkey).verify(
-            SIGNATURE_LABEL + signed.revision, signed.signature
+        nacl.signing.VerifyKey(root.owner_pubkey).verify(
+            SIGNATURE_LABEL + signed.root, signed.signature
         )
     except (nacl.exceptions.BadSignatureError, ValueError):
         raise InvalidRevision("revision signature does not verify") from None
-    if sum(s.length for s in revision.sections) != revision.content_length:
-        raise InvalidRevision("revision section table does not add up")
-    if any(len(s.sha256) != 32 for s in revision.sections):
-        raise InvalidRevision("revision section hash is not 32 bytes")
+    if not root.HasField("sections") or not root.HasField("manifest"):
+        raise InvalidRevision("revision root names no section or manifest tree")
+    try:
+        sections = tree_root_of(root.sections)
+        manifest = tree_root_of(root.manifest)
+    except TreeError as error:
+        raise InvalidRevision(f"revision root: {error}") from None
+    if root.content_length != sections.byte_count:
+        raise InvalidRevision("revision content length and section tree disagree")
+    if root.content_sha256 != content_sha256_of(sections):
+        raise InvalidRevision("revision content_sha256 does not match its tree")
     return VerifiedRevision(
         signed=signed_bytes,
-        revision=revision,
-        content_id=content_id_of(signed.revision),
+        root=root,
+        content_id=content_id_of(signed.root),
+        sections=sections,
+        manifest=manifest,
     )
-
-
-def sign_revision_lean(
-    revision: storedpb_pb2.ContentRevision, signing_key: nacl.signing.SigningKey
-) -> VerifiedRevision:
-    """Exactly ``sign_revision``, with fewer transient copies of the record.
-
-    A 4 GiB file set has a ~10 MB section table; ``sign_revision`` holds
-    about five copies of it at once (label concatenation, nacl's signed
-    message and its copy, the SignedRevision message and its encoding).
-    This holds at most two at a time: same signature, same bytes (a test
-    checks it).
-    """
-    revision_bytes = revision.SerializeToString(deterministic=True)
-    content_id = content_id_of(revision_bytes)
-    message = bytearray(SIGNATURE_LABEL)
-    message += revision_bytes
-    # OpenSSL's Ed25519 (RFC 8032, deterministic: the same signature as
-    # libsodium's) returns the signature alone, not a signed-message copy.
-    signature = Ed25519PrivateKey.from_private_bytes(signing_key.encode()).sign(
-        message  # a bytearray is signed in place, without a bytes copy
-    )
-    del message
-    # SignedRevision: field 1 (revision, bytes), field 2 (signature, bytes).
-    signed = b"".join(
-        (
-            length_delimited_head(1, len(revision_bytes)),
-            revision_bytes,
-            length_delimited_head(2, len(signature)),
-            signature,
-        )
-    )
-    return VerifiedRevision(signed=signed, revision=revision, content_id=content_id)
