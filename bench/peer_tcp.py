@@ -76,11 +76,11 @@ class _StreamingHandler:
             )
             await send(
                 DownloadPiece(
-                    section=index,
+                    blob=index.to_bytes(32, "big"),
                     offset=0,
                     data=self.chunk,
                     sha256=sha256,
-                    section_length=ITEM_SIZE,
+                    blob_length=ITEM_SIZE,
                 )
             )
 
@@ -146,7 +146,7 @@ async def _download(
         data = message.data
         received += len(data)
         if check_hashes and hashlib.sha256(data).digest() != message.sha256:
-            raise AssertionError(f"piece {message.section} fails its hash check")
+            raise AssertionError(f"piece {message.blob.hex()[:8]} fails its hash check")
 
     started = time.perf_counter()
     await conn.call_stream("download_request", bbrpc_pb2.DownloadRequest(), on_item)

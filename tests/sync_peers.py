@@ -36,13 +36,19 @@ class SyncPeer:
     def __init__(
         self, root: Path, clock: task.Clock, index: int, budget: int = 50_000_000
     ) -> None:
+        self.root = root
         self.clock = clock
         self.keys = keys_for_test(index)
         self.pubkey = self.keys.onion_pubkey
         self.address = self.keys.onion_address
         self.content = FakeContentStore(self.keys.signing_key)
         self.config = storedpb_pb2.StorageConfig(total_bytes=budget)
-        self.replicas = ReplicaStore.open(root, lambda: self.config)
+        self.replicas = ReplicaStore.open(
+            root,
+            lambda: self.config,
+            naming_key=bytes([index]) * 32,
+            sealing_key=bytes([index + 100]) * 32,
+        )
         self.shareable: list[str] = []
         self.offers = OfferedContent()
         self.pusher = Pusher(clock, self.offers)

@@ -64,9 +64,15 @@ class FakeHandler:
                 data = bytes([index % 256]) * self.item_size
                 if self.as_pieces:
                     assert accepts_download_pieces(send)
-                    await send(DownloadPiece(index, 0, data, b"h" * 32, len(data)))
+                    await send(
+                        DownloadPiece(
+                            bytes([index]) * 32, 0, data, b"h" * 32, len(data)
+                        )
+                    )
                 else:
-                    await send(bbrpc_pb2.DownloadResponse(section=index, data=data))
+                    await send(
+                        bbrpc_pb2.DownloadResponse(blob=bytes([index]) * 32, data=data)
+                    )
         except Exception:
             self.stream_outcome = Failure()
             raise
@@ -107,7 +113,7 @@ class DispatchTests(SynchronousTestCase):
         d = client.call_stream(
             "download_request",
             bbrpc_pb2.DownloadRequest(),
-            lambda m: got.append(m.section),
+            lambda m: got.append(m.blob[0]),
         )
         pipe.pump()
         self.assertIsNone(self.successResultOf(d))
@@ -127,10 +133,10 @@ class DispatchTests(SynchronousTestCase):
             got,
             [
                 bbrpc_pb2.DownloadResponse(
-                    section=i,
+                    blob=bytes([i]) * 32,
                     data=bytes([i]) * 1000,
                     sha256=b"h" * 32,
-                    section_length=1000,
+                    blob_length=1000,
                 )
                 for i in range(3)
             ],
@@ -140,7 +146,7 @@ class DispatchTests(SynchronousTestCase):
     def test_download_piece_only_on_download_streams(self) -> None:
         class PieceOnWrongStream(FakeHandler):
             def set_content_revision(self, conn: Any, request: Any, send: Any) -> Any:
-                return send(DownloadPiece(0, 0, b"x", b"", 1))
+                return send(DownloadPiece(b"", 0, b"x", b"", 1))
 
         client, _server, pipe, _ = setup(self, server_handler=PieceOnWrongStream())
         d = client.call_stream(
@@ -299,7 +305,7 @@ class LimitTests(SynchronousTestCase):
         with self.assertRaises(FrameTooLarge):
             client.call_stream(
                 "download_request",
-                bbrpc_pb2.DownloadRequest(reference_sections=[b"x" * 2000]),
+                bbrpc_pb2.DownloadRequest(blobs=[b"x" * 2000]),
                 lambda m: None,
             )
         self.assertEqual(len(client.outbound), 0)

@@ -119,13 +119,13 @@ class BodyFrameTests(SynchronousTestCase):
     @given(
         st.integers(0, 2**64 - 1),
         st.booleans(),
-        st.integers(0, 2**64 - 1),
+        st.binary(max_size=40),
         st.binary(max_size=3000),
     )
     def test_same_envelope_as_normal_encoding(
-        self, call_id: int, end: bool, section: int, data: bytes
+        self, call_id: int, end: bool, blob: bytes, data: bytes
     ) -> None:
-        body = bbrpc_pb2.DownloadResponse(section=section, data=data)
+        body = bbrpc_pb2.DownloadResponse(blob=blob, data=data)
         frame = b"".join(encode_body_frame(call_id, end, "download_response", body))
         expected = bbrpc_pb2.Envelope(call_id=call_id, end=end, download_response=body)
         self.assertEqual(FrameDecoder().feed(frame), [expected])
@@ -144,7 +144,7 @@ class DownloadPieceFrameTests(SynchronousTestCase):
     @settings(max_examples=300)
     @given(
         uint64s,
-        uint64s,
+        st.binary(max_size=40),
         uint64s,
         st.binary(max_size=3000),
         st.binary(max_size=40),
@@ -154,29 +154,29 @@ class DownloadPieceFrameTests(SynchronousTestCase):
     def test_equals_serialize_to_string_byte_for_byte(
         self,
         call_id: int,
-        section: int,
+        blob: bytes,
         offset: int,
         data: bytes,
         sha256: bytes,
-        section_length: int,
+        blob_length: int,
         as_view: bool,
     ) -> None:
         piece = DownloadPiece(
-            section=section,
+            blob=blob,
             offset=offset,
-            # A view into a larger buffer, as send_sections cuts pieces.
+            # A view into a larger buffer, as send_blobs cuts pieces.
             data=memoryview(b"<" + data + b">")[1:-1] if as_view else data,
             sha256=sha256,
-            section_length=section_length,
+            blob_length=blob_length,
         )
         envelope = bbrpc_pb2.Envelope(
             call_id=call_id,
             download_response=bbrpc_pb2.DownloadResponse(
-                section=section,
+                blob=blob,
                 offset=offset,
                 data=data,
                 sha256=sha256,
-                section_length=section_length,
+                blob_length=blob_length,
             ),
         )
         frame = encode_download_piece_frame(call_id, piece)
@@ -186,7 +186,7 @@ class DownloadPieceFrameTests(SynchronousTestCase):
 
     def test_large_piece(self) -> None:
         data = bytes(range(256)) * 4096 * 4
-        piece = DownloadPiece(7, 4 * 2**20, data, b"h" * 32, 2**40)
+        piece = DownloadPiece(b"b" * 32, 4 * 2**20, data, b"h" * 32, 2**40)
         envelope = bbrpc_pb2.Envelope(
             call_id=2**33, download_response=piece.to_message()
         )
@@ -195,19 +195,21 @@ class DownloadPieceFrameTests(SynchronousTestCase):
         )
 
     def test_maximum_enforced(self) -> None:
-        piece = DownloadPiece(0, 0, b"x" * 100, b"", 100)
+        piece = DownloadPiece(b"", 0, b"x" * 100, b"", 100)
         with self.assertRaises(FrameTooLarge):
             encode_download_piece_frame(1, piece, max_frame_length=100)
 
     def test_out_of_range_fields_rejected(self) -> None:
         with self.assertRaises(ValueError):
-            DownloadPiece(-1, 0, b"", b"", 0)
+            DownloadPiece(b"", -1, b"", b"", 0)
         with self.assertRaises(ValueError):
-            DownloadPiece(0, 2**64, b"", b"", 0)
+            DownloadPiece(b"", 2**64, b"", b"", 0)
         with self.assertRaises(ValueError):
-            encode_download_piece_frame(2**64, DownloadPiece(0, 0, b"", b"", 0))
+            DownloadPiece(b"", 0, b"", b"", 2**64)
         with self.assertRaises(ValueError):
-            DownloadPiece(0, 0, memoryview(b"abcd")[::2], b"", 0)
+            encode_download_piece_frame(2**64, DownloadPiece(b"", 0, b"", b"", 0))
+        with self.assertRaises(ValueError):
+            DownloadPiece(b"", 0, memoryview(b"abcd")[::2], b"", 0)
 
     def test_only_marked_senders_accept_pieces(self) -> None:
         def plain_sender(item: object) -> None:

@@ -23,8 +23,8 @@ from barterbackup.content.manifest import (
     sort_key,
 )
 from barterbackup.content.manifest.records import chunk_header, encode_record
-from barterbackup.tree import Entry, TreeBuilder, TreeRoot, iter_entries
 from barterbackup.keys.derive import node_keys_from_master
+from barterbackup.tree import Entry, TreeBuilder, TreeRoot, iter_entries
 
 KEYS = ManifestKeys.from_node_keys(node_keys_from_master(bytes(32)))
 OTHER_KEYS = ManifestKeys.from_node_keys(node_keys_from_master(bytes([1]) * 32))

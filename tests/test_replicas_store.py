@@ -1,38 +1,42 @@
-"""ReplicaStore: quotas, deltas, crash-safe finish, resume and tampering."""
+"""The replica store: peers' blobs in packs, sealed records, quotas,
+quarantine, and crash safety at every numbered write point."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-import nacl.signing
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import storedpb_pb2
-from barterbackup.revisions import InvalidRevision
 from barterbackup.store.replicas import (
-    CURRENT_RECORD,
     DEFAULT_TOTAL_BYTES,
-    PENDING_RECORD,
-    SECTIONS_DIR,
-    BadSection,
-    IncompleteRevision,
+    BadBlob,
     QuotaExceeded,
-    ReplicaRecordError,
     ReplicaStore,
     StaleRevision,
     UnknownRevision,
-    effective_budget,
 )
-from barterbackup.testing.fakes import make_revision
+from barterbackup.testing.fakes import BlobDict, make_revision
+from barterbackup.testing.link import keys_for_test
+from barterbackup.tree.nodes import entry_hashes
+from barterbackup.tree.read import iter_nodes
+
+OWNER = keys_for_test(1)
+OTHER = keys_for_test(2)
+NAMES = bytes(range(32))
+SEAL = bytes(range(32, 64))
 
 
-def sections(count: int, size: int = 1000) -> list[bytes]:
-    return [os.urandom(size) for _ in range(count)]
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class Budget:
-    def __init__(self, total: int, per_peer: int) -> None:
+    def __init__(self, total: int = 10_000_000, per_peer: int = 0) -> None:
         self.config = storedpb_pb2.StorageConfig(
             total_bytes=total, per_peer_bytes=per_peer
         )
@@ -41,302 +45,314 @@ class Budget:
         return self.config
 
 
+def live(revision: object, blobs: BlobDict) -> list[bytes]:
+    found = []
+    for tree in (revision.sections, revision.manifest):  # type: ignore[attr-defined]
+        for node in iter_nodes(tree, blobs):
+            found.append(node.ref.hash)
+            if node.ref.level == 0:
+                found += entry_hashes(node.packed())  # type: ignore[union-attr]
+    return found
+
+
 class ReplicaStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.root = Path(self.mktemp()) / "replicas"
-        self.budget = Budget(total=100_000, per_peer=50_000)
-        self.store = ReplicaStore.open(self.root, self.budget)
-        self.key = nacl.signing.SigningKey.generate()
-        self.owner = bytes(self.key.verify_key)
+        self.root = Path(self.mktemp())
+        self.budget = Budget()
+        self.store = self.open()
+        self.blobs = BlobDict()
 
-    def sync(self, store: ReplicaStore, data: list[bytes], number: int) -> None:
-        revision = make_revision(self.key, data, number)
-        plan = store.begin(self.owner, revision.signed)
-        for index, _ref in plan.missing:
-            store.store_section(self.owner, revision.content_id, index, data[index])
-        store.finish(self.owner, revision.content_id)
+    def open(self) -> ReplicaStore:
+        return ReplicaStore.open(self.root, self.budget, NAMES, SEAL)
 
-    def disk_files(self) -> list[Path]:
-        return sorted(p for p in self.root.rglob("*") if p.is_file())
+    def revision(
+        self, sections: list[bytes], number: int, key: object = OWNER
+    ) -> object:
+        return make_revision(key.signing_key, sections, number, self.blobs)  # type: ignore[attr-defined]
 
-    def test_accepts_within_budget(self) -> None:
-        data = sections(10)
-        revision = make_revision(self.key, data, 1)
-        plan = self.store.begin(self.owner, revision.signed)
-        self.assertEqual([i for i, _ in plan.missing], list(range(10)))
-        self.assertEqual((plan.bytes_total, plan.bytes_done), (10_000, 0))
-        for index, _ in plan.missing:
-            self.store.store_section(
-                self.owner, revision.content_id, index, data[index]
-            )
-        held = self.store.finish(self.owner, revision.content_id)
-        self.assertEqual(
-            (held.number, held.complete, held.stored_bytes), (1, True, 10_000)
+    def store_all(self, revision: object, owner: bytes = OWNER.onion_pubkey) -> None:
+        """What a complete sync does: every blob, then finish."""
+        blobs = [(h, self.blobs[h]) for h in live(revision, self.blobs)]
+        self.store.store_blobs(owner, revision.content_id, blobs)  # type: ignore[attr-defined]
+        self.store.finish(
+            owner,
+            revision.content_id,
+            lambda: live(revision, self.blobs),  # type: ignore[attr-defined]
         )
-        self.assertEqual(self.store.usage(), {self.owner: 10_000})
+
+    def test_stores_and_serves_a_revision(self) -> None:
+        data = [os.urandom(1000) for _ in range(30)]
+        revision = self.revision(data, 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        held = self.store.held(OWNER.onion_pubkey)
+        assert held is not None
+        self.assertIsNone(held.held)
+        self.store_all(revision)
+        held = self.store.held(OWNER.onion_pubkey)
+        assert held is not None and held.held is not None
+        self.assertEqual(held.held.content_id, revision.content_id)
         self.assertEqual(
-            self.store.read_section(self.owner, revision.content_id, 3), data[3]
+            self.store.read_blob(OWNER.onion_pubkey, sha(data[7])), data[7]
         )
+        self.assertTrue(
+            self.store.holds_subtree(OWNER.onion_pubkey, revision.sections.hash)
+        )
+        # Every byte counts: blobs, their index entries, the record.
+        self.assertGreater(held.stored_bytes, sum(len(d) for d in data) + 30 * 48)
+
+    def test_directory_names_and_records_reveal_nothing(self) -> None:
+        revision = self.revision([b"secret-section"], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+        [directory] = [p for p in self.root.iterdir()]
+        self.assertNotIn(OWNER.onion_pubkey.hex(), directory.name)
+        record = (directory / "record.sealed").read_bytes()
+        self.assertNotIn(OWNER.onion_pubkey, record)
+        self.assertNotIn(revision.signed[:40], record)
 
     def test_refuses_over_per_peer_quota_writing_nothing(self) -> None:
-        revision = make_revision(self.key, sections(51), 1)
-        error = self.assertRaises(
-            QuotaExceeded, self.store.begin, self.owner, revision.signed
-        )
-        self.assertIn("51000", str(error))
-        self.assertIn("50000", str(error))
-        self.assertEqual(self.disk_files(), [])
-        self.assertIsNone(self.store.held(self.owner))
+        self.budget.config.per_peer_bytes = 5000
+        revision = self.revision([os.urandom(4000), os.urandom(4000)], 1)
+        with self.assertRaises(QuotaExceeded) as caught:
+            self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.assertIn("each peer may store at most 5000", str(caught.exception))
+        self.assertEqual(list(self.root.iterdir()), [])
 
-    def test_refuses_over_total_quota_writing_nothing(self) -> None:
-        other_key = nacl.signing.SigningKey.generate()
-        other = bytes(other_key.verify_key)
-        for key in (other_key,):
-            data = sections(45)
-            revision = make_revision(key, data, 1)
-            self.store.begin(other, revision.signed)
-            for index, _ in enumerate(data):
-                self.store.store_section(other, revision.content_id, index, data[index])
-            self.store.finish(other, revision.content_id)
-        self.budget.config.total_bytes = 80_000
-        before = self.disk_files()
-        revision = make_revision(self.key, sections(40), 1)
-        error = self.assertRaises(
-            QuotaExceeded, self.store.begin, self.owner, revision.signed
-        )
-        self.assertIn("40000", str(error))
-        self.assertIn("35000", str(error))
-        self.assertEqual(self.disk_files(), before)
+    def test_refuses_over_total_quota(self) -> None:
+        self.budget.config.total_bytes = 12_000
+        first = self.revision([os.urandom(7000)], 1, OTHER)
+        self.store.begin(OTHER.onion_pubkey, first.signed)
+        self.store_all(first, OTHER.onion_pubkey)
+        second = self.revision([os.urandom(6000)], 1)
+        with self.assertRaises(QuotaExceeded) as caught:
+            self.store.begin(OWNER.onion_pubkey, second.signed)
+        self.assertIn("of the total budget are free", str(caught.exception))
 
-    def test_store_section_rechecks_quota(self) -> None:
-        data = sections(10)
-        revision = make_revision(self.key, data, 1)
-        self.store.begin(self.owner, revision.signed)
-        self.budget.config.per_peer_bytes = 2_500
-        self.store.store_section(self.owner, revision.content_id, 0, data[0])
-        self.store.store_section(self.owner, revision.content_id, 1, data[1])
-        self.assertRaises(
-            QuotaExceeded,
-            self.store.store_section,
-            self.owner,
-            revision.content_id,
-            2,
-            data[2],
-        )
-        self.assertEqual(self.store.used_bytes, 2_000)
+    def test_every_write_rechecks_the_quota(self) -> None:
+        # The root's claim is small, the blobs are not: writes stop at the cap.
+        self.budget.config.total_bytes = 20_000
+        revision = self.revision([os.urandom(100) for _ in range(10)], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        with self.assertRaises(QuotaExceeded):
+            self.store.store_blobs(
+                OWNER.onion_pubkey,
+                revision.content_id,
+                [(sha(b), b) for b in [os.urandom(9000) for _ in range(3)]],
+            )
+        self.assertLessEqual(self.store.used_bytes, 20_000)
 
-    def test_stale_revision_refused(self) -> None:
-        self.sync(self.store, sections(3), 5)
-        older = make_revision(self.key, sections(3), 4)
-        self.assertRaises(StaleRevision, self.store.begin, self.owner, older.signed)
-        fork = make_revision(self.key, sections(3), 5)
-        self.assertRaises(StaleRevision, self.store.begin, self.owner, fork.signed)
-
-    def test_same_complete_revision_is_nothing_to_do(self) -> None:
-        data = sections(3)
-        self.sync(self.store, data, 1)
-        plan = self.store.begin(self.owner, make_revision(self.key, data, 1).signed)
-        self.assertEqual(plan.missing, [])
-        self.assertEqual(plan.bytes_done, plan.bytes_total)
+    def test_stale_and_conflicting_revisions_refused(self) -> None:
+        newer = self.revision([b"b"], 2)
+        self.store.begin(OWNER.onion_pubkey, newer.signed)
+        with self.assertRaises(StaleRevision):
+            self.store.begin(OWNER.onion_pubkey, self.revision([b"a"], 1).signed)
+        with self.assertRaises(StaleRevision):
+            self.store.begin(OWNER.onion_pubkey, self.revision([b"c"], 2).signed)
 
     def test_revision_of_another_owner_refused(self) -> None:
-        stranger = nacl.signing.SigningKey.generate()
-        revision = make_revision(stranger, sections(2), 1)
-        self.assertRaises(
-            InvalidRevision, self.store.begin, self.owner, revision.signed
-        )
+        from barterbackup.revisions import InvalidRevision
 
-    def test_bad_section_refused_and_not_written(self) -> None:
-        data = sections(2)
-        revision = make_revision(self.key, data, 1)
-        self.store.begin(self.owner, revision.signed)
-        flipped = bytes([data[0][0] ^ 1]) + data[0][1:]
-        self.assertRaises(
-            BadSection,
-            self.store.store_section,
-            self.owner,
-            revision.content_id,
-            0,
-            flipped,
+        foreign = self.revision([b"x"], 1, OTHER)
+        with self.assertRaises(InvalidRevision):
+            self.store.begin(OWNER.onion_pubkey, foreign.signed)
+
+    def test_bad_blob_refused_and_not_written(self) -> None:
+        revision = self.revision([b"good"], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        with self.assertRaises(BadBlob):
+            self.store.store_blobs(
+                OWNER.onion_pubkey, revision.content_id, [(sha(b"good"), b"evil")]
+            )
+        self.store.checkpoint(OWNER.onion_pubkey)
+        self.assertFalse(self.store.has_blob(OWNER.onion_pubkey, sha(b"good")))
+
+    def test_blobs_only_for_the_pending_revision(self) -> None:
+        with self.assertRaises(UnknownRevision):
+            self.store.store_blobs(
+                OWNER.onion_pubkey, os.urandom(32), [(sha(b"a"), b"a")]
+            )
+
+    def test_finish_drops_what_the_new_revision_does_not_need(self) -> None:
+        old = [os.urandom(1000) for _ in range(20)]
+        first = self.revision(old, 1)
+        self.store.begin(OWNER.onion_pubkey, first.signed)
+        self.store_all(first)
+        new = old[:10] + [os.urandom(1000) for _ in range(5)]
+        second = self.revision(new, 2)
+        self.store.begin(OWNER.onion_pubkey, second.signed)
+        self.store_all(second)
+        for data in old[10:]:
+            self.assertFalse(self.store.has_blob(OWNER.onion_pubkey, sha(data)))
+        for data in new:
+            self.assertTrue(self.store.has_blob(OWNER.onion_pubkey, sha(data)))
+
+    def test_fetched_blobs_survive_a_reopen_but_are_not_whole_subtrees(self) -> None:
+        revision = self.revision([os.urandom(500) for _ in range(100)], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        root = revision.sections.hash
+        self.store.store_blobs(
+            OWNER.onion_pubkey, revision.content_id, [(root, self.blobs[root])]
         )
-        self.assertEqual(self.store.used_bytes, 0)
+        self.store.checkpoint(OWNER.onion_pubkey)
+        self.store.close()
+        self.store = self.open()
+        self.assertTrue(self.store.has_blob(OWNER.onion_pubkey, root))
+        # Its children are not all there: a sync must not skip this subtree.
+        self.assertFalse(self.store.holds_subtree(OWNER.onion_pubkey, root))
+        held = self.store.held(OWNER.onion_pubkey)
+        assert held is not None and held.pending is not None
+        self.assertEqual(held.pending.content_id, revision.content_id)
+
+    def test_a_bad_directory_is_quarantined_and_the_rest_opens(self) -> None:
+        revision = self.revision([b"kept"], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+        self.store.close()
+        (self.root / "stray").mkdir()
+        (self.root / "not-a-directory").write_bytes(b"x")
+        reopened = self.open()
         self.assertEqual(
-            list((self.root / self.owner.hex() / SECTIONS_DIR).iterdir()), []
+            sorted(q.path.name.split(".")[0] for q in reopened.quarantined),
+            ["not-a-directory", "stray"],
         )
-        self.assertRaises(
-            IncompleteRevision, self.store.finish, self.owner, revision.content_id
-        )
+        self.assertEqual(reopened.read_blob(OWNER.onion_pubkey, sha(b"kept")), b"kept")
 
-    def test_delta_plan_and_finish_drops_old_only_sections(self) -> None:
-        old = sections(10)
-        self.sync(self.store, old, 1)
-        new = list(old)
-        new[2], new[7] = os.urandom(1000), os.urandom(1500)
-        revision = make_revision(self.key, new, 2)
-        plan = self.store.begin(self.owner, revision.signed)
-        self.assertEqual([i for i, _ in plan.missing], [2, 7])
-        self.assertEqual(plan.bytes_done, 8_000)
-        self.assertEqual(len(plan.reference), 10)
-        for index, _ in plan.missing:
-            self.store.store_section(self.owner, revision.content_id, index, new[index])
-        # Until finish, both revisions are on disk and the old is readable.
-        self.assertEqual(self.store.used_bytes, 12_500)
-        old_id = make_revision(self.key, old, 1).content_id
-        self.assertEqual(self.store.read_section(self.owner, old_id, 2), old[2])
-        held = self.store.finish(self.owner, revision.content_id)
-        self.assertEqual((held.number, held.stored_bytes), (2, 10_500))
-        self.assertEqual(len(self.disk_files()), 11)  # 10 sections + current.pb
-        self.assertRaises(
-            UnknownRevision, self.store.read_section, self.owner, old_id, 2
-        )
+    def test_a_tampered_record_is_quarantined(self) -> None:
+        revision = self.revision([b"x"], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+        self.store.close()
+        [directory] = [p for p in self.root.iterdir()]
+        record = directory / "record.sealed"
+        data = bytearray(record.read_bytes())
+        data[20] ^= 1
+        record.write_bytes(bytes(data))
+        reopened = self.open()
+        [bad] = reopened.quarantined
+        self.assertIn("failed authentication", bad.reason)
+        self.assertIsNone(reopened.held(OWNER.onion_pubkey))
+        self.assertTrue((self.root / "quarantine").is_dir())
 
-    def test_quota_counts_union_of_old_and_new(self) -> None:
-        self.budget.config.per_peer_bytes = 15_000
-        old = sections(10)
-        self.sync(self.store, old, 1)
-        # 10 kB new content shares nothing with the old: 20 kB during sync.
-        revision = make_revision(self.key, sections(10), 2)
-        error = self.assertRaises(
-            QuotaExceeded, self.store.begin, self.owner, revision.signed
-        )
-        self.assertIn("20000", str(error))
-        shared = make_revision(self.key, old[:6] + sections(4), 2)
-        plan = self.store.begin(self.owner, shared.signed)
-        self.assertEqual(len(plan.missing), 4)
+    def test_a_record_moved_to_another_owners_directory_is_refused(self) -> None:
+        a = self.revision([b"a"], 1)
+        self.store.begin(OWNER.onion_pubkey, a.signed)
+        self.store_all(a)
+        b = self.revision([b"b"], 1, OTHER)
+        self.store.begin(OTHER.onion_pubkey, b.signed)
+        self.store_all(b, OTHER.onion_pubkey)
+        self.store.close()
+        first, second = sorted(self.root.iterdir())
+        (second / "record.sealed").write_bytes((first / "record.sealed").read_bytes())
+        reopened = self.open()
+        self.assertEqual(len(reopened.quarantined), 1)
 
-    def test_resume_after_partial_store_and_reopen(self) -> None:
-        old = sections(4)
-        self.sync(self.store, old, 1)
-        new = old[:2] + sections(6)
-        revision = make_revision(self.key, new, 2)
-        plan = self.store.begin(self.owner, revision.signed)
-        for index, _ in plan.missing[:3]:
-            self.store.store_section(self.owner, revision.content_id, index, new[index])
-        # A crash here: reopen from disk.
-        reopened = ReplicaStore.open(self.root, self.budget)
-        held = reopened.held(self.owner)
-        assert held is not None and held.readable is not None
-        self.assertEqual(
-            (held.number, held.complete, held.readable.number), (2, False, 1)
-        )
-        self.assertEqual(reopened.used_bytes, 7_000)
-        old_id = make_revision(self.key, old, 1).content_id
-        self.assertEqual(reopened.read_section(self.owner, old_id, 3), old[3])
-        resumed = reopened.begin(self.owner, revision.signed)
-        self.assertEqual([i for i, _ in resumed.missing], [5, 6, 7])
-        for index, _ in resumed.missing:
-            reopened.store_section(self.owner, revision.content_id, index, new[index])
-        self.assertEqual(
-            reopened.finish(self.owner, revision.content_id).stored_bytes, 8_000
-        )
-
-    def test_newer_revision_replaces_unfinished_one(self) -> None:
-        data = sections(4)
-        revision = make_revision(self.key, data, 1)
-        self.store.begin(self.owner, revision.signed)
-        self.store.store_section(self.owner, revision.content_id, 0, data[0])
-        self.store.store_section(self.owner, revision.content_id, 1, data[1])
-        newer_data = data[:1] + sections(2)
-        newer = make_revision(self.key, newer_data, 2)
-        plan = self.store.begin(self.owner, newer.signed)
-        self.assertEqual([i for i, _ in plan.missing], [1, 2])
-        self.assertEqual(self.store.used_bytes, 1_000)
-
-    def test_crash_after_current_written_is_repaired(self) -> None:
-        old = sections(3)
-        self.sync(self.store, old, 1)
-        new = old[:1] + sections(2)
-        revision = make_revision(self.key, new, 2)
-        plan = self.store.begin(self.owner, revision.signed)
-        for index, _ in plan.missing:
-            self.store.store_section(self.owner, revision.content_id, index, new[index])
-        owner_dir = self.root / self.owner.hex()
-        pending = (owner_dir / PENDING_RECORD).read_bytes()
-        self.store.finish(self.owner, revision.content_id)
-        # Simulate a crash after current.pb was replaced but before the old
-        # pending record and old-only sections went.
-        (owner_dir / PENDING_RECORD).write_bytes(pending)
-        (owner_dir / SECTIONS_DIR / os.urandom(32).hex()).write_bytes(b"x" * 10)
-        (owner_dir / "leftover.tmp-bb").write_bytes(b"partial")
-        reopened = ReplicaStore.open(self.root, self.budget)
-        held = reopened.held(self.owner)
-        assert held is not None
-        self.assertEqual(
-            (held.number, held.complete, held.stored_bytes), (2, True, 3_000)
-        )
-        self.assertFalse((owner_dir / PENDING_RECORD).exists())
-        self.assertFalse((owner_dir / "leftover.tmp-bb").exists())
-
-    def test_tampered_record_is_a_clear_error(self) -> None:
-        self.sync(self.store, sections(2), 1)
-        path = self.root / self.owner.hex() / CURRENT_RECORD
-        record = storedpb_pb2.ReplicaRecord.FromString(path.read_bytes())
-        signed = storedpb_pb2.SignedRevision.FromString(record.signed_revision)
-        revision = storedpb_pb2.ContentRevision.FromString(signed.revision)
-        revision.number = 99
-        signed.revision = revision.SerializeToString()
-        record.signed_revision = signed.SerializeToString()
-        path.write_bytes(record.SerializeToString())
-        error = self.assertRaises(
-            ReplicaRecordError, ReplicaStore.open, self.root, self.budget
-        )
-        self.assertIn("tampered", str(error))
-        path.write_bytes(b"\xff\xff garbage")
-        error = self.assertRaises(
-            ReplicaRecordError, ReplicaStore.open, self.root, self.budget
-        )
-        self.assertIn("not a valid record", str(error))
-
-    def test_complete_record_with_missing_sections_is_a_clear_error(self) -> None:
-        self.sync(self.store, sections(2), 1)
-        section_dir = self.root / self.owner.hex() / SECTIONS_DIR
-        next(section_dir.iterdir()).unlink()
-        error = self.assertRaises(
-            ReplicaRecordError, ReplicaStore.open, self.root, self.budget
-        )
-        self.assertIn("1 of its sections are missing", str(error))
-
-    def test_corrupted_section_on_disk_not_served(self) -> None:
-        data = sections(2)
-        self.sync(self.store, data, 1)
-        content_id = make_revision(self.key, data, 1).content_id
-        section_dir = self.root / self.owner.hex() / SECTIONS_DIR
-        for path in section_dir.iterdir():
-            path.write_bytes(b"\x00" * 1000)
-        self.assertRaises(
-            BadSection, self.store.read_section, self.owner, content_id, 0
-        )
+    def test_corrupted_blob_on_disk_not_served(self) -> None:
+        revision = self.revision([b"A" * 5000], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+        self.store.close()
+        [directory] = [p for p in self.root.iterdir()]
+        for pack in (directory / "packs").glob("*.pack"):
+            data = bytearray(pack.read_bytes())
+            at = data.find(b"A" * 100)
+            if at >= 0:
+                data[at] ^= 1
+                pack.write_bytes(bytes(data))
+        reopened = self.open()
+        with self.assertRaises(BadBlob):
+            reopened.read_blob(OWNER.onion_pubkey, sha(b"A" * 5000))
 
     def test_delete_removes_everything(self) -> None:
-        self.sync(self.store, sections(3), 1)
-        self.store.delete(self.owner)
-        self.assertIsNone(self.store.held(self.owner))
-        self.assertEqual(self.disk_files(), [])
+        revision = self.revision([b"x" * 100], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+        self.store.delete(OWNER.onion_pubkey)
+        self.assertIsNone(self.store.held(OWNER.onion_pubkey))
+        self.assertEqual(list(self.root.iterdir()), [])
         self.assertEqual(self.store.used_bytes, 0)
 
     def test_default_budget(self) -> None:
+        self.budget.config.total_bytes = 0
         self.assertEqual(
-            effective_budget(storedpb_pb2.StorageConfig()),
-            (DEFAULT_TOTAL_BYTES, DEFAULT_TOTAL_BYTES),
-        )
-        self.assertEqual(
-            effective_budget(
-                storedpb_pb2.StorageConfig(total_bytes=10, per_peer_bytes=50)
-            ),
-            (10, 10),
+            self.store.granted_bytes(OWNER.onion_pubkey), DEFAULT_TOTAL_BYTES
         )
 
-    def test_torn_pending_section_is_dropped_on_reopen(self) -> None:
-        data = sections(3)
-        revision = make_revision(self.key, data, 1)
-        self.store.begin(self.owner, revision.signed)
-        self.store.store_section(self.owner, revision.content_id, 0, data[0])
-        self.store.store_section(self.owner, revision.content_id, 1, data[1])
-        # A crash before the flush: one section's bytes never reached disk.
-        ref = revision.revision.sections[1]
-        torn = self.root / self.owner.hex() / SECTIONS_DIR / ref.sha256.hex()
-        torn.write_bytes(bytes(1000))
-        reopened = ReplicaStore.open(self.root, self.budget)
-        self.assertEqual(reopened.used_bytes, 1000)
-        plan = reopened.begin(self.owner, revision.signed)
-        self.assertEqual([i for i, _ in plan.missing], [1, 2])
+
+# The child run for each crash point: store revision 1 (no crash armed),
+# reopen with the crash points armed, store revision 2: the armed point
+# kills the child (SIGKILL) in the middle of it.
+CHILD = """
+import sys
+from pathlib import Path
+from barterbackup._proto import storedpb_pb2
+from barterbackup.store.replicas import ReplicaStore
+from barterbackup.content.crash import crash_point
+from tests.test_replicas_store import NAMES, SEAL, OWNER, live
+from barterbackup.testing.fakes import BlobDict, make_revision
+root, install_every = Path(sys.argv[1]), int(sys.argv[2])
+budget = storedpb_pb2.StorageConfig(total_bytes=10**9)
+blobs = BlobDict()
+def sync(store, sections, number):
+    revision = make_revision(OWNER.signing_key, sections, number, blobs)
+    store.begin(OWNER.onion_pubkey, revision.signed)
+    for h in live(revision, blobs):  # one by one: installs fall mid-sync
+        store.store_blobs(OWNER.onion_pubkey, revision.content_id, [(h, blobs[h])])
+    store.finish(OWNER.onion_pubkey, revision.content_id, lambda: live(revision, blobs))
+store = ReplicaStore.open(root, lambda: budget, NAMES, SEAL)
+sync(store, [bytes([1]) * 3000, bytes([2]) * 3000], 1)
+store.close()
+store = ReplicaStore.open(
+    root, lambda: budget, NAMES, SEAL, crash_point=crash_point,
+    install_every_bytes=install_every,
+)
+sync(store, [bytes([1]) * 3000, bytes([3]) * 3000, bytes([4]) * 3000], 2)
+"""
+
+FIRST = [bytes([1]) * 3000, bytes([2]) * 3000]
+SECOND = [bytes([1]) * 3000, bytes([3]) * 3000, bytes([4]) * 3000]
+
+
+class CrashTests(SynchronousTestCase):
+    """kill -9 at every numbered write point of the replica store."""
+
+    def run_child(self, root: Path, crash_at: int) -> int:
+        env = dict(os.environ, BARTERBACKUP_CRASH_AT=str(crash_at))
+        return subprocess.run(
+            # Mid-sync installs only for their own points (101-103), so the
+            # others find a pack still open when the sync finishes.
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(root),
+                "4000" if crash_at < 104 else str(10**9),
+            ],
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=120,
+        ).returncode
+
+    def test_every_crash_point_leaves_the_last_complete_revision(self) -> None:
+        # 101-103: a pack installed mid-sync; 104-106: the last pack
+        # installed at finish; 107: the record written (commit point); 108:
+        # what only the old revision used dropped.
+        for point in range(101, 109):
+            # Absolute: the child runs in the repository root.
+            root = Path(self.mktemp()).resolve()
+            code = self.run_child(root, point)
+            self.assertEqual(code, -9, f"crash point {point} was not reached")
+            store = ReplicaStore.open(root, Budget(), NAMES, SEAL)
+            self.assertEqual(store.quarantined, [])
+            held = store.held(OWNER.onion_pubkey)
+            assert held is not None and held.held is not None
+            number = 2 if point >= 107 else 1
+            self.assertEqual(held.held.number, number, f"crash point {point}")
+            for section in SECOND if number == 2 else FIRST:
+                self.assertEqual(
+                    store.read_blob(OWNER.onion_pubkey, sha(section)), section
+                )
+            if number == 1:
+                self.assertEqual(held.pending.number, 2)
+            leftovers = [p for p in root.rglob("*") if ".tmp" in p.name]
+            self.assertEqual(leftovers, [], f"crash point {point}")
+            store.close()

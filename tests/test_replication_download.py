@@ -13,8 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.bbrpc.framing import ACCEPTS_DOWNLOAD_PIECES, DownloadPiece
-from barterbackup.sync.serve import PIECE_BYTES, send_sections
-from barterbackup.testing.fakes import make_revision
+from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST, PIECE_BYTES, send_blobs
 from barterbackup.testing.link import connected_pair, keys_for_test
 from tests.sync_peers import SyncLink, SyncPeer
 from tests.test_replication_sync import sections
@@ -59,33 +58,44 @@ class DownloadTests(SynchronousTestCase):
         failure = self.failureResultOf(d, PeerCallError)
         self.assertEqual(failure.value.code, code)
 
+    def blobs(self, *indexes: int) -> list[bytes]:
+        return [hashlib.sha256(self.data[i]).digest() for i in indexes]
+
     def test_offered_peer_downloads_our_content(self) -> None:
-        d, items = self.download(self.replica_to_owner, self.request(sections=[2, 0]))
+        d, items = self.download(
+            self.replica_to_owner, self.request(blobs=self.blobs(2, 0))
+        )
         self.successResultOf(d)
         self.assertEqual(
-            [(i.section, i.data) for i in items], [(2, self.data[2]), (0, self.data[0])]
+            [(i.blob, i.data) for i in items],
+            list(zip(self.blobs(2, 0), [self.data[2], self.data[0]], strict=True)),
         )
 
-    def test_reference_sections_are_skipped_and_empty_list_means_all(self) -> None:
-        reference = [self.revision.revision.sections[1].sha256]
-        d, items = self.download(
-            self.replica_to_owner, self.request(reference_sections=reference)
-        )
+    def test_tree_nodes_are_blobs_too(self) -> None:
+        root = self.revision.sections.hash
+        d, items = self.download(self.replica_to_owner, self.request(blobs=[root]))
         self.successResultOf(d)
-        self.assertEqual([i.section for i in items], [0, 2, 3])
+        [item] = items
+        self.assertEqual(hashlib.sha256(item.data).digest(), root)
 
     def test_stranger_cannot_download_our_content(self) -> None:
-        d, items = self.download(self.stranger_to_owner, self.request())
+        d, items = self.download(
+            self.stranger_to_owner, self.request(blobs=self.blobs(0))
+        )
         self.assertCode(d, bbrpc_pb2.ERROR_CODE_PERMISSION_DENIED)
         self.assertEqual(items, [])
 
     def test_owner_downloads_its_replica_back(self) -> None:
-        d, items = self.download(self.owner_to_replica, self.request(sections=[3]))
+        d, items = self.download(
+            self.owner_to_replica, self.request(blobs=self.blobs(3))
+        )
         self.successResultOf(d)
         self.assertEqual([i.data for i in items], [self.data[3]])
 
     def test_stranger_cannot_download_someone_elses_replica(self) -> None:
-        d, items = self.download(self.stranger_to_replica, self.request())
+        d, items = self.download(
+            self.stranger_to_replica, self.request(blobs=self.blobs(0))
+        )
         self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
         self.assertEqual(items, [])
 
@@ -94,14 +104,16 @@ class DownloadTests(SynchronousTestCase):
         d, _ = self.download(self.replica_to_owner, request)
         self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
 
-    def test_out_of_range_section_is_a_bad_request(self) -> None:
-        d, items = self.download(self.replica_to_owner, self.request(sections=[0, 4]))
-        self.assertCode(d, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
-        self.assertEqual(items, [])
+    def test_malformed_and_oversized_requests_are_bad_requests(self) -> None:
+        for blobs in ([b"short"], [os.urandom(32)] * (MAX_BLOBS_PER_REQUEST + 1)):
+            d, items = self.download(self.replica_to_owner, self.request(blobs=blobs))
+            self.assertCode(d, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
+            self.assertEqual(items, [])
 
-    def test_section_gone_from_owner_is_not_found(self) -> None:
-        self.owner.content.forget_section(self.revision.revision.sections[1].sha256)
-        d, _ = self.download(self.replica_to_owner, self.request(sections=[1]))
+    def test_blob_gone_from_owner_is_not_found(self) -> None:
+        [gone] = self.blobs(1)
+        self.owner.content.forget_blob(gone)
+        d, _ = self.download(self.replica_to_owner, self.request(blobs=[gone]))
         self.assertCode(d, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
 
 
@@ -120,10 +132,10 @@ class PeerExchangeTests(SynchronousTestCase):
         )
 
 
-class SendSectionsTests(SynchronousTestCase):
-    """send_sections cuts the same pieces for either kind of sender."""
+class SendBlobsTests(SynchronousTestCase):
+    """send_blobs cuts the same pieces for either kind of sender."""
 
-    def _sent(self, accepts_pieces: bool) -> list[Any]:
+    def _sent(self, accepts_pieces: bool) -> tuple[list[Any], list[bytes]]:
         sent: list[Any] = []
 
         def send(item: Any) -> defer.Deferred[None]:
@@ -132,38 +144,34 @@ class SendSectionsTests(SynchronousTestCase):
 
         if accepts_pieces:
             setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
-        section_data = [os.urandom(2 * PIECE_BYTES + 7), os.urandom(3)]
-        revision = make_revision(keys_for_test(1).signing_key, section_data, 1)
-        d = defer.Deferred.fromCoroutine(
-            send_sections(send, revision, [1, 0], section_data.__getitem__)
-        )
+        data = [os.urandom(2 * PIECE_BYTES + 7), os.urandom(3)]
+        by_hash = {hashlib.sha256(d).digest(): d for d in data}
+        order = [hashlib.sha256(data[1]).digest(), hashlib.sha256(data[0]).digest()]
+        d = defer.Deferred.fromCoroutine(send_blobs(send, order, by_hash.__getitem__))
         self.successResultOf(d)
-        return sent
+        return sent, order
 
     def test_pieces_for_a_real_connection_messages_otherwise(self) -> None:
-        pieces = self._sent(accepts_pieces=True)
-        messages = self._sent(accepts_pieces=False)
+        pieces, _ = self._sent(accepts_pieces=True)
+        messages, order = self._sent(accepts_pieces=False)
         self.assertTrue(all(isinstance(p, DownloadPiece) for p in pieces))
-        # Views into the section read from disk: cutting pieces copies nothing.
+        # Views into the blob read from disk: cutting pieces copies nothing.
         self.assertTrue(all(isinstance(p.data, memoryview) for p in pieces))
         self.assertTrue(
             all(isinstance(m, bbrpc_pb2.DownloadResponse) for m in messages)
         )
         self.assertEqual(
-            [(m.section, m.offset, len(m.data)) for m in messages],
+            [(m.blob, m.offset, len(m.data)) for m in messages],
             [
-                (1, 0, 3),
-                (0, 0, PIECE_BYTES),
-                (0, PIECE_BYTES, PIECE_BYTES),
-                (0, 2 * PIECE_BYTES, 7),
+                (order[0], 0, 3),
+                (order[1], 0, PIECE_BYTES),
+                (order[1], PIECE_BYTES, PIECE_BYTES),
+                (order[1], 2 * PIECE_BYTES, 7),
             ],
         )
         for message in messages:
             self.assertEqual(message.sha256, hashlib.sha256(message.data).digest())
-        # Different random sections per call, so compare the cut, not bytes.
-        self.assertEqual(
-            [(p.section, p.offset, len(p.data), p.section_length) for p in pieces],
-            [(m.section, m.offset, len(m.data), m.section_length) for m in messages],
-        )
         for piece in pieces:
             self.assertEqual(piece.sha256, hashlib.sha256(piece.data).digest())
+        # A piece that is the whole blob carries the blob's own hash.
+        self.assertEqual(pieces[0].sha256, pieces[0].blob)

@@ -100,11 +100,11 @@ _DOWNLOAD_RESPONSE_NUMBER = bbrpc_pb2.Envelope.DESCRIPTOR.fields_by_name[
 
 # DownloadResponse field tags, in field-number order (which is the order
 # protobuf serializes known fields in; tests check the bytes are equal).
-_SECTION_TAG = tag(1, VARINT)
+_BLOB_TAG = tag(1, LENGTH_DELIMITED)
 _OFFSET_TAG = tag(2, VARINT)
 _DATA_TAG = tag(3, LENGTH_DELIMITED)
 _SHA256_TAG = tag(4, LENGTH_DELIMITED)
-_SECTION_LENGTH_TAG = tag(5, VARINT)
+_BLOB_LENGTH_TAG = tag(5, VARINT)
 _CALL_ID_TAG = tag(1, VARINT)
 _DOWNLOAD_RESPONSE_TAG = tag(_DOWNLOAD_RESPONSE_NUMBER, LENGTH_DELIMITED)
 
@@ -113,22 +113,22 @@ _DOWNLOAD_RESPONSE_TAG = tag(_DOWNLOAD_RESPONSE_NUMBER, LENGTH_DELIMITED)
 class DownloadPiece:
     """One Download stream item, framed without a protobuf message.
 
-    Means exactly ``DownloadResponse(section, offset, data, sha256,
-    section_length)``. Building that message copies ``data`` into protobuf
+    Means exactly ``DownloadResponse(blob, offset, data, sha256,
+    blob_length)``. Building that message copies ``data`` into protobuf
     memory and serializing it copies it again; each copy of a 1 MiB piece
     is a fresh allocation that costs ~256 page faults, which made those
     copies the largest cost of a Download. ``data`` may be a memoryview
-    into a whole section, so cutting pieces copies nothing.
+    into a whole blob, so cutting pieces copies nothing.
     """
 
-    section: int
+    blob: bytes
     offset: int
     data: bytes | memoryview
     sha256: bytes
-    section_length: int
+    blob_length: int
 
     def __post_init__(self) -> None:
-        for name in ("section", "offset", "section_length"):
+        for name in ("offset", "blob_length"):
             value = getattr(self, name)
             if not 0 <= value < UINT64_LIMIT:
                 raise ValueError(f"{name} {value} is not a uint64")
@@ -138,11 +138,11 @@ class DownloadPiece:
     def to_message(self) -> bbrpc_pb2.DownloadResponse:
         """The same item as a DownloadResponse (copies the data)."""
         return bbrpc_pb2.DownloadResponse(
-            section=self.section,
+            blob=self.blob,
             offset=self.offset,
             data=bytes(self.data),
             sha256=self.sha256,
-            section_length=self.section_length,
+            blob_length=self.blob_length,
         )
 
 
@@ -173,8 +173,8 @@ def encode_download_piece_frame(
         raise ValueError(f"call id {call_id} is not a uint64")
     data_length = memoryview(piece.data).nbytes
     head = bytearray()
-    if piece.section:
-        head += _SECTION_TAG + varint(piece.section)
+    if piece.blob:
+        head += _BLOB_TAG + varint(len(piece.blob)) + piece.blob
     if piece.offset:
         head += _OFFSET_TAG + varint(piece.offset)
     if data_length:
@@ -182,8 +182,8 @@ def encode_download_piece_frame(
     tail = bytearray()
     if piece.sha256:
         tail += _SHA256_TAG + varint(len(piece.sha256)) + piece.sha256
-    if piece.section_length:
-        tail += _SECTION_LENGTH_TAG + varint(piece.section_length)
+    if piece.blob_length:
+        tail += _BLOB_LENGTH_TAG + varint(piece.blob_length)
     body_length = len(head) + data_length + len(tail)
     envelope_head = bytearray()
     if call_id:

@@ -167,7 +167,7 @@ class Node(MultiService):
             onion_address=session.keys.onion_address,
             revision=current.number if current else 0,
             file_count=len(manifest.files) if manifest else 0,
-            content_length=current.revision.content_length if current else 0,
+            content_length=current.content_length if current else 0,
             transport=self.config.transport,
             peer_endpoint=session.transport.advertised,
             peer_network=session.network.state,
@@ -214,7 +214,7 @@ class Node(MultiService):
         Called after each commit; fires with the bytes freed.
         """
         session = self._require_unlocked()
-        keep = session.pusher.sections_in_flight()
+        keep = session.pusher.revisions_in_flight()
         return self.env.blocking(lambda: session.content.gc(keep))
 
     def revision_committed(self) -> None:

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
+from barterbackup.content.crash import crash_point
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
 from barterbackup.logs import get_logger
@@ -44,6 +45,11 @@ from barterbackup.transport.base import Transport
 from barterbackup.transport.tcp import PlainTcpTransport
 
 log = get_logger("barterbackup.node")
+
+# Subkeys of the replica store: directory names (a keyed hash of each
+# owner) and the sealing of its records (docs/keys.md).
+REPLICA_NAMES_LABEL = "replica directory names"
+REPLICA_RECORDS_LABEL = "replica records aead"
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,11 @@ class UnlockedSession(MultiService):
         try:
             replicas: ReplicaStore = await env.blocking(
                 lambda: ReplicaStore.open(
-                    paths.replicas_dir(node_dir), lambda: metadata.get().storage
+                    paths.replicas_dir(node_dir),
+                    lambda: metadata.get().storage,
+                    naming_key=keys.subkey(REPLICA_NAMES_LABEL),
+                    sealing_key=keys.subkey(REPLICA_RECORDS_LABEL),
+                    crash_point=crash_point,
                 )
             )
         except BaseException:

@@ -333,6 +333,28 @@ class PackStore:
 
     # -- public API -------------------------------------------------------
 
+    def pack_of(self, sha256: bytes) -> str | None:
+        """The id of the installed pack holding ``sha256``, or None."""
+        with self._lock:
+            location = self._locate(sha256)
+            if location is None or location < 0:
+                return None
+            return self._pack_ids[location >> _ENTRY_BITS]
+
+    def pack_ids(self) -> list[str]:
+        """Every installed pack's id."""
+        with self._lock:
+            return sorted(self._pack_ids.values())
+
+    def disk_bytes(self) -> int:
+        """Bytes the installed packs and their indexes take on disk."""
+        with self._lock:
+            total = 0
+            for pack_id in self._pack_ids.values():
+                for suffix in (PACK_SUFFIX, INDEX_SUFFIX):
+                    total += (self.directory / f"{pack_id}{suffix}").stat().st_size
+            return total
+
     def has(self, sha256: bytes) -> bool:
         with self._lock:
             location = self._locate(sha256)

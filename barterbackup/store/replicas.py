@@ -1,40 +1,49 @@
-"""Other nodes' content stored here, within the storage budget.
+"""Other nodes' content stored here, each owner within its budget.
 
 Layout under the node directory::
 
-    replicas/<owner pubkey hex>/current.pb     ReplicaRecord, complete=True
-    replicas/<owner pubkey hex>/pending.pb     ReplicaRecord, complete=False
-    replicas/<owner pubkey hex>/sections/<ciphertext sha256 hex>
+    replicas/<owner id>/record.sealed    sealed ReplicaRecord
+    replicas/<owner id>/packs/           the owner's blobs (sections, tree
+                                         nodes, manifest chunks) in packs
+    replicas/quarantine/                 owner directories that failed to open
 
-``current.pb`` is the last revision fully stored: it stays readable (and its
-sections stay on disk) while a newer revision is being fetched into
-``pending.pb``. Sections are named by their ciphertext hash, so one file
-serves every revision (and every table slot) that uses the same bytes: that
-is what makes the N → N+1 delta cheap. Sections are never shared between
-owners, so each owner's usage is exactly the size of its own directory.
+``<owner id>`` is a keyed hash of the owner's key, and the record is sealed,
+so the directory tells a reader neither whom we store for nor what.
 
-Crash safety: records are written with ``atomic_write``. Sections are
-written through a temp name and a rename but not fsynced one by one (at the
-content engine's ~20 KiB average section size an fsync each costs ~5 ms, far
-more than the network); ``finish`` flushes them all (``os.sync``) before the
-complete record is written, and ``open`` re-hashes sections that only the
-pending revision uses, dropping any a crash left torn. ``finish`` writes
-``current.pb`` first, then drops ``pending.pb``, then deletes sections only
-the old revision used; ``open`` repairs any prefix of that sequence (a
-pending record not newer than current is dropped, sections no record uses
-are deleted). Partially fetched sections of a pending revision are kept and
-accounted, which is how an interrupted transfer resumes.
+The record names the revision held completely (``held``), the one being
+fetched (``pending``) and the packs that were installed when ``held``
+became complete (``complete_packs``): a tree node in one of those has its
+whole subtree stored, which is what lets a sync skip a subtree it holds
+while never trusting a node an interrupted sync left without its children.
 
-Records are plain (not sealed): the signed revision inside is verified on
-load, against the owner named by the directory, so a tampered or foreign
-record is refused with a clear error rather than trusted.
+This store knows blobs, not trees: the data plane (``sync/``) walks the
+trees, decides what to fetch and what stays live, and calls in here.
+
+Crash safety (numbered points for the kill -9 tests, ``crash_point``):
+
+* ``begin`` writes the record with the new ``pending`` (atomic write).
+* ``store_blobs`` appends to an open pack (temp names); every
+  ``INSTALL_EVERY_BYTES`` the pack is finished and installed (101-103), so
+  an interrupted sync keeps what it fetched and resumes.
+* ``finish`` installs the last pack (104-106), then writes the record with
+  ``held`` = the pending revision (107: the commit point), then drops blobs
+  no held revision needs (108). A crash before 107 leaves the old ``held``
+  intact and the fetched blobs stored for the resumed sync; after it, the
+  new revision is held and unneeded blobs go at the next finish or delete.
+* Open removes temp files and packs without an index (never referenced).
+
+Quotas count every byte a peer makes us keep: its packs, their indexes and
+its record.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,30 +51,41 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from barterbackup._proto import storedpb_pb2
-from barterbackup.revisions import (
-    InvalidRevision,
-    SectionIndexOutOfRange,
-    VerifiedRevision,
-    verify_revision,
-)
+from barterbackup.revisions import InvalidRevision, VerifiedRevision, verify_root
 from barterbackup.store.atomic import (
-    atomic_delete,
     atomic_write,
     fsync_directory,
     make_private_directory,
     remove_leftovers,
-    temp_path_for,
 )
+from barterbackup.store.packs import (
+    INDEX_ENTRY,
+    PackStore,
+    PackWriter,
+    SectionCorrupt,
+    SectionMissing,
+)
+from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
 
 GIB = 1024 * 1024 * 1024
 # The budget granted to peers while the user has not set one: enough for a
 # small file set to be traded out of the box, small enough not to surprise.
 DEFAULT_TOTAL_BYTES = 1 * GIB
+RECORD_FILENAME = "record.sealed"
+PACKS_DIRNAME = "packs"
+QUARANTINE_DIRNAME = "quarantine"
+RECORD_AD = b"barterbackup v2 replica record\x00"
+MAX_RECORD_BYTES = 1024 * 1024
+# Install the open pack once it holds this much: an interrupted sync loses
+# at most this much work, and a resumed one refetches nothing else.
+INSTALL_EVERY_BYTES = 64 * 1024 * 1024
+OWNER_ID_BYTES = 16
 
-CURRENT_RECORD = "current.pb"
-PENDING_RECORD = "pending.pb"
-SECTIONS_DIR = "sections"
-MAX_RECORD_BYTES = 80 * 1024 * 1024
+CrashPoint = Callable[[int], None]
+
+
+def _no_crash(number: int) -> None:
+    """Crash points do nothing unless a test gives a real one."""
 
 
 class ReplicaError(Exception):
@@ -73,23 +93,19 @@ class ReplicaError(Exception):
 
 
 class QuotaExceeded(ReplicaError):
-    """Storing the revision would exceed the per-peer or total budget."""
+    """Storing would exceed the per-peer or total budget."""
 
 
 class StaleRevision(ReplicaError):
     """The revision is older than (or conflicts with) the one held."""
 
 
-class BadSection(ReplicaError):
-    """Section bytes do not match the hash in the revision's table."""
+class BadBlob(ReplicaError):
+    """Blob bytes do not match their hash (or the length they must have)."""
 
 
 class UnknownRevision(ReplicaError):
-    """The content_id is not a revision held (or being fetched) here."""
-
-
-class IncompleteRevision(ReplicaError):
-    """``finish`` was called while sections are still missing."""
+    """Nothing of that owner, or not that revision, is being stored here."""
 
 
 class ReplicaRecordError(ReplicaError):
@@ -108,128 +124,127 @@ def effective_budget(config: storedpb_pb2.StorageConfig) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class ReplicaPlan:
-    """What must be fetched to hold a revision (the delta)."""
-
-    owner_pubkey: bytes
-    revision: VerifiedRevision
-    missing: list[tuple[int, storedpb_pb2.SectionRef]]
-    reference: list[bytes]
-    bytes_total: int
-    bytes_done: int
-
-    @property
-    def content_id(self) -> bytes:
-        return self.revision.content_id
-
-    @property
-    def number(self) -> int:
-        return self.revision.number
-
-
-@dataclass(frozen=True)
 class HeldReplica:
-    """One owner's content as held here.
+    """One owner's content as held here."""
 
-    ``signed_revision``/``number``/``complete`` describe the newest revision
-    known (the pending one while a sync runs); ``readable`` is the newest
-    complete revision, the one that can be served back to the owner.
-    """
-
-    signed_revision: bytes
-    number: int
-    complete: bool
-    stored_bytes: int
-    readable: VerifiedRevision | None
+    # held is the newest revision stored completely (what can be served
+    # back), pending the one being fetched.
+    held: VerifiedRevision | None
     pending: VerifiedRevision | None
+    stored_bytes: int
 
     @property
     def shown(self) -> VerifiedRevision:
-        """What to report as held: the revision that can be served back (the
-        complete one) while a newer one is still being fetched."""
-        shown = self.readable or self.pending
+        """What to report as held: the complete revision, else the pending."""
+        shown = self.held or self.pending
         assert shown is not None, "a HeldReplica always has a revision"
         return shown
 
     def revision_for(self, content_id: bytes) -> VerifiedRevision | None:
-        """The held revision (complete or pending) named ``content_id``."""
-        for revision in (self.readable, self.pending):
+        """The held or pending revision named ``content_id``."""
+        for revision in (self.held, self.pending):
             if revision is not None and revision.content_id == content_id:
                 return revision
         return None
 
 
-class _OwnerState:
-    """In-memory view of one owner's directory."""
+@dataclass(frozen=True)
+class Quarantined:
+    """An owner directory that failed to open and was moved aside."""
 
-    def __init__(self, directory: Path) -> None:
+    path: Path
+    reason: str
+
+
+class _Owner:
+    """One owner's directory: its record, its packs, the open writer."""
+
+    def __init__(
+        self,
+        owner: bytes,
+        directory: Path,
+        packs: PackStore,
+        held: VerifiedRevision | None,
+        pending: VerifiedRevision | None,
+        complete_packs: set[str],
+    ) -> None:
+        self.owner = owner
         self.directory = directory
-        self.current: VerifiedRevision | None = None
-        self.pending: VerifiedRevision | None = None
-        self.section_sizes: dict[bytes, int] = {}
-        # True while sections were written since the last flush to disk.
-        self.unflushed = False
-
-    @property
-    def sections_dir(self) -> Path:
-        return self.directory / SECTIONS_DIR
+        self.packs = packs
+        self.held = held
+        self.pending = pending
+        self.complete_packs = complete_packs
+        self.writer: tuple[int, PackWriter] | None = None
+        self.record_bytes = 0
+        self.disk_bytes = packs.disk_bytes()
 
     @property
     def stored_bytes(self) -> int:
-        return sum(self.section_sizes.values())
-
-    def section_path(self, sha256: bytes) -> Path:
-        return self.sections_dir / sha256.hex()
-
-    def revision_for(self, content_id: bytes) -> VerifiedRevision:
-        for revision in (self.pending, self.current):
-            if revision is not None and revision.content_id == content_id:
-                return revision
-        raise UnknownRevision("that content revision is not held here")
-
-    def needed_hashes(self) -> set[bytes]:
-        needed: set[bytes] = set()
-        for revision in (self.current, self.pending):
-            if revision is not None:
-                needed.update(s.sha256 for s in revision.revision.sections)
-        return needed
-
-
-def _unique_bytes(revisions: Iterable[VerifiedRevision | None]) -> int:
-    sizes: dict[bytes, int] = {}
-    for revision in revisions:
-        if revision is not None:
-            for section in revision.revision.sections:
-                sizes[section.sha256] = section.length
-    return sum(sizes.values())
+        writing = 0
+        if self.writer is not None:
+            _, writer = self.writer
+            writing = writer.size + INDEX_ENTRY.size * writer.count
+        return self.disk_bytes + self.record_bytes + writing
 
 
 class ReplicaStore:
-    """Peers' content on disk, with quotas; safe to call from any thread."""
+    """Peers' content on disk, with quotas; safe to call from any thread.
+
+    ``budget()`` gives the storage configuration in force; ``naming_key``
+    turns owner keys into directory names and ``sealing_key`` seals the
+    records (both subkeys of this node's keys).
+    """
 
     def __init__(
-        self, root: Path, budget: Callable[[], storedpb_pb2.StorageConfig]
+        self,
+        root: Path,
+        budget: Callable[[], storedpb_pb2.StorageConfig],
+        naming_key: bytes,
+        sealing_key: bytes,
+        crash_point: CrashPoint = _no_crash,
+        install_every_bytes: int = INSTALL_EVERY_BYTES,
     ) -> None:
         self._root = root
+        self._install_every = install_every_bytes
         self._budget = budget
-        self._owners: dict[bytes, _OwnerState] = {}
+        self._naming_key = naming_key
+        self._sealing_key = sealing_key
+        self._crash_point = crash_point
+        self._owners: dict[bytes, _Owner] = {}
         self._lock = threading.RLock()
+        self.quarantined: list[Quarantined] = []
 
     @classmethod
     def open(
-        cls, root: Path, budget: Callable[[], storedpb_pb2.StorageConfig]
+        cls,
+        root: Path,
+        budget: Callable[[], storedpb_pb2.StorageConfig],
+        naming_key: bytes,
+        sealing_key: bytes,
+        crash_point: CrashPoint = _no_crash,
+        install_every_bytes: int = INSTALL_EVERY_BYTES,
     ) -> ReplicaStore:
-        """Open (creating) ``root``: clean leftovers, load records, measure.
+        """Open (creating) ``root``: clean leftovers, load every owner.
 
-        Raises ReplicaRecordError if a record on disk does not verify.
+        An owner directory that does not open (a tampered or foreign record,
+        a stray directory) is moved to ``quarantine/`` and listed in
+        ``quarantined``: one bad entry never stops the node from unlocking.
         """
         root = make_private_directory(Path(root))
-        remove_leftovers(root)
-        store = cls(root, budget)
+        store = cls(
+            root, budget, naming_key, sealing_key, crash_point, install_every_bytes
+        )
         for directory in sorted(root.iterdir()):
-            if directory.is_dir():
-                owner = _owner_from_dirname(directory)
-                store._owners[owner] = _load_owner(owner, directory)
+            if directory.name == QUARANTINE_DIRNAME:
+                continue
+            try:
+                if not directory.is_dir() or directory.is_symlink():
+                    raise ReplicaRecordError("not an owner directory")
+                state = store._load(directory)
+            except (ReplicaRecordError, OSError, SectionCorrupt) as error:
+                store._quarantine(directory, str(error))
+                continue
+            store._owners[state.owner] = state
         return store
 
     # ---- queries -----------------------------------------------------
@@ -243,193 +258,190 @@ class ReplicaStore:
         with self._lock:
             return {o: s.stored_bytes for o, s in self._owners.items()}
 
-    def granted_bytes(self, owner_pubkey: bytes) -> int:
-        """The most ``owner_pubkey`` may store here right now."""
-        return self._budget_for(owner_pubkey)[0]
+    def granted_bytes(self, owner: bytes) -> int:
+        """The most ``owner`` may store here right now."""
+        return self._budget_for(owner)[0]
 
-    def held(self, owner_pubkey: bytes) -> HeldReplica | None:
+    def held(self, owner: bytes) -> HeldReplica | None:
         with self._lock:
-            state = self._owners.get(owner_pubkey)
+            state = self._owners.get(owner)
+            if state is None or (state.held is None and state.pending is None):
+                return None
+            return HeldReplica(state.held, state.pending, state.stored_bytes)
+
+    def has_blob(self, owner: bytes, sha256: bytes) -> bool:
+        """Whether an installed pack of ``owner`` holds the blob."""
+        with self._lock:
+            state = self._owners.get(owner)
+            return state is not None and state.packs.has(sha256)
+
+    def holds_subtree(self, owner: bytes, node_hash: bytes) -> bool:
+        """Whether the tree node's whole subtree is stored (see module doc)."""
+        with self._lock:
+            state = self._owners.get(owner)
             if state is None:
-                return None
-            newest = state.pending or state.current
-            if newest is None:
-                return None
-            return HeldReplica(
-                signed_revision=newest.signed,
-                number=newest.number,
-                complete=state.pending is None,
-                stored_bytes=state.stored_bytes,
-                readable=state.current,
-                pending=state.pending,
-            )
+                return False
+            pack = state.packs.pack_of(node_hash)
+            return pack is not None and pack in state.complete_packs
 
-    def read_section(self, owner_pubkey: bytes, content_id: bytes, index: int) -> bytes:
-        """Return section ``index`` of a held revision, hash-checked."""
+    def read_blob(self, owner: bytes, sha256: bytes) -> bytes:
+        """A stored blob, checked against its hash."""
         with self._lock:
-            state = self._owners.get(owner_pubkey)
+            state = self._owners.get(owner)
             if state is None:
                 raise UnknownRevision("no content of that node is held here")
-            ref = _section_ref(state.revision_for(content_id), index)
-            path = state.section_path(ref.sha256)
+            packs = state.packs
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise UnknownRevision(f"section {index} is not stored here yet") from None
-        if hashlib.sha256(data).digest() != ref.sha256:
-            raise BadSection(f"stored section {index} is corrupted on disk")
-        return data
+            return packs.read(sha256)
+        except SectionMissing:
+            raise UnknownRevision(
+                f"blob {sha256.hex()[:16]} is not stored here"
+            ) from None
+        except SectionCorrupt as error:
+            raise BadBlob(f"a stored blob is corrupted on disk: {error}") from None
 
     # ---- sync ----------------------------------------------------------
 
-    def begin(self, owner_pubkey: bytes, signed_revision: bytes) -> ReplicaPlan:
-        """Check a revision the owner asks us to store; return the delta.
+    def begin(self, owner: bytes, signed_root: bytes) -> VerifiedRevision:
+        """Check a revision the owner asks us to store; make it pending.
 
         Raises InvalidRevision, StaleRevision or QuotaExceeded, and then
-        changes nothing on disk.
+        changes nothing on disk. Asking again for the revision already held
+        or pending changes nothing either.
         """
-        revision = verify_revision(signed_revision, expected_owner=owner_pubkey)
+        revision = verify_root(signed_root, expected_owner=owner)
         with self._lock:
-            state = self._owners.get(owner_pubkey)
-            current = state.current if state else None
+            state = self._owners.get(owner)
+            held = state.held if state else None
             pending = state.pending if state else None
-            _refuse_stale(revision, current, pending)
-            if current is not None and current.content_id == revision.content_id:
-                return self._plan(owner_pubkey, revision, state)
-            self._refuse_over_budget(
-                owner_pubkey,
-                _unique_bytes([current, revision]),
-                "revision (old and new together)",
-            )
+            _refuse_stale(revision, held, pending)
+            for known in (held, pending):
+                if known is not None and known.content_id == revision.content_id:
+                    return revision
+            # The sections and manifest chunks alone take this much; nodes
+            # and what is shared with the held revision are settled as the
+            # blobs arrive (store_blob checks every write).
+            needed = revision.content_length + revision.manifest.byte_count
+            self._refuse_over_budget(owner, needed, "the revision")
             if state is None:
-                state = self._create_owner(owner_pubkey)
-            if pending is None or pending.content_id != revision.content_id:
-                record = storedpb_pb2.ReplicaRecord(
-                    owner_pubkey=owner_pubkey,
-                    signed_revision=revision.signed,
-                    complete=False,
-                )
-                atomic_write(state.directory / PENDING_RECORD, _serialize(record))
-                state.pending = revision
-                self._drop_unneeded(state)
-            return self._plan(owner_pubkey, revision, state)
+                state = self._create(owner)
+            state.pending = revision
+            self._write_record(state)
+            return revision
 
-    def store_section(
-        self, owner_pubkey: bytes, content_id: bytes, index: int, data: bytes
+    def store_blobs(
+        self, owner: bytes, content_id: bytes, blobs: list[tuple[bytes, bytes]]
     ) -> None:
-        """Write one section of the pending revision after checking it.
+        """Keep blobs (hash, bytes) of the pending revision, checked.
 
-        Raises BadSection (hash mismatch) or QuotaExceeded, writing nothing.
+        The hashes are checked first; BadBlob, UnknownRevision or
+        QuotaExceeded write nothing of the batch.
+        """
+        for sha256, data in blobs:
+            if hashlib.sha256(data).digest() != sha256:
+                raise BadBlob(f"blob {sha256.hex()[:16]} does not match its hash")
+        with self._lock:
+            state = self._pending_state(owner, content_id)
+            fresh: list[tuple[bytes, bytes]] = []
+            seen: set[bytes] = set()
+            for sha256, data in blobs:
+                # Stored, or written earlier in this sync: nothing to do.
+                if sha256 in seen or state.packs.claim_or_reserve(sha256, set()):
+                    continue
+                seen.add(sha256)
+                fresh.append((sha256, data))
+            if not fresh:
+                return
+            adding = sum(len(data) + INDEX_ENTRY.size for _, data in fresh)
+            self._refuse_over_budget(
+                owner, state.stored_bytes + adding, "storing these blobs"
+            )
+            if state.writer is None:
+                state.writer = state.packs.new_writer()
+            number, writer = state.writer
+            first = writer.append(
+                b"".join(data for _, data in fresh),
+                [(sha256, len(data)) for sha256, data in fresh],
+            )
+            state.packs.reserve(number, first, [sha256 for sha256, _ in fresh])
+            if writer.size >= self._install_every:
+                self._install(state, offset=100)
+
+    def checkpoint(self, owner: bytes) -> None:
+        """Make what an unfinished sync stored durable (it resumes from it)."""
+        with self._lock:
+            state = self._owners.get(owner)
+            if state is not None:
+                self._install(state, offset=100)
+
+    def finish(
+        self, owner: bytes, content_id: bytes, live: Callable[[], Iterable[bytes]]
+    ) -> HeldReplica:
+        """Make the pending revision the held one, then drop what it does
+        not need.
+
+        ``live()`` gives the hash of every blob the revision references
+        (walked by the caller, which knows trees): those are kept, the rest
+        goes. The caller has checked that every one of them is stored.
         """
         with self._lock:
-            state = self._owners.get(owner_pubkey)
-            if state is None or state.pending is None:
-                raise UnknownRevision("no revision of that node is being stored")
-            if state.pending.content_id != content_id:
-                raise UnknownRevision("that revision is not the one being stored")
-            ref = _section_ref(state.pending, index)
-        if len(data) != ref.length or hashlib.sha256(data).digest() != ref.sha256:
-            raise BadSection(
-                f"section {index} does not match the revision's section table"
-            )
-        with self._lock:
-            if ref.sha256 in state.section_sizes:
-                return
-            self._refuse_over_budget(
-                owner_pubkey,
-                state.stored_bytes + len(data),
-                f"storing section {index}",
-            )
-            _write_unsynced(state.section_path(ref.sha256), data)
-            state.section_sizes[ref.sha256] = len(data)
-            state.unflushed = True
+            state = self._pending_state(owner, content_id)
+            self._install(state, offset=103)
+            state.held, state.pending = state.pending, None
+            state.complete_packs = set(state.packs.pack_ids())
+            self._write_record(state)
+            self._crash_point(107)
+            state.packs.gc(set(live()))
+            self._crash_point(108)
+            state.disk_bytes = state.packs.disk_bytes()
+            held = self.held(owner)
+            assert held is not None
+            return held
 
-    def finish(self, owner_pubkey: bytes, content_id: bytes) -> HeldReplica:
-        """Make the pending revision the held one, then drop old sections."""
+    def delete(self, owner: bytes) -> None:
+        """Forget everything held for ``owner`` (the record first)."""
         with self._lock:
-            state = self._owners.get(owner_pubkey)
-            if state is None:
-                raise UnknownRevision("no content of that node is held here")
-            if state.pending is None or state.pending.content_id != content_id:
-                if state.current is not None and state.current.content_id == content_id:
-                    return self._held_or_fail(owner_pubkey)
-                raise UnknownRevision("that revision is not the one being stored")
-            missing = [
-                i
-                for i, s in enumerate(state.pending.revision.sections)
-                if s.sha256 not in state.section_sizes
-            ]
-            if missing:
-                raise IncompleteRevision(
-                    f"{len(missing)} sections are still missing (first: {missing[0]})"
-                )
-            if state.unflushed:
-                # One flush for all the revision's new sections: an fsync per
-                # ~20 KiB section would cost more than the network (see the
-                # module doc); the complete record must not be durable first.
-                os.sync()
-                state.unflushed = False
-            record = storedpb_pb2.ReplicaRecord(
-                owner_pubkey=owner_pubkey,
-                signed_revision=state.pending.signed,
-                complete=True,
-            )
-            # Order matters for crash safety: the new record must be durable
-            # before the old revision's sections go.
-            atomic_write(state.directory / CURRENT_RECORD, _serialize(record))
-            state.current, state.pending = state.pending, None
-            atomic_delete(state.directory / PENDING_RECORD)
-            self._drop_unneeded(state)
-            return self._held_or_fail(owner_pubkey)
-
-    def delete(self, owner_pubkey: bytes) -> None:
-        """Forget everything held for ``owner_pubkey`` (records first)."""
-        with self._lock:
-            state = self._owners.pop(owner_pubkey, None)
+            state = self._owners.pop(owner, None)
             if state is None:
                 return
-            atomic_delete(state.directory / CURRENT_RECORD)
-            atomic_delete(state.directory / PENDING_RECORD)
-            for path in _section_files(state.sections_dir):
-                path.unlink()
-            if state.sections_dir.exists():
-                state.sections_dir.rmdir()
-            state.directory.rmdir()
+            if state.writer is not None:
+                state.packs.release(state.writer[0])
+            state.packs.close()
+            record = state.directory / RECORD_FILENAME
+            record.unlink(missing_ok=True)
+            fsync_directory(state.directory)
+            shutil.rmtree(state.directory)
             fsync_directory(self._root)
+
+    def close(self) -> None:
+        """Drop open packs (their blobs are fetched again) and close files."""
+        with self._lock:
+            for state in self._owners.values():
+                if state.writer is not None:
+                    state.packs.release(state.writer[0])
+                    state.writer = None
+                state.packs.close()
 
     # ---- internals ----------------------------------------------------
 
-    def _stored(self, owner_pubkey: bytes) -> int:
-        state = self._owners.get(owner_pubkey)
-        return state.stored_bytes if state else 0
+    def _pending_state(self, owner: bytes, content_id: bytes) -> _Owner:
+        state = self._owners.get(owner)
+        if state is None or state.pending is None:
+            raise UnknownRevision("no revision of that node is being stored")
+        if state.pending.content_id != content_id:
+            raise UnknownRevision("that revision is not the one being stored")
+        return state
 
-    def _held_or_fail(self, owner_pubkey: bytes) -> HeldReplica:
-        held = self.held(owner_pubkey)
-        assert held is not None
-        return held
-
-    def _plan(
-        self, owner: bytes, revision: VerifiedRevision, state: _OwnerState | None
-    ) -> ReplicaPlan:
-        have = state.section_sizes if state else {}
-        missing: list[tuple[int, storedpb_pb2.SectionRef]] = []
-        seen_missing: set[bytes] = set()
-        done = 0
-        for index, section in enumerate(revision.revision.sections):
-            if section.sha256 in have:
-                done += section.length
-            elif section.sha256 not in seen_missing:
-                # A hash repeated in the table is fetched once.
-                seen_missing.add(section.sha256)
-                missing.append((index, section))
-        return ReplicaPlan(
-            owner_pubkey=owner,
-            revision=revision,
-            missing=missing,
-            reference=sorted(have),
-            bytes_total=revision.revision.content_length,
-            bytes_done=done,
+    def _install(self, state: _Owner, offset: int) -> None:
+        if state.writer is None:
+            return
+        number, _ = state.writer
+        state.writer = None
+        self._crash_point(offset + 1)
+        state.packs.install_all(
+            [number], lambda point: self._crash_point(offset + point)
         )
+        state.disk_bytes = state.packs.disk_bytes()
 
     def _budget_for(self, owner: bytes) -> tuple[int, int, int]:
         """(granted, per-peer cap, bytes free in the total) for ``owner``.
@@ -439,7 +451,8 @@ class ReplicaStore:
         """
         total, per_peer = effective_budget(self._budget())
         with self._lock:
-            others = self.used_bytes - self._stored(owner)
+            mine = self._owners.get(owner)
+            others = self.used_bytes - (mine.stored_bytes if mine else 0)
         free_of_total = max(0, total - others)
         return min(per_peer, free_of_total), per_peer, free_of_total
 
@@ -458,146 +471,103 @@ class ReplicaStore:
             "of the total budget are free"
         )
 
-    def _create_owner(self, owner: bytes) -> _OwnerState:
-        state = _OwnerState(self._root / owner.hex())
-        make_private_directory(state.sections_dir)
+    def _owner_id(self, owner: bytes) -> str:
+        digest = hmac.digest(self._naming_key, owner, "sha256")
+        return digest[:OWNER_ID_BYTES].hex()
+
+    def _create(self, owner: bytes) -> _Owner:
+        directory = self._root / self._owner_id(owner)
+        make_private_directory(directory / PACKS_DIRNAME)
         fsync_directory(self._root)
+        state = _Owner(
+            owner, directory, PackStore(directory / PACKS_DIRNAME), None, None, set()
+        )
         self._owners[owner] = state
         return state
 
-    def _drop_unneeded(self, state: _OwnerState) -> None:
-        needed = state.needed_hashes()
-        for sha256 in [h for h in state.section_sizes if h not in needed]:
-            state.section_path(sha256).unlink(missing_ok=True)
-            del state.section_sizes[sha256]
-        if state.sections_dir.exists():
-            fsync_directory(state.sections_dir)
+    def _write_record(self, state: _Owner) -> None:
+        record = storedpb_pb2.ReplicaRecord(
+            owner_pubkey=state.owner,
+            held=state.held.signed if state.held else b"",
+            pending=state.pending.signed if state.pending else b"",
+            complete_packs=sorted(state.complete_packs),
+        )
+        # Bound to its directory: a record cannot be passed off as another
+        # owner's (the directory name is the owner's keyed hash).
+        sealed = seal(
+            self._sealing_key,
+            record.SerializeToString(deterministic=True),
+            RECORD_AD + state.directory.name.encode("ascii"),
+        )
+        atomic_write(state.directory / RECORD_FILENAME, sealed)
+        state.record_bytes = len(sealed)
+
+    def _load(self, directory: Path) -> _Owner:
+        where = f"replica directory {directory.name}"
+        remove_leftovers(directory)
+        path = directory / RECORD_FILENAME
+        try:
+            sealed = path.read_bytes()
+        except FileNotFoundError:
+            raise ReplicaRecordError(f"{where} has no record") from None
+        if len(sealed) > MAX_RECORD_BYTES:
+            raise ReplicaRecordError(f"{where}: its record is too large")
+        record = self._open_record(sealed, directory, where)
+        owner = bytes(record.owner_pubkey)
+        if len(owner) != 32 or self._owner_id(owner) != directory.name:
+            raise ReplicaRecordError(f"{where} does not belong to its record")
+        try:
+            held = verify_root(record.held, owner) if record.held else None
+            pending = verify_root(record.pending, owner) if record.pending else None
+        except InvalidRevision as error:
+            raise ReplicaRecordError(f"{where}: {error}") from None
+        if held is not None and pending is not None and pending.number <= held.number:
+            pending = None  # a crash between finishing and dropping pending
+        packs = PackStore(directory / PACKS_DIRNAME)
+        state = _Owner(
+            owner, directory, packs, held, pending, set(record.complete_packs)
+        )
+        state.record_bytes = len(sealed)
+        return state
+
+    def _open_record(
+        self, sealed: bytes, directory: Path, where: str
+    ) -> storedpb_pb2.ReplicaRecord:
+        try:
+            plain = open_sealed(
+                self._sealing_key,
+                sealed,
+                RECORD_AD + directory.name.encode("ascii", "replace"),
+                f"{where}'s record",
+            )
+            return storedpb_pb2.ReplicaRecord.FromString(plain)
+        except SealedRecordError as error:
+            raise ReplicaRecordError(str(error)) from None
+        except DecodeError:
+            raise ReplicaRecordError(f"{where}: its record does not parse") from None
+
+    def _quarantine(self, directory: Path, reason: str) -> None:
+        quarantine = make_private_directory(self._root / QUARANTINE_DIRNAME)
+        target = quarantine / f"{directory.name}.{int(time.time())}"
+        os.replace(directory, target)
+        fsync_directory(self._root)
+        self.quarantined.append(Quarantined(target, reason))
 
 
 def _refuse_stale(
     revision: VerifiedRevision,
-    current: VerifiedRevision | None,
+    held: VerifiedRevision | None,
     pending: VerifiedRevision | None,
 ) -> None:
-    for held in (current, pending):
-        if held is None:
+    for known in (held, pending):
+        if known is None:
             continue
-        if revision.number < held.number:
+        if revision.number < known.number:
             raise StaleRevision(
                 f"revision {revision.number} is older than revision "
-                f"{held.number} held here"
+                f"{known.number} held here"
             )
-        if revision.number == held.number and revision.content_id != held.content_id:
+        if revision.number == known.number and revision.content_id != known.content_id:
             raise StaleRevision(
-                f"a different revision {held.number} is already held here"
+                f"a different revision {known.number} is already held here"
             )
-
-
-def _section_ref(revision: VerifiedRevision, index: int) -> storedpb_pb2.SectionRef:
-    try:
-        return revision.section(index)
-    except SectionIndexOutOfRange as error:
-        raise UnknownRevision(str(error)) from None
-
-
-def _serialize(record: storedpb_pb2.ReplicaRecord) -> bytes:
-    return record.SerializeToString(deterministic=True)
-
-
-def _owner_from_dirname(directory: Path) -> bytes:
-    try:
-        owner = bytes.fromhex(directory.name)
-    except ValueError:
-        owner = b""
-    if len(owner) != 32:
-        raise ReplicaRecordError(
-            f"unexpected directory {directory.name!r} in the replica store"
-        )
-    return owner
-
-
-def _read_record(owner: bytes, path: Path, complete: bool) -> VerifiedRevision | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    where = f"replica record {path.parent.name}/{path.name}"
-    if len(raw) > MAX_RECORD_BYTES:
-        raise ReplicaRecordError(f"{where} is too large")
-    try:
-        record = storedpb_pb2.ReplicaRecord.FromString(raw)
-    except DecodeError:
-        raise ReplicaRecordError(f"{where} is not a valid record") from None
-    if record.owner_pubkey != owner or record.complete != complete:
-        raise ReplicaRecordError(f"{where} does not match its directory")
-    try:
-        return verify_revision(record.signed_revision, expected_owner=owner)
-    except InvalidRevision as error:
-        raise ReplicaRecordError(f"{where} was tampered with: {error}") from None
-
-
-def _write_unsynced(path: Path, data: bytes) -> None:
-    """Write via a temp name and rename, without fsync (see finish)."""
-    temp = temp_path_for(path)
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def _section_intact(path: Path, sha256: bytes) -> bool:
-    return hashlib.sha256(path.read_bytes()).digest() == sha256
-
-
-def _section_files(sections_dir: Path) -> list[Path]:
-    if not sections_dir.exists():
-        return []
-    return [p for p in sections_dir.iterdir() if p.is_file()]
-
-
-def _load_owner(owner: bytes, directory: Path) -> _OwnerState:
-    state = _OwnerState(directory)
-    state.current = _read_record(owner, directory / CURRENT_RECORD, complete=True)
-    state.pending = _read_record(owner, directory / PENDING_RECORD, complete=False)
-    if (
-        state.pending is not None
-        and state.current is not None
-        and state.pending.number <= state.current.number
-    ):
-        # A crash between writing current.pb and dropping pending.pb.
-        atomic_delete(directory / PENDING_RECORD)
-        state.pending = None
-    needed = state.needed_hashes()
-    flushed = (
-        {s.sha256 for s in state.current.revision.sections}
-        if state.current is not None
-        else set()
-    )
-    for path in _section_files(state.sections_dir):
-        try:
-            sha256 = bytes.fromhex(path.name)
-        except ValueError:
-            sha256 = b""
-        if sha256 not in needed:
-            path.unlink()  # a crash while dropping an old revision's sections
-        elif sha256 in flushed or _section_intact(path, sha256):
-            state.section_sizes[sha256] = path.stat().st_size
-        else:
-            # Fetched for the pending revision but not flushed before a
-            # crash: fetch it again rather than trust it.
-            path.unlink()
-    if state.current is not None:
-        absent = [
-            s
-            for s in state.current.revision.sections
-            if s.sha256 not in state.section_sizes
-        ]
-        if absent:
-            raise ReplicaRecordError(
-                f"replica record {directory.name}/{CURRENT_RECORD} claims a "
-                f"complete revision but {len(absent)} of its sections are missing"
-            )
-    return state

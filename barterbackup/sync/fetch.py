@@ -1,241 +1,387 @@
-"""The replica side of sync: fetch a revision's missing sections from its
-owner, verify every piece and section, store them.
+"""The replica side of sync: fetch what a revision needs that we lack.
 
-``RevisionFetcher`` calls ``Download`` back on the owner for the sections
-the plan lacks, in batches. Each piece and each whole section is
-hash-checked before it is stored; a bad section is fetched once more, then
-the sync fails with the old revision intact.
+``RevisionFetcher`` walks the revision's two trees (sections, then the
+manifest's sealed chunks) with a ``SyncPlan``: subtrees we hold whole are
+skipped, nodes we hold from an interrupted sync are read back from our own
+store, everything else is asked for by hash with ``Download`` calls back on
+the owner's connection — nodes and sections in the same calls, in batches.
+Every node is verified against its parent (and the root against the signed
+root) before it is stored or followed; every section and chunk against the
+entry that names it. A blob that comes bad is asked for once more; a second
+failure fails the sync with the held revision intact, and what was stored
+stays for the next attempt.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
 
-from barterbackup._proto import bbrpc_pb2, storedpb_pb2
-from barterbackup.store.replicas import ReplicaPlan, ReplicaStore
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.revisions import VerifiedRevision
+from barterbackup.store.replicas import ReplicaStore
 from barterbackup.sync.interfaces import (
     Blocking,
     PeerConnectionLike,
     ReactorTime,
     run_inline,
 )
-from barterbackup.sync.serve import PIECE_BYTES
+from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST, PIECE_BYTES
+from barterbackup.tree import (
+    MAX_SECTION_BYTES,
+    InvalidNode,
+    NodeSource,
+    SyncPlan,
+    TreeRoot,
+)
+from barterbackup.tree.nodes import Leaf, NodeRef, entry_hashes, max_node_bytes
+from barterbackup.tree.read import iter_nodes
 
 MIB = 1024 * 1024
 PROGRESS_EVERY_BYTES = 1 * MIB
 PROGRESS_EVERY_SECONDS = 0.5
-# A Download call asks for at most this much, so request frames stay small
-# and an interrupted call loses little work in flight.
-BATCH_MAX_SECTIONS = 1024
-BATCH_MAX_BYTES = 64 * MIB
-# The missing-section list already excludes what we hold; the reference list
-# is only a hint to the server, capped so the request frame stays small.
-MAX_REFERENCE_HASHES = 1024
+# A Download call asks for at most this much, so an interrupted call loses
+# little work in flight and request frames stay small.
+BATCH_MAX_BLOBS = min(1024, MAX_BLOBS_PER_REQUEST)
+BATCH_MAX_BYTES = 32 * MIB
+# Verified blobs are handed to the store in writes of about this much.
+STORE_BATCH_BYTES = 4 * MIB
 FETCH_ATTEMPTS = 2
 
 
 class FetchFailed(Exception):
-    """The owner did not deliver valid bytes for some sections."""
+    """The owner did not deliver valid bytes for some blobs."""
+
+
+Send = Callable[[bbrpc_pb2.SetContentRevisionResponse], Awaitable[Any]]
+
+
+@dataclass
+class _Wanted:
+    """A blob to fetch: a tree node (with its plan) or a section/chunk."""
+
+    sha256: bytes
+    length: int  # exact for a section; the maximum for a node
+    plan: SyncPlan | None = None  # set for a node
+    ref: NodeRef | None = None
+    attempts: int = 0
+
+
+@dataclass
+class _Round:
+    """One Download call's worth of blobs, by hash."""
+
+    wanted: dict[bytes, _Wanted] = field(default_factory=dict)
+    bytes: int = 0
 
 
 class RevisionFetcher:
-    """Replica side: fetch a plan's missing sections from the owner.
+    """Fetch a pending revision's missing blobs from its owner.
 
     ``send`` delivers progress responses to the owner (its Deferred is the
-    transport's backpressure); ``blocking`` runs store writes (a thread pool
-    in the node, inline in tests).
+    transport's back-pressure); ``blocking`` runs store reads and writes (a
+    thread pool in the node, inline in tests).
     """
 
     def __init__(
         self,
         conn: PeerConnectionLike,
         store: ReplicaStore,
-        plan: ReplicaPlan,
-        send: Callable[[bbrpc_pb2.SetContentRevisionResponse], Awaitable[Any]],
+        owner: bytes,
+        revision: VerifiedRevision,
+        send: Send,
         clock: ReactorTime,
         blocking: Blocking[Any] = run_inline,
     ) -> None:
         self._conn = conn
         self._store = store
-        self._plan = plan
+        self._owner = owner
+        self._revision = revision
         self._send = send
         self._clock = clock
         self._blocking = blocking
-        self._slots_per_hash: dict[bytes, int] = {}
-        for section in plan.revision.revision.sections:
-            count = self._slots_per_hash.get(section.sha256, 0)
-            self._slots_per_hash[section.sha256] = count + 1
-        self.bytes_done = plan.bytes_done
+        self._plans = [self._plan(revision.sections), self._plan(revision.manifest)]
+        self._sections: list[_Wanted] = []
+        self._retry: list[_Wanted] = []
+        self._to_store: list[tuple[bytes, bytes]] = []
+        self._to_store_bytes = 0
         self.bytes_fetched = 0
+        self.section_bytes_fetched = 0
         self._reported_bytes = -1
         self._reported_at = clock.seconds()
+
+    def _plan(self, root: TreeRoot) -> SyncPlan:
+        owner = self._owner
+        return SyncPlan(
+            root,
+            have_subtree=lambda h: self._store.holds_subtree(owner, h),
+            have_section=lambda h: self._store.has_blob(owner, h),
+        )
+
+    @property
+    def bytes_done(self) -> int:
+        """Section bytes held: found held, or fetched in this sync."""
+        held = self._plans[0].held_bytes
+        return min(self._revision.content_length, held + self.section_bytes_fetched)
 
     def run(self) -> defer.Deferred[bbrpc_pb2.SetContentRevisionResponse]:
         return defer.Deferred.fromCoroutine(self._run())
 
     async def _run(self) -> bbrpc_pb2.SetContentRevisionResponse:
         await self._report(force=True)
-        wanted = list(self._plan.missing)
-        for _attempt in range(FETCH_ATTEMPTS):
-            if not wanted:
-                break
-            failed: list[tuple[int, storedpb_pb2.SectionRef]] = []
-            for batch in _batches(wanted):
-                failed.extend(await self._fetch_batch(batch))
-            wanted = failed
-        if wanted:
-            index = wanted[0][0]
-            raise FetchFailed(
-                f"the owner sent bad or no bytes for {len(wanted)} sections "
-                f"(first: {index}) twice; the previous revision is kept"
-            )
-        plan = self._plan
+        try:
+            while True:
+                work = await self._next_round()
+                if work is None:
+                    break
+                await self._download(work)
+            await self._flush_store()
+        except BaseException:
+            # Keep what was fetched: the next attempt skips it.
+            await self._flush_store()
+            await self._blocking(lambda: self._store.checkpoint(self._owner))
+            raise
+        revision = self._revision
         await self._blocking(
-            lambda: self._store.finish(plan.owner_pubkey, plan.content_id)
+            lambda: self._store.finish(
+                self._owner, revision.content_id, self._live_blobs
+            )
         )
         final = self._response(complete=True)
         await self._send(final)
         return final
 
-    async def _fetch_batch(
-        self, batch: list[tuple[int, storedpb_pb2.SectionRef]]
-    ) -> list[tuple[int, storedpb_pb2.SectionRef]]:
-        """Fetch one batch; return the sections that did not arrive intact."""
-        assembler = _SectionAssembler(dict(batch))
+    # -- planning ---------------------------------------------------------------
+
+    async def _next_round(self) -> _Round | None:
+        """The blobs of the next Download, or None when nothing is left."""
+        work = _Round()
+        for wanted in self._retry:
+            self._add(work, wanted)
+        self._retry = []
+        for plan in self._plans:
+            while len(work.wanted) < BATCH_MAX_BLOBS and work.bytes < BATCH_MAX_BYTES:
+                ref = plan.next_node()
+                if ref is None:
+                    break
+                if not await self._use_stored_node(plan, ref):
+                    self._add(work, _Wanted(ref.hash, max_node_bytes(ref), plan, ref))
+        while self._sections and len(work.wanted) < BATCH_MAX_BLOBS:
+            if work.bytes >= BATCH_MAX_BYTES:
+                break
+            self._add(work, self._sections.pop())
+        if work.wanted:
+            return work
+        if any(not plan.finished for plan in self._plans):
+            raise FetchFailed("the sync plan stalled")  # cannot happen
+        return None
+
+    @staticmethod
+    def _add(work: _Round, wanted: _Wanted) -> None:
+        if wanted.sha256 not in work.wanted:
+            work.wanted[wanted.sha256] = wanted
+            work.bytes += wanted.length if wanted.plan is None else 0
+
+    async def _use_stored_node(self, plan: SyncPlan, ref: NodeRef) -> bool:
+        """Feed a node an interrupted sync stored; True if that worked."""
+        owner = self._owner
+        if not self._store.has_blob(owner, ref.hash):
+            return False
+        try:
+            data: bytes = await self._blocking(
+                lambda: self._store.read_blob(owner, ref.hash)
+            )
+            self._found_node(plan, ref.hash, data)
+        except Exception:
+            return False  # fetch it from the owner instead
+        return True
+
+    def _found_node(self, plan: SyncPlan, node_hash: bytes, data: bytes) -> None:
+        for located in plan.node_received(node_hash, data):
+            entry = located.entry
+            self._sections.append(_Wanted(entry.sha256, entry.length))
+
+    # -- fetching ---------------------------------------------------------------
+
+    async def _download(self, work: _Round) -> None:
+        assembler = _Assembler(work.wanted)
         # An owner streaming far more than asked is cut off, not buffered.
-        allowance = 2 * sum(ref.length for _, ref in batch) + PIECE_BYTES
+        node_allowance = sum(w.length for w in work.wanted.values() if w.plan)
+        allowance = 2 * (work.bytes + node_allowance) + PIECE_BYTES
         received = 0
         request = bbrpc_pb2.DownloadRequest(
-            content_id=self._plan.content_id,
-            sections=[index for index, _ in batch],
-            reference_sections=self._plan.reference[:MAX_REFERENCE_HASHES],
+            content_id=self._revision.content_id, blobs=list(work.wanted)
         )
 
-        def on_item(piece: bbrpc_pb2.DownloadResponse) -> defer.Deferred[Any] | None:
+        def on_item(piece: bbrpc_pb2.DownloadResponse) -> Any:
             nonlocal received
-            # Read once: every read of a protobuf bytes field is a new copy.
-            data = piece.data
+            data = piece.data  # read once: every read is a copy
             received += len(data)
             self.bytes_fetched += len(data)
             if received > allowance:
                 raise FetchFailed("the owner sent far more bytes than were asked for")
-            finished = assembler.add(piece, data)
-            if finished is None:
+            done = assembler.add(piece, data)
+            if done is None:
                 return None
-            index, data = finished
-            return defer.Deferred.fromCoroutine(self._store_section(index, data))
+            return self._arrived(done[0], done[1])
 
         await self._conn.call_stream("download_request", request, on_item)
-        return [(i, ref) for i, ref in batch if i not in assembler.stored]
+        for sha256, wanted in work.wanted.items():
+            if sha256 not in assembler.stored:
+                self._failed(wanted)
 
-    async def _store_section(self, index: int, data: bytes) -> None:
-        plan = self._plan
-        await self._blocking(
-            lambda: self._store.store_section(
-                plan.owner_pubkey, plan.content_id, index, data
+    def _arrived(self, wanted: _Wanted, data: bytes) -> Any:
+        if wanted.plan is not None:
+            try:
+                self._found_node(wanted.plan, wanted.sha256, data)
+            except InvalidNode:
+                self._failed(wanted)
+                return None
+        else:
+            self.section_bytes_fetched += len(data)
+        self._to_store.append((wanted.sha256, data))
+        self._to_store_bytes += len(data)
+        if self._to_store_bytes >= STORE_BATCH_BYTES:
+            return defer.Deferred.fromCoroutine(self._flush_and_report())
+        if self._report_due():
+            return defer.Deferred.fromCoroutine(self._report())
+        return None
+
+    def _failed(self, wanted: _Wanted) -> None:
+        wanted.attempts += 1
+        if wanted.attempts >= FETCH_ATTEMPTS:
+            kind = "tree node" if wanted.plan else "section"
+            raise FetchFailed(
+                f"the owner sent bad or no bytes for {kind} "
+                f"{wanted.sha256.hex()[:16]} twice; the previous revision is kept"
             )
-        )
-        sha256 = plan.revision.revision.sections[index].sha256
-        self.bytes_done += len(data) * self._slots_per_hash[sha256]
+        self._retry.append(wanted)
+
+    async def _flush_and_report(self) -> None:
+        await self._flush_store()
         await self._report()
 
-    async def _report(self, force: bool = False) -> None:
-        now = self._clock.seconds()
-        due = (
+    async def _flush_store(self) -> None:
+        if not self._to_store:
+            return
+        blobs, self._to_store, self._to_store_bytes = self._to_store, [], 0
+        owner, content_id = self._owner, self._revision.content_id
+        await self._blocking(lambda: self._store.store_blobs(owner, content_id, blobs))
+
+    def _live_blobs(self) -> Iterator[bytes]:
+        """Every blob the revision references (read from our own store)."""
+        return live_blobs(self._revision, _StoreSource(self._store, self._owner))
+
+    # -- progress -----------------------------------------------------------
+
+    def _report_due(self) -> bool:
+        return (
             self.bytes_done - self._reported_bytes >= PROGRESS_EVERY_BYTES
-            or now - self._reported_at >= PROGRESS_EVERY_SECONDS
+            or self._clock.seconds() - self._reported_at >= PROGRESS_EVERY_SECONDS
         )
-        if force or due:
-            self._reported_bytes, self._reported_at = self.bytes_done, now
+
+    async def _report(self, force: bool = False) -> None:
+        if force or self._report_due():
+            self._reported_bytes = self.bytes_done
+            self._reported_at = self._clock.seconds()
             await self._send(self._response(complete=False))
 
     def _response(self, complete: bool) -> bbrpc_pb2.SetContentRevisionResponse:
+        total = self._revision.content_length
         return bbrpc_pb2.SetContentRevisionResponse(
-            revision=self._plan.number,
-            bytes_done=self._plan.bytes_total if complete else self.bytes_done,
-            bytes_total=self._plan.bytes_total,
+            revision=self._revision.number,
+            bytes_done=total if complete else self.bytes_done,
+            bytes_total=total,
             bytes_fetched=self.bytes_fetched,
             complete=complete,
         )
 
 
-class _SectionAssembler:
-    """Reassemble sections from pieces, checking each piece and the whole.
+class _StoreSource:
+    """Our replica store as a tree NodeSource for one owner."""
 
-    Pieces must come in order within a section. A section with any bad
-    piece is discarded (and refetched by the caller); its buffer never grows
-    past the table's length, so a hostile owner cannot make us hoard memory.
+    def __init__(self, store: ReplicaStore, owner: bytes) -> None:
+        self._store = store
+        self._owner = owner
+
+    def get(self, node_hash: bytes) -> bytes:
+        return self._store.read_blob(self._owner, node_hash)
+
+
+def live_blobs(revision: VerifiedRevision, source: NodeSource) -> Iterator[bytes]:
+    """Every blob ``revision`` references: the nodes of both its trees, its
+    sections and its manifest chunks (each tree read once, verified)."""
+    for root in (revision.sections, revision.manifest):
+        for node in iter_nodes(root, source):
+            yield node.ref.hash
+            if isinstance(node, Leaf):
+                yield from entry_hashes(node.packed(0, node.count))
+
+
+class _Assembler:
+    """Reassemble blobs from pieces, checking each piece and the whole.
+
+    Pieces must come in order within a blob. A blob with any bad piece is
+    discarded (and asked for again); its buffer never grows past the length
+    it must have (a section's) or may have (a node's), so a hostile owner
+    cannot make us hoard memory.
     """
 
-    def __init__(self, wanted: dict[int, storedpb_pb2.SectionRef]) -> None:
+    def __init__(self, wanted: dict[bytes, _Wanted]) -> None:
         self._wanted = wanted
-        self._buffers: dict[int, bytearray] = {}
-        self._rejected: set[int] = set()
-        self.stored: set[int] = set()
+        self._buffers: dict[bytes, bytearray] = {}
+        self._rejected: set[bytes] = set()
+        self.stored: set[bytes] = set()
 
     def add(
         self, piece: bbrpc_pb2.DownloadResponse, data: bytes
-    ) -> tuple[int, bytes] | None:
+    ) -> tuple[_Wanted, bytes] | None:
         """Take ``piece`` (whose ``data`` the caller read already).
 
-        Returns (index, section bytes) when this piece completed a section
-        that passed its hash check, else None.
+        Returns (wanted, blob bytes) when this piece completed a blob that
+        passed its hash check, else None.
         """
-        index = piece.section
-        ref = self._wanted.get(index)
-        if ref is None or index in self._rejected or index in self.stored:
+        blob = bytes(piece.blob)
+        wanted = self._wanted.get(blob)
+        if wanted is None or blob in self._rejected or blob in self.stored:
             return None
-        buffer = self._buffers.setdefault(index, bytearray())
-        if (
-            piece.section_length != ref.length
-            or piece.offset != len(buffer)
-            or len(buffer) + len(data) > ref.length
-        ):
-            self._reject(index)
+        length = piece.blob_length
+        exact = wanted.plan is None
+        if (exact and length != wanted.length) or length > wanted.length or not length:
+            return self._reject(blob)
+        buffer = self._buffers.get(blob)
+        filled = len(buffer) if buffer is not None else 0
+        if piece.offset != filled or filled + len(data) > length:
+            return self._reject(blob)
+        if not filled and len(data) == length:
+            # The piece is the whole blob: its hash is the blob's, so one
+            # hashing pass checks both, with no buffer copy.
+            if piece.sha256 != blob or hashlib.sha256(data).digest() != blob:
+                return self._reject(blob)
+            self.stored.add(blob)
+            return wanted, data
+        if hashlib.sha256(data).digest() != piece.sha256:
+            return self._reject(blob)
+        if buffer is None:
+            buffer = self._buffers[blob] = bytearray()
+        buffer += data
+        if len(buffer) < length:
             return None
-        piece_digest = hashlib.sha256(data).digest()
-        if piece_digest != piece.sha256:
-            self._reject(index)
-            return None
-        if not buffer and len(data) == ref.length:
-            # The piece is the whole section: its hash is the section's, so
-            # both checks below use one hashing pass and no buffer copy.
-            section, section_digest = data, piece_digest
-            del self._buffers[index]
-        else:
-            buffer += data
-            if len(buffer) < ref.length:
-                return None
-            section = bytes(self._buffers.pop(index))
-            section_digest = hashlib.sha256(section).digest()
-        if section_digest != ref.sha256:
-            self._reject(index)
-            return None
-        self.stored.add(index)
-        return index, section
+        whole = bytes(self._buffers.pop(blob))
+        if hashlib.sha256(whole).digest() != blob:
+            return self._reject(blob)
+        self.stored.add(blob)
+        return wanted, whole
 
-    def _reject(self, index: int) -> None:
-        self._rejected.add(index)
-        self._buffers.pop(index, None)
+    def _reject(self, blob: bytes) -> tuple[_Wanted, bytes] | None:
+        """Refuse this blob for the rest of the call (it is asked again)."""
+        self._rejected.add(blob)
+        self._buffers.pop(blob, None)
+        return None
 
 
-def _batches(
-    wanted: list[tuple[int, storedpb_pb2.SectionRef]],
-) -> Iterable[list[tuple[int, storedpb_pb2.SectionRef]]]:
-    batch: list[tuple[int, storedpb_pb2.SectionRef]] = []
-    batch_bytes = 0
-    for item in wanted:
-        if batch and (
-            len(batch) >= BATCH_MAX_SECTIONS
-            or batch_bytes + item[1].length > BATCH_MAX_BYTES
-        ):
-            yield batch
-            batch, batch_bytes = [], 0
-        batch.append(item)
-        batch_bytes += item[1].length
-    if batch:
-        yield batch
+__all__ = ["MAX_SECTION_BYTES", "FetchFailed", "RevisionFetcher"]

@@ -82,7 +82,7 @@ def push_revision(
             raise PushFailed("the peer ended the sync without storing the revision")
         return last[0]
 
-    request = bbrpc_pb2.SetContentRevisionRequest(signed_revision=revision.signed)
+    request = bbrpc_pb2.SetContentRevisionRequest(signed_root=revision.signed)
     # maybeDeferred: a revision too large for one frame fails the Deferred
     # (FrameTooLarge) instead of raising at the caller.
     d = defer.maybeDeferred(
@@ -141,13 +141,10 @@ class Pusher:
 
         return result.addBoth(settle)
 
-    def sections_in_flight(self) -> set[bytes]:
-        """Section hashes of every revision being pushed to a peer now."""
-        return {
-            ref.sha256
-            for revision, _ in self._in_flight.values()
-            for ref in revision.revision.sections
-        }
+    def revisions_in_flight(self) -> list[VerifiedRevision]:
+        """Every revision being pushed to a peer now: garbage collection
+        keeps what they reference."""
+        return [revision for revision, _ in self._in_flight.values()]
 
     def _push_now(
         self,

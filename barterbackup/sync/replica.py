@@ -18,9 +18,9 @@ from typing import Any
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import ErrorCode, PeerCallError
-from barterbackup.revisions import InvalidRevision
+from barterbackup.revisions import InvalidRevision, VerifiedRevision
 from barterbackup.store.replicas import (
-    BadSection,
+    BadBlob,
     QuotaExceeded,
     ReplicaStore,
     StaleRevision,
@@ -42,7 +42,7 @@ _REFUSALS: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (QuotaExceeded, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED),
     (StaleRevision, bbrpc_pb2.ERROR_CODE_STALE),
     (FetchFailed, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
-    (BadSection, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
+    (BadBlob, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
 )
 
 
@@ -75,8 +75,8 @@ class ReplicaService:
         if held is not None:
             # Report what can be served back (the complete revision) while a
             # newer one is still being fetched; the owner re-pushes to resume.
-            response.signed_revision = held.shown.signed
-            response.complete = held.readable is not None
+            response.signed_root = held.shown.signed
+            response.complete = held.held is not None
             response.stored_bytes = held.stored_bytes
         return response
 
@@ -97,7 +97,7 @@ class ReplicaService:
                 await self._blocking(lambda: self._replicas.delete(owner))
                 await send(bbrpc_pb2.SetContentRevisionResponse(complete=True))
                 return
-            await self._store(conn, owner, bytes(request.signed_revision), send)
+            await self._store(conn, owner, bytes(request.signed_root), send)
         finally:
             self._syncing.discard(owner)
 
@@ -105,9 +105,15 @@ class ReplicaService:
         self, conn: PeerConnectionLike, owner: bytes, signed: bytes, send: Send
     ) -> None:
         try:
-            plan = await self._blocking(lambda: self._replicas.begin(owner, signed))
+            revision = await self._blocking(lambda: self._replicas.begin(owner, signed))
+            held = self._replicas.held(owner)
+            if held is not None and held.held is not None:
+                if held.held.content_id == revision.content_id:
+                    # Held already: nothing to fetch, say so at once.
+                    await send(_complete(revision))
+                    return
             fetcher = RevisionFetcher(
-                conn, self._replicas, plan, send, self._clock, self._blocking
+                conn, self._replicas, owner, revision, send, self._clock, self._blocking
             )
             await fetcher.run()
         except PeerCallError as error:
@@ -122,3 +128,12 @@ class ReplicaService:
                 if isinstance(error, kind):
                     raise PeerCallError(code, str(error)) from None
             raise
+
+
+def _complete(revision: VerifiedRevision) -> bbrpc_pb2.SetContentRevisionResponse:
+    return bbrpc_pb2.SetContentRevisionResponse(
+        revision=revision.number,
+        bytes_done=revision.content_length,
+        bytes_total=revision.content_length,
+        complete=True,
+    )

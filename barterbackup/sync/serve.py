@@ -1,18 +1,24 @@
-"""Serving ``Download``: sections of our own content to the peers we offered
-it to, and replicas back to their owners.
+"""Serving ``Download``: blobs of our own content to the peers we offered it
+to, and replicas back to their owners.
 
-The caller's identity is always ``conn.peer_pubkey`` (proved by the
-handshake), never a field of the request, so a peer downloads only:
+A Download names a content id and the blobs wanted (sections, tree nodes,
+manifest chunks) by hash. The caller's identity is always
+``conn.peer_pubkey`` (proved by the handshake), never a field of the
+request, so a peer downloads only:
 
 * our own content, if we offered that content_id to that peer (``Pusher``
-  records the offer);
-* a replica we hold, only to the owner of it (recovery).
+  records the offer) — any blob of our store;
+* a replica we hold, only to its owner (recovery) — any blob of its store.
+
+Every blob is read verified and sent in pieces of at most ``PIECE_BYTES``,
+each with its SHA-256; each piece waits for the connection to take it, so a
+slow peer slows the reads instead of filling memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -20,8 +26,8 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.bbrpc.framing import DownloadPiece, accepts_download_pieces
 from barterbackup.logs import get_logger
-from barterbackup.revisions import SectionIndexOutOfRange, VerifiedRevision
-from barterbackup.store.replicas import ReplicaError, ReplicaStore, UnknownRevision
+from barterbackup.revisions import VerifiedRevision
+from barterbackup.store.replicas import BadBlob, ReplicaStore, UnknownRevision
 from barterbackup.sync.interfaces import (
     Blocking,
     PeerConnectionLike,
@@ -33,6 +39,10 @@ from barterbackup.sync.offers import OfferedContent
 log = get_logger("barterbackup.sync")
 
 PIECE_BYTES = 1024 * 1024
+# A request names at most this many blobs: the request frame stays small
+# and the work one call asks for is bounded.
+MAX_BLOBS_PER_REQUEST = 4096
+HASH_BYTES = 32
 
 Send = Callable[[Any], Awaitable[Any]]
 
@@ -43,57 +53,57 @@ class ContentSource(Protocol):
     @property
     def current(self) -> VerifiedRevision | None: ...
 
-    def read_section(self, sha256: bytes) -> bytes: ...
+    def read_blob(self, sha256: bytes) -> bytes: ...
 
 
-def selected_sections(
-    revision: VerifiedRevision, indices: Iterable[int], reference: Iterable[bytes]
-) -> list[int]:
-    """Which sections a Download request asks for.
+def check_request(request: bbrpc_pb2.DownloadRequest) -> list[bytes]:
+    """The blob hashes a request asks for, or BAD_REQUEST."""
+    if len(request.blobs) > MAX_BLOBS_PER_REQUEST:
+        raise PeerCallError(
+            bbrpc_pb2.ERROR_CODE_BAD_REQUEST,
+            f"at most {MAX_BLOBS_PER_REQUEST} blobs per Download",
+        )
+    blobs = [bytes(blob) for blob in request.blobs]
+    if any(len(blob) != HASH_BYTES for blob in blobs):
+        raise PeerCallError(
+            bbrpc_pb2.ERROR_CODE_BAD_REQUEST, "a blob hash is not 32 bytes"
+        )
+    return blobs
 
-    An empty index list means all of them; sections whose hash is in
-    ``reference`` are left out (the caller holds them). Raises
-    SectionIndexOutOfRange for an index the revision does not have.
-    """
-    chosen = list(indices) or list(range(revision.section_count))
-    skip = set(reference)
-    return [i for i in chosen if revision.section(i).sha256 not in skip]
 
-
-async def send_sections(
+async def send_blobs(
     send: Send,
-    revision: VerifiedRevision,
-    indices: list[int],
-    read: Callable[[int], bytes],
+    blobs: list[bytes],
+    read: Callable[[bytes], bytes],
     blocking: Blocking[Any] = run_inline,
 ) -> None:
-    """Stream sections ``indices`` of ``revision`` in pieces of ≤ PIECE_BYTES.
+    """Stream ``blobs`` (by hash) in pieces of at most PIECE_BYTES.
 
-    ``read(index)`` returns the section's verified ciphertext; each send is
-    awaited, so a slow peer slows the reads instead of filling memory.
-    ``send`` gets DownloadPiece items if it accepts them (see
-    ``accepts_download_pieces``), else DownloadResponse messages.
+    ``read(hash)`` returns the blob's verified bytes. ``send`` gets
+    DownloadPiece items if it accepts them (see ``accepts_download_pieces``),
+    else DownloadResponse messages.
     """
     # A real connection takes DownloadPieces: pieces are then views into
-    # the section, copied once into their frames instead of three times.
+    # the blob, copied once into their frames instead of three times.
     as_pieces = accepts_download_pieces(send)
-    for index in indices:
-        data: bytes = await blocking(partial(read, index))
+    for blob in blobs:
+        data: bytes = await blocking(partial(read, blob))
         view = memoryview(data)
-        length = revision.section(index).length
+        length = len(data)
         for offset in range(0, max(length, 1), PIECE_BYTES):
             chunk = view[offset : offset + PIECE_BYTES]
-            sha256 = hashlib.sha256(chunk).digest()
+            # A whole-blob piece's hash is the blob's own: no second pass.
+            sha256 = blob if len(chunk) == length else hashlib.sha256(chunk).digest()
             if as_pieces:
-                await send(DownloadPiece(index, offset, chunk, sha256, length))
+                await send(DownloadPiece(blob, offset, chunk, sha256, length))
             else:
                 await send(
                     bbrpc_pb2.DownloadResponse(
-                        section=index,
+                        blob=blob,
                         offset=offset,
                         data=bytes(chunk),
                         sha256=sha256,
-                        section_length=length,
+                        blob_length=length,
                     )
                 )
 
@@ -121,14 +131,15 @@ class ContentServer:
     ) -> None:
         content_id = bytes(request.content_id)
         caller = authenticated_peer(conn)
-        own = self._offers.lookup(caller, content_id)
-        if own is not None:
-            await self._send_own(own, request, send)
+        blobs = check_request(request)
+        if self._content is not None and self._offers.lookup(caller, content_id):
+            await send_blobs(send, blobs, self._read_own, self._blocking)
             return
         held = self._replicas.held(caller)
-        replica = held.revision_for(content_id) if held else None
-        if replica is not None:
-            await self._send_replica(caller, replica, request, send)
+        if held is not None and held.revision_for(content_id) is not None:
+            await send_blobs(
+                send, blobs, partial(self._read_replica, caller), self._blocking
+            )
             return
         if self._is_known_elsewhere(content_id):
             raise PeerCallError(
@@ -137,59 +148,27 @@ class ContentServer:
             )
         raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, "no such content here")
 
-    async def _send_own(
-        self, own: VerifiedRevision, request: bbrpc_pb2.DownloadRequest, send: Send
-    ) -> None:
-        content = self._content
-        if content is None:
-            raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, "content not held")
+    def _read_own(self, blob: bytes) -> bytes:
+        assert self._content is not None
+        try:
+            return self._content.read_blob(blob)
+        except LookupError:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_NOT_FOUND,
+                f"blob {blob.hex()[:16]} of that revision is no longer held",
+            ) from None
 
-        def read(index: int) -> bytes:
-            try:
-                return content.read_section(own.section(index).sha256)
-            except (LookupError, FileNotFoundError):
-                raise PeerCallError(
-                    bbrpc_pb2.ERROR_CODE_NOT_FOUND,
-                    f"section {index} of that revision is no longer held",
-                ) from None
-
-        indices = _select(own, request)
-        await send_sections(send, own, indices, read, self._blocking)
-
-    async def _send_replica(
-        self,
-        owner: bytes,
-        revision: VerifiedRevision,
-        request: bbrpc_pb2.DownloadRequest,
-        send: Send,
-    ) -> None:
-        def read(index: int) -> bytes:
-            try:
-                return self._replicas.read_section(owner, revision.content_id, index)
-            except UnknownRevision as error:
-                raise PeerCallError(
-                    bbrpc_pb2.ERROR_CODE_NOT_FOUND, str(error)
-                ) from None
-            except ReplicaError as error:
-                log.warn("serving a replica section failed: {error}", error=error)
-                raise PeerCallError(bbrpc_pb2.ERROR_CODE_INTERNAL, str(error)) from None
-
-        indices = _select(revision, request)
-        await send_sections(send, revision, indices, read, self._blocking)
+    def _read_replica(self, owner: bytes, blob: bytes) -> bytes:
+        try:
+            return self._replicas.read_blob(owner, blob)
+        except UnknownRevision as error:
+            raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, str(error)) from None
+        except BadBlob as error:
+            log.warn("serving a replica blob failed: {error}", error=error)
+            raise PeerCallError(bbrpc_pb2.ERROR_CODE_INTERNAL, str(error)) from None
 
     def _is_known_elsewhere(self, content_id: bytes) -> bool:
         current = self._content.current if self._content else None
         if current is not None and current.content_id == content_id:
             return True
         return self._offers.is_offered_to_anyone(content_id)
-
-
-def _select(
-    revision: VerifiedRevision, request: bbrpc_pb2.DownloadRequest
-) -> list[int]:
-    try:
-        return selected_sections(
-            revision, request.sections, [bytes(h) for h in request.reference_sections]
-        )
-    except SectionIndexOutOfRange as error:
-        raise PeerCallError(bbrpc_pb2.ERROR_CODE_BAD_REQUEST, str(error)) from None

@@ -404,3 +404,23 @@ def tree_ref_of(root: TreeRoot) -> storedpb_pb2.TreeRef:
         entry_count=root.entry_count,
         byte_count=root.byte_count,
     )
+
+
+def max_node_bytes(ref: NodeRef) -> int:
+    """The most bytes the node ``ref`` names can have (exact for a leaf).
+
+    A fetcher bounds what it buffers for a node by this before the node
+    has arrived.
+    """
+    if ref.level == 0:
+        return HEADER_BYTES + ref.entry_count * ENTRY_BYTES
+    return HEADER_BYTES + min(ref.entry_count, MAX_NODE_ITEMS) * CHILD_BYTES
+
+
+def entry_hashes(packed: bytes | memoryview) -> list[bytes]:
+    """The section hashes of packed entries, in order."""
+    view = memoryview(packed)
+    return [
+        bytes(view[start : start + HASH_BYTES])
+        for start in range(8, len(view), ENTRY_BYTES)
+    ]

@@ -81,17 +81,21 @@ class SyncPlan:
         self._outstanding: dict[bytes, NodeRef] = {}
         self.nodes_received = 0
         self.node_bytes_received = 0
+        # held_bytes: content bytes the replica already holds, in subtrees
+        # it skipped and in held sections of the leaves it received (for
+        # progress: bytes held so far = held_bytes + what was fetched).
+        self.held_bytes = 0
         self._queue(root.ref())
 
     def _queue(self, ref: NodeRef) -> None:
         # A subtree queued twice (repeated content) is fetched once.
-        if (
-            ref.hash not in self._queued
-            and ref.hash not in self._recent
-            and not self._have_subtree(ref.hash)
-        ):
-            self._queued.add(ref.hash)
-            self._pending.append(ref)
+        if ref.hash in self._queued or ref.hash in self._recent:
+            return
+        if self._have_subtree(ref.hash):
+            self.held_bytes += ref.byte_count
+            return
+        self._queued.add(ref.hash)
+        self._pending.append(ref)
 
     def _remember(self, digest: bytes) -> None:
         """Keep the last RECENT node and section hashes handed out."""
@@ -146,9 +150,13 @@ class SyncPlan:
         wanted: list[Located] = []
         for located in _leaf_located(node):
             sha256 = located.entry.sha256
-            if sha256 not in self._recent and not self._have_section(sha256):
-                self._remember(sha256)
-                wanted.append(located)
+            if sha256 in self._recent:
+                continue
+            if self._have_section(sha256):
+                self.held_bytes += located.entry.length
+                continue
+            self._remember(sha256)
+            wanted.append(located)
         return wanted
 
 
