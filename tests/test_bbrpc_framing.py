@@ -185,7 +185,7 @@ class DownloadPieceFrameTests(SynchronousTestCase):
         self.assertEqual(piece.to_message(), envelope.download_response)
 
     def test_large_piece(self) -> None:
-        data = bytes(range(256)) * 4096 * 4
+        data = bytes(range(256)) * 4096
         piece = DownloadPiece(b"b" * 32, 4 * 2**20, data, b"h" * 32, 2**40)
         envelope = bbrpc_pb2.Envelope(
             call_id=2**33, download_response=piece.to_message()

@@ -18,7 +18,11 @@ from barterbackup.bbrpc import handshake
 from barterbackup.bbrpc.errors import ErrorCode
 
 MAX_HANDSHAKE_FRAME_LENGTH = 64 * 1024
-MAX_AUTHENTICATED_FRAME_LENGTH = 64 * 1024 * 1024 + 64 * 1024
+# The largest item any call carries is a 1 MiB Download piece (or a sealed
+# EncryptedDownload piece); 64 KiB on top covers the envelope and fields.
+# Revisions are small signed roots and trees travel node by node, so no
+# frame needs more whatever the content's size.
+MAX_AUTHENTICATED_FRAME_LENGTH = 1024 * 1024 + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,7 @@ class PeerLimits:
     """Every bound one connection enforces; all times in seconds."""
 
     # max_frame_length is the largest frame accepted or sent once the peer
-    # is authenticated. A signed revision travels in one frame and takes
-    # ~4.5 MB per GiB of content, so this admits contents up to ~14 GiB.
+    # is authenticated: one 1 MiB piece and its envelope.
     max_frame_length: int = MAX_AUTHENTICATED_FRAME_LENGTH
     # max_handshake_frame_length bounds frames before authentication, so an
     # anonymous stranger can make us buffer no more than this.

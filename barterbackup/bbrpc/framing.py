@@ -27,8 +27,8 @@ LENGTH_PREFIX = struct.Struct(">I")
 PREFIX_LENGTH = LENGTH_PREFIX.size
 
 # The largest payload an Envelope carries is one DownloadResponse of up to
-# 4 MiB of data; 64 KiB on top covers the envelope and message fields.
-MAX_DATA_LENGTH = 4 * 1024 * 1024
+# 1 MiB of data; 64 KiB on top covers the envelope and message fields.
+MAX_DATA_LENGTH = 1024 * 1024
 MAX_FRAME_LENGTH = MAX_DATA_LENGTH + 64 * 1024
 
 
