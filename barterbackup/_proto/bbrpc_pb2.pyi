@@ -212,6 +212,14 @@ class Envelope(_message.Message):
     ENCRYPTED_DOWNLOAD_RESPONSE_FIELD_NUMBER: _builtins.int
     CHAT_REQUEST_FIELD_NUMBER: _builtins.int
     ENCRYPTED_CHAT_REQUEST_FIELD_NUMBER: _builtins.int
+    PROPOSE_CONTRACT_REQUEST_FIELD_NUMBER: _builtins.int
+    PROPOSE_CONTRACT_RESPONSE_FIELD_NUMBER: _builtins.int
+    ANSWER_CONTRACT_REQUEST_FIELD_NUMBER: _builtins.int
+    ANSWER_CONTRACT_RESPONSE_FIELD_NUMBER: _builtins.int
+    END_CONTRACT_REQUEST_FIELD_NUMBER: _builtins.int
+    END_CONTRACT_RESPONSE_FIELD_NUMBER: _builtins.int
+    SPOT_CHECK_REQUEST_FIELD_NUMBER: _builtins.int
+    SPOT_CHECK_RESPONSE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     """call_id ties requests, responses and stream items of one call.
 
@@ -292,6 +300,38 @@ class Envelope(_message.Message):
     def encrypted_chat_request(self) -> Global___EncryptedChatRequest:
         """encrypted_chat_request is one sealed chat action."""
 
+    @_builtins.property
+    def propose_contract_request(self) -> Global___ProposeContractRequest:
+        """propose_contract_request starts a ProposeContract call."""
+
+    @_builtins.property
+    def propose_contract_response(self) -> Global___ProposeContractResponse:
+        """propose_contract_response answers it."""
+
+    @_builtins.property
+    def answer_contract_request(self) -> Global___AnswerContractRequest:
+        """answer_contract_request starts an AnswerContract call."""
+
+    @_builtins.property
+    def answer_contract_response(self) -> Global___AnswerContractResponse:
+        """answer_contract_response acknowledges it."""
+
+    @_builtins.property
+    def end_contract_request(self) -> Global___EndContractRequest:
+        """end_contract_request starts an EndContract call."""
+
+    @_builtins.property
+    def end_contract_response(self) -> Global___EndContractResponse:
+        """end_contract_response acknowledges it."""
+
+    @_builtins.property
+    def spot_check_request(self) -> Global___SpotCheckRequest:
+        """spot_check_request starts a SpotCheck call."""
+
+    @_builtins.property
+    def spot_check_response(self) -> Global___SpotCheckResponse:
+        """spot_check_response answers it."""
+
     def __init__(
         self,
         *,
@@ -315,12 +355,20 @@ class Envelope(_message.Message):
         encrypted_download_response: Global___EncryptedDownloadResponse | None = ...,
         chat_request: Global___ChatRequest | None = ...,
         encrypted_chat_request: Global___EncryptedChatRequest | None = ...,
+        propose_contract_request: Global___ProposeContractRequest | None = ...,
+        propose_contract_response: Global___ProposeContractResponse | None = ...,
+        answer_contract_request: Global___AnswerContractRequest | None = ...,
+        answer_contract_response: Global___AnswerContractResponse | None = ...,
+        end_contract_request: Global___EndContractRequest | None = ...,
+        end_contract_response: Global___EndContractResponse | None = ...,
+        spot_check_request: Global___SpotCheckRequest | None = ...,
+        spot_check_response: Global___SpotCheckResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body", b"body", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body", b"body", "call_id", b"call_id", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end", b"end", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "call_id", b"call_id", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end", b"end", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "auth", "error", "cancel", "ping", "pong", "peer_exchange_request", "peer_exchange_response", "get_content_revision_request", "get_content_revision_response", "set_content_revision_request", "set_content_revision_response", "download_request", "download_response", "encrypted_download_request", "encrypted_download_response", "chat_request", "encrypted_chat_request"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "auth", "error", "cancel", "ping", "pong", "peer_exchange_request", "peer_exchange_response", "get_content_revision_request", "get_content_revision_response", "set_content_revision_request", "set_content_revision_response", "download_request", "download_response", "encrypted_download_request", "encrypted_download_response", "chat_request", "encrypted_chat_request", "propose_contract_request", "propose_contract_response", "answer_contract_request", "answer_contract_response", "end_contract_request", "end_contract_response", "spot_check_request", "spot_check_response"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

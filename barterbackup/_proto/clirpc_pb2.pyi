@@ -327,6 +327,11 @@ class PeerInfo(_message.Message):
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     SHARED_IN_EXCHANGE_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    AUDIT_SCORE_FIELD_NUMBER: _builtins.int
+    UPTIME_SCORE_FIELD_NUMBER: _builtins.int
+    CHECKS_PASSED_FIELD_NUMBER: _builtins.int
+    CHECKS_FAILED_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_FIELD_NUMBER: _builtins.int
     onion_address: _builtins.str
     """onion_address is the peer's onion address, with ".onion"."""
     connected: _builtins.bool
@@ -347,6 +352,18 @@ class PeerInfo(_message.Message):
     """shared_in_exchange is true when the peer may be told to others."""
     endpoint: _builtins.str
     """endpoint is where the peer is reached, when not through Tor."""
+    audit_score: _builtins.float
+    """audit_score is the peer's audit score between 0 and 1."""
+    uptime_score: _builtins.float
+    """uptime_score is the peer's uptime score between 0 and 1."""
+    checks_passed: _builtins.int
+    """checks_passed counts the spot checks the peer passed."""
+    checks_failed: _builtins.int
+    """checks_failed counts the spot checks the peer failed."""
+    last_check: _builtins.int
+    """last_check is when the peer last answered or failed a check, in Unix
+    seconds, or 0.
+    """
     def __init__(
         self,
         *,
@@ -359,10 +376,15 @@ class PeerInfo(_message.Message):
         stored_bytes: _builtins.int = ...,
         shared_in_exchange: _builtins.bool = ...,
         endpoint: _builtins.str = ...,
+        audit_score: _builtins.float = ...,
+        uptime_score: _builtins.float = ...,
+        checks_passed: _builtins.int = ...,
+        checks_failed: _builtins.int = ...,
+        last_check: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_seen", b"last_seen", "onion_address", b"onion_address", "rtt_ms", b"rtt_ms", "shared_in_exchange", b"shared_in_exchange", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "connected", b"connected", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_check", b"last_check", "last_seen", b"last_seen", "onion_address", b"onion_address", "rtt_ms", b"rtt_ms", "shared_in_exchange", b"shared_in_exchange", "stored_bytes", b"stored_bytes", "uptime_score", b"uptime_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -574,31 +596,51 @@ Global___ListFilesResponse: _TypeAlias = ListFilesResponse  # noqa: Y015
 
 @_typing.final
 class SetStorageConfigRequest(_message.Message):
-    """SetStorageConfigRequest sets the storage budget for peers."""
+    """SetStorageConfigRequest changes the storage configuration.
+
+    Fields left unset keep their value.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    PER_PEER_BYTES_FIELD_NUMBER: _builtins.int
     MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_POLICY_FIELD_NUMBER: _builtins.int
     total_bytes: _builtins.int
-    """total_bytes is how many bytes all peers may store here together."""
-    per_peer_bytes: _builtins.int
-    """per_peer_bytes is how many bytes one peer may store here."""
+    """total_bytes is how many bytes all contracts together may oblige this
+    node to keep, or 0 for the default.
+    """
     min_replicas: _builtins.int
-    """min_replicas is how many peers should hold our content."""
+    """min_replicas is how many healthy contracts should keep our content;
+    0 means none, so the node forms no contract by itself.
+    """
+    acceptance_policy: _builtins.str
+    """acceptance_policy is who may make a contract with this node:
+    "known", "open" or "manual".
+    """
     def __init__(
         self,
         *,
-        total_bytes: _builtins.int = ...,
-        per_peer_bytes: _builtins.int = ...,
-        min_replicas: _builtins.int = ...,
+        total_bytes: _builtins.int | None = ...,
+        min_replicas: _builtins.int | None = ...,
+        acceptance_policy: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_acceptance_policy", b"_acceptance_policy", "_min_replicas", b"_min_replicas", "_total_bytes", b"_total_bytes", "acceptance_policy", b"acceptance_policy", "min_replicas", b"min_replicas", "total_bytes", b"total_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_replicas", b"min_replicas", "per_peer_bytes", b"per_peer_bytes", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_acceptance_policy", b"_acceptance_policy", "_min_replicas", b"_min_replicas", "_total_bytes", b"_total_bytes", "acceptance_policy", b"acceptance_policy", "min_replicas", b"min_replicas", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__acceptance_policy: _TypeAlias = _typing.Literal["acceptance_policy"]  # noqa: Y015
+    _WhichOneofArgType__acceptance_policy: _TypeAlias = _typing.Literal["_acceptance_policy", b"_acceptance_policy"]  # noqa: Y015
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__total_bytes: _TypeAlias = _typing.Literal["total_bytes"]  # noqa: Y015
+    _WhichOneofArgType__total_bytes: _TypeAlias = _typing.Literal["_total_bytes", b"_total_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__acceptance_policy) -> _WhichOneofReturnType__acceptance_policy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_bytes) -> _WhichOneofReturnType__total_bytes | None: ...
 
 Global___SetStorageConfigRequest: _TypeAlias = SetStorageConfigRequest  # noqa: Y015
 
@@ -650,38 +692,48 @@ class GetStorageConfigResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    PER_PEER_BYTES_FIELD_NUMBER: _builtins.int
     MIN_REPLICAS_FIELD_NUMBER: _builtins.int
     USED_BYTES_FIELD_NUMBER: _builtins.int
     FREE_BYTES_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_FIELD_NUMBER: _builtins.int
+    OBLIGATED_BYTES_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_POLICY_FIELD_NUMBER: _builtins.int
     total_bytes: _builtins.int
-    """total_bytes is how many bytes all peers may store here together."""
-    per_peer_bytes: _builtins.int
-    """per_peer_bytes is how many bytes one peer may store here."""
+    """total_bytes is how many bytes all contracts together may oblige this
+    node to keep.
+    """
     min_replicas: _builtins.int
-    """min_replicas is how many peers should hold our content."""
+    """min_replicas is how many healthy contracts should keep our content."""
     used_bytes: _builtins.int
     """used_bytes is how many bytes peers' content takes here."""
     free_bytes: _builtins.int
-    """free_bytes is how many bytes of the budget are left."""
+    """free_bytes is how many bytes of the budget no contract obliges this
+    node to keep.
+    """
+    obligated_bytes: _builtins.int
+    """obligated_bytes is the sum of what the contracts in force oblige
+    this node to keep.
+    """
+    acceptance_policy: _builtins.str
+    """acceptance_policy is who may make a contract with this node."""
     @_builtins.property
     def obligations(self) -> _containers.RepeatedCompositeFieldContainer[Global___StorageObligation]:
-        """obligations are what this node stores for each peer."""
+        """obligations are what this node keeps for peers, one per contract."""
 
     def __init__(
         self,
         *,
         total_bytes: _builtins.int = ...,
-        per_peer_bytes: _builtins.int = ...,
         min_replicas: _builtins.int = ...,
         used_bytes: _builtins.int = ...,
         free_bytes: _builtins.int = ...,
         obligations: _abc.Iterable[Global___StorageObligation] | None = ...,
+        obligated_bytes: _builtins.int = ...,
+        acceptance_policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free_bytes", b"free_bytes", "min_replicas", b"min_replicas", "obligations", b"obligations", "per_peer_bytes", b"per_peer_bytes", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_policy", b"acceptance_policy", "free_bytes", b"free_bytes", "min_replicas", b"min_replicas", "obligated_bytes", b"obligated_bytes", "obligations", b"obligations", "total_bytes", b"total_bytes", "used_bytes", b"used_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -689,7 +741,9 @@ Global___GetStorageConfigResponse: _TypeAlias = GetStorageConfigResponse  # noqa
 
 @_typing.final
 class StorageObligation(_message.Message):
-    """StorageObligation is what this node stores for one peer."""
+    """StorageObligation is what this node keeps for one peer under one
+    contract.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -697,6 +751,8 @@ class StorageObligation(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     GRANTED_BYTES_FIELD_NUMBER: _builtins.int
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     onion_address: _builtins.str
     """onion_address is the peer's onion address."""
     revision: _builtins.int
@@ -704,7 +760,11 @@ class StorageObligation(_message.Message):
     stored_bytes: _builtins.int
     """stored_bytes is how many bytes of that content are stored here."""
     granted_bytes: _builtins.int
-    """granted_bytes is the most this peer may store here."""
+    """granted_bytes is the most the contract lets the peer store here."""
+    contract_id: _builtins.bytes
+    """contract_id identifies the contract."""
+    state: _builtins.str
+    """state is the contract's state, such as "active"."""
     def __init__(
         self,
         *,
@@ -712,10 +772,12 @@ class StorageObligation(_message.Message):
         revision: _builtins.int = ...,
         stored_bytes: _builtins.int = ...,
         granted_bytes: _builtins.int = ...,
+        contract_id: _builtins.bytes = ...,
+        state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_bytes", b"granted_bytes", "onion_address", b"onion_address", "revision", b"revision", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "granted_bytes", b"granted_bytes", "onion_address", b"onion_address", "revision", b"revision", "state", b"state", "stored_bytes", b"stored_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -723,14 +785,16 @@ Global___StorageObligation: _TypeAlias = StorageObligation  # noqa: Y015
 
 @_typing.final
 class ReplicateContentRequest(_message.Message):
-    """ReplicateContentRequest names the peers to push to."""
+    """ReplicateContentRequest names the peers under contract to sync now."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ONION_ADDRESSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def onion_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """onion_addresses are the peers; empty means every connected peer."""
+        """onion_addresses are the peers; empty means every peer under a
+        contract in force.
+        """
 
     def __init__(
         self,
@@ -876,6 +940,15 @@ class ContractInfo(_message.Message):
     AUDIT_SCORE_FIELD_NUMBER: _builtins.int
     UPTIME_SCORE_FIELD_NUMBER: _builtins.int
     LAST_CHECK_FIELD_NUMBER: _builtins.int
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    PEER_REVISION_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_PASSED_FIELD_NUMBER: _builtins.int
+    LAST_VERDICT_FIELD_NUMBER: _builtins.int
+    NEXT_CHECK_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    WE_PROPOSED_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
     contract_id: _builtins.bytes
     """contract_id identifies the contract on both sides."""
     peer: _builtins.str
@@ -883,15 +956,37 @@ class ContractInfo(_message.Message):
     state: _builtins.str
     """state is the contract's state name, such as "active"."""
     our_bytes: _builtins.int
-    """our_bytes is how many bytes of ours the peer stores."""
+    """our_bytes is how many bytes of ours the peer keeps at most."""
     their_bytes: _builtins.int
-    """their_bytes is how many bytes of theirs we store."""
+    """their_bytes is how many bytes of theirs we keep at most."""
     audit_score: _builtins.float
     """audit_score is the peer's audit score between 0 and 1."""
     uptime_score: _builtins.float
     """uptime_score is the peer's uptime score between 0 and 1."""
     last_check: _builtins.int
-    """last_check is when the last spot check ended, in Unix seconds."""
+    """last_check is when the last spot check ended, in Unix seconds, or 0."""
+    stored_bytes: _builtins.int
+    """stored_bytes is how many bytes of the peer's content we store."""
+    peer_revision: _builtins.int
+    """peer_revision is the revision of our content the peer holds, or 0."""
+    last_check_passed: _builtins.bool
+    """last_check_passed is true when the last spot check passed."""
+    last_verdict: _builtins.str
+    """last_verdict is the last spot check's outcome in words."""
+    next_check: _builtins.int
+    """next_check is when the next spot check is due, in Unix seconds, or 0
+    when none is scheduled.
+    """
+    detail: _builtins.str
+    """detail says why the contract is in its state, when that is not
+    obvious (suspect, broken, ending, ended).
+    """
+    we_proposed: _builtins.bool
+    """we_proposed is true when this node proposed the contract."""
+    since: _builtins.int
+    """since is when the contract entered its state, in Unix seconds."""
+    created_at: _builtins.int
+    """created_at is when the terms were written, in Unix seconds."""
     def __init__(
         self,
         *,
@@ -903,10 +998,19 @@ class ContractInfo(_message.Message):
         audit_score: _builtins.float = ...,
         uptime_score: _builtins.float = ...,
         last_check: _builtins.int = ...,
+        stored_bytes: _builtins.int = ...,
+        peer_revision: _builtins.int = ...,
+        last_check_passed: _builtins.bool = ...,
+        last_verdict: _builtins.str = ...,
+        next_check: _builtins.int = ...,
+        detail: _builtins.str = ...,
+        we_proposed: _builtins.bool = ...,
+        since: _builtins.int = ...,
+        created_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_score", b"audit_score", "contract_id", b"contract_id", "last_check", b"last_check", "our_bytes", b"our_bytes", "peer", b"peer", "state", b"state", "their_bytes", b"their_bytes", "uptime_score", b"uptime_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_score", b"audit_score", "contract_id", b"contract_id", "created_at", b"created_at", "detail", b"detail", "last_check", b"last_check", "last_check_passed", b"last_check_passed", "last_verdict", b"last_verdict", "next_check", b"next_check", "our_bytes", b"our_bytes", "peer", b"peer", "peer_revision", b"peer_revision", "since", b"since", "state", b"state", "stored_bytes", b"stored_bytes", "their_bytes", b"their_bytes", "uptime_score", b"uptime_score", "we_proposed", b"we_proposed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -924,9 +1028,9 @@ class ProposeContractRequest(_message.Message):
     peer: _builtins.str
     """peer is the onion address of the peer."""
     our_bytes: _builtins.int
-    """our_bytes is how many bytes of ours we ask the peer to store."""
+    """our_bytes is how many bytes of ours we ask the peer to keep."""
     their_bytes: _builtins.int
-    """their_bytes is how many bytes of theirs we offer to store."""
+    """their_bytes is how many bytes of theirs we offer to keep."""
     def __init__(
         self,
         *,
@@ -974,25 +1078,42 @@ Global___ProposeContractResponse: _TypeAlias = ProposeContractResponse  # noqa: 
 
 @_typing.final
 class CheckContractRequest(_message.Message):
-    """CheckContractRequest names the contract to check."""
+    """CheckContractRequest names the contract to check.
+
+    Exactly one of contract_id and peer is set.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTRACT_ID_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     contract_id: _builtins.bytes
     """contract_id identifies the contract."""
     samples: _builtins.int
-    """samples is how many random positions to sample, or 0 for the default."""
+    """samples is how many random positions to sample, or 0 for the
+    contract's own number.
+    """
+    peer: _builtins.str
+    """peer is the onion address of the peer whose contract in force to
+    check.
+    """
+    kind: _builtins.str
+    """kind is "digest" (against our own copy), "sample" (against the
+    audit samples, without our data) or empty to choose by what we hold.
+    """
     def __init__(
         self,
         *,
         contract_id: _builtins.bytes = ...,
         samples: _builtins.int = ...,
+        peer: _builtins.str = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "kind", b"kind", "peer", b"peer", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1000,31 +1121,169 @@ Global___CheckContractRequest: _TypeAlias = CheckContractRequest  # noqa: Y015
 
 @_typing.final
 class CheckContractResponse(_message.Message):
-    """CheckContractResponse is a progress event of a spot check."""
+    """CheckContractResponse is a progress event of a spot check.
+
+    Phases: "challenge" (sent), "answer" (received), then "verdict".
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRESS_FIELD_NUMBER: _builtins.int
     PASSED_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    CONTRACT_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     """passed is set on the last event: true when the peer held the data."""
+    verdict: _builtins.str
+    """verdict is the outcome in words, on the last event."""
+    confidence: _builtins.float
+    """confidence is, on the last event of a passed check, the probability
+    that the check would have caught a loss of 1 % of the content.
+    """
+    positions: _builtins.int
+    """positions is how many positions the check sampled."""
     @_builtins.property
     def progress(self) -> Global___Progress:
         """progress is how far the check has come."""
+
+    @_builtins.property
+    def contract(self) -> Global___ContractInfo:
+        """contract is the contract after the check, on the last event."""
 
     def __init__(
         self,
         *,
         progress: Global___Progress | None = ...,
         passed: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        positions: _builtins.int = ...,
+        contract: Global___ContractInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["passed", b"passed", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "contract", b"contract", "passed", b"passed", "positions", b"positions", "progress", b"progress", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckContractResponse: _TypeAlias = CheckContractResponse  # noqa: Y015
+
+@_typing.final
+class EndContractRequest(_message.Message):
+    """EndContractRequest names the contract to end.
+
+    Exactly one of contract_id and peer is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id identifies the contract."""
+    peer: _builtins.str
+    """peer is the onion address of the peer whose contract in force to
+    end.
+    """
+    reason: _builtins.str
+    """reason is shown to the peer's user; empty for a default."""
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        peer: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "peer", b"peer", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndContractRequest: _TypeAlias = EndContractRequest  # noqa: Y015
+
+@_typing.final
+class EndContractResponse(_message.Message):
+    """EndContractResponse returns the contract as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contract(self) -> Global___ContractInfo:
+        """contract is the contract, now ending."""
+
+    def __init__(
+        self,
+        *,
+        contract: Global___ContractInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndContractResponse: _TypeAlias = EndContractResponse  # noqa: Y015
+
+@_typing.final
+class AnswerContractRequest(_message.Message):
+    """AnswerContractRequest approves or declines a proposal waiting for the
+    user.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id identifies the proposal."""
+    accept: _builtins.bool
+    """accept is true to approve the proposal, false to decline it."""
+    reason: _builtins.str
+    """reason is shown to the proposer's user when declining."""
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        accept: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "contract_id", b"contract_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerContractRequest: _TypeAlias = AnswerContractRequest  # noqa: Y015
+
+@_typing.final
+class AnswerContractResponse(_message.Message):
+    """AnswerContractResponse returns the contract as it is now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contract(self) -> Global___ContractInfo:
+        """contract is the contract after the answer."""
+
+    def __init__(
+        self,
+        *,
+        contract: Global___ContractInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerContractResponse: _TypeAlias = AnswerContractResponse  # noqa: Y015
 
 @_typing.final
 class RecoverContentRequest(_message.Message):

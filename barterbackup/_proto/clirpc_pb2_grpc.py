@@ -100,6 +100,16 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.CheckContractRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.CheckContractResponse.FromString,
                 _registered_method=True)
+        self.EndContract = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/EndContract',
+                request_serializer=clirpc__pb2.EndContractRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.EndContractResponse.FromString,
+                _registered_method=True)
+        self.AnswerContract = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/AnswerContract',
+                request_serializer=clirpc__pb2.AnswerContractRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.AnswerContractResponse.FromString,
+                _registered_method=True)
         self.RecoverContent = channel.unary_stream(
                 '/barterbackup.clirpc.CliRpc/RecoverContent',
                 request_serializer=clirpc__pb2.RecoverContentRequest.SerializeToString,
@@ -215,8 +225,8 @@ class CliRpcServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplicateContent(self, request, context):
-        """ReplicateContent pushes the current revision to peers and waits
-        until they hold it.
+        """ReplicateContent syncs the current revision to the peers under
+        contract now and waits until they hold it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +248,22 @@ class CliRpcServicer:
 
     def CheckContract(self, request, context):
         """CheckContract spot-checks that a peer still holds our content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndContract(self, request, context):
+        """EndContract ends a contract gracefully: the peer is told, and each
+        side keeps the other's data until it has moved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerContract(self, request, context):
+        """AnswerContract approves or declines a proposal that waits for the
+        user (acceptance policy "manual").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -375,6 +401,16 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.CheckContract,
                     request_deserializer=clirpc__pb2.CheckContractRequest.FromString,
                     response_serializer=clirpc__pb2.CheckContractResponse.SerializeToString,
+            ),
+            'EndContract': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndContract,
+                    request_deserializer=clirpc__pb2.EndContractRequest.FromString,
+                    response_serializer=clirpc__pb2.EndContractResponse.SerializeToString,
+            ),
+            'AnswerContract': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerContract,
+                    request_deserializer=clirpc__pb2.AnswerContractRequest.FromString,
+                    response_serializer=clirpc__pb2.AnswerContractResponse.SerializeToString,
             ),
             'RecoverContent': grpc.unary_stream_rpc_method_handler(
                     servicer.RecoverContent,
@@ -774,6 +810,60 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/CheckContract',
             clirpc__pb2.CheckContractRequest.SerializeToString,
             clirpc__pb2.CheckContractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndContract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/EndContract',
+            clirpc__pb2.EndContractRequest.SerializeToString,
+            clirpc__pb2.EndContractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerContract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/AnswerContract',
+            clirpc__pb2.AnswerContractRequest.SerializeToString,
+            clirpc__pb2.AnswerContractResponse.FromString,
             options,
             channel_credentials,
             insecure,

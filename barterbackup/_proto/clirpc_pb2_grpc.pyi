@@ -56,8 +56,8 @@ class CliRpcStub:
     GetStorageConfig: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.GetStorageConfigRequest, _clirpc_pb2.GetStorageConfigResponse]
     """GetStorageConfig reports the budget, its use and the obligations."""
     ReplicateContent: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.ReplicateContentRequest, _clirpc_pb2.ReplicateContentResponse]
-    """ReplicateContent pushes the current revision to peers and waits
-    until they hold it.
+    """ReplicateContent syncs the current revision to the peers under
+    contract now and waits until they hold it.
     """
     GetContracts: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.GetContractsRequest, _clirpc_pb2.GetContractsResponse]
     """GetContracts lists the storage contracts with peers."""
@@ -65,6 +65,14 @@ class CliRpcStub:
     """ProposeContract offers a reciprocal storage contract to a peer."""
     CheckContract: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.CheckContractRequest, _clirpc_pb2.CheckContractResponse]
     """CheckContract spot-checks that a peer still holds our content."""
+    EndContract: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.EndContractRequest, _clirpc_pb2.EndContractResponse]
+    """EndContract ends a contract gracefully: the peer is told, and each
+    side keeps the other's data until it has moved.
+    """
+    AnswerContract: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.AnswerContractRequest, _clirpc_pb2.AnswerContractResponse]
+    """AnswerContract approves or declines a proposal that waits for the
+    user (acceptance policy "manual").
+    """
     RecoverContent: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.RecoverContentRequest, _clirpc_pb2.RecoverContentResponse]
     """RecoverContent fetches our newest revision back from the replicas."""
     SetAeadKeyForPeer: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.SetAeadKeyForPeerRequest, _clirpc_pb2.SetAeadKeyForPeerResponse]
@@ -112,8 +120,8 @@ class CliRpcAsyncStub(CliRpcStub):
     GetStorageConfig: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.GetStorageConfigRequest, _clirpc_pb2.GetStorageConfigResponse]  # type: ignore[assignment]
     """GetStorageConfig reports the budget, its use and the obligations."""
     ReplicateContent: _aio.UnaryStreamMultiCallable[_clirpc_pb2.ReplicateContentRequest, _clirpc_pb2.ReplicateContentResponse]  # type: ignore[assignment]
-    """ReplicateContent pushes the current revision to peers and waits
-    until they hold it.
+    """ReplicateContent syncs the current revision to the peers under
+    contract now and waits until they hold it.
     """
     GetContracts: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.GetContractsRequest, _clirpc_pb2.GetContractsResponse]  # type: ignore[assignment]
     """GetContracts lists the storage contracts with peers."""
@@ -121,6 +129,14 @@ class CliRpcAsyncStub(CliRpcStub):
     """ProposeContract offers a reciprocal storage contract to a peer."""
     CheckContract: _aio.UnaryStreamMultiCallable[_clirpc_pb2.CheckContractRequest, _clirpc_pb2.CheckContractResponse]  # type: ignore[assignment]
     """CheckContract spot-checks that a peer still holds our content."""
+    EndContract: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.EndContractRequest, _clirpc_pb2.EndContractResponse]  # type: ignore[assignment]
+    """EndContract ends a contract gracefully: the peer is told, and each
+    side keeps the other's data until it has moved.
+    """
+    AnswerContract: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.AnswerContractRequest, _clirpc_pb2.AnswerContractResponse]  # type: ignore[assignment]
+    """AnswerContract approves or declines a proposal that waits for the
+    user (acceptance policy "manual").
+    """
     RecoverContent: _aio.UnaryStreamMultiCallable[_clirpc_pb2.RecoverContentRequest, _clirpc_pb2.RecoverContentResponse]  # type: ignore[assignment]
     """RecoverContent fetches our newest revision back from the replicas."""
     SetAeadKeyForPeer: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.SetAeadKeyForPeerRequest, _clirpc_pb2.SetAeadKeyForPeerResponse]  # type: ignore[assignment]
@@ -225,8 +241,8 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         request: _clirpc_pb2.ReplicateContentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.ReplicateContentResponse], _abc.AsyncIterator[_clirpc_pb2.ReplicateContentResponse]]:
-        """ReplicateContent pushes the current revision to peers and waits
-        until they hold it.
+        """ReplicateContent syncs the current revision to the peers under
+        contract now and waits until they hold it.
         """
 
     @_abc_1.abstractmethod
@@ -252,6 +268,26 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.CheckContractResponse], _abc.AsyncIterator[_clirpc_pb2.CheckContractResponse]]:
         """CheckContract spot-checks that a peer still holds our content."""
+
+    @_abc_1.abstractmethod
+    def EndContract(
+        self,
+        request: _clirpc_pb2.EndContractRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.EndContractResponse, _abc.Awaitable[_clirpc_pb2.EndContractResponse]]:
+        """EndContract ends a contract gracefully: the peer is told, and each
+        side keeps the other's data until it has moved.
+        """
+
+    @_abc_1.abstractmethod
+    def AnswerContract(
+        self,
+        request: _clirpc_pb2.AnswerContractRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.AnswerContractResponse, _abc.Awaitable[_clirpc_pb2.AnswerContractResponse]]:
+        """AnswerContract approves or declines a proposal that waits for the
+        user (acceptance policy "manual").
+        """
 
     @_abc_1.abstractmethod
     def RecoverContent(

@@ -55,6 +55,34 @@ past the outage limit.
 """
 Global___ContractBreakCause: _TypeAlias = ContractBreakCause  # noqa: Y015
 
+class _ContractNoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContractNoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContractNoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTRACT_NOTICE_KIND_UNSPECIFIED: _ContractNoticeKind.ValueType  # 0
+    """CONTRACT_NOTICE_KIND_UNSPECIFIED is never written on purpose."""
+    CONTRACT_NOTICE_KIND_ENDING: _ContractNoticeKind.ValueType  # 1
+    """CONTRACT_NOTICE_KIND_ENDING means we end the contract."""
+    CONTRACT_NOTICE_KIND_BROKEN: _ContractNoticeKind.ValueType  # 2
+    """CONTRACT_NOTICE_KIND_BROKEN means we consider it broken by the peer."""
+    CONTRACT_NOTICE_KIND_RELEASED: _ContractNoticeKind.ValueType  # 3
+    """CONTRACT_NOTICE_KIND_RELEASED means the peer may drop our data."""
+
+class ContractNoticeKind(_ContractNoticeKind, metaclass=_ContractNoticeKindEnumTypeWrapper):
+    """ContractNoticeKind says what a ContractNotice announces."""
+
+CONTRACT_NOTICE_KIND_UNSPECIFIED: ContractNoticeKind.ValueType  # 0
+"""CONTRACT_NOTICE_KIND_UNSPECIFIED is never written on purpose."""
+CONTRACT_NOTICE_KIND_ENDING: ContractNoticeKind.ValueType  # 1
+"""CONTRACT_NOTICE_KIND_ENDING means we end the contract."""
+CONTRACT_NOTICE_KIND_BROKEN: ContractNoticeKind.ValueType  # 2
+"""CONTRACT_NOTICE_KIND_BROKEN means we consider it broken by the peer."""
+CONTRACT_NOTICE_KIND_RELEASED: ContractNoticeKind.ValueType  # 3
+"""CONTRACT_NOTICE_KIND_RELEASED means the peer may drop our data."""
+Global___ContractNoticeKind: _TypeAlias = ContractNoticeKind  # noqa: Y015
+
 @_typing.final
 class RevisionRoot(_message.Message):
     """RevisionRoot is one version of a node's content: a small record that
@@ -372,31 +400,46 @@ Global___UptimeWindow: _TypeAlias = UptimeWindow  # noqa: Y015
 
 @_typing.final
 class StorageConfig(_message.Message):
-    """StorageConfig is the storage budget granted to peers."""
+    """StorageConfig is the storage budget granted to peers.
+
+    Only contracts grant storage: each peer may keep here what its contract
+    says, and the contracts together may oblige this node to keep at most
+    total_bytes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    PER_PEER_BYTES_FIELD_NUMBER: _builtins.int
     MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_POLICY_FIELD_NUMBER: _builtins.int
     total_bytes: _builtins.int
-    """total_bytes is how many bytes all peers may store here together."""
-    per_peer_bytes: _builtins.int
-    """per_peer_bytes is how many bytes one peer may store here."""
+    """total_bytes is how many bytes all contracts together may oblige this
+    node to keep, or 0 for the default.
+    """
     min_replicas: _builtins.int
-    """min_replicas is how many peers should hold our content."""
+    """min_replicas is how many healthy contracts should keep our content.
+
+    Unset means the default (2); 0 means none: the node then forms no
+    contract by itself.
+    """
+    acceptance_policy: _builtins.str
+    """acceptance_policy is who may make a contract with this node: "known"
+    (the default, also when empty), "open" or "manual".
+    """
     def __init__(
         self,
         *,
         total_bytes: _builtins.int = ...,
-        per_peer_bytes: _builtins.int = ...,
-        min_replicas: _builtins.int = ...,
+        min_replicas: _builtins.int | None = ...,
+        acceptance_policy: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "min_replicas", b"min_replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_replicas", b"min_replicas", "per_peer_bytes", b"per_peer_bytes", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas", "acceptance_policy", b"acceptance_policy", "min_replicas", b"min_replicas", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
 
 Global___StorageConfig: _TypeAlias = StorageConfig  # noqa: Y015
 
@@ -990,3 +1033,131 @@ class ContractEnded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContractEnded: _TypeAlias = ContractEnded  # noqa: Y015
+
+@_typing.final
+class ContractFile(_message.Message):
+    """ContractFile is one contract as a node keeps it on disk, sealed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    LEDGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def record(self) -> Global___ContractRecord:
+        """record is the persisted state of the contract's machine."""
+
+    @_builtins.property
+    def ledger(self) -> Global___ContractLedger:
+        """ledger is what the contract book tracks beside the machine."""
+
+    def __init__(
+        self,
+        *,
+        record: Global___ContractRecord | None = ...,
+        ledger: Global___ContractLedger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ledger", b"ledger", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractFile: _TypeAlias = ContractFile  # noqa: Y015
+
+@_typing.final
+class ContractLedger(_message.Message):
+    """ContractLedger is what the contract book tracks about one contract
+    beside its machine's state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_CHECK_AT_FIELD_NUMBER: _builtins.int
+    LAST_CHECK_PASSED_FIELD_NUMBER: _builtins.int
+    LAST_VERDICT_FIELD_NUMBER: _builtins.int
+    SAMPLE_CHECKS_FIELD_NUMBER: _builtins.int
+    SAMPLE_CONTENT_ID_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    PEER_REVISION_FIELD_NUMBER: _builtins.int
+    REPLACES_FIELD_NUMBER: _builtins.int
+    last_check_at: _builtins.float
+    """last_check_at is when our last spot check of the peer ended, in Unix
+    seconds, or 0 before the first.
+    """
+    last_check_passed: _builtins.bool
+    """last_check_passed is true when that check passed."""
+    last_verdict: _builtins.str
+    """last_verdict is that check's outcome in words."""
+    sample_checks: _builtins.int
+    """sample_checks counts the sample checks made of the revision named by
+    sample_content_id; it picks the audit slots of the next one.
+    """
+    sample_content_id: _builtins.bytes
+    """sample_content_id names the revision sample_checks counts for."""
+    peer_revision: _builtins.int
+    """peer_revision is the number of our revision the peer last confirmed
+    holding completely, or 0.
+    """
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContractNotice]:
+        """notices are the EndContract messages not yet delivered to the peer,
+        oldest first.
+        """
+
+    @_builtins.property
+    def replaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """replaces are the ids of the contracts this one replaces: once it is
+        active, their peers are told they may drop our data.
+        """
+
+    def __init__(
+        self,
+        *,
+        last_check_at: _builtins.float = ...,
+        last_check_passed: _builtins.bool = ...,
+        last_verdict: _builtins.str = ...,
+        sample_checks: _builtins.int = ...,
+        sample_content_id: _builtins.bytes = ...,
+        notices: _abc.Iterable[Global___ContractNotice] | None = ...,
+        peer_revision: _builtins.int = ...,
+        replaces: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_check_at", b"last_check_at", "last_check_passed", b"last_check_passed", "last_verdict", b"last_verdict", "notices", b"notices", "peer_revision", b"peer_revision", "replaces", b"replaces", "sample_checks", b"sample_checks", "sample_content_id", b"sample_content_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractLedger: _TypeAlias = ContractLedger  # noqa: Y015
+
+@_typing.final
+class ContractNotice(_message.Message):
+    """ContractNotice is one EndContract message waiting for the peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    KEEP_UNTIL_FIELD_NUMBER: _builtins.int
+    kind: Global___ContractNoticeKind.ValueType
+    """kind says what the notice announces."""
+    reason: _builtins.str
+    """reason explains it in words the peer's user understands."""
+    keep_until: _builtins.float
+    """keep_until is when we stop keeping the peer's data at the latest, in
+    Unix seconds.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___ContractNoticeKind.ValueType = ...,
+        reason: _builtins.str = ...,
+        keep_until: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_until", b"keep_until", "kind", b"kind", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractNotice: _TypeAlias = ContractNotice  # noqa: Y015

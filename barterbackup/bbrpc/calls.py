@@ -86,6 +86,22 @@ CALLS: dict[str, CallSpec] = {
             "encrypted_chat",
             client_streaming=True,
         ),
+        CallSpec(
+            "propose_contract_request",
+            "propose_contract_response",
+            False,
+            "propose_contract",
+        ),
+        CallSpec(
+            "answer_contract_request",
+            "answer_contract_response",
+            False,
+            "answer_contract",
+        ),
+        CallSpec(
+            "end_contract_request", "end_contract_response", False, "end_contract"
+        ),
+        CallSpec("spot_check_request", "spot_check_response", False, "spot_check"),
     )
 }
 
