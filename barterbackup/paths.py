@@ -9,6 +9,7 @@ socket, so it holds names only: no I/O beyond reading the environment.
       metadata.sealed     the node's sealed Metadata
       content/            our own content (packs, revisions)
       replicas/           peers' content we store
+      contracts/          one sealed file per storage contract
       tor/                the tor we launch (its DataDirectory)
       rpc/clirpc.sock     the CLI socket (directory mode 0700)
 """
@@ -24,6 +25,7 @@ LOCK_FILENAME = "daemon.lock"
 METADATA_FILENAME = "metadata.sealed"
 CONTENT_DIRNAME = "content"
 REPLICAS_DIRNAME = "replicas"
+CONTRACTS_DIRNAME = "contracts"
 TOR_DIRNAME = "tor"
 RPC_DIRNAME = "rpc"
 SOCKET_NAME = "clirpc.sock"
@@ -55,6 +57,10 @@ def content_dir(node_dir: Path) -> Path:
 
 def replicas_dir(node_dir: Path) -> Path:
     return Path(node_dir) / REPLICAS_DIRNAME
+
+
+def contracts_dir(node_dir: Path) -> Path:
+    return Path(node_dir) / CONTRACTS_DIRNAME
 
 
 def tor_dir(node_dir: Path) -> Path:

@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from barterbackup import __version__, paths
 from barterbackup.allocator import keep_memory_lean
+from barterbackup.contracts.settings import BookSettings, settings_from_json
 from barterbackup.logs import LEVELS, get_logger, set_log_level
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
@@ -48,6 +49,12 @@ class Options(usage.Options):
             None,
             "JSON file of extra torrc options (a private test network).",
         ],
+        [
+            "contract-timings",
+            None,
+            None,
+            "JSON file shortening the contract timings (demos and tests).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -71,6 +78,16 @@ class Options(usage.Options):
             raise usage.UsageError("--tcp-port must be between 0 and 65535")
         self["tcp-port"] = port
         self["extra-torrc"] = _read_torrc_options(self["tor-network-config"])
+        self["contract-settings"] = _read_contract_settings(self["contract-timings"])
+
+
+def _read_contract_settings(path: str | None) -> BookSettings | None:
+    if not path:
+        return None
+    try:
+        return settings_from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as e:
+        raise usage.UsageError(f"cannot use --contract-timings {path}: {e}") from None
 
 
 def _read_torrc_options(path: str | None) -> tuple[tuple[str, str], ...]:
@@ -131,6 +148,7 @@ def make_service(options: Options, reactor: Any) -> IService:
         tor_control=options["tor-control"],
         tor_binary=options["tor-binary"],
         extra_torrc=options["extra-torrc"],
+        contract_settings=options["contract-settings"],
     )
     node = Node(production_environment(reactor, config), config)
     top = MultiService()

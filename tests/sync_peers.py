@@ -42,10 +42,13 @@ class SyncPeer:
         self.pubkey = self.keys.onion_pubkey
         self.address = self.keys.onion_address
         self.content = FakeContentStore(self.keys.signing_key)
+        # What each owner's contract grants (the contract book's decision in
+        # a node): config.total_bytes unless ``grants`` says otherwise.
         self.config = storedpb_pb2.StorageConfig(total_bytes=budget)
+        self.grants: dict[bytes, int] = {}
         self.replicas = ReplicaStore.open(
             root,
-            lambda: self.config,
+            lambda owner: self.grants.get(owner, self.config.total_bytes),
             naming_key=bytes([index]) * 32,
             sealing_key=bytes([index + 100]) * 32,
         )

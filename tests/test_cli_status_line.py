@@ -80,12 +80,12 @@ class StatusLineTests(SynchronousTestCase):
     def test_too_few_replicas(self) -> None:
         self.assert_at_risk(
             replace(SAFE, replicas_current=1, replicas_older=1),
-            "revision 12 (2 h ago) held by 1 of 2 replicas "
+            "under-replicated: 1 of 2 replicas holds revision 12 (2 h ago) "
             "(1 more hold an older revision)",
         )
         self.assert_at_risk(
             replace(SAFE, replicas_current=0, min_replicas=1),
-            "revision 12 (2 h ago) held by 0 of 1 replica",
+            "under-replicated: 0 of 1 replica hold revision 12 (2 h ago)",
         )
 
     def test_no_replica_required(self) -> None:

@@ -15,10 +15,12 @@ from barterbackup._proto import storedpb_pb2
 from barterbackup.store.replicas import (
     DEFAULT_TOTAL_BYTES,
     BadBlob,
+    NoContract,
     QuotaExceeded,
     ReplicaStore,
     StaleRevision,
     UnknownRevision,
+    effective_total_bytes,
 )
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
@@ -36,13 +38,14 @@ def sha(data: bytes) -> bytes:
 
 
 class Budget:
-    def __init__(self, total: int = 10_000_000, per_peer: int = 0) -> None:
-        self.config = storedpb_pb2.StorageConfig(
-            total_bytes=total, per_peer_bytes=per_peer
-        )
+    """What each owner's contract grants: ``default`` unless set."""
 
-    def __call__(self) -> storedpb_pb2.StorageConfig:
-        return self.config
+    def __init__(self, default: int = 10_000_000) -> None:
+        self.default = default
+        self.grants: dict[bytes, int] = {}
+
+    def __call__(self, owner: bytes) -> int:
+        return self.grants.get(owner, self.default)
 
 
 def live(revision: object, blobs: BlobDict) -> list[bytes]:
@@ -110,27 +113,27 @@ class ReplicaStoreTests(SynchronousTestCase):
         self.assertNotIn(OWNER.onion_pubkey, record)
         self.assertNotIn(revision.signed[:40], record)
 
-    def test_refuses_over_per_peer_quota_writing_nothing(self) -> None:
-        self.budget.config.per_peer_bytes = 5000
+    def test_refuses_over_the_contract_size_writing_nothing(self) -> None:
+        self.budget.grants[OWNER.onion_pubkey] = 5000
         revision = self.revision([os.urandom(4000), os.urandom(4000)], 1)
         with self.assertRaises(QuotaExceeded) as caught:
             self.store.begin(OWNER.onion_pubkey, revision.signed)
-        self.assertIn("each peer may store at most 5000", str(caught.exception))
+        self.assertIn("lets you store at most 5000", str(caught.exception))
         self.assertEqual(list(self.root.iterdir()), [])
 
-    def test_refuses_over_total_quota(self) -> None:
-        self.budget.config.total_bytes = 12_000
-        first = self.revision([os.urandom(7000)], 1, OTHER)
-        self.store.begin(OTHER.onion_pubkey, first.signed)
-        self.store_all(first, OTHER.onion_pubkey)
-        second = self.revision([os.urandom(6000)], 1)
-        with self.assertRaises(QuotaExceeded) as caught:
-            self.store.begin(OWNER.onion_pubkey, second.signed)
-        self.assertIn("of the total budget are free", str(caught.exception))
+    def test_refuses_an_owner_without_a_contract(self) -> None:
+        # Only a contract grants storage: an owner granted nothing stores
+        # nothing, however small its revision.
+        self.budget.grants[OWNER.onion_pubkey] = 0
+        revision = self.revision([b"tiny"], 1)
+        with self.assertRaises(NoContract):
+            self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.assertEqual(list(self.root.iterdir()), [])
+        self.assertEqual(self.store.granted_bytes(OWNER.onion_pubkey), 0)
 
     def test_every_write_rechecks_the_quota(self) -> None:
         # The root's claim is small, the blobs are not: writes stop at the cap.
-        self.budget.config.total_bytes = 20_000
+        self.budget.default = 20_000
         revision = self.revision([os.urandom(100) for _ in range(10)], 1)
         self.store.begin(OWNER.onion_pubkey, revision.signed)
         with self.assertRaises(QuotaExceeded):
@@ -271,10 +274,12 @@ class ReplicaStoreTests(SynchronousTestCase):
         self.assertEqual(list(self.root.iterdir()), [])
         self.assertEqual(self.store.used_bytes, 0)
 
-    def test_default_budget(self) -> None:
-        self.budget.config.total_bytes = 0
+    def test_default_total(self) -> None:
         self.assertEqual(
-            self.store.granted_bytes(OWNER.onion_pubkey), DEFAULT_TOTAL_BYTES
+            effective_total_bytes(storedpb_pb2.StorageConfig()), DEFAULT_TOTAL_BYTES
+        )
+        self.assertEqual(
+            effective_total_bytes(storedpb_pb2.StorageConfig(total_bytes=5)), 5
         )
 
 
@@ -290,7 +295,8 @@ from barterbackup.content.crash import crash_point
 from tests.test_replicas_store import NAMES, SEAL, OWNER, live
 from barterbackup.testing.fakes import BlobDict, make_revision
 root, install_every = Path(sys.argv[1]), int(sys.argv[2])
-budget = storedpb_pb2.StorageConfig(total_bytes=10**9)
+def budget(owner):
+    return 10**9
 blobs = BlobDict()
 def sync(store, sections, number):
     revision = make_revision(OWNER.signing_key, sections, number, blobs)
@@ -298,11 +304,11 @@ def sync(store, sections, number):
     for h in live(revision, blobs):  # one by one: installs fall mid-sync
         store.store_blobs(OWNER.onion_pubkey, revision.content_id, [(h, blobs[h])])
     store.finish(OWNER.onion_pubkey, revision.content_id, lambda: live(revision, blobs))
-store = ReplicaStore.open(root, lambda: budget, NAMES, SEAL)
+store = ReplicaStore.open(root, budget, NAMES, SEAL)
 sync(store, [bytes([1]) * 3000, bytes([2]) * 3000], 1)
 store.close()
 store = ReplicaStore.open(
-    root, lambda: budget, NAMES, SEAL, crash_point=crash_point,
+    root, budget, NAMES, SEAL, crash_point=crash_point,
     install_every_bytes=install_every,
 )
 sync(store, [bytes([1]) * 3000, bytes([3]) * 3000, bytes([4]) * 3000], 2)

@@ -61,7 +61,23 @@ class DownloadTests(SynchronousTestCase):
     def blobs(self, *indexes: int) -> list[bytes]:
         return [hashlib.sha256(self.data[i]).digest() for i in indexes]
 
+    def offer(self) -> None:
+        """What a push in flight does: the replica may download meanwhile."""
+        self.owner.offers.offer(self.replica.pubkey, self.revision)
+
+    def test_no_download_of_our_content_once_the_push_is_over(self) -> None:
+        # The replica holds the revision: it never needs our bytes again,
+        # and a replica that lost some must not fetch them back from us
+        # while we spot-check it.
+        d, items = self.download(
+            self.replica_to_owner, self.request(blobs=self.blobs(0))
+        )
+        self.assertCode(d, bbrpc_pb2.ERROR_CODE_PERMISSION_DENIED)
+        self.assertEqual(items, [])
+        self.assertEqual(self.owner.offers.offered_to(self.replica.pubkey), [])
+
     def test_offered_peer_downloads_our_content(self) -> None:
+        self.offer()
         d, items = self.download(
             self.replica_to_owner, self.request(blobs=self.blobs(2, 0))
         )
@@ -72,6 +88,7 @@ class DownloadTests(SynchronousTestCase):
         )
 
     def test_tree_nodes_are_blobs_too(self) -> None:
+        self.offer()
         root = self.revision.sections.hash
         d, items = self.download(self.replica_to_owner, self.request(blobs=[root]))
         self.successResultOf(d)
@@ -111,6 +128,7 @@ class DownloadTests(SynchronousTestCase):
             self.assertEqual(items, [])
 
     def test_blob_gone_from_owner_is_not_found(self) -> None:
+        self.offer()
         [gone] = self.blobs(1)
         self.owner.content.forget_blob(gone)
         d, _ = self.download(self.replica_to_owner, self.request(blobs=[gone]))

@@ -1079,7 +1079,7 @@ class ContractLedger(_message.Message):
     SAMPLE_CONTENT_ID_FIELD_NUMBER: _builtins.int
     NOTICES_FIELD_NUMBER: _builtins.int
     PEER_REVISION_FIELD_NUMBER: _builtins.int
-    REPLACES_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
     last_check_at: _builtins.float
     """last_check_at is when our last spot check of the peer ended, in Unix
     seconds, or 0 before the first.
@@ -1098,16 +1098,14 @@ class ContractLedger(_message.Message):
     """peer_revision is the number of our revision the peer last confirmed
     holding completely, or 0.
     """
+    released: _builtins.bool
+    """released is true once the peer was told it may drop our data (our
+    content is safe elsewhere, after a replacement).
+    """
     @_builtins.property
     def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContractNotice]:
         """notices are the EndContract messages not yet delivered to the peer,
         oldest first.
-        """
-
-    @_builtins.property
-    def replaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """replaces are the ids of the contracts this one replaces: once it is
-        active, their peers are told they may drop our data.
         """
 
     def __init__(
@@ -1120,11 +1118,11 @@ class ContractLedger(_message.Message):
         sample_content_id: _builtins.bytes = ...,
         notices: _abc.Iterable[Global___ContractNotice] | None = ...,
         peer_revision: _builtins.int = ...,
-        replaces: _abc.Iterable[_builtins.bytes] | None = ...,
+        released: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_check_at", b"last_check_at", "last_check_passed", b"last_check_passed", "last_verdict", b"last_verdict", "notices", b"notices", "peer_revision", b"peer_revision", "replaces", b"replaces", "sample_checks", b"sample_checks", "sample_content_id", b"sample_content_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_check_at", b"last_check_at", "last_check_passed", b"last_check_passed", "last_verdict", b"last_verdict", "notices", b"notices", "peer_revision", b"peer_revision", "released", b"released", "sample_checks", b"sample_checks", "sample_content_id", b"sample_content_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,10 +41,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _describe(peer: clirpc_pb2.PeerInfo) -> str:
     state = "connected" if peer.connected else "disconnected"
     rtt = f" rtt {peer.rtt_ms} ms" if peer.connected and peer.rtt_ms else ""
+    checks = peer.checks_passed + peer.checks_failed
     return (
         f"{peer.onion_address} {state}{rtt}, last seen {human_time(peer.last_seen)}, "
         f"holds our revision {peer.held_revision or '-'}, "
-        f"we store {human_size(peer.stored_bytes)} of theirs"
+        f"we store {human_size(peer.stored_bytes)} of theirs; "
+        f"audit {peer.audit_score:.2f} ({peer.checks_passed} of {checks} checks "
+        f"passed), uptime {peer.uptime_score:.2f}"
     )
 
 

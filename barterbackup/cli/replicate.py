@@ -1,4 +1,9 @@
-"""``barterbackup replicate``: push the current revision to peers."""
+"""``barterbackup replicate``: sync my contracts now.
+
+Each peer under a contract in force gets our current revision by itself
+soon after every commit; ``replicate`` waits until they hold it, showing
+progress, and says which did not get it and why.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,14 @@ from barterbackup.cli.common import (
 def register(commands: argparse._SubParsersAction) -> None:
     replicate = commands.add_parser(
         "replicate",
-        help="push the current revision to peers and wait until they hold it",
+        help="sync the current revision to the peers under contract now and "
+        "wait until they hold it",
     )
     replicate.add_argument(
-        "peers", nargs="*", metavar="ONION", help="default: every connected peer"
+        "peers",
+        nargs="*",
+        metavar="ONION",
+        help="default: every peer under a contract in force",
     )
     replicate.add_argument("--json", action="store_true", help="print events as JSON")
     replicate.set_defaults(run=run_replicate)
@@ -50,5 +59,5 @@ def run_replicate(args: argparse.Namespace) -> int:
         else:
             print(f"{event.peer}: FAILED: {event.message}")
     if any(e.phase == "failed" for e in finals):
-        raise CliError("replication failed for some peers")
+        raise CliError("some peers under contract do not hold the revision yet")
     return 0

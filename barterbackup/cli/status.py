@@ -1,25 +1,52 @@
-"""``barterbackup status``."""
+"""``barterbackup status``: is my data safe, then the details.
+
+The first line answers the question (``cli.status_line``); ``--check``
+prints only that line and exits with ``EXIT_AT_RISK`` when the data is at
+risk (under-replicated, a failed check, a failed backup…), for cron jobs
+and monitoring.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from barterbackup._proto import clirpc_pb2
-from barterbackup.cli.common import human_size, print_json, rpc, stub, to_dict
+from barterbackup.cli.common import (
+    human_size,
+    human_time,
+    print_json,
+    rpc,
+    stub,
+    to_dict,
+)
+from barterbackup.cli.status_line import EXIT_AT_RISK, safety_from_status, status_line
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="show the node's state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help=f"print the headline only; exit {EXIT_AT_RISK} when the data is at risk",
+    )
     status.set_defaults(run=run_status)
 
 
 def run_status(args: argparse.Namespace) -> int:
     client = stub(args)
     status = rpc(lambda: client.GetStatus(clirpc_pb2.GetStatusRequest()))
+    line = status_line(safety_from_status(status), time.time())
     if args.json:
-        print_json(to_dict(status))
-        return 0
+        data = to_dict(status)
+        data["headline"] = line.text
+        data["at_risk"] = line.at_risk
+        print_json(data)
+        return EXIT_AT_RISK if args.check and line.at_risk else 0
+    print(line.text)
+    if args.check:
+        return EXIT_AT_RISK if line.at_risk else 0
     print(f"barterbackup {status.version}")
     if not status.unlocked:
         print("state:     locked (run `barterbackup unlock`)")
@@ -31,4 +58,16 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"content:   {human_size(status.content_length)}")
     print(f"transport: {status.transport} {status.peer_endpoint}".rstrip())
     print(f"peers:     {status.peer_network}")
+    print(
+        f"replicas:  {status.replicas_current} of {status.min_replicas} hold the "
+        f"current revision"
+        + (f", {status.replicas_older} an older one" if status.replicas_older else "")
+    )
+    if status.last_check:
+        print(
+            f"checks:    {status.checks_passed} passed, {status.checks_failed} "
+            f"failed; last {human_time(status.last_check)}"
+        )
+    for error in status.errors:
+        print(f"problem:   {error}")
     return 0

@@ -3,7 +3,7 @@
 Like Syncthing's "Up to Date", ``barterbackup status`` starts with one line:
 
     protected: revision 12 (2 h ago) held by 2 of 2 replicas, last checks passed
-    at risk: revision 12 (2 h ago) held by 1 of 2 replicas; last backup fa…
+    at risk: under-replicated: 1 of 2 replicas hold revision 12 (2 h ago); …
 
 ``status_line`` is a pure function of the node's state (``NodeSafety``, read
 from ``GetStatusResponse`` by ``safety_from_status``) and the current time.
@@ -12,7 +12,8 @@ Data is *at risk* when any of these holds, each giving a reason:
 * the node is locked (nothing runs until it is unlocked);
 * nothing has been backed up yet;
 * no replica is required (``min_replicas`` 0: one machine only);
-* fewer peers than ``min_replicas`` hold the current revision;
+* fewer peers than ``min_replicas`` hold the current revision under a
+  contract in good standing ("under-replicated: 1 of 2");
 * a replica failed its most recent spot check;
 * the last backup run failed, or could not read a source folder;
 * scheduled backups are overdue (the last good one is older than two
@@ -121,7 +122,15 @@ def status_line(state: NodeSafety, now: float) -> StatusLine:
     elif state.min_replicas == 0:
         reasons.append(f"{revision} is on this machine only (min_replicas is 0)")
     elif state.replicas_current < state.min_replicas:
-        reasons.append(held)
+        replicas = f"replica{'s' if state.min_replicas != 1 else ''}"
+        verb = "holds" if state.replicas_current == 1 else "hold"
+        short = (
+            f"under-replicated: {state.replicas_current} of {state.min_replicas} "
+            f"{replicas} {verb} {revision}"
+        )
+        if state.replicas_older:
+            short += f" ({state.replicas_older} more hold an older revision)"
+        reasons.append(short)
     if state.checks_failed:
         count = state.checks_failed
         reasons.append(

@@ -1,4 +1,10 @@
-"""``barterbackup storage``: the budget this node gives its peers."""
+"""``barterbackup storage``: what this node lends its peers, and to whom.
+
+Only contracts grant storage: ``--total`` caps what all contracts together
+may oblige this node to keep, ``--policy`` says who may make one, and
+``--min-replicas`` how many contracts should keep our own content (the node
+forms them by itself; 0: none).
+"""
 
 from __future__ import annotations
 
@@ -27,25 +33,42 @@ def register(commands: argparse._SubParsersAction) -> None:
     change = sub.add_parser(
         "set", help="change the budget (options not given keep their value)"
     )
-    change.add_argument("--total", type=parse_size, metavar="SIZE", help="all peers")
-    change.add_argument("--per-peer", type=parse_size, metavar="SIZE", help="one peer")
     change.add_argument(
-        "--min-replicas", type=int, metavar="N", help="peers that should hold our data"
+        "--total",
+        type=parse_size,
+        metavar="SIZE",
+        help="what all contracts together may oblige this node to keep",
+    )
+    change.add_argument(
+        "--min-replicas",
+        type=int,
+        metavar="N",
+        help="contracts that should keep our data (0: form none by itself)",
+    )
+    change.add_argument(
+        "--policy",
+        choices=("known", "open", "manual"),
+        help="who may make a contract with this node: peers you connected "
+        "(known), anyone within limits (open), or you decide each (manual)",
     )
     change.add_argument("--json", action="store_true", help="machine-readable output")
     change.set_defaults(run=run_set)
 
 
 def _print(config: clirpc_pb2.GetStorageConfigResponse) -> None:
-    print(f"budget:       {human_size(config.total_bytes)} for all peers")
-    print(f"per peer:     {human_size(config.per_peer_bytes)}")
-    print(f"min replicas: {config.min_replicas}")
-    print(f"used:         {human_size(config.used_bytes)}")
+    print(f"budget:       {human_size(config.total_bytes)} for all contracts")
+    print(f"promised:     {human_size(config.obligated_bytes)} under contracts")
     print(f"free:         {human_size(config.free_bytes)}")
+    print(f"used:         {human_size(config.used_bytes)} on disk")
+    print(f"policy:       {config.acceptance_policy}")
+    print(f"min replicas: {config.min_replicas}")
     for o in config.obligations:
+        granted = (
+            f"of {human_size(o.granted_bytes)}" if o.granted_bytes else "(kept, frozen)"
+        )
         print(
-            f"  {o.onion_address}: revision {o.revision}, "
-            f"{human_size(o.stored_bytes)} of {human_size(o.granted_bytes)}"
+            f"  {o.onion_address} [{o.state}]: revision {o.revision or '-'}, "
+            f"{human_size(o.stored_bytes)} {granted}"
         )
 
 
@@ -60,21 +83,18 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_set(args: argparse.Namespace) -> int:
-    if args.total is None and args.per_peer is None and args.min_replicas is None:
-        raise CliError("nothing to change: give --total, --per-peer or --min-replicas")
+    if args.total is None and args.min_replicas is None and args.policy is None:
+        raise CliError("nothing to change: give --total, --min-replicas or --policy")
     if args.min_replicas is not None and not 0 <= args.min_replicas <= 64:
         raise CliError("--min-replicas must be between 0 and 64")
     client = stub(args)
-    current = rpc(lambda: client.GetStorageConfig(clirpc_pb2.GetStorageConfigRequest()))
-    request = clirpc_pb2.SetStorageConfigRequest(
-        total_bytes=current.total_bytes if args.total is None else args.total,
-        per_peer_bytes=current.per_peer_bytes
-        if args.per_peer is None
-        else args.per_peer,
-        min_replicas=(
-            current.min_replicas if args.min_replicas is None else args.min_replicas
-        ),
-    )
+    request = clirpc_pb2.SetStorageConfigRequest()
+    if args.total is not None:
+        request.total_bytes = args.total
+    if args.min_replicas is not None:
+        request.min_replicas = args.min_replicas
+    if args.policy is not None:
+        request.acceptance_policy = args.policy
     response = rpc(lambda: client.SetStorageConfig(request))
     if args.json:
         print_json(to_dict(response.config))

@@ -19,16 +19,21 @@ Conventions, for every method:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
 from barterbackup import errors
 from barterbackup.bbrpc.handshake import HandshakeFailed
-from barterbackup.content.engine import CommitResult, Update
+from barterbackup.contracts import errors as contract_errors
+from barterbackup.contracts.book import ContractView
+from barterbackup.contracts.checking import KINDS as CHECK_KINDS
+from barterbackup.contracts.entries import ContractEntry
+from barterbackup.contracts.policy import AcceptancePolicy
+from barterbackup.contracts.terms import InvalidTerms
 from barterbackup.keys import WeakPassword, WrongPassword, generate_passphrase
 from barterbackup.keys.onion import (
     InvalidOnionAddress,
@@ -38,6 +43,8 @@ from barterbackup.keys.onion import (
 )
 from barterbackup.logs import get_logger
 from barterbackup.node.results import (
+    CheckReport,
+    ContractInfo,
     NodeConfig,
     NodeStatus,
     Obligation,
@@ -47,16 +54,18 @@ from barterbackup.node.results import (
 )
 from barterbackup.node.session import NodeEnvironment, UnlockedSession
 from barterbackup.peers.pool import CONNECT_TIMEOUT
-from barterbackup.progress import Progress, ProgressReport
+from barterbackup.progress import ProgressReport
 from barterbackup.store.atomic import make_private_directory
 from barterbackup.store.identity import CorruptIdentity, read_identity, write_identity
-from barterbackup.store.replicas import effective_budget
+from barterbackup.store.replicas import effective_total_bytes
 from barterbackup.sync.push import PushResult
 from barterbackup.transport.base import DestinationRefused
 
+if TYPE_CHECKING:
+    from barterbackup.content.engine import CommitResult, Update
+
 log = get_logger("barterbackup.node")
 
-DEFAULT_MIN_REPLICAS = 2
 MAX_MIN_REPLICAS = 64
 
 
@@ -162,6 +171,15 @@ class Node(MultiService):
             return NodeStatus(unlocked=False, transport=self.config.transport)
         current = session.content.current
         manifest = session.content.manifest
+        replication = session.book.replication()
+        problems = []
+        if replication.under_replicated and replication.problem:
+            # The headline says "under-replicated"; this says why.
+            problems.append(replication.problem)
+        for path, reason in session.book.quarantined():
+            problems.append(f"a contract file was put aside ({path.name}): {reason}")
+        for bad in session.replicas.quarantined:
+            problems.append(f"a replica was put aside ({bad.path.name}): {bad.reason}")
         return NodeStatus(
             unlocked=True,
             onion_address=session.keys.onion_address,
@@ -171,6 +189,13 @@ class Node(MultiService):
             transport=self.config.transport,
             peer_endpoint=session.transport.advertised,
             peer_network=session.network.state,
+            min_replicas=replication.min_replicas,
+            replicas_current=replication.healthy,
+            replicas_older=replication.older,
+            checks_passed=replication.checks_passed,
+            checks_failed=replication.checks_failed,
+            last_check=replication.last_check_at,
+            errors=tuple(problems),
         )
 
     # -- the file set ----------------------------------------------------
@@ -209,7 +234,7 @@ class Node(MultiService):
         self._update_lock.release()
 
     def collect_garbage(self) -> Deferred[int]:
-        """Drop sections no kept revision or in-flight push needs.
+        """Drop blobs no kept revision or in-flight push needs.
 
         Called after each commit; fires with the bytes freed.
         """
@@ -218,9 +243,9 @@ class Node(MultiService):
         return self.env.blocking(lambda: session.content.gc(keep))
 
     def revision_committed(self) -> None:
-        """After a commit: sync peers that hold our content, collect garbage
-        (both in the background)."""
-        self._require_unlocked().autosync.schedule()
+        """After a commit: every contract's peer gets the new revision, and
+        garbage is collected (both in the background)."""
+        self._require_unlocked().book.revision_committed()
 
         def collected(freed: int) -> None:
             if freed:
@@ -277,6 +302,7 @@ class Node(MultiService):
                 f"{onion_address_from_pubkey(pubkey)} is not a known peer"
             )
         held = session.replicas.held(pubkey)
+        scores = session.book.scores
         return PeerInfo(
             onion_address=onion_address_from_pubkey(pubkey),
             connected=session.pool.is_connected(pubkey),
@@ -287,110 +313,268 @@ class Node(MultiService):
             stored_bytes=held.stored_bytes if held else 0,
             shared_in_exchange=record.share_in_exchange,
             endpoint=record.endpoint,
+            audit_score=scores.audit_score_of(pubkey),
+            uptime_score=scores.uptime_score_of(pubkey),
+            checks_passed=record.checks_passed,
+            checks_failed=record.checks_failed,
+            last_check=record.last_check_at,
         )
 
     # -- storage -----------------------------------------------------------
 
     def set_storage_config(
-        self, total_bytes: int, per_peer_bytes: int, min_replicas: int
+        self,
+        total_bytes: int | None = None,
+        min_replicas: int | None = None,
+        acceptance_policy: str | None = None,
     ) -> Deferred[StorageReport]:
+        """Change what is given (None keeps a value); fires with the report."""
         session = self._require_unlocked()
-        if per_peer_bytes > total_bytes > 0:
-            raise errors.InvalidArgument(
-                "per_peer_bytes cannot be larger than total_bytes"
-            )
-        if not 0 <= min_replicas <= MAX_MIN_REPLICAS:
+        if total_bytes is not None and total_bytes < 0:
+            raise errors.InvalidArgument("total_bytes cannot be negative")
+        if min_replicas is not None and not 0 <= min_replicas <= MAX_MIN_REPLICAS:
             raise errors.InvalidArgument(
                 f"min_replicas must be between 0 and {MAX_MIN_REPLICAS}"
             )
+        if acceptance_policy is not None:
+            try:
+                AcceptancePolicy(acceptance_policy)
+            except ValueError:
+                names = ", ".join(p.value for p in AcceptancePolicy)
+                raise errors.InvalidArgument(
+                    f"the acceptance policy is one of {names}, "
+                    f"not {acceptance_policy!r}"
+                ) from None
 
         def update() -> None:
             def change(metadata: Any) -> None:
-                metadata.storage.total_bytes = total_bytes
-                metadata.storage.per_peer_bytes = per_peer_bytes
-                metadata.storage.min_replicas = min_replicas
+                if total_bytes is not None:
+                    metadata.storage.total_bytes = total_bytes
+                if min_replicas is not None:
+                    metadata.storage.min_replicas = min_replicas
+                if acceptance_policy is not None:
+                    metadata.storage.acceptance_policy = acceptance_policy
 
             session.metadata.update(change)
 
-        return self.env.blocking(update).addCallback(lambda _: self.storage_report())
+        def updated(_: object) -> StorageReport:
+            # A new minimum or budget may call for contracts.
+            session.book.planner.schedule()
+            return self.storage_report()
+
+        return self.env.blocking(update).addCallback(updated)
 
     def storage_report(self) -> StorageReport:
         session = self._require_unlocked()
-        config = session.metadata.get().storage
+        book = session.book
         replicas = session.replicas
-        total, per_peer = effective_budget(config)
-        used = replicas.used_bytes
-        obligations = []
-        for owner, stored in sorted(replicas.usage().items()):
-            held = replicas.held(owner)
-            obligations.append(
-                Obligation(
-                    onion_address=onion_address_from_pubkey(owner),
-                    revision=held.shown.number if held else 0,
-                    stored_bytes=stored,
-                    granted_bytes=replicas.granted_bytes(owner),
-                )
+        budget = book.budget()
+        obligations = [
+            Obligation(
+                onion_address=onion_address_from_pubkey(o.peer),
+                revision=o.revision,
+                stored_bytes=o.stored_bytes,
+                granted_bytes=o.granted_bytes,
+                contract_id=o.contract_id,
+                state=o.state,
             )
+            for o in book.obligations()
+        ]
+        config = session.metadata.get().storage
         return StorageReport(
-            total_bytes=total,
-            per_peer_bytes=per_peer,
-            min_replicas=config.min_replicas or DEFAULT_MIN_REPLICAS,
-            used_bytes=used,
-            free_bytes=max(total - used, 0),
+            total_bytes=effective_total_bytes(config),
+            min_replicas=book.min_replicas(),
+            used_bytes=replicas.used_bytes,
+            free_bytes=budget.free_bytes,
             obligations=obligations,
+            obligated_bytes=budget.obligations_bytes,
+            acceptance_policy=book.acceptance_policy().value,
         )
+
+    # -- contracts ---------------------------------------------------------
+
+    def contracts(self) -> list[ContractInfo]:
+        """Every contract, in the order they were made."""
+        session = self._require_unlocked()
+        views = sorted(session.book.views(), key=lambda v: (v.created_at, v.peer))
+        return [_contract_info(view) for view in views]
+
+    def propose_contract(
+        self,
+        onion_address: str,
+        our_bytes: int,
+        their_bytes: int,
+        report: ProgressReport,
+    ) -> Deferred[ContractInfo]:
+        """ProposeContract: negotiating → syncing → active, reported as it
+        goes; fires with the contract (refusals fail with the peer's reason).
+        """
+        session = self._require_unlocked()
+        pubkey = self._peer_key(onion_address)
+
+        async def run() -> ContractInfo:
+            await session.network.ready()
+            try:
+                entry = await session.book.propose(
+                    pubkey, our_bytes, their_bytes, report
+                )
+            except Exception as error:
+                raise _contract_error(error) from None
+            return self._info(entry)
+
+        return Deferred.fromCoroutine(run())
+
+    def check_contract(
+        self,
+        contract_id: bytes,
+        onion_address: str,
+        kind: str,
+        samples: int,
+        report: ProgressReport,
+    ) -> Deferred[CheckReport]:
+        """CheckContract: challenge → answer → verdict, reported as it goes."""
+        session = self._require_unlocked()
+        if kind and kind not in CHECK_KINDS:
+            raise errors.InvalidArgument(
+                f"a check is {' or '.join(CHECK_KINDS)}, not {kind!r}"
+            )
+        if samples and not 1 <= samples <= 4096:
+            raise errors.InvalidArgument("samples must be between 1 and 4096")
+        entry = self._find_contract(contract_id, onion_address)
+
+        async def run() -> CheckReport:
+            try:
+                outcome = await session.book.check_now(entry, report, kind, samples)
+            except Exception as error:
+                raise _contract_error(error) from None
+            return CheckReport(
+                contract=self._info(entry),
+                kind=outcome.kind,
+                passed=outcome.passed,
+                verdict=outcome.verdict,
+                positions=outcome.positions,
+                confidence=outcome.confidence,
+            )
+
+        return Deferred.fromCoroutine(run())
+
+    def end_contract(
+        self, contract_id: bytes, onion_address: str, reason: str = ""
+    ) -> ContractInfo:
+        """End a contract gracefully: the peer is told, data kept until moved."""
+        session = self._require_unlocked()
+        entry = self._find_contract(contract_id, onion_address)
+        try:
+            session.book.end(entry, reason)
+        except Exception as error:
+            raise _contract_error(error) from None
+        return self._info(entry)
+
+    def answer_contract(
+        self, contract_id: bytes, accept: bool, reason: str = ""
+    ) -> Deferred[ContractInfo]:
+        """Approve or decline a proposal waiting for the user (policy manual)."""
+        session = self._require_unlocked()
+        entry = self._find_contract(contract_id, "")
+        try:
+            sending = session.book.answer_pending(entry, accept, reason)
+        except Exception as error:
+            raise _contract_error(error) from None
+        return sending.addCallback(lambda _: self._info(entry))
+
+    def _find_contract(self, contract_id: bytes, onion_address: str) -> ContractEntry:
+        session = self._require_unlocked()
+        if bool(contract_id) == bool(onion_address):
+            raise errors.InvalidArgument("name either a contract id or a peer")
+        if contract_id and len(contract_id) != 32:
+            raise errors.InvalidArgument("a contract id is 32 bytes (64 hex digits)")
+        peer = self._peer_key(onion_address) if onion_address else b""
+        try:
+            return session.book.find(contract_id, peer)
+        except Exception as error:
+            raise _contract_error(error) from None
+
+    def _info(self, entry: ContractEntry) -> ContractInfo:
+        return _contract_info(self._require_unlocked().book.view(entry))
+
+    def _peer_key(self, onion_address: str) -> bytes:
+        session = self._require_unlocked()
+        try:
+            address = normalize_onion_address(onion_address)
+        except InvalidOnionAddress as e:
+            raise errors.InvalidArgument(str(e)) from None
+        if address == session.keys.onion_address:
+            raise errors.InvalidArgument("that is this node's own onion address")
+        return pubkey_from_onion_address(address)
 
     # -- replication -------------------------------------------------------
 
     def replicate(
         self, onion_addresses: list[str], report: ProgressReport
     ) -> Deferred[list[PushResult | None]]:
-        """Push the current revision to peers (all connected if none named).
-
-        Each peer's progress goes to ``report``, ending with a "done" or a
-        "failed" event; fires with one PushResult per peer (None where the
-        push failed) once every peer is done.
+        """Sync my contracts now: bring every peer under a contract in force
+        (or those named) to our current revision, reporting progress ("done"
+        or "failed" per peer); fires once every peer is done.
         """
         session = self._require_unlocked()
         current = session.content.current
         if current is None:
             raise errors.FailedPrecondition("no content yet: add files first")
-        connections = session.pool.connections()
-        if onion_addresses:
-            targets = [self._connected(address) for address in onion_addresses]
-        else:
-            targets = [connections[p] for p in sorted(connections)]
-        if not targets:
+        peers = [self._peer_key(address) for address in onion_addresses]
+        book = session.book
+        under_contract = {e.peer for e in book.entries() if e.in_force}
+        for pubkey in peers:
+            if pubkey not in under_contract:
+                raise errors.FailedPrecondition(
+                    f"{onion_address_from_pubkey(pubkey)} keeps our content only "
+                    "under a contract: `barterbackup contracts propose` first"
+                )
+        if not under_contract:
             raise errors.FailedPrecondition(
-                "no connected peers: `barterbackup peers connect ONION` first"
+                "no contract in force: `barterbackup contracts propose ONION "
+                "--ours SIZE --theirs SIZE` first"
             )
+        return book.sync_now(peers, report)
 
-        def one(conn: Any) -> Deferred[PushResult | None]:
-            address = onion_address_from_pubkey(bytes(conn.peer_pubkey))
 
-            def failed(failure: Failure) -> None:
-                why = failure.getErrorMessage()
-                report(Progress(phase="failed", peer=address, message=why))
-                return None
+def _contract_info(view: ContractView) -> ContractInfo:
+    return ContractInfo(
+        contract_id=view.contract_id,
+        peer=onion_address_from_pubkey(view.peer),
+        state=view.state,
+        our_bytes=view.our_bytes,
+        their_bytes=view.their_bytes,
+        stored_bytes=view.stored_bytes,
+        peer_revision=view.peer_revision,
+        audit_score=view.audit_score,
+        uptime_score=view.uptime_score,
+        last_check=view.last_check_at,
+        last_check_passed=view.last_check_passed,
+        last_verdict=view.last_verdict,
+        next_check=view.next_check_at or 0.0,
+        detail=view.detail,
+        we_proposed=view.we_proposed,
+        since=view.since,
+        created_at=view.created_at,
+    )
 
-            pushing: Deferred[Any] = session.pusher.push(conn, current, report)
-            return pushing.addErrback(failed)
 
-        return gatherResults([one(conn) for conn in targets])
-
-    def _connected(self, onion_address: str) -> Any:
-        session = self._require_unlocked()
-        try:
-            pubkey = pubkey_from_onion_address(onion_address)
-        except InvalidOnionAddress as e:
-            raise errors.InvalidArgument(str(e)) from None
-        conn = session.pool.connection(pubkey)
-        if conn is None:
-            raise errors.FailedPrecondition(
-                f"{normalize_onion_address(onion_address)} is not connected: "
-                "`barterbackup peers connect` it first"
-            )
-        return conn
+def _contract_error(error: Exception) -> Exception:
+    """The node API's error for a contract operation's failure."""
+    if isinstance(error, errors.NodeError):
+        return error
+    text = str(error)
+    if isinstance(error, contract_errors.UnknownContract):
+        return errors.NotFound(text)
+    if isinstance(error, contract_errors.PeerUnreachable):
+        return errors.Unavailable(text)
+    if isinstance(error, contract_errors.ProposalRefused):
+        return errors.FailedPrecondition(f"the peer refused: {text}")
+    if isinstance(error, contract_errors.ContractError):
+        return errors.FailedPrecondition(text)
+    if isinstance(error, InvalidTerms):
+        return errors.InvalidArgument(text)
+    return error
 
 
 def _connect_error(address: str, error: Exception) -> errors.NodeError:

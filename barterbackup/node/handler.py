@@ -1,5 +1,10 @@
 """What the node serves its authenticated peers: thin dispatch from the
-bbrpc call table's handler methods to the data plane and the peer table."""
+bbrpc call table's handler methods to the data plane, the peer table and
+the contract book.
+
+The caller is always ``conn.peer_pubkey`` (proved by the handshake), never
+a field of a request.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from twisted.internet.defer import Deferred
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.calls import StreamSender
-from barterbackup.sync.interfaces import PeerConnectionLike
+from barterbackup.bbrpc.errors import PeerCallError
+from barterbackup.contracts.book import ContractBook
+from barterbackup.sync.interfaces import PeerConnectionLike, authenticated_peer
 from barterbackup.sync.replica import ReplicaService
 from barterbackup.sync.serve import ContentServer
 
@@ -18,7 +25,8 @@ class NodePeerHandler:
     """The handler a node's bbrpc connections dispatch to (see bbrpc.calls).
 
     ``shareable_peers()`` gives the onion addresses the peer table allows
-    telling others.
+    telling others; ``contracts`` is the contract book (set once it exists:
+    until then the contract calls answer UNIMPLEMENTED-like errors).
     """
 
     def __init__(
@@ -26,10 +34,12 @@ class NodePeerHandler:
         shareable_peers: Callable[[], list[str]],
         replica: ReplicaService,
         server: ContentServer,
+        contracts: ContractBook | None = None,
     ) -> None:
         self._shareable_peers = shareable_peers
         self._replica = replica
         self._server = server
+        self.contracts = contracts
 
     def peer_exchange(
         self, conn: PeerConnectionLike, request: bbrpc_pb2.PeerExchangeRequest
@@ -64,3 +74,32 @@ class NodePeerHandler:
         send: StreamSender[bbrpc_pb2.DownloadResponse],
     ) -> Deferred[None]:
         return Deferred.fromCoroutine(self._server.download(conn, request, send))
+
+    # ---- contracts (docs/contracts.md, "Negotiation") ------------------------
+
+    def propose_contract(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.ProposeContractRequest
+    ) -> bbrpc_pb2.ProposeContractResponse:
+        return self._book().handle_proposal(authenticated_peer(conn), request)
+
+    def answer_contract(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.AnswerContractRequest
+    ) -> bbrpc_pb2.AnswerContractResponse:
+        return self._book().handle_answer(authenticated_peer(conn), request)
+
+    def end_contract(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.EndContractRequest
+    ) -> bbrpc_pb2.EndContractResponse:
+        return self._book().handle_end(authenticated_peer(conn), request)
+
+    def spot_check(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.SpotCheckRequest
+    ) -> Deferred[bbrpc_pb2.SpotCheckResponse]:
+        return self._book().handle_spot_check(authenticated_peer(conn), request)
+
+    def _book(self) -> ContractBook:
+        if self.contracts is None:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_UNIMPLEMENTED, "contracts are not open yet"
+            )
+        return self.contracts

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barterbackup import __version__
+from barterbackup.contracts.settings import BookSettings
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class NodeConfig:
     tor_control: str | None = None
     tor_binary: str = "tor"
     extra_torrc: tuple[tuple[str, str], ...] = ()
+    # contract_settings shorten the contract timings (--contract-timings).
+    contract_settings: BookSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class NodeStatus:
     transport: str = ""
     peer_endpoint: str = ""
     peer_network: str = ""
+    # How many contracts should keep our content, and how many do.
+    min_replicas: int = 0
+    replicas_current: int = 0
+    replicas_older: int = 0
+    # Contracts whose most recent spot check passed / failed, and when the
+    # most recent one ended (Unix seconds, 0: none).
+    checks_passed: int = 0
+    checks_failed: int = 0
+    last_check: float = 0.0
+    # Problems that need the user's attention, one sentence each.
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,25 +79,73 @@ class PeerInfo:
     stored_bytes: int
     shared_in_exchange: bool
     endpoint: str
+    audit_score: float = 1.0
+    uptime_score: float = 1.0
+    checks_passed: int = 0
+    checks_failed: int = 0
+    last_check: float = 0.0
 
 
 @dataclass(frozen=True)
 class Obligation:
-    """What this node stores for one peer."""
+    """What this node keeps for one peer under one contract."""
 
     onion_address: str
     revision: int
     stored_bytes: int
     granted_bytes: int
+    contract_id: bytes = b""
+    state: str = ""
 
 
 @dataclass(frozen=True)
 class StorageReport:
-    """The storage budget given to peers, its use and the obligations."""
+    """The storage budget lent to peers, its use and the obligations."""
 
     total_bytes: int
-    per_peer_bytes: int
     min_replicas: int
     used_bytes: int
     free_bytes: int
     obligations: list[Obligation] = field(default_factory=list)
+    obligated_bytes: int = 0
+    acceptance_policy: str = "known"
+
+
+@dataclass(frozen=True)
+class ContractInfo:
+    """One storage contract, as the user sees it."""
+
+    contract_id: bytes
+    peer: str
+    state: str
+    # What the peer keeps of ours at most, and we of theirs.
+    our_bytes: int
+    their_bytes: int
+    # What we store of the peer's content now.
+    stored_bytes: int
+    # The revision of our content the peer holds (0: none yet).
+    peer_revision: int
+    audit_score: float
+    uptime_score: float
+    last_check: float
+    last_check_passed: bool
+    last_verdict: str
+    # When the next scheduled check is due (0: none scheduled).
+    next_check: float
+    detail: str
+    we_proposed: bool
+    since: float
+    created_at: int
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of one spot check asked by the user."""
+
+    contract: ContractInfo
+    kind: str
+    # None when nothing was judged (unreachable, unanswered).
+    passed: bool | None
+    verdict: str
+    positions: int
+    confidence: float

@@ -1,10 +1,10 @@
 """The unlocked node: the one place its object graph is built and torn down.
 
 ``UnlockedSession.open`` opens the stores (off the reactor thread) with the
-keys Unlock derived, and wires the data plane, the peer table, the
-connection pool and the peer network. The session is a MultiService: the
-peer network is its child, so starting and stopping the session starts and
-stops everything, in order.
+keys Unlock derived, restores the contract book, and wires the data plane,
+the peer table, the connection pool, the contracts and the peer network.
+The session is a MultiService: the peer network is its child, so starting
+and stopping the session starts and stops everything, in order.
 
 What depends on the outside world (time, threads, randomness, the
 transport, key derivation) comes in through ``NodeEnvironment``, so the
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -26,7 +26,11 @@ from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
 from barterbackup.content.crash import crash_point
-from barterbackup.content.engine import ContentStore
+from barterbackup.contracts.book import ContractBook
+from barterbackup.contracts.files import ContractFiles
+from barterbackup.contracts.keeping import StorageGrants
+from barterbackup.contracts.samplecheck import audit_key_of
+from barterbackup.contracts.settings import BookSettings
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
 from barterbackup.logs import get_logger
 from barterbackup.node.handler import NodePeerHandler
@@ -38,11 +42,14 @@ from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.replicas import ReplicaStore
 from barterbackup.sync.interfaces import Blocking, ReactorTime, run_inline
 from barterbackup.sync.offers import OfferedContent
-from barterbackup.sync.push import AutoSync, Pusher
+from barterbackup.sync.push import Pusher
 from barterbackup.sync.replica import ReplicaService
 from barterbackup.sync.serve import ContentServer
 from barterbackup.transport.base import Transport
 from barterbackup.transport.tcp import PlainTcpTransport
+
+if TYPE_CHECKING:
+    from barterbackup.content.engine import ContentStore
 
 log = get_logger("barterbackup.node")
 
@@ -50,6 +57,18 @@ log = get_logger("barterbackup.node")
 # owner) and the sealing of its records (docs/keys.md).
 REPLICA_NAMES_LABEL = "replica directory names"
 REPLICA_RECORDS_LABEL = "replica records aead"
+# Subkeys of the contract files: their names and their sealing.
+CONTRACT_NAMES_LABEL = "contract file names"
+CONTRACT_RECORDS_LABEL = "contract files aead"
+
+
+def open_content_store(
+    content_dir: Path, keys: NodeKeys, metadata: MetadataStore
+) -> ContentStore:
+    """The node's own content engine (imported here: it is heavy)."""
+    from barterbackup.content.engine import ContentStore
+
+    return ContentStore.open(content_dir, keys, metadata)
 
 
 @dataclass(frozen=True)
@@ -70,8 +89,13 @@ class NodeEnvironment:
     check_password: Callable[[str], object] = check_password_strength
     # now gives wall-clock seconds (peer records, reports).
     now: Callable[[], float] = time.time
-    # rng draws jitter for reconnects and schedules.
+    # rng draws jitter for reconnects and schedules, and the nonces of
+    # contracts and spot checks (SystemRandom: os.urandom).
     rng: random.Random = field(default_factory=random.SystemRandom)
+    # open_content opens our own content store (the swarm may give a fake).
+    open_content: Callable[[Path, NodeKeys, MetadataStore], Any] = open_content_store
+    # contract_settings are the contract book's local timings.
+    contract_settings: BookSettings = field(default_factory=BookSettings)
 
 
 def _no_transport() -> Transport:
@@ -99,7 +123,10 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
         )
 
     return NodeEnvironment(
-        clock=reactor, blocking=blocking, make_transport=make_transport
+        clock=reactor,
+        blocking=blocking,
+        make_transport=make_transport,
+        contract_settings=config.contract_settings or BookSettings(),
     )
 
 
@@ -114,6 +141,8 @@ class UnlockedSession(MultiService):
         content: ContentStore,
         replicas: ReplicaStore,
         records: PeerRecords,
+        grants: StorageGrants,
+        contract_files: ContractFiles,
     ) -> None:
         super().__init__()
         self.env = env
@@ -124,7 +153,7 @@ class UnlockedSession(MultiService):
         self.records = records
         clock = env.clock
         offers = OfferedContent()
-        self.pusher = Pusher(clock, offers, pushed=self._pushed)
+        self.pusher = Pusher(clock, offers)
         handler = NodePeerHandler(
             shareable_peers=records.shareable,
             replica=ReplicaService(replicas, clock, env.blocking),
@@ -136,14 +165,25 @@ class UnlockedSession(MultiService):
         )
         self.network = PeerNetwork(clock, keys, self.transport, self.pool)
         self.network.setServiceParent(self)
-        self.autosync = AutoSync(
-            clock,
-            self.pusher,
-            current_revision=lambda: content.current,
-            connections=self.pool.connections,
-            held_revision=records.held_revision,
+        # Only the book pushes, and only to peers under contract.
+        self.book = ContractBook(
+            keys=keys,
+            clock=clock,
+            now=env.now,
+            rng=env.rng,
+            files=contract_files,
+            grants=grants,
+            replicas=replicas,
+            records=records,
+            pool=self.pool,
+            pusher=self.pusher,
+            content=content,
+            storage_config=lambda: metadata.get().storage,
+            audit_key=audit_key_of(keys),
+            blocking=env.blocking,
+            settings=env.contract_settings,
         )
-        self.pool.when_connected(lambda conn: self.autosync.schedule())
+        handler.contracts = self.book
 
     @classmethod
     async def open(
@@ -154,13 +194,16 @@ class UnlockedSession(MultiService):
         records = PeerRecords(metadata, env.clock, env.blocking)
         await env.blocking(records.load)
         content: ContentStore = await env.blocking(
-            lambda: ContentStore.open(paths.content_dir(node_dir), keys, metadata)
+            lambda: env.open_content(paths.content_dir(node_dir), keys, metadata)
         )
+        # The grants of the contracts in force: the replica store's only
+        # source of what a peer may keep here. Filled as the book restores.
+        grants = StorageGrants()
         try:
             replicas: ReplicaStore = await env.blocking(
                 lambda: ReplicaStore.open(
                     paths.replicas_dir(node_dir),
-                    lambda: metadata.get().storage,
+                    grants,
                     naming_key=keys.subkey(REPLICA_NAMES_LABEL),
                     sealing_key=keys.subkey(REPLICA_RECORDS_LABEL),
                     crash_point=crash_point,
@@ -170,16 +213,33 @@ class UnlockedSession(MultiService):
             # Stay locked, with nothing left open.
             await env.blocking(content.close)
             raise
-        return cls(env, keys, metadata, content, replicas, records)
+        contract_files = ContractFiles(
+            paths.contracts_dir(node_dir),
+            sealing_key=keys.subkey(CONTRACT_RECORDS_LABEL),
+            naming_key=keys.subkey(CONTRACT_NAMES_LABEL),
+            blocking=env.blocking,
+        )
+        session = cls(
+            env, keys, metadata, content, replicas, records, grants, contract_files
+        )
+        try:
+            await session.book.restore()
+        except BaseException:
+            await env.blocking(replicas.close)
+            await env.blocking(content.close)
+            raise
+        return session
 
-    def _pushed(self, peer: bytes, number: int) -> None:
-        self.records.remember(peer, int(self.env.now()), held_revision=number)
+    def startService(self) -> None:
+        super().startService()
+        self.book.start()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        self.autosync.stop()
+        await self.book.stop()
         await super().stopService()
         await self.records.flush()
+        await self.env.blocking(self.replicas.close)
         await self.env.blocking(self.content.close)

@@ -4,7 +4,9 @@ The pool keeps one authenticated connection per peer. A second connection
 from the same key replaces the first. Peers we dialled (or that the table
 says we reach) are reconnected after a loss, with exponential backoff and
 jitter, until the pool stops. Listeners hear of every connection made and
-lost (auto-sync, and later contracts, react to them).
+lost (the contract book reacts to them). Only peers with a record in the
+peer table (the user connected them, or a contract binds us) are redialled
+after a restart.
 """
 
 from __future__ import annotations
@@ -171,10 +173,11 @@ class ConnectionPool:
         state = self._reconnects.get(pubkey)
         if state is not None:
             state.delay = RECONNECT_FIRST_DELAY
-        self._records.remember(pubkey, int(self._now()), seen=True)
+        # Known peers only: a stranger authenticating is not recorded.
+        self._records.seen(pubkey, int(self._now()))
         conn.ping().addCallbacks(
-            lambda seconds: self._records.remember(
-                pubkey, int(self._now()), seen=True, rtt_ms=int(seconds * 1000)
+            lambda seconds: self._records.seen(
+                pubkey, int(self._now()), rtt_ms=int(seconds * 1000)
             ),
             lambda failure: None,
         )

@@ -1,5 +1,10 @@
 """The peer table: what the node remembers of each peer, kept in Metadata.
 
+Only peers the user connected to, or that a contract binds us to, have a
+record (issue 13, finding 6): a stranger that merely authenticates leaves
+nothing behind (``seen`` updates existing records only), so it can neither
+grow the table nor make us redial it after a restart.
+
 The table lives in memory (read on the reactor thread without disk I/O) and
 is written back to the sealed Metadata off the reactor thread. Bursts of
 changes (a login, an RTT sample, a completed push) are coalesced: a change
@@ -9,7 +14,7 @@ meanwhile goes out with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -108,6 +113,37 @@ class PeerRecords:
             record.held_revision = held_revision
         self._schedule_write()
         return record
+
+    def seen(self, pubkey: bytes, now: int, *, rtt_ms: int | None = None) -> None:
+        """A known peer was heard from; a peer without a record stays so."""
+        record = self._records.get(pubkey)
+        if record is None:
+            return
+        record.last_seen = now
+        if rtt_ms is not None:
+            record.rtt_ms = rtt_ms
+        self._schedule_write()
+
+    def update(
+        self,
+        pubkey: bytes,
+        now: int,
+        change: Callable[[storedpb_pb2.Peer], storedpb_pb2.Peer],
+    ) -> storedpb_pb2.Peer:
+        """Replace a peer's record (created if missing) with ``change(copy)``.
+
+        For the score functions of ``contracts.scores``, which return
+        updated copies.
+        """
+        current = self._records.get(pubkey)
+        if current is None:
+            current = storedpb_pb2.Peer(onion_pubkey=pubkey, first_seen=now)
+        updated = change(self._copy(current))
+        if bytes(updated.onion_pubkey) != pubkey:
+            raise ValueError("a peer record cannot change its key")
+        self._records[pubkey] = updated
+        self._schedule_write()
+        return updated
 
     def flush(self) -> Deferred[None]:
         """Write pending changes now; fires once they are on disk."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from barterbackup import errors, revisions
-from barterbackup.content import engine
 from barterbackup.logs import get_logger
 from barterbackup.store import replicas, sealed
 
@@ -13,6 +12,10 @@ log = get_logger("barterbackup.rpc")
 
 
 def _content_errors() -> dict[type[BaseException], grpc.StatusCode]:
+    # Imported here: the content engine is heavy, and only these errors of it
+    # are needed.
+    from barterbackup.content import engine
+
     return {
         engine.InvalidFileName: grpc.StatusCode.INVALID_ARGUMENT,
         engine.FileNotInSet: grpc.StatusCode.NOT_FOUND,

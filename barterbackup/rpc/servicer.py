@@ -22,7 +22,13 @@ from twisted.python.failure import Failure
 from barterbackup import errors
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
 from barterbackup.node.facade import FileSetUpdate, Node
-from barterbackup.node.results import NodeStatus, PeerInfo, StorageReport
+from barterbackup.node.results import (
+    CheckReport,
+    ContractInfo,
+    NodeStatus,
+    PeerInfo,
+    StorageReport,
+)
 from barterbackup.progress import Progress
 from barterbackup.rpc.errors import status_for
 
@@ -102,6 +108,13 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             transport=status.transport,
             peer_endpoint=status.peer_endpoint,
             peer_network=status.peer_network,
+            min_replicas=status.min_replicas,
+            replicas_current=status.replicas_current,
+            replicas_older=status.replicas_older,
+            checks_passed=status.checks_passed,
+            checks_failed=status.checks_failed,
+            last_check=int(status.last_check),
+            errors=list(status.errors),
         )
 
     def ListFiles(
@@ -224,9 +237,13 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         report = self._on_reactor(
             context,
             self._node.set_storage_config,
-            request.total_bytes,
-            request.per_peer_bytes,
-            request.min_replicas,
+            request.total_bytes if request.HasField("total_bytes") else None,
+            request.min_replicas if request.HasField("min_replicas") else None,
+            (
+                request.acceptance_policy
+                if request.HasField("acceptance_policy")
+                else None
+            ),
         )
         return clirpc_pb2.SetStorageConfigResponse(config=_storage(report))
 
@@ -252,11 +269,19 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         Deferred; its events travel here through a queue, and the stream
         ends when the Deferred fires (or aborts with its error).
         """
+        for item in self._operation_stream(context, operation, *args):
+            if isinstance(item, clirpc_pb2.Progress):
+                yield item
+
+    def _operation_stream(
+        self, context: grpc.ServicerContext, operation: Callable[..., Any], *args: Any
+    ) -> Iterator[clirpc_pb2.Progress | _Result]:
+        """``_progress_stream``, ending with the operation's ``_Result``."""
         events: queue.Queue[object] = queue.Queue()
 
         def start() -> None:
             d = operation(*args, events.put)
-            d.addCallbacks(lambda _: events.put(_END), events.put)
+            d.addCallbacks(lambda result: events.put(_Result(result)), events.put)
 
         self._on_reactor(context, start)
         while True:
@@ -266,7 +291,8 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                 if not context.is_active():
                     return
                 continue
-            if item is _END:
+            if isinstance(item, _Result):
+                yield item
                 return
             if isinstance(item, Progress):
                 yield _progress(item)
@@ -274,22 +300,90 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                 assert isinstance(item, Failure) and item.value is not None
                 self._abort(context, item.value)
 
-    # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
+    # -- contracts -------------------------------------------------------
 
     def GetContracts(
         self, request: clirpc_pb2.GetContractsRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.GetContractsResponse:
-        self._not_built(context, "GetContracts", "contracts")
+        contracts = self._on_reactor(context, self._node.contracts)
+        return clirpc_pb2.GetContractsResponse(
+            contracts=[_contract(c) for c in contracts]
+        )
 
     def ProposeContract(
         self, request: clirpc_pb2.ProposeContractRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.ProposeContractResponse]:
-        self._not_built(context, "ProposeContract", "contracts")
+        for item in self._operation_stream(
+            context,
+            self._node.propose_contract,
+            request.peer,
+            request.our_bytes,
+            request.their_bytes,
+        ):
+            if isinstance(item, _Result):
+                info: ContractInfo = item.value
+                yield clirpc_pb2.ProposeContractResponse(
+                    progress=clirpc_pb2.Progress(
+                        phase=info.state, peer=info.peer, message=info.detail
+                    ),
+                    contract=_contract(info),
+                )
+            else:
+                yield clirpc_pb2.ProposeContractResponse(progress=item)
 
     def CheckContract(
         self, request: clirpc_pb2.CheckContractRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.CheckContractResponse]:
-        self._not_built(context, "CheckContract", "contracts")
+        for item in self._operation_stream(
+            context,
+            self._node.check_contract,
+            bytes(request.contract_id),
+            request.peer,
+            request.kind,
+            request.samples,
+        ):
+            if isinstance(item, _Result):
+                outcome: CheckReport = item.value
+                yield clirpc_pb2.CheckContractResponse(
+                    progress=clirpc_pb2.Progress(
+                        phase="verdict",
+                        peer=outcome.contract.peer,
+                        message=outcome.verdict,
+                    ),
+                    passed=bool(outcome.passed),
+                    verdict=outcome.verdict,
+                    confidence=outcome.confidence,
+                    positions=outcome.positions,
+                    contract=_contract(outcome.contract),
+                )
+            else:
+                yield clirpc_pb2.CheckContractResponse(progress=item)
+
+    def EndContract(
+        self, request: clirpc_pb2.EndContractRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.EndContractResponse:
+        info = self._on_reactor(
+            context,
+            self._node.end_contract,
+            bytes(request.contract_id),
+            request.peer,
+            request.reason,
+        )
+        return clirpc_pb2.EndContractResponse(contract=_contract(info))
+
+    def AnswerContract(
+        self, request: clirpc_pb2.AnswerContractRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.AnswerContractResponse:
+        info = self._on_reactor(
+            context,
+            self._node.answer_contract,
+            bytes(request.contract_id),
+            request.accept,
+            request.reason,
+        )
+        return clirpc_pb2.AnswerContractResponse(contract=_contract(info))
+
+    # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
 
     def RecoverContent(
         self, request: clirpc_pb2.RecoverContentRequest, context: grpc.ServicerContext
@@ -352,7 +446,11 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         self._abort(context, errors.NotBuiltYet(method, subsystem))
 
 
-_END = object()
+class _Result:
+    """The final value of a long operation, at the end of its stream."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def _progress(event: Progress) -> clirpc_pb2.Progress:
@@ -377,16 +475,44 @@ def _peer_info(peer: PeerInfo) -> clirpc_pb2.PeerInfo:
         stored_bytes=peer.stored_bytes,
         shared_in_exchange=peer.shared_in_exchange,
         endpoint=peer.endpoint,
+        audit_score=peer.audit_score,
+        uptime_score=peer.uptime_score,
+        checks_passed=peer.checks_passed,
+        checks_failed=peer.checks_failed,
+        last_check=int(peer.last_check),
+    )
+
+
+def _contract(info: ContractInfo) -> clirpc_pb2.ContractInfo:
+    return clirpc_pb2.ContractInfo(
+        contract_id=info.contract_id,
+        peer=info.peer,
+        state=info.state,
+        our_bytes=info.our_bytes,
+        their_bytes=info.their_bytes,
+        audit_score=info.audit_score,
+        uptime_score=info.uptime_score,
+        last_check=int(info.last_check),
+        stored_bytes=info.stored_bytes,
+        peer_revision=info.peer_revision,
+        last_check_passed=info.last_check_passed,
+        last_verdict=info.last_verdict,
+        next_check=int(info.next_check),
+        detail=info.detail,
+        we_proposed=info.we_proposed,
+        since=int(info.since),
+        created_at=info.created_at,
     )
 
 
 def _storage(report: StorageReport) -> clirpc_pb2.GetStorageConfigResponse:
     response = clirpc_pb2.GetStorageConfigResponse(
         total_bytes=report.total_bytes,
-        per_peer_bytes=report.per_peer_bytes,
         min_replicas=report.min_replicas,
         used_bytes=report.used_bytes,
         free_bytes=report.free_bytes,
+        obligated_bytes=report.obligated_bytes,
+        acceptance_policy=report.acceptance_policy,
     )
     for obligation in report.obligations:
         response.obligations.add(
@@ -394,6 +520,8 @@ def _storage(report: StorageReport) -> clirpc_pb2.GetStorageConfigResponse:
             revision=obligation.revision,
             stored_bytes=obligation.stored_bytes,
             granted_bytes=obligation.granted_bytes,
+            contract_id=obligation.contract_id,
+            state=obligation.state,
         )
     return response
 

@@ -33,7 +33,9 @@ Crash safety (numbered points for the kill -9 tests, ``crash_point``):
 * Open removes temp files and packs without an index (never referenced).
 
 Quotas count every byte a peer makes us keep: its packs, their indexes and
-its record.
+its record. Only a contract grants storage: ``grant(owner)`` gives the most
+an owner may keep here (its contract's size, or 0 without a contract in
+force), and the contract book decides it; this store only enforces it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from barterbackup.store.packs import (
 from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
 
 GIB = 1024 * 1024 * 1024
-# The budget granted to peers while the user has not set one: enough for a
+# The budget lent to peers while the user has not set one: enough for a
 # small file set to be traded out of the box, small enough not to surprise.
 DEFAULT_TOTAL_BYTES = 1 * GIB
 RECORD_FILENAME = "record.sealed"
@@ -93,7 +95,11 @@ class ReplicaError(Exception):
 
 
 class QuotaExceeded(ReplicaError):
-    """Storing would exceed the per-peer or total budget."""
+    """Storing would exceed what the owner's contract grants."""
+
+
+class NoContract(ReplicaError):
+    """The owner has no contract in force here that grants it storage."""
 
 
 class StaleRevision(ReplicaError):
@@ -112,15 +118,13 @@ class ReplicaRecordError(ReplicaError):
     """A replica record on disk is unreadable, tampered or foreign."""
 
 
-def effective_budget(config: storedpb_pb2.StorageConfig) -> tuple[int, int]:
-    """Return (total_bytes, per_peer_bytes) with unset fields defaulted.
+def effective_total_bytes(config: storedpb_pb2.StorageConfig) -> int:
+    """What all contracts together may oblige us to keep (0: the default)."""
+    return config.total_bytes or DEFAULT_TOTAL_BYTES
 
-    total_bytes 0 means "not configured" and becomes DEFAULT_TOTAL_BYTES;
-    per_peer_bytes 0 means "no per-peer cap beyond the total".
-    """
-    total = config.total_bytes or DEFAULT_TOTAL_BYTES
-    per_peer = config.per_peer_bytes or total
-    return total, min(total, per_peer)
+
+# grant(owner): the most ``owner`` may keep here, 0 without a contract.
+Grant = Callable[[bytes], int]
 
 
 @dataclass(frozen=True)
@@ -190,15 +194,16 @@ class _Owner:
 class ReplicaStore:
     """Peers' content on disk, with quotas; safe to call from any thread.
 
-    ``budget()`` gives the storage configuration in force; ``naming_key``
-    turns owner keys into directory names and ``sealing_key`` seals the
-    records (both subkeys of this node's keys).
+    ``grant(owner)`` gives the most an owner may keep here (0: nothing, it
+    has no contract in force); ``naming_key`` turns owner keys into
+    directory names and ``sealing_key`` seals the records (both subkeys of
+    this node's keys).
     """
 
     def __init__(
         self,
         root: Path,
-        budget: Callable[[], storedpb_pb2.StorageConfig],
+        grant: Grant,
         naming_key: bytes,
         sealing_key: bytes,
         crash_point: CrashPoint = _no_crash,
@@ -206,7 +211,7 @@ class ReplicaStore:
     ) -> None:
         self._root = root
         self._install_every = install_every_bytes
-        self._budget = budget
+        self._grant = grant
         self._naming_key = naming_key
         self._sealing_key = sealing_key
         self._crash_point = crash_point
@@ -218,7 +223,7 @@ class ReplicaStore:
     def open(
         cls,
         root: Path,
-        budget: Callable[[], storedpb_pb2.StorageConfig],
+        grant: Grant,
         naming_key: bytes,
         sealing_key: bytes,
         crash_point: CrashPoint = _no_crash,
@@ -232,7 +237,7 @@ class ReplicaStore:
         """
         root = make_private_directory(Path(root))
         store = cls(
-            root, budget, naming_key, sealing_key, crash_point, install_every_bytes
+            root, grant, naming_key, sealing_key, crash_point, install_every_bytes
         )
         for directory in sorted(root.iterdir()):
             if directory.name == QUARANTINE_DIRNAME:
@@ -259,8 +264,13 @@ class ReplicaStore:
             return {o: s.stored_bytes for o, s in self._owners.items()}
 
     def granted_bytes(self, owner: bytes) -> int:
-        """The most ``owner`` may store here right now."""
-        return self._budget_for(owner)[0]
+        """The most ``owner`` may store here right now (0: no contract)."""
+        return max(0, self._grant(owner))
+
+    def owners(self) -> list[bytes]:
+        """Every owner with a directory here (held, pending or empty)."""
+        with self._lock:
+            return list(self._owners)
 
     def held(self, owner: bytes) -> HeldReplica | None:
         with self._lock:
@@ -443,33 +453,19 @@ class ReplicaStore:
         )
         state.disk_bytes = state.packs.disk_bytes()
 
-    def _budget_for(self, owner: bytes) -> tuple[int, int, int]:
-        """(granted, per-peer cap, bytes free in the total) for ``owner``.
-
-        The one place quota arithmetic happens: what an owner may store is
-        the per-peer cap, or what the others leave of the total if less.
-        """
-        total, per_peer = effective_budget(self._budget())
-        with self._lock:
-            mine = self._owners.get(owner)
-            others = self.used_bytes - (mine.stored_bytes if mine else 0)
-        free_of_total = max(0, total - others)
-        return min(per_peer, free_of_total), per_peer, free_of_total
-
     def _refuse_over_budget(self, owner: bytes, needed: int, what: str) -> None:
-        """QuotaExceeded unless ``owner`` may hold ``needed`` bytes in all."""
-        granted, per_peer, free_of_total = self._budget_for(owner)
-        if needed <= granted:
-            return
-        if needed > per_peer:
-            raise QuotaExceeded(
-                f"{what} needs {needed} bytes here but each peer may store at "
-                f"most {per_peer} bytes"
+        """NoContract or QuotaExceeded unless ``owner`` may hold ``needed``
+        bytes in all (the one place quota arithmetic happens)."""
+        granted = self.granted_bytes(owner)
+        if granted <= 0:
+            raise NoContract(
+                "this node keeps your content only under a contract in force"
             )
-        raise QuotaExceeded(
-            f"{what} needs {needed} bytes here but only {free_of_total} bytes "
-            "of the total budget are free"
-        )
+        if needed > granted:
+            raise QuotaExceeded(
+                f"{what} needs {needed} bytes here but your contract lets you "
+                f"store at most {granted} bytes"
+            )
 
     def _owner_id(self, owner: bytes) -> str:
         digest = hmac.digest(self._naming_key, owner, "sha256")

@@ -1,20 +1,22 @@
 """The owner side of sync: ask a replica to store a revision, report progress.
 
 1. The owner calls ``SetContentRevision`` with its signed revision and
-   remembers that this peer may download it (``OfferedContent``).
+   lets this peer download it while the call lasts (``OfferedContent``).
 2. The replica plans the delta and calls ``Download`` back on the owner,
    on the same connection, for the sections it lacks (fetch.py, serve.py).
-3. The replica streams progress and a final ``complete`` response.
+3. The replica streams progress and a final ``complete`` response; the
+   offer is withdrawn however the call ends.
 
 ``Pusher`` runs one push at a time per peer (a replica runs one sync per
-owner at a time) and keeps the sections of every revision in flight out of
-garbage collection. ``AutoSync`` keeps replicas current after commits and
-reconnections.
+owner at a time), gives up on a push whose replica stops reporting, and
+keeps the sections of every revision in flight out of garbage collection.
+Who is pushed to, and when, is the contract book's decision: only peers
+under a contract in force (``contracts``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,14 +38,18 @@ from barterbackup.sync.offers import OfferedContent
 
 log = get_logger("barterbackup.sync")
 
-# Automatic sync waits this long after a commit or a reconnect, so a burst
-# of commits (a script adding files one by one) makes one push, not many.
-# It is a deadline: later events never postpone a push already scheduled.
-AUTO_SYNC_DELAY = 5.0
+# A replica reports progress at least every PROGRESS_EVERY_SECONDS (0.5 s)
+# while it fetches; one silent this long is stuck or stalling on purpose
+# (issue 13, finding 11), and the push is cancelled.
+PUSH_STALL_SECONDS = 120.0
 
 
 class PushFailed(Exception):
     """The replica ended SetContentRevision without confirming completion."""
+
+
+class PushStalled(PushFailed):
+    """The replica reported nothing for PUSH_STALL_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +68,40 @@ def push_revision(
     revision: VerifiedRevision,
     on_progress: Callable[[bbrpc_pb2.SetContentRevisionResponse], object],
     offers: OfferedContent | None = None,
+    clock: ReactorTime | None = None,
+    stall_seconds: float = PUSH_STALL_SECONDS,
 ) -> Deferred[bbrpc_pb2.SetContentRevisionResponse]:
     """Ask the peer behind ``conn`` to store ``revision``; relay progress.
 
     Fires with the final (complete) response; fails with the peer's error
     (e.g. quota exceeded) or PushFailed if the stream ends short. With
-    ``offers``, the peer is first allowed to Download the revision.
+    ``offers``, the peer may Download the revision while the call lasts.
+    With ``clock``, a replica silent for ``stall_seconds`` fails the push
+    with PushStalled.
     """
+    peer = authenticated_peer(conn)
     if offers is not None:
-        offers.offer(authenticated_peer(conn), revision)
+        offers.offer(peer, revision)
     last: list[bbrpc_pb2.SetContentRevisionResponse] = []
+    watchdog: list[Any] = []
+
+    def rearm() -> None:
+        if clock is None:
+            return
+        if watchdog and watchdog[0].active():
+            watchdog[0].reset(stall_seconds)
+        else:
+            watchdog[:] = [clock.callLater(stall_seconds, stalled)]
+
+    def stalled() -> None:
+        stuck.append(True)
+        d.cancel()
+
+    stuck: list[bool] = []
 
     def on_item(response: bbrpc_pb2.SetContentRevisionResponse) -> None:
         last[:] = [response]
+        rearm()
         on_progress(response)
 
     def ended(_: None) -> bbrpc_pb2.SetContentRevisionResponse:
@@ -82,13 +109,26 @@ def push_revision(
             raise PushFailed("the peer ended the sync without storing the revision")
         return last[0]
 
+    def settle(outcome: Any) -> Any:
+        if watchdog and watchdog[0].active():
+            watchdog[0].cancel()
+        if offers is not None:
+            offers.withdraw(peer, revision.content_id)
+        if stuck and isinstance(outcome, Failure):
+            raise PushStalled(
+                f"the peer reported nothing for {stall_seconds:.0f} s; "
+                "the sync was cancelled"
+            )
+        return outcome
+
     request = bbrpc_pb2.SetContentRevisionRequest(signed_root=revision.signed)
     # maybeDeferred: a revision too large for one frame fails the Deferred
     # (FrameTooLarge) instead of raising at the caller.
     d = defer.maybeDeferred(
         conn.call_stream, "set_content_revision_request", request, on_item
     )
-    return d.addCallback(ended)
+    rearm()
+    return d.addCallback(ended).addBoth(settle)
 
 
 class Pusher:
@@ -103,10 +143,12 @@ class Pusher:
         clock: ReactorTime,
         offers: OfferedContent,
         pushed: Callable[[bytes, int], object] = lambda peer, number: None,
+        stall_seconds: float = PUSH_STALL_SECONDS,
     ) -> None:
         self._clock = clock
         self.offers = offers
         self._pushed = pushed
+        self._stall_seconds = stall_seconds
         # The end of the last push queued per peer; later ones wait for it.
         self._tails: dict[bytes, Deferred[None]] = {}
         # Revisions being pushed right now, by content id (with a count of
@@ -178,7 +220,14 @@ class Pusher:
 
         self._pin(revision)
         try:
-            final = await push_revision(conn, revision, on_progress, self.offers)
+            final = await push_revision(
+                conn,
+                revision,
+                on_progress,
+                self.offers,
+                self._clock,
+                self._stall_seconds,
+            )
         finally:
             self._unpin(revision)
         result = PushResult(
@@ -213,67 +262,3 @@ class Pusher:
             self._in_flight[revision.content_id] = (revision, count - 1)
         else:
             del self._in_flight[revision.content_id]
-
-
-class AutoSync:
-    """Soon after a commit or a reconnection, push the current revision to
-    every connected peer that holds an older one.
-
-    Only peers that already hold our content: a first push to a peer is the
-    user's decision. ``connections()`` maps peer keys to authenticated
-    connections, ``held_revision(peer)`` is the revision a peer is recorded
-    to hold (0 for none).
-    """
-
-    def __init__(
-        self,
-        clock: ReactorTime,
-        pusher: Pusher,
-        current_revision: Callable[[], VerifiedRevision | None],
-        connections: Callable[[], Mapping[bytes, PeerConnectionLike]],
-        held_revision: Callable[[bytes], int],
-        delay: float = AUTO_SYNC_DELAY,
-    ) -> None:
-        self._clock = clock
-        self._pusher = pusher
-        self._current_revision = current_revision
-        self._connections = connections
-        self._held_revision = held_revision
-        self._delay = delay
-        self._call: Any = None
-        self._stopped = False
-
-    def schedule(self) -> None:
-        """Sync within ``delay`` seconds; an earlier deadline stands."""
-        if self._stopped or (self._call is not None and self._call.active()):
-            return
-        self._call = self._clock.callLater(self._delay, self._run)
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-
-    def _run(self) -> None:
-        self._call = None
-        current = self._current_revision()
-        if current is None or self._stopped:
-            return
-        for peer, conn in list(self._connections().items()):
-            if 0 < self._held_revision(peer) < current.number:
-                address = onion_address_from_pubkey(peer)
-                log.info(
-                    "syncing revision {number} to {peer}",
-                    number=current.number,
-                    peer=address,
-                )
-                pushing = self._pusher.push(conn, current, lambda _: None)
-                pushing.addErrback(self._failed, address)
-
-    def _failed(self, failure: Failure, address: str) -> None:
-        # The next commit or reconnect tries again.
-        log.info(
-            "automatic sync to {peer} failed: {why}",
-            peer=address,
-            why=failure.getErrorMessage(),
-        )

@@ -2,7 +2,8 @@
 
 ``GetContentRevision`` tells the caller which of its revisions we hold;
 ``SetContentRevision`` checks the revision it asks us to store (signature,
-owner, number, budget), then fetches the sections we lack from it
+owner, number, and that a contract in force grants the caller that much:
+the replica store's ``grant``), then fetches the sections we lack from it
 (fetch.py) and reports progress until the revision is complete. The
 caller's identity is always ``conn.peer_pubkey`` (proved by the handshake),
 so a peer can only store, inspect or delete its *own* content here.
@@ -21,6 +22,7 @@ from barterbackup.bbrpc.errors import ErrorCode, PeerCallError
 from barterbackup.revisions import InvalidRevision, VerifiedRevision
 from barterbackup.store.replicas import (
     BadBlob,
+    NoContract,
     QuotaExceeded,
     ReplicaStore,
     StaleRevision,
@@ -39,6 +41,7 @@ Send = Callable[[Any], Awaitable[Any]]
 # How each replica-store refusal reaches the owner.
 _REFUSALS: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (InvalidRevision, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),
+    (NoContract, bbrpc_pb2.ERROR_CODE_PERMISSION_DENIED),
     (QuotaExceeded, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED),
     (StaleRevision, bbrpc_pb2.ERROR_CODE_STALE),
     (FetchFailed, bbrpc_pb2.ERROR_CODE_BAD_REQUEST),

@@ -12,6 +12,9 @@ own directory; only the world around it is replaced:
   of Argon2id.
 
 So a multi-node test is deterministic and takes milliseconds per node.
+With ``content="fake"`` each node's own content comes from
+``testing.fakeengine`` instead of the content engine (real revisions, real
+trees, no packs), for tests of what lies above the content.
 
     swarm = Swarm(Path(self.mktemp()), 3)
     a, b, c = swarm.nodes
@@ -27,20 +30,24 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
-from barterbackup.content.engine import CommitResult
+from barterbackup.contracts.settings import BookSettings
 from barterbackup.keys.derive import NodeKeys, node_keys_from_master
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
-from barterbackup.node.session import NodeEnvironment
+from barterbackup.node.session import NodeEnvironment, open_content_store
 from barterbackup.sync.interfaces import run_inline
+from barterbackup.testing.fakeengine import FakeContentEngine
 from barterbackup.testing.link import PeerLink
+
+if TYPE_CHECKING:
+    from barterbackup.content.engine import CommitResult
 
 T = TypeVar("T")
 
@@ -132,19 +139,37 @@ class MemoryTransport:
 class SwarmNode:
     """One node of the swarm, with shortcuts for tests."""
 
-    def __init__(self, swarm: Swarm, index: int, node: Node, password: str) -> None:
+    def __init__(
+        self, swarm: Swarm, index: int, node: Node, password: str, node_dir: Path
+    ) -> None:
         self.swarm = swarm
         self.index = index
         self.node = node
         self.password = password
+        self.node_dir = node_dir
+        # Kept while stopped, for tests that look at a node that is down.
+        self._address = node.session.keys.onion_address
+        self._pubkey = node.session.keys.onion_pubkey
 
     @property
     def address(self) -> str:
-        return self.node.session.keys.onion_address
+        return self._address
 
     @property
     def pubkey(self) -> bytes:
-        return self.node.session.keys.onion_pubkey
+        return self._pubkey
+
+    @property
+    def running(self) -> bool:
+        return bool(self.node.running)
+
+    @property
+    def book(self) -> Any:
+        return self.node.session.book
+
+    def lose_replica_of(self, owner: SwarmNode) -> None:
+        """Delete everything this node stores for ``owner`` (a lost disk)."""
+        self.node.session.replicas.delete(owner.pubkey)
 
     @property
     def session(self) -> Any:
@@ -175,12 +200,23 @@ class SwarmNode:
 class Swarm:
     """N unlocked nodes in one process on one clock."""
 
-    def __init__(self, root: Path, count: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        count: int,
+        seed: int = 0,
+        content: str = "real",
+        settings: BookSettings | None = None,
+    ) -> None:
+        if content not in ("real", "fake"):
+            raise ValueError("content is 'real' (the engine) or 'fake'")
         self.clock = task.Clock()
         # Wall time far from zero: records and handshakes use it.
         self.clock.advance(1_800_000_000)
         self.network = MemoryNetwork()
         self.nodes: list[SwarmNode] = []
+        self.content = content
+        self.settings = settings or BookSettings()
         self._rng = random.Random(seed)
         for index in range(count):
             self.nodes.append(self.add_node(Path(root) / f"node{index}", index))
@@ -198,6 +234,10 @@ class Swarm:
             derive_keys=cheap_keys,
             now=self.clock.seconds,
             rng=random.Random(self._rng.random()),
+            open_content=(
+                FakeContentEngine.open if self.content == "fake" else open_content_store
+            ),
+            contract_settings=self.settings,
         )
 
     def add_node(self, node_dir: Path, index: int) -> SwarmNode:
@@ -207,7 +247,19 @@ class Swarm:
         password = f"{PASSWORD_STEM}{index}"
         self.wait(node.unlock(password, create_if_missing=True))
         self.wait(node.session.network.ready())
-        return SwarmNode(self, index, node, password)
+        return SwarmNode(self, index, node, password, node_dir)
+
+    def stop_node(self, member: SwarmNode) -> None:
+        """Stop one node (its links are cut; its directory stays)."""
+        if member.running:
+            self.wait(member.node.stopService())
+
+    def restart_node(self, member: SwarmNode) -> SwarmNode:
+        """Start a stopped node again from its directory, as after a reboot."""
+        self.stop_node(member)
+        again = self.add_node(member.node_dir, member.index)
+        self.nodes[self.nodes.index(member)] = again
+        return again
 
     def connect(self, a: SwarmNode, b: SwarmNode, share: bool = False) -> Any:
         """``a`` connects to ``b`` by address, as ConnectPeer does."""
