@@ -55,6 +55,15 @@ T = TypeVar("T")
 PASSWORD_STEM = "quartz-lantern-ember-violet-harbor-cobalt-meadow-"
 
 
+def engine_available() -> bool:
+    """Whether the content engine imports (the swarm's default content)."""
+    try:
+        import barterbackup.content.engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def cheap_keys(password: str) -> NodeKeys:
     """Deterministic keys from a password without Argon2id (tests only)."""
     return node_keys_from_master(hashlib.sha256(password.encode()).digest())
