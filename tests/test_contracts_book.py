@@ -192,7 +192,7 @@ class StorageTests(ContractSwarmCase):
         self.assertLessEqual(held.stored_bytes, 1 * MIB)
 
     def test_strangers_are_not_recorded(self) -> None:
-        a, b, c = self.swarm.nodes
+        a, _, c = self.swarm.nodes
         self.swarm.connect(c, a)  # A never connected to C.
         self.assertEqual([p.onion_address for p in c.node.peers()], [a.address])
         self.assertEqual([p.onion_address for p in a.node.peers()], [])
