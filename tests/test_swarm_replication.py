@@ -1,6 +1,7 @@
-"""Several full nodes on the no-network swarm: connect, replicate, delta
-sync, quotas, peer exchange, automatic sync, reconnection, garbage
-collection — through the Node API the gRPC servicer uses."""
+"""Several full nodes on the no-network swarm: connect, replicate under
+contracts, delta sync, contract sizes, peer exchange, automatic sync,
+reconnection, garbage collection — through the Node API the gRPC servicer
+uses."""
 
 from __future__ import annotations
 
@@ -14,19 +15,35 @@ from barterbackup import errors
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.peers.pool import RECONNECT_FIRST_DELAY
 from barterbackup.progress import Progress
-from barterbackup.sync.push import AUTO_SYNC_DELAY
 from barterbackup.testing.swarm import Swarm, SwarmNode
+from tests.contract_swarm import MIB, SWARM_CONTENT
 
 
 class SwarmTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.swarm = Swarm(Path(self.mktemp()), 3)
+        self.swarm = Swarm(Path(self.mktemp()), 3, content=SWARM_CONTENT)
         self.addCleanup(self.swarm.stop)
         self.a, self.b, self.c = self.swarm.nodes
+        for member in self.swarm.nodes:
+            self.swarm.wait(member.node.set_storage_config(min_replicas=0))
 
     def replicate(self, node: SwarmNode, peers: list[str]) -> list[Progress]:
         events: list[Progress] = []
-        self.swarm.wait(node.node.replicate(peers, events.append))
+        self.swarm.wait(node.node.replicate(peers, events.append), 30)
+        return events
+
+    def under_contract(
+        self, owner: SwarmNode, replica: SwarmNode, size: int = 64 * MIB
+    ) -> list[Progress]:
+        """The users connect both ways and ``owner`` proposes a contract;
+        its progress events (the first push among them)."""
+        self.swarm.connect(owner, replica)
+        self.swarm.connect(replica, owner)
+        events: list[Progress] = []
+        self.swarm.wait(
+            owner.node.propose_contract(replica.address, size, size, events.append),
+            30,
+        )
         return events
 
     def test_connect_and_list(self) -> None:
@@ -39,10 +56,10 @@ class SwarmTests(SynchronousTestCase):
         self.assertTrue(listed.connected)
         # The first ping came back at once: no time passed on the swarm.
         self.assertEqual(listed.rtt_ms, 0)
-        # b learned a from the inbound handshake.
-        [seen_by_b] = b.node.peers()
-        self.assertEqual(seen_by_b.onion_address, a.address)
-        self.assertTrue(seen_by_b.connected)
+        # b did not record a: a stranger that authenticates is not a peer
+        # (issue 13, finding 6) until b's user connects it or a contract
+        # binds them.
+        self.assertEqual(b.node.peers(), [])
 
     def test_connect_errors(self) -> None:
         a, b = self.a, self.b
@@ -56,11 +73,9 @@ class SwarmTests(SynchronousTestCase):
 
     def test_replicate_then_delta(self) -> None:
         a, b, c = self.a, self.b, self.c
-        self.swarm.connect(a, b)
-        self.swarm.connect(a, c)
         big = os.urandom(3 * 1024 * 1024)
         a.write_files({"big.bin": big, "notes.txt": b"hello\n" * 1000})
-        events = self.replicate(a, [])
+        events = self.under_contract(a, b) + self.under_contract(a, c)
         done = [e for e in events if e.phase == "done"]
         self.assertEqual(sorted(e.peer for e in done), sorted([b.address, c.address]))
         self.assertGreater(done[0].bytes_total, len(big))
@@ -71,6 +86,7 @@ class SwarmTests(SynchronousTestCase):
         changed[1_500_000 : 1_500_000 + 65536] = os.urandom(65536)
         a.write_files({"big.bin": bytes(changed)})
         events = self.replicate(a, [b.address])
+        self.swarm.advance(1)
         [final] = [e for e in events if e.phase == "done"]
         self.assertEqual(final.revision, 2)
         fetched = int(final.message.split()[0])
@@ -79,29 +95,32 @@ class SwarmTests(SynchronousTestCase):
         [record] = [p for p in a.node.peers() if p.onion_address == b.address]
         self.assertEqual(record.held_revision, 2)
 
-    def test_quota_refused_cleanly(self) -> None:
+    def test_a_revision_over_the_contract_size_is_refused_cleanly(self) -> None:
         a, b = self.a, self.b
-        self.swarm.wait(b.node.set_storage_config(1024 * 1024, 512 * 1024, 2))
-        self.swarm.connect(a, b)
         a.write_files({"big.bin": os.urandom(2 * 1024 * 1024)})
-        events = self.replicate(a, [])
-        [failed] = [e for e in events if e.phase == "failed"]
-        self.assertIn("quota", failed.message.lower())
+        events = self.under_contract(a, b, size=1 * MIB)
+        [retrying] = [e for e in events if e.phase == "retrying"]
+        self.assertIn("contract lets you store at most", retrying.message)
         report = b.node.storage_report()
         self.assertEqual(report.used_bytes, 0)
-        self.assertEqual((report.total_bytes, report.free_bytes), (2**20, 2**20))
+        self.assertEqual(report.obligated_bytes, 1 * MIB)
 
     def test_storage_config_validation(self) -> None:
         node = self.a.node
         with self.assertRaises(errors.InvalidArgument):
-            node.set_storage_config(10, 20, 2)
+            node.set_storage_config(-1)
         with self.assertRaises(errors.InvalidArgument):
-            node.set_storage_config(10, 5, 65)
-        report = self.swarm.wait(node.set_storage_config(10**9, 10**8, 3))
+            node.set_storage_config(min_replicas=65)
+        with self.assertRaises(errors.InvalidArgument):
+            node.set_storage_config(acceptance_policy="everyone")
+        report = self.swarm.wait(node.set_storage_config(10**9, 3, "open"))
         self.assertEqual(
-            (report.total_bytes, report.per_peer_bytes, report.min_replicas),
-            (10**9, 10**8, 3),
+            (report.total_bytes, report.min_replicas, report.acceptance_policy),
+            (10**9, 3, "open"),
         )
+        # Unset values stay.
+        report = self.swarm.wait(node.set_storage_config(min_replicas=0))
+        self.assertEqual((report.total_bytes, report.min_replicas), (10**9, 0))
 
     def test_replicate_preconditions(self) -> None:
         a, b = self.a, self.b
@@ -109,9 +128,10 @@ class SwarmTests(SynchronousTestCase):
             a.node.replicate([], list().append)  # no content yet
         a.write_files({"x": b"x"})
         with self.assertRaises(errors.FailedPrecondition):
-            a.node.replicate([], list().append)  # no peers
+            a.node.replicate([], list().append)  # no contract
+        self.swarm.connect(a, b)
         with self.assertRaises(errors.FailedPrecondition):
-            a.node.replicate([b.address], list().append)  # not connected
+            a.node.replicate([b.address], list().append)  # connected, no contract
 
     def test_peer_exchange_shares_only_allowed_peers(self) -> None:
         a, b, c = self.a, self.b, self.c
@@ -123,45 +143,43 @@ class SwarmTests(SynchronousTestCase):
         )
         self.assertEqual(list(response.onion_addresses), [b.address])
 
-    def test_new_revisions_sync_automatically_to_holders(self) -> None:
+    def test_new_revisions_sync_by_themselves_to_peers_under_contract(self) -> None:
         a, b, c = self.a, self.b, self.c
-        self.swarm.connect(a, b)
-        self.swarm.connect(a, c)
         a.write_files({"f.bin": os.urandom(200_000)})
-        self.replicate(a, [b.address])  # b holds revision 1
+        self.under_contract(a, b)  # b holds revision 1
+        self.swarm.connect(a, c)
         a.write_files({"g.bin": os.urandom(100_000)})  # commits revision 2
-        self.swarm.advance(AUTO_SYNC_DELAY - 1)
-        self.assertEqual(b.node.storage_report().obligations[0].revision, 1)
-        self.swarm.advance(1)
+        self.swarm.advance(0.1)
         self.assertEqual(b.node.storage_report().obligations[0].revision, 2)
-        # c never held our content: no automatic first push to it.
+        # c has no contract: it never gets our content.
         self.assertEqual(c.node.storage_report().obligations, [])
 
-    def test_reconnections_do_not_postpone_an_automatic_sync(self) -> None:
+    def test_strangers_reconnecting_do_not_postpone_a_sync(self) -> None:
         a, b, c = self.a, self.b, self.c
-        self.swarm.connect(a, b)
         a.write_files({"f.bin": os.urandom(10_000)})
-        self.replicate(a, [b.address])
+        self.under_contract(a, b)
         a.write_files({"g.bin": os.urandom(10_000)})
         # A peer reconnecting every second cannot push the sync back.
-        for _ in range(int(AUTO_SYNC_DELAY)):
+        for _ in range(5):
             self.swarm.connect(c, a)
             c.session.pool.connection(a.pubkey).close()
             self.swarm.advance(1)
         self.assertEqual(b.node.storage_report().obligations[0].revision, 2)
 
-    def test_concurrent_pushes_to_one_peer_are_serialized(self) -> None:
+    def test_concurrent_replicates_wait_for_the_one_push(self) -> None:
         a, b = self.a, self.b
-        self.swarm.connect(a, b)
-        a.write_files({"f.bin": os.urandom(1_000_000)})
+        a.write_files({"f.bin": os.urandom(10_000)})
+        self.under_contract(a, b)
+        a.write_files({"g.bin": os.urandom(1_000_000)})
         first: list[Progress] = []
         second: list[Progress] = []
         one = a.node.replicate([b.address], first.append)
         two = a.node.replicate([b.address], second.append)
-        self.swarm.wait(one)
-        self.swarm.wait(two)
+        self.swarm.wait(one, 30)
+        self.swarm.wait(two, 30)
         self.assertEqual([e.phase for e in first if e.phase != "syncing"], ["done"])
         self.assertEqual([e.phase for e in second if e.phase != "syncing"], ["done"])
+        self.assertEqual(b.node.storage_report().obligations[0].revision, 2)
 
     def test_reconnects_after_drop(self) -> None:
         a, b = self.a, self.b
@@ -175,9 +193,7 @@ class SwarmTests(SynchronousTestCase):
     def test_peer_table_survives_a_restart(self) -> None:
         a, b = self.a, self.b
         self.swarm.connect(a, b, share=True)
-        node_dir = a.node.node_dir
-        self.swarm.wait(a.node.stopService())
-        again = self.swarm.add_node(node_dir, a.index)
+        again = self.swarm.restart_node(a)
         [record] = again.node.peers()
         self.assertEqual(
             (record.onion_address, record.shared_in_exchange), (b.address, True)
@@ -228,10 +244,19 @@ class FiveNodeTests(SynchronousTestCase):
         swarm = Swarm(Path(self.mktemp()), 5)
         self.addCleanup(swarm.stop)
         owner, *replicas = swarm.nodes
-        for replica in replicas:
-            swarm.connect(owner, replica)
+        swarm.wait(owner.node.set_storage_config(min_replicas=0))
         data = os.urandom(1024 * 1024)
         commit = owner.write_files({"a.bin": data, "b.txt": b"five\n" * 100})
+        for replica in replicas:
+            swarm.connect(owner, replica)
+            swarm.connect(replica, owner)
+            swarm.wait(
+                owner.node.propose_contract(
+                    replica.address, 64 * MIB, 64 * MIB, list().append
+                ),
+                30,
+            )
+        owner.write_files({"c.txt": b"one more\n"})
         events: list[Progress] = []
         results = swarm.wait(owner.node.replicate([], events.append))
         self.assertEqual(
