@@ -127,9 +127,12 @@ class CliDaemonTests(SynchronousTestCase):
         code, _, err = self.cli("storage", "set", "--total", "lots")
         self.assertEqual(code, 2)
         self.assertIn("not a size", err)
-        code, _, err = self.cli("contracts", "list")
+        code, _, err = self.cli("contracts", "check", "not-an-onion")
         self.assertEqual(code, 1)
-        self.assertIn("not built yet", err)
+        self.assertIn("not a v3 onion address", err)
+        code, out, _ = self.cli("contracts", "list")
+        self.assertEqual(code, 0)
+        self.assertIn("no contracts yet", out)
 
     def test_wrong_password(self) -> None:
         self.unlock()

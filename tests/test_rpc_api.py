@@ -45,9 +45,7 @@ CALLS: dict[str, Call] = {
     "GetFile": lambda s: list(s.GetFile(pb.GetFileRequest(name="a.txt"))),
     "ListFiles": lambda s: s.ListFiles(pb.ListFilesRequest()),
     "SetStorageConfig": lambda s: s.SetStorageConfig(
-        pb.SetStorageConfigRequest(
-            total_bytes=10**9, per_peer_bytes=10**8, min_replicas=2
-        )
+        pb.SetStorageConfigRequest(total_bytes=10**9, min_replicas=2)
     ),
     "GetStorageConfig": lambda s: s.GetStorageConfig(pb.GetStorageConfigRequest()),
     "ReplicateContent": lambda s: list(
@@ -58,6 +56,10 @@ CALLS: dict[str, Call] = {
         s.ProposeContract(pb.ProposeContractRequest(peer="x.onion"))
     ),
     "CheckContract": lambda s: list(s.CheckContract(pb.CheckContractRequest())),
+    "EndContract": lambda s: s.EndContract(pb.EndContractRequest(peer="x.onion")),
+    "AnswerContract": lambda s: s.AnswerContract(
+        pb.AnswerContractRequest(contract_id=b"c" * 32)
+    ),
     "RecoverContent": lambda s: list(s.RecoverContent(pb.RecoverContentRequest())),
     "SetAeadKeyForPeer": lambda s: s.SetAeadKeyForPeer(
         pb.SetAeadKeyForPeerRequest(peer="x.onion", aead_key=b"k" * 32)
@@ -72,9 +74,6 @@ CALLS: dict[str, Call] = {
 }
 # Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
 NOT_BUILT = {
-    "GetContracts",
-    "ProposeContract",
-    "CheckContract",
     "RecoverContent",
     "SetAeadKeyForPeer",
     "Chat",

@@ -2,7 +2,7 @@
 
 Three in-process nodes, each launching its own tor joined to the shared test
 network, publish onions under their password-derived keys, connect by onion
-address only, replicate, sync a delta and download back through Tor.
+address only, form contracts, sync a delta and download back through Tor.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
+from barterbackup.tree import entry_at
 from tests.test_transport_tor_network import SHARED
 from tests.util import PASSWORDS, replicate, short_tempdir, start_node, write_files
 
@@ -68,9 +69,18 @@ class NodesOverTorTests(TestCase):
         )
         self.assertEqual(list(exchange.onion_addresses), [address(b)])
 
+        # Only a contract grants storage: b and c know a too, and a
+        # proposes; accepting pushes a's content to each.
+        for peer in (b, c):
+            await peer.set_storage_config(min_replicas=0)
+            await peer.connect_peer(address(a))
+        await a.set_storage_config(min_replicas=0)
         big = os.urandom(2 * 1024 * 1024)
         await write_files(a, {"big.bin": big, "small.txt": b"tor\n" * 100})
-        seen = await replicate(a, [])
+        seen = []
+        for peer in (b, c):
+            info = await a.propose_contract(address(peer), 2**26, 2**26, seen.append)
+            self.assertEqual(info.state, "active")
         done = {e.peer: e for e in seen if e.phase == "done"}
         self.assertEqual(set(done), {address(b), address(c)})
 
@@ -87,17 +97,19 @@ class NodesOverTorTests(TestCase):
         # checks it against its own copy.
         current = a.session.content.current
         assert current is not None
-        table = current.revision.sections
+        first = entry_at(current.sections, 0, OwnBlobs(a)).entry
         conn_b = a.session.pool.connection(pubkey(b))
         pieces: list[Any] = []
         await conn_b.call_stream(
             "download_request",
-            bbrpc_pb2.DownloadRequest(content_id=current.content_id, sections=[0]),
+            bbrpc_pb2.DownloadRequest(
+                content_id=current.content_id, blobs=[first.sha256]
+            ),
             pieces.append,
         )
         data = b"".join(p.data for p in pieces)
-        self.assertEqual(len(data), table[0].length)
-        self.assertEqual(data, a.session.content.read_section(table[0].sha256))
+        self.assertEqual(len(data), first.length)
+        self.assertEqual(data, a.session.content.read_blob(first.sha256))
 
         for node in nodes:
             await node.stopService()
@@ -105,6 +117,17 @@ class NodesOverTorTests(TestCase):
         # clean one after quit(); anything else is a real failure.
         exits = [str(f.value) for f in self.flushLoggedErrors(RuntimeError)]
         self.assertEqual(exits, ["Tor exited with error-code 0"] * len(exits))
+
+
+class OwnBlobs:
+    """A node's own blobs as a tree source."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def get(self, sha256: bytes) -> bytes:
+        data: bytes = self._node.session.content.read_blob(sha256)
+        return data
 
 
 def address(node: Node) -> str:

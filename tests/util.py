@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.content.engine import CommitResult
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
 from barterbackup.node.session import production_environment
 from barterbackup.progress import Progress
+from barterbackup.testing.fakeengine import FakeContentEngine
+
+if TYPE_CHECKING:
+    from barterbackup.content.engine import CommitResult
 
 
 def short_tempdir(case: SynchronousTestCase) -> Path:
@@ -29,10 +33,13 @@ def short_tempdir(case: SynchronousTestCase) -> Path:
     return path
 
 
-def start_node(reactor: Any, config: NodeConfig) -> Node:
+def start_node(reactor: Any, config: NodeConfig, content: str = "real") -> Node:
     """A daemon's Node on the real reactor, started (stop it with
-    ``stopService``)."""
-    node = Node(production_environment(reactor, config), config)
+    ``stopService``); ``content="fake"`` gives it the fake content engine."""
+    env = production_environment(reactor, config)
+    if content == "fake":
+        env = dataclasses.replace(env, open_content=FakeContentEngine.open)
+    node = Node(env, config)
     node.startService()
     return node
 
