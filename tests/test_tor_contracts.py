@@ -18,8 +18,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from barterbackup.contracts.settings import BookSettings
-from barterbackup.logs import get_logger
 from barterbackup.contracts.terms import CheckPolicy
+from barterbackup.logs import get_logger
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
 from barterbackup.progress import Progress
