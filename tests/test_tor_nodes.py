@@ -18,6 +18,7 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
 from barterbackup.tree import entry_at
+from tests.contract_swarm import SWARM_CONTENT
 from tests.test_transport_tor_network import SHARED
 from tests.util import PASSWORDS, replicate, short_tempdir, start_node, write_files
 
@@ -37,6 +38,7 @@ class NodesOverTorTests(TestCase):
                 NodeConfig(
                     node_dir=tmp / f"n{i}", transport="tor", extra_torrc=options
                 ),
+                content=SWARM_CONTENT,
             )
             self.addCleanup(node.stopService)
             await node.unlock(password, create_if_missing=True)
