@@ -1,12 +1,22 @@
-"""``make demo``: three nodes back each other up over a private Tor network.
+"""``make demo``: nodes back each other up under contracts over a private
+Tor network.
 
 Everything runs on 127.0.0.1 with no internet: four Tor directory
-authorities (barterbackup.testing.tornet), then three real daemons
+authorities (barterbackup.testing.tornet), then four real daemons
 (``twistd barterbackup``), each launching its own tor joined to that network
 and publishing its onion service under the key derived from its password.
 The demo drives them only through the ``barterbackup`` CLI, as a user would:
-unlock, connect A to B and C, add a sample directory on A, replicate it to B
-and C, change a few files, replicate the delta, and print what travelled.
+unlock; alice, bob and carol exchange addresses; alice adds a sample
+directory and proposes storage contracts to bob and carol (the accepted
+contract syncs her content there); a spot check passes with its stated
+confidence; alice edits files and only the delta travels; then carol's
+node stops: alice's contract with carol turns suspect, ``status --check``
+says "under-replicated", and once the (shortened) outage limit is over the
+contract breaks and alice's node forms a replacement contract with dave by
+itself and syncs her content to it before letting carol go.
+
+The daemons run with ``--contract-timings`` (checks every minute, a
+one-minute outage limit): the default timings are measured in days.
 """
 
 from __future__ import annotations
@@ -28,14 +38,32 @@ from twisted.internet.threads import deferToThread
 from barterbackup.testing.daemon import BIN, DaemonProcess
 from barterbackup.testing.tornet import TorNetwork
 
-NAMES = ("alice", "bob", "carol")
+NAMES = ("alice", "bob", "carol", "dave")
 # Demo passphrases (fixed so the onion addresses are the same every run).
 PASSWORDS = {
     "alice": "quartz-lantern-ember-violet-harbor-cobalt-meadow",
     "bob": "saffron-glacier-tundra-orchid-beacon-falcon-pebble",
     "carol": "walnut-prism-meteor-canyon-thimble-juniper-sonnet",
+    "dave": "harbor-nebula-quilt-sparrow-granite-lilac-orbit",
 }
 READY_TIMEOUT = 240.0
+# What the daemons are told instead of days: checks every minute, an
+# outage breaks a contract after a minute, a broken peer is replaced at
+# once (docs/operator-guide.md, "Contract timings").
+CONTRACT_TIMINGS = {
+    "check_interval": 60,
+    "answer_deadline": 30,
+    "outage_limit": 60,
+    "grace_after_outage": 600,
+    "grace_after_failed_checks": 300,
+    "ending_keep": 300,
+    "probe_delay": 5,
+    "replan_delay": 2,
+    "maintain_every": 15,
+    "retry_peer_after": 30,
+}
+# How long the demo waits for a contract to change state at most.
+STATE_TIMEOUT = 240.0
 
 
 def say(text: str) -> None:
@@ -91,13 +119,18 @@ class Demo:
             )
         return done.stdout
 
-    def start_nodes(self, network_config: Path) -> None:
+    def start_nodes(self, network_config: Path, timings: Path) -> None:
         for name in NAMES:
             node_dir = self.workdir / name
             daemon = DaemonProcess(
                 node_dir,
                 log_path=self.workdir / f"{name}.log",
-                extra_args=["--tor-network-config", str(network_config)],
+                extra_args=[
+                    "--tor-network-config",
+                    str(network_config),
+                    "--contract-timings",
+                    str(timings),
+                ],
             )
             daemon.start()
             self.daemons[name] = daemon
@@ -108,6 +141,9 @@ class Demo:
             )
             self.addresses[name] = out.split()[-1]
             print(f"  {name} is {self.addresses[name]}")
+            # Contracts are formed by hand first; alice asks for replicas
+            # later in the story.
+            self.cli_quiet(name, "storage", "set", "--min-replicas", "0")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -131,11 +167,39 @@ class Demo:
         daemon = self.daemons[name]
         return daemon.cli(*args, check=True).stdout.decode()
 
+    def contract_state(self, name: str, peer: str) -> tuple[str, str]:
+        contracts = json.loads(self.cli_quiet(name, "contracts", "list", "--json"))
+        mine = [c for c in contracts if c["peer"] == self.addresses[peer]]
+        if not mine:
+            return "none", ""
+        return mine[-1]["state"], mine[-1].get("detail", "")
+
+    def wait_for_state(self, name: str, peer: str, wanted: tuple[str, ...]) -> str:
+        deadline = time.monotonic() + STATE_TIMEOUT
+        seen = ""
+        while time.monotonic() < deadline:
+            state, detail = self.contract_state(name, peer)
+            if state != seen:
+                print(
+                    f"  {name}'s contract with {peer}: {state}"
+                    + (f" ({detail})" if detail else ""),
+                    flush=True,
+                )
+                seen = state
+            if state in wanted:
+                return state
+            time.sleep(1)
+        raise SystemExit(
+            f"{name}'s contract with {peer} did not become {wanted} within "
+            f"{STATE_TIMEOUT:.0f} s\n{self.daemons[name].log_tail()}"
+        )
+
     def run_scenario(self) -> None:
         alice = "alice"
-        say("alice connects to bob and carol through their onion services")
-        for peer in ("bob", "carol"):
-            self.cli(alice, "peers", "connect", self.addresses[peer], "--share")
+        say("alice, bob and carol exchange addresses and connect over Tor")
+        for a, b in (("alice", "bob"), ("alice", "carol")):
+            self.cli(a, "peers", "connect", self.addresses[b], "--share")
+            self.cli(b, "peers", "connect", self.addresses[a])
         print(self.cli(alice, "peers", "list"), end="")
 
         sample = self.workdir / "sample"
@@ -143,31 +207,68 @@ class Demo:
         say("alice adds a sample directory (8 MB photos, 30 notes)")
         print(self.cli(alice, "files", "add", str(sample)), end="")
 
-        say("alice replicates her content to bob and carol over Tor")
+        say("alice proposes storage contracts; once accepted, her content syncs")
         started = time.monotonic()
-        self.cli(alice, "replicate", show=True)
+        for peer in ("bob", "carol"):
+            self.cli(
+                alice,
+                "contracts",
+                "propose",
+                self.addresses[peer],
+                "--ours",
+                "64MiB",
+                "--theirs",
+                "64MiB",
+                show=True,
+            )
         first = time.monotonic() - started
+        print(self.cli(alice, "contracts", "list"), end="")
+
+        say("a spot check of every contract: 460 positions, a 32-byte answer")
+        self.cli(alice, "contracts", "check", "--all", show=True)
 
         changed = change_sample(sample)
         say(f"alice edits two files and adds one (~{changed} bytes changed)")
         print(self.cli(alice, "files", "add", str(sample)), end="")
-
-        say("alice replicates the new revision: only changed sections travel")
+        say("the new revision syncs to her contracts: only changed sections travel")
         started = time.monotonic()
         self.cli(alice, "replicate", show=True)
         second = time.monotonic() - started
 
-        say("what bob stores for his peers")
+        say("what bob keeps for his peers, contract by contract")
         print(self.cli("bob", "storage", "show"), end="")
-        say("alice's view of her peers")
+        say("alice's view of her peers, with their scores")
         print(self.cli(alice, "peers", "list"), end="")
-        say("reading a file back on alice")
         restored = self.cli(alice, "files", "get", "sample/notes/new.txt")
         print(
-            f"  sample/notes/new.txt: {len(restored)} bytes, intact: "
+            f"  sample/notes/new.txt read back: {len(restored)} bytes, intact: "
             f"{restored == (sample / 'notes' / 'new.txt').read_text()}"
         )
-        say(f"full replication took {first:.1f} s, the delta {second:.1f} s")
+
+        say("alice wants 2 replicas and also knows dave; then carol's node stops")
+        self.cli(alice, "storage", "set", "--min-replicas", "2")
+        self.cli(alice, "peers", "connect", self.addresses["dave"])
+        self.cli("dave", "peers", "connect", self.addresses[alice])
+        self.daemons["carol"].stop()
+        print("  carol's daemon stopped")
+        self.wait_for_state(alice, "carol", ("suspect",))
+        status = self.daemons[alice].cli("status", "--check")
+        print(
+            f"[alice] $ barterbackup status --check   (exit {status.returncode})\n"
+            f"  {status.stdout.decode().strip()}"
+        )
+        say("past the outage limit the contract breaks; alice's node replaces it")
+        self.wait_for_state(alice, "carol", ("broken",))
+        self.wait_for_state(alice, "dave", ("active",))
+        print(self.cli(alice, "contracts", "list"), end="")
+        status = self.daemons[alice].cli("status", "--check")
+        print(
+            f"[alice] $ barterbackup status --check   (exit {status.returncode})\n"
+            f"  {status.stdout.decode().strip()}"
+        )
+        say(
+            f"contracts formed and synced in {first:.1f} s, the delta in {second:.1f} s"
+        )
 
     def stop(self) -> None:
         for daemon in self.daemons.values():
@@ -192,8 +293,10 @@ async def main(reactor: Any, workdir: Path) -> None:
         config.write_text(
             json.dumps({"torrc": [list(o) for o in network.client_torrc_options()]})
         )
-        say("starting three nodes, each with its own tor")
-        await deferToThread(demo.start_nodes, config)
+        timings = workdir / "contract-timings.json"
+        timings.write_text(json.dumps(CONTRACT_TIMINGS))
+        say("starting four nodes, each with its own tor")
+        await deferToThread(demo.start_nodes, config, timings)
         await deferToThread(demo.wait_ready)
         await deferToThread(demo.run_scenario)
         say(f"demo finished in {time.monotonic() - began:.1f} s; stopping everything")

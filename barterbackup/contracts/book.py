@@ -1156,9 +1156,9 @@ class ContractBook:
             holds = entry.ledger.peer_revision
             if entry.state == "active" and (not number or holds == number):
                 healthy += 1
-            elif holds:
+            elif holds and holds < number:
                 older += 1
-            else:
+            elif not holds:
                 forming += 1
             if entry.ledger.last_check_at:
                 last = max(last, entry.ledger.last_check_at)

@@ -246,6 +246,15 @@ ended = _builder.state("ended", _new_ended)
 # Helpers shared by behaviours (not behaviours themselves).
 
 
+def duration_text(seconds: float) -> str:
+    """A timing as a person says it: "14 days", "6 hours", "90 s"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size or (seconds >= size and seconds % size == 0):
+            count = seconds / size
+            return f"{count:g} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} s"
+
+
 def _standing_after(core: ContractCore, passed: bool) -> tuple[float, scores.Standing]:
     score = core.scores.record_check(core.contract, passed)
     return score, scores.audit_standing(score)
@@ -497,10 +506,9 @@ def _suspect_newer(inputs: _Inputs, core: ContractCore, data: Suspect) -> None:
 def _outage_too_long(inputs: _Inputs, core: ContractCore, data: Suspect) -> None:
     if data.unreachable_since is None:
         return  # A late alarm: the peer came back meanwhile.
-    days = core.timings.outage_limit_seconds / (24 * 3600)
     inputs._break(
         BreakCause.UNREACHABLE,
-        f"unreachable for more than {days:g} days",
+        f"unreachable for more than {duration_text(core.timings.outage_limit_seconds)}",
         core.grace_until(BreakCause.UNREACHABLE),
     )
 
