@@ -98,6 +98,8 @@ DEFAULT_MIN_REPLICAS = 2
 MAX_PENDING_APPROVALS = 16
 # Ended contracts are listed this long, then forgotten.
 KEEP_ENDED_SECONDS = 30 * 24 * 3600.0
+# Ledger changes that may be lost in a crash are written this soon, together.
+LEDGER_WRITE_DELAY = 10.0
 
 
 class ConnectionPoolLike(Protocol):
@@ -235,6 +237,8 @@ class ContractBook:
         self.settings = settings or BookSettings()
         self._entries: dict[bytes, ContractEntry] = {}
         self._probes: dict[bytes, Any] = {}
+        self._unsaved: set[bytes] = set()
+        self._save_call: Any = None
         self._started = False
         self._stopped = False
         self.scores = PeerScores(records, now)
@@ -321,6 +325,7 @@ class ContractBook:
         self._probes.clear()
         for entry in self._entries.values():
             entry.core.alarm.cancel()
+        self._write_unsaved()
         return self._files.flush()
 
     def when_state_changes(
@@ -349,6 +354,21 @@ class ContractBook:
         entry = self._entries.get(contract_id)
         if entry is not None:
             self._write(entry)
+
+    def save_soon(self, contract_id: bytes) -> None:
+        self._unsaved.add(contract_id)
+        if self._save_call is None or not self._save_call.active():
+            self._save_call = self._clock.callLater(
+                LEDGER_WRITE_DELAY, self._write_unsaved
+            )
+
+    def _write_unsaved(self) -> None:
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
+        unsaved, self._unsaved = self._unsaved, set()
+        for contract_id in unsaved:
+            self.save(contract_id)
 
     def now(self) -> float:
         return self._now()
@@ -427,6 +447,7 @@ class ContractBook:
             self._clock.callLater(0, self._state_changed, entry, previous)
 
     def _write(self, entry: ContractEntry) -> None:
+        self._unsaved.discard(entry.contract_id)
         self._files.save(
             entry.contract_id,
             storedpb_pb2.ContractFile(record=entry.record, ledger=entry.ledger),

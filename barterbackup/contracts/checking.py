@@ -463,7 +463,7 @@ class ContractChecks:
             ledger.last_check_at = self._clock.seconds()
             ledger.last_check_passed = outcome.passed
             ledger.last_verdict = outcome.verdict
-            self._book.save(cid)
+            self._book.save_soon(cid)
         if event != "check_unanswered":
             schedule.pending = None
         schedule.rescheduled = False
@@ -552,7 +552,7 @@ class ContractChecks:
                 ledger.sample_checks = 0
             number = ledger.sample_checks
             ledger.sample_checks += 1
-            self._book.save(contract.contract_id)
+            self._book.save_soon(contract.contract_id)
         index = TreeContent(revision, self._content.read_blob)
         challenge, expectation = samplecheck.new_sample_challenge(
             content_id=revision.content_id,

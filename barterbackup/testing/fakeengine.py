@@ -114,7 +114,6 @@ class FakeContentEngine:
         self._keys = keys
         self._state = state
         self._audit_key = audit_key_of(keys)
-        self.reads: list[bytes] = []
 
     @classmethod
     def open(
@@ -145,7 +144,6 @@ class FakeContentEngine:
         yield self._state.files[name]
 
     def read_blob(self, sha256: bytes) -> bytes:
-        self.reads.append(sha256)
         return self._state.blobs.get(sha256)
 
     def has_blob(self, sha256: bytes) -> bool:
