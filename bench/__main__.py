@@ -25,6 +25,8 @@ FULL = [
     ("source walk of 1 M files vs find, walk RSS", ["bench.walk", "1000000"]),
     ("exclude patterns vs git check-ignore (and pathspec)", ["bench.excludes_git"]),
     ("spot-check cost and detection", ["bench.contract_checks"]),
+    ("spot checks through tree, store and wire", ["bench.contract_wire"]),
+    ("one node with 50 contracts checked every minute", ["bench.contract_load"]),
 ]
 QUICK = [
     (
@@ -45,6 +47,11 @@ QUICK = [
         ["bench.excludes_git", "50"],
     ),
     ("spot-check cost and detection", ["bench.contract_checks", "--quick"]),
+    ("spot checks through tree, store and wire", ["bench.contract_wire", "--quick"]),
+    (
+        "one node with 10 contracts checked every minute",
+        ["bench.contract_load", "--peers", "10", "--minutes", "5"],
+    ),
 ]
 
 
