@@ -1022,13 +1022,14 @@ class ContractBook:
             if self.pusher.pushing(entry.contract_id):
                 waits.append((entry, self.pusher.wait(entry.contract_id, report)))
                 continue
-            number = current.number if current else 0
             report(
                 Progress(
                     phase="done",
                     peer=address,
                     revision=entry.ledger.peer_revision,
-                    message=f"holds revision {entry.ledger.peer_revision or number}",
+                    bytes_done=current.content_length if current else 0,
+                    bytes_total=current.content_length if current else 0,
+                    message="already held",
                 )
             )
             results.append(None)
