@@ -8,7 +8,9 @@ read is verified: tree nodes by the tree readers, blobs by the store.
 
 ``TreeContent`` implements all three protocols of ``heldcontent``
 (``ContentReader``, ``SectionReader``, ``SectionIndex``) for one revision.
-It is made for one check and thrown away: it caches the tree nodes it read,
+It is made for one check and thrown away (the owner may hand it a longer
+lived ``CachedNodes`` of its current revision, shared by the checks of all
+its contracts): it caches the tree nodes it read,
 decoded and verified once (bounded by bytes), and the last section,
 because a check's positions are sorted and neighbouring positions share
 their path and often their section. Without the cache every position
@@ -41,7 +43,7 @@ class DataMissing(Exception):
     """A blob the revision needs is not held (or is damaged)."""
 
 
-class _CachedNodes:
+class CachedNodes:
     """Decoded, verified tree nodes over ``read_blob``, bounded by bytes.
 
     Keyed by the whole reference (hash and position): a node is verified
@@ -49,7 +51,9 @@ class _CachedNodes:
     positions.
     """
 
-    def __init__(self, read_blob: ReadBlob, limit_bytes: int) -> None:
+    def __init__(
+        self, read_blob: ReadBlob, limit_bytes: int = NODE_CACHE_BYTES
+    ) -> None:
         self._read_blob = read_blob
         self._limit = limit_bytes
         self._nodes: OrderedDict[NodeRef, Leaf | Internal] = OrderedDict()
@@ -90,10 +94,11 @@ class TreeContent:
         revision: VerifiedRevision,
         read_blob: ReadBlob,
         node_cache_bytes: int = NODE_CACHE_BYTES,
+        nodes: CachedNodes | None = None,
     ) -> None:
         self._root = revision.sections
         self._read_blob = read_blob
-        self._nodes = _CachedNodes(read_blob, node_cache_bytes)
+        self._nodes = nodes or CachedNodes(read_blob, node_cache_bytes)
         self._leaf: Leaf | None = None
         # The current leaf's entry start offsets (as Leaf.locate_offset
         # computes them, once per leaf instead of once per position).
