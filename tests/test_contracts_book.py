@@ -362,6 +362,33 @@ class CheckTests(ContractSwarmCase):
         [peer] = [p for p in a.node.peers() if p.onion_address == b.address]
         self.assertEqual(peer.checks_failed, 0)
 
+    def test_a_challenge_unanswered_four_times_counts_as_one_failure(self) -> None:
+        a, b = self.a, self.b
+        nonces: list[bytes] = []
+
+        def watch(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope:
+            if envelope.WhichOneof("body") == "spot_check_request":
+                nonces.append(bytes(envelope.spot_check_request.digest.nonce))
+            return envelope
+
+        def silence(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope | None:
+            if envelope.WhichOneof("body") == "spot_check_response":
+                return None
+            return envelope
+
+        self.tamper(a, b, watch)
+        self.tamper(b, a, silence)
+        self.check(a, b, kind="digest")
+        [peer] = [p for p in a.node.peers() if p.onion_address == b.address]
+        while len(nonces) < 5:
+            self.swarm.advance(30, step=5)
+        [peer] = [p for p in a.node.peers() if p.onion_address == b.address]
+        # Asked four times (Storj's containment: 3 re-asks), the same
+        # challenge; then one failure counted, and a fresh challenge.
+        self.assertEqual(len(set(nonces[:4])), 1)
+        self.assertEqual(peer.checks_failed, 1)
+        self.assertNotEqual(nonces[4], nonces[0])
+
     def _first_section(self, member: Any) -> bytes:
         from barterbackup.tree import entry_at
 

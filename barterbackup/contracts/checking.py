@@ -470,13 +470,16 @@ class ContractChecks:
             ledger.last_check_passed = outcome.passed
             ledger.last_verdict = outcome.verdict
             self._book.save_soon(cid)
-        if event != "check_unanswered":
-            schedule.pending = None
         schedule.rescheduled = False
         if event is not None:
             self._feed(cid, event, outcome.verdict)
-        if self._live(schedule) and not schedule.rescheduled:
-            self._schedule_next(schedule)
+        if not schedule.rescheduled:
+            # Only a challenge the machine asked to retry is asked again:
+            # after an answer, or once an unanswered one counted as failed,
+            # the next check is a fresh one.
+            schedule.pending = None
+            if self._live(schedule):
+                self._schedule_next(schedule)
 
     def _feed(self, cid: bytes, event: str, verdict: str) -> None:
         if event == "check_passed":
