@@ -134,6 +134,10 @@ class FakeContentEngine:
             return None
         return _Manifest(sorted(self._state.files))
 
+    @property
+    def file_count(self) -> int:
+        return len(self._state.files) if self._state.current else 0
+
     def list_files(self) -> list[str]:
         return sorted(self._state.files)
 
