@@ -362,6 +362,32 @@ class CheckTests(ContractSwarmCase):
         [peer] = [p for p in a.node.peers() if p.onion_address == b.address]
         self.assertEqual(peer.checks_failed, 0)
 
+    def test_a_peer_checking_without_pause_is_told_to_wait(self) -> None:
+        a, b = self.a, self.b
+        conn: Any = a.session.pool.connection(b.pubkey)
+        current = a.session.content.current
+        codes = []
+        for _ in range(8):
+            challenge = digestcheck.new_digest_challenge(current.content_id, os.urandom)
+            d = conn.call(
+                "spot_check_request",
+                bbrpc_pb2.SpotCheckRequest(
+                    contract_id=self.info.contract_id, digest=challenge.to_proto()
+                ),
+            )
+            results: list[Any] = []
+            d.addBoth(results.append)
+            [result] = results
+            codes.append(
+                "answered"
+                if isinstance(result, bbrpc_pb2.SpotCheckResponse)
+                else result.value.code
+            )
+        self.assertEqual(codes[:6], ["answered"] * 6)
+        self.assertEqual(codes[6:], [bbrpc_pb2.ERROR_CODE_BUSY] * 2)
+        self.swarm.advance(10)
+        self.assertTrue(self.check(a, b).passed)
+
     def test_a_challenge_unanswered_four_times_counts_as_one_failure(self) -> None:
         a, b = self.a, self.b
         nonces: list[bytes] = []

@@ -9,9 +9,11 @@ one still being fetched) is answered with ``ERROR_CODE_STALE``, and with
 ``ERROR_CODE_NOT_FOUND`` when nothing is held or part of it is missing.
 
 Bounds: the caller must be the peer of a contract with us that still
-keeps its data; one check per caller at a time (``ERROR_CODE_BUSY``);
-challenges are capped by their own validation (at most 4,096 positions of
-at most 64 bytes: under 300 KB read).
+keeps its data; one check per caller at a time, and at most ``BURST``
+checks in a row then one every ``REFILL_SECONDS`` (``ERROR_CODE_BUSY``):
+a check costs us a few hundred random reads, and a peer asking without
+pause would keep a disk busy. Challenges are capped by their own
+validation (at most 4,096 positions of at most 64 bytes).
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from barterbackup.contracts.heldcontent import (
 )
 from barterbackup.contracts.readers import DataMissing, TreeContent
 from barterbackup.store.replicas import ReplicaStore
-from barterbackup.sync.interfaces import Blocking, run_inline
+from barterbackup.sync.interfaces import Blocking, ReactorTime, run_inline
 from barterbackup.tree import TreeError
 
 # keeps(peer, contract_id): the contract is with that peer and we keep its
 # data under it (in force, broken or ending).
 Keeps = Callable[[bytes, bytes], bool]
+# A caller may ask this many checks at once (the user checking by hand,
+# containment re-asks), then one every REFILL_SECONDS: six a minute, sixty
+# times what the shortest check interval needs.
+BURST = 6
+REFILL_SECONDS = 10.0
 
 
 class SpotCheckAnswerer:
@@ -46,11 +53,15 @@ class SpotCheckAnswerer:
         replicas: ReplicaStore,
         keeps: Keeps,
         blocking: Blocking[Any] = run_inline,
+        clock: ReactorTime | None = None,
     ) -> None:
         self._replicas = replicas
         self._keeps = keeps
         self._blocking = blocking
+        self._clock = clock
         self._answering: set[bytes] = set()
+        # Per caller: (tokens, when they were counted).
+        self._buckets: dict[bytes, tuple[float, float]] = {}
         # What the last answer read, for tests and benchmarks.
         self.last_reads: tuple[int, int, int] = (0, 0, 0)
 
@@ -71,6 +82,7 @@ class SpotCheckAnswerer:
             raise PeerCallError(
                 bbrpc_pb2.ERROR_CODE_BUSY, "a check of yours is already being answered"
             )
+        self._take_token(owner)
         kind = request.WhichOneof("challenge")
         try:
             if kind == "digest":
@@ -136,3 +148,16 @@ class SpotCheckAnswerer:
             ) from None
         finally:
             self._answering.discard(owner)
+
+    def _take_token(self, owner: bytes) -> None:
+        if self._clock is None:
+            return
+        now = self._clock.seconds()
+        tokens, then = self._buckets.get(owner, (float(BURST), now))
+        tokens = min(float(BURST), tokens + (now - then) / REFILL_SECONDS)
+        if tokens < 1:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_BUSY,
+                f"checks come too fast: one every {REFILL_SECONDS:.0f} s",
+            )
+        self._buckets[owner] = (tokens - 1, now)

@@ -258,7 +258,7 @@ class ContractBook:
             self.settings.max_checks_at_once,
         )
         self.notices = ContractNotices(self, clock, pool)
-        self.answerer = SpotCheckAnswerer(replicas, self.keeps, blocking)
+        self.answerer = SpotCheckAnswerer(replicas, self.keeps, blocking, clock)
         self.planner = ReplicaPlanner(self, clock, rng)
         # Listeners of state changes: (entry, previous state).
         self._state_listeners: list[Callable[[ContractEntry, str], object]] = []
