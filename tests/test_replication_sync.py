@@ -12,10 +12,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError, PeerConnectionLost
-from barterbackup.sync.push import PushFailed, push_revision
+from barterbackup.sync.push import (
+    PUSH_STALL_SECONDS,
+    PushFailed,
+    PushStalled,
+    push_revision,
+)
 from barterbackup.sync.serve import PIECE_BYTES
 from barterbackup.testing.fakes import make_revision
-from barterbackup.testing.link import connected_pair
+from barterbackup.testing.link import Direction, connected_pair
 from tests.sync_peers import SyncLink, SyncPeer
 
 
@@ -205,6 +210,30 @@ class SyncTests(SynchronousTestCase):
         before = len(self.owner.content.reads)
         self.assertLess(before, 200 + 40)  # not everything again
         self.assertEqual(self.held().held.content_id, revision.content_id)
+
+    def test_a_replica_that_stops_reporting_is_given_up_on(self) -> None:
+        # A replica that takes the push and then says nothing more holds the
+        # owner's push slot forever (issue 13, finding 11): the Pusher
+        # cancels a push silent for PUSH_STALL_SECONDS, and its offer ends.
+        def silent(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope | None:
+            kind = envelope.WhichOneof("body")
+            if kind in ("set_content_revision_response", "download_request"):
+                return None
+            return envelope
+
+        self.link.link.tamper(Direction.to_client, silent)
+        revision = self.owner.content.commit(sections(3, 1000))
+        events: list[Any] = []
+        d = self.link.push_reported(revision, events)
+        self.clock.advance(PUSH_STALL_SECONDS - 1)
+        self.assertNoResult(d)
+        self.assertEqual(
+            self.owner.offers.offered_to(self.replica.pubkey), [revision.content_id]
+        )
+        self.clock.advance(1)
+        failure = self.failureResultOf(d, PushStalled)
+        self.assertIn("reported nothing", str(failure.value))
+        self.assertEqual(self.owner.offers.offered_to(self.replica.pubkey), [])
 
     def test_quota_exceeded_is_reported(self) -> None:
         self.replica.config.total_bytes = 100_000
