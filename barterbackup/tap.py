@@ -24,6 +24,7 @@ from barterbackup.node.results import NodeConfig
 from barterbackup.node.session import production_environment
 from barterbackup.rpc.server import CliRpcServer, check_socket_path
 from barterbackup.store.atomic import make_private_directory
+from barterbackup.transport.onion import OnionDefences
 
 log = get_logger("barterbackup.tap")
 
@@ -48,6 +49,27 @@ class Options(usage.Options):
             None,
             "JSON file of extra torrc options (a private test network).",
         ],
+        [
+            "onion-pow-rate",
+            None,
+            str(OnionDefences.pow_queue_rate),
+            "Under attack, introductions per second Tor takes from its queue.",
+        ],
+        [
+            "onion-pow-burst",
+            None,
+            str(OnionDefences.pow_queue_burst),
+            "Under attack, introductions Tor takes in one burst.",
+        ],
+        [
+            "onion-max-streams",
+            None,
+            str(OnionDefences.max_streams_per_circuit),
+            "Close a circuit that opens more streams to us (0: no limit).",
+        ],
+    ]
+    optFlags = [
+        ["no-onion-pow", None, "Turn off Tor's proof-of-work defence."],
     ]
 
     def postOptions(self) -> None:
@@ -71,6 +93,24 @@ class Options(usage.Options):
             raise usage.UsageError("--tcp-port must be between 0 and 65535")
         self["tcp-port"] = port
         self["extra-torrc"] = _read_torrc_options(self["tor-network-config"])
+        self["onion-defences"] = self._onion_defences()
+
+    def _onion_defences(self) -> OnionDefences:
+        numbers = {}
+        for option in ("onion-pow-rate", "onion-pow-burst", "onion-max-streams"):
+            try:
+                numbers[option] = int(self[option])
+            except ValueError:
+                raise usage.UsageError(f"--{option} must be a number") from None
+        try:
+            return OnionDefences(
+                proof_of_work=not self["no-onion-pow"],
+                pow_queue_rate=numbers["onion-pow-rate"],
+                pow_queue_burst=numbers["onion-pow-burst"],
+                max_streams_per_circuit=numbers["onion-max-streams"],
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 def _read_torrc_options(path: str | None) -> tuple[tuple[str, str], ...]:
@@ -131,6 +171,7 @@ def make_service(options: Options, reactor: Any) -> IService:
         tor_control=options["tor-control"],
         tor_binary=options["tor-binary"],
         extra_torrc=options["extra-torrc"],
+        onion_defences=options["onion-defences"],
     )
     node = Node(production_environment(reactor, config), config)
     top = MultiService()

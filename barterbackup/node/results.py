@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barterbackup import __version__
+from barterbackup.transport.onion import OnionDefences
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class NodeConfig:
     tor_control: str | None = None
     tor_binary: str = "tor"
     extra_torrc: tuple[tuple[str, str], ...] = ()
+    onion_defences: OnionDefences = field(default_factory=OnionDefences)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
             control_endpoint=config.tor_control,
             extra_torrc=config.extra_torrc,
             tor_binary=config.tor_binary,
+            defences=config.onion_defences,
         )
 
     return NodeEnvironment(
