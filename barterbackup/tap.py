@@ -8,6 +8,7 @@ from __future__ import annotations
 # (gRPC fork support is switched off in barterbackup/__init__.py: the daemon
 # forks tor while gRPC threads run.)
 import fcntl
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -40,7 +41,14 @@ class Options(usage.Options):
         ["socket", "s", None, "CLI socket path (default: NODE_DIR/rpc/clirpc.sock)."],
         ["log-level", None, "info", f"Log level: {', '.join(LEVELS)}."],
         ["transport", None, "tor", "How peers reach us: 'tor' (default) or 'tcp'."],
-        ["tcp-port", None, "0", "With --transport=tcp: port on 127.0.0.1 (0: any)."],
+        ["tcp-port", None, "0", "With --transport=tcp: port to listen on (0: any)."],
+        [
+            "tcp-interface",
+            None,
+            "127.0.0.1",
+            "With --transport=tcp: IPv4 address to listen on (loopback unless "
+            "--tcp-trusted-lan).",
+        ],
         ["tor-control", None, None, "Attach to a running tor's control endpoint."],
         ["tor-binary", None, "tor", "The tor executable to launch."],
         [
@@ -70,6 +78,12 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["no-onion-pow", None, "Turn off Tor's proof-of-work defence."],
+        [
+            "tcp-trusted-lan",
+            None,
+            "With --transport=tcp: allow addresses outside this machine. Plain "
+            "TCP has no integrity after the handshake: trusted networks only.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -92,6 +106,15 @@ class Options(usage.Options):
         if not 0 <= port <= 65535:
             raise usage.UsageError("--tcp-port must be between 0 and 65535")
         self["tcp-port"] = port
+        try:
+            address = ipaddress.IPv4Address(self["tcp-interface"])
+        except ValueError:
+            raise usage.UsageError("--tcp-interface must be an IPv4 address") from None
+        if not (address.is_loopback or self["tcp-trusted-lan"]):
+            raise usage.UsageError(
+                "--tcp-interface outside loopback needs --tcp-trusted-lan: plain "
+                "TCP carries peer traffic unprotected"
+            )
         self["extra-torrc"] = _read_torrc_options(self["tor-network-config"])
         self["onion-defences"] = self._onion_defences()
 
@@ -168,6 +191,8 @@ def make_service(options: Options, reactor: Any) -> IService:
         node_dir=options["node-dir"],
         transport=options["transport"],
         tcp_listen_port=options["tcp-port"],
+        tcp_interface=options["tcp-interface"],
+        tcp_trusted_lan=bool(options["tcp-trusted-lan"]),
         tor_control=options["tor-control"],
         tor_binary=options["tor-binary"],
         extra_torrc=options["extra-torrc"],

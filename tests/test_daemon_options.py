@@ -55,3 +55,10 @@ class DaemonOptionsTests(SynchronousTestCase):
         self.assertIn("--tcp-port", self.refused("--tcp-port=70000"))
         self.assertIn("--transport", self.refused("--transport=udp"))
         self.assertIn("--log-level", self.refused("--log-level=loud"))
+        self.assertIn("IPv4", self.refused("--tcp-interface=localhost"))
+        self.assertIn("--tcp-trusted-lan", self.refused("--tcp-interface=192.168.1.5"))
+
+    def test_trusted_lan(self) -> None:
+        options = self.parse("--tcp-interface=192.168.1.5", "--tcp-trusted-lan")
+        self.assertEqual(options["tcp-interface"], "192.168.1.5")
+        self.assertTrue(options["tcp-trusted-lan"])

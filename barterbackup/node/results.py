@@ -20,6 +20,8 @@ class NodeConfig:
     node_dir: Path
     transport: str = "tor"
     tcp_listen_port: int = 0
+    tcp_interface: str = "127.0.0.1"
+    tcp_trusted_lan: bool = False
     tor_control: str | None = None
     tor_binary: str = "tor"
     extra_torrc: tuple[tuple[str, str], ...] = ()

@@ -80,7 +80,12 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
 
     def make_transport(keys: NodeKeys) -> Transport:
         if config.transport == "tcp":
-            return PlainTcpTransport(reactor, config.tcp_listen_port)
+            return PlainTcpTransport(
+                reactor,
+                config.tcp_listen_port,
+                config.tcp_interface,
+                trusted_lan=config.tcp_trusted_lan,
+            )
         from barterbackup.transport.tor import TorTransport
 
         return TorTransport(
