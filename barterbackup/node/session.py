@@ -13,6 +13,7 @@ no-network swarm can run whole nodes on a ``task.Clock``.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -25,8 +26,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
+from barterbackup.chat.outbox import Outbox, OutboxCorrupt
+from barterbackup.chat.service import ChatService
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
+from barterbackup.keys.derive import LABEL_CHAT_OUTBOX
 from barterbackup.logs import get_logger
 from barterbackup.node.handler import NodePeerHandler
 from barterbackup.node.results import NodeConfig
@@ -66,6 +70,9 @@ class NodeEnvironment:
     now: Callable[[], float] = time.time
     # rng draws jitter for reconnects and schedules.
     rng: random.Random = field(default_factory=random.SystemRandom)
+    # random_bytes draws secrets and nonces (chat keys, session nonces,
+    # offer ids): the OS's random source except on the no-network swarm.
+    random_bytes: Callable[[int], bytes] = os.urandom
 
 
 def _no_transport() -> Transport:
@@ -108,6 +115,7 @@ class UnlockedSession(MultiService):
         content: ContentStore,
         replicas: ReplicaStore,
         records: PeerRecords,
+        outbox: Outbox,
     ) -> None:
         super().__init__()
         self.env = env
@@ -128,6 +136,17 @@ class UnlockedSession(MultiService):
         self.pool = ConnectionPool(
             clock, keys, self.transport, handler, records, env.now, env.rng
         )
+        self.chat = ChatService(
+            clock=clock,
+            blocking=env.blocking,
+            random_bytes=env.random_bytes,
+            local_onion=keys.onion_pubkey,
+            keys=records,
+            connections=self.pool,
+            outbox=outbox,
+        )
+        handler.serve_chat_with(self.chat)
+        self.pool.when_connected(self.chat.peer_connected)
         self.network = PeerNetwork(clock, keys, self.transport, self.pool)
         self.network.setServiceParent(self)
         self.autosync = AutoSync(
@@ -160,7 +179,10 @@ class UnlockedSession(MultiService):
             # Stay locked, with nothing left open.
             await env.blocking(content.close)
             raise
-        return cls(env, keys, metadata, content, replicas, records)
+        outbox: Outbox = await env.blocking(
+            lambda: _open_outbox(node_dir, keys.subkey(LABEL_CHAT_OUTBOX), env.clock)
+        )
+        return cls(env, keys, metadata, content, replicas, records, outbox)
 
     def _pushed(self, peer: bytes, number: int) -> None:
         self.records.remember(peer, int(self.env.now()), held_revision=number)
@@ -170,6 +192,29 @@ class UnlockedSession(MultiService):
 
     async def _stop(self) -> None:
         self.autosync.stop()
+        self.chat.stop()
         await super().stopService()
         await self.records.flush()
         await self.env.blocking(self.content.close)
+
+
+def _open_outbox(node_dir: Path, key: bytes, clock: ReactorTime) -> Outbox:
+    """The chat outbox; one that does not open is moved aside, not fatal.
+
+    An outbox that fails authentication (damaged, or written under another
+    key) cannot be read by anyone without that key; the chat should not
+    stop working for it. Its bytes are kept beside it for inspection.
+    """
+    path = paths.chat_outbox_path(node_dir)
+    try:
+        return Outbox(path, key, clock)
+    except OutboxCorrupt as error:
+        aside = path.with_name(f"{path.name}.unreadable-{int(clock.seconds())}")
+        os.replace(path, aside)
+        log.error(
+            "the chat outbox does not open ({error}); moved it to {aside} and "
+            "started an empty one",
+            error=error,
+            aside=str(aside),
+        )
+        return Outbox(path, key, clock)
