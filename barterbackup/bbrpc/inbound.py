@@ -119,8 +119,10 @@ class InboundCall:
         self._calls.conn.send_envelope(envelope)
 
     def handler_failed(self, failure: Failure) -> None:
-        if self.cancelled:
-            # The handler stopping because we cancelled it is no news.
+        if self.cancelled or failure.check(CallCancelled) is not None:
+            # The handler stopping because we cancelled it, or because the
+            # connection went (its transport fails the waiting sends before
+            # the connection hears it was lost), is no news.
             return
         if failure.check(PeerCallError) is not None:
             error: PeerCallError = failure.value  # type: ignore[assignment]

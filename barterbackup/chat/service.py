@@ -38,8 +38,8 @@ sessions (more calls are answered BUSY), ``MAX_ATTACHMENTS`` attachments,
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -356,13 +356,26 @@ class ChatService:
         # Connected: peer_connected (the pool's listener) opens the session.
         dialling.addCallbacks(lambda conn: None, failed)
 
-    def detach(self, attachment: ChatAttachment, reason: str) -> None:
+    def detach(
+        self,
+        attachment: ChatAttachment,
+        reason: str,
+        unread: Iterable[MessageIn] = (),
+    ) -> None:
+        """``attachment`` leaves; ``unread`` are messages it was never shown.
+
+        They are kept for the next attachment when nobody else is attached
+        (the others saw them). The last to leave stops every session with
+        the peer.
+        """
         conv = attachment.conversation
         if attachment not in conv.attachments:
             return
         conv.attachments.remove(attachment)
         attachment.tell(ChatEnded(conv.address, reason or "left the chat"))
         if not conv.attachments:
+            for message in unread:
+                self._hold(conv, replace(message, replayed=False))
             for live in list(conv.sessions):
                 if live.session is not None:
                     live.session.stop(reason or "left the chat")
@@ -502,6 +515,10 @@ class ChatService:
         if conv.attachments:
             conv.broadcast(update)
             return
+        self._hold(conv, update)
+
+    def _hold(self, conv: _Conversation, update: MessageIn) -> None:
+        """Keep a message for the next attachment, within the bounds."""
         if len(conv.unread) >= MAX_UNREAD_PER_PEER:
             self._drop_unread(conv)
         elif self._unread_total >= MAX_UNREAD_TOTAL:
@@ -744,10 +761,9 @@ class ChatService:
                 f"{MAX_FETCHES} files are being fetched already; wait a moment"
             )
         self._fetching.add(offer.offer_id)
-        fetching = Deferred.fromCoroutine(
+        Deferred.fromCoroutine(
             self._fetch(attachment, conn, offer, directory, key, action_id)
         )
-        fetching.addBoth(lambda _: self._fetching.discard(offer.offer_id))
 
     async def _fetch(
         self,
@@ -794,15 +810,21 @@ class ChatService:
                 report=report,
             )
         except ChatError as error:
-            progress(FAILED, 0, message=str(error))
-            return
+            outcome, why = FAILED, str(error)
         except Exception:
             log.failure("fetching an offered file failed", Failure())
-            progress(FAILED, 0, message="internal error; see the daemon log")
-            return
-        self.incoming.remove(offer.offer_id)
-        log.info("received {name} ({size} bytes)", name=offer.name, size=offer.size)
-        progress(DONE, offer.size, path=str(path))
+            outcome, why = FAILED, "internal error; see the daemon log"
+        else:
+            outcome, why = DONE, ""
+            self.incoming.remove(offer.offer_id)
+            log.info("received {name} ({size} bytes)", name=offer.name, size=offer.size)
+        # Free the offer before saying so: whoever hears "failed" may fetch
+        # it again at once.
+        self._fetching.discard(offer.offer_id)
+        if outcome == DONE:
+            progress(DONE, offer.size, path=str(path))
+        else:
+            progress(FAILED, 0, message=why)
 
     def _start_offer(
         self, attachment: ChatAttachment, path: Path, action_id: int
@@ -1021,9 +1043,13 @@ class ChatAttachment:
         offer = self._service.incoming.find(offer_id, self.conversation.peer)
         self._service._start_fetch(self, offer, target, action_id)
 
-    def stop(self, reason: str = "") -> None:
-        """Leave the chat; the last to leave stops the sessions with the peer."""
-        self._service.detach(self, reason)
+    def stop(self, reason: str = "", unread: Iterable[MessageIn] = ()) -> None:
+        """Leave the chat; the last to leave stops the sessions with the peer.
+
+        ``unread`` are messages this attachment received but could not
+        show (its client stopped reading): they wait for the next one.
+        """
+        self._service.detach(self, reason, unread)
 
     def _check_attached(self) -> None:
         if not self.attached:
