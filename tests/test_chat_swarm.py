@@ -340,7 +340,10 @@ class OfferSwarmTests(SynchronousTestCase):
         # not overwrite this one (receiving.py numbers it).
         [listed] = [o for o in self.b.node.chat_overview() if o.peer == self.a.address]
         self.assertEqual(listed.offers_received, [])
-        self.assertTrue(any("fetched" in n.text for n in self.alice.of(Notice)))
+        self.assertIn(
+            f"the peer fetched report.pdf ({len(data)} bytes)",
+            [n.text for n in self.alice.of(Notice)],
+        )
 
     def test_a_tampered_piece_is_refused_and_the_rest_resumes(self) -> None:
         data = os.urandom(3 * PIECE_BYTES)

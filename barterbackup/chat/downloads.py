@@ -37,6 +37,7 @@ from barterbackup.chat.aead import (
 from barterbackup.chat.offers import OfferRefused, OfferTable, ReceivedOffer
 from barterbackup.chat.peer_key import PeerKey
 from barterbackup.chat.pieces import (
+    AuthorisedDownload,
     DownloadClient,
     Send,
     open_download_request,
@@ -72,8 +73,8 @@ async def serve_encrypted_download(
     offers: OfferTable,
     random_bytes: RandomBytes,
     blocking: Blocking[Any] = run_inline,
-) -> int:
-    """Serve one EncryptedDownload call from ``caller``; the bytes sent."""
+) -> AuthorisedDownload:
+    """Serve one EncryptedDownload call from ``caller``; what was sent."""
     try:
         download = open_download_request(
             request,
@@ -100,7 +101,7 @@ async def serve_encrypted_download(
         )
     except OfferRefused as refusal:
         raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, str(refusal)) from None
-    return download.length
+    return download
 
 
 async def fetch_offer(

@@ -734,9 +734,9 @@ class ChatService:
         finally:
             self._serving -= 1
         if conv is not None:
-            conv.broadcast(
-                Notice(address, f"the peer fetched {sent} bytes of an offer")
-            )
+            resumed = f" from byte {sent.offset}" if sent.offset else ""
+            what = f"{sent.offer.name} ({sent.length} bytes{resumed})"
+            conv.broadcast(Notice(address, f"the peer fetched {what}"))
 
     def _start_fetch(
         self,
