@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -37,36 +36,10 @@ from barterbackup.paths import default_socket_path
 from barterbackup.rpc.client import GRPC_OPTIONS
 from barterbackup.rpc.server import CliRpcServer
 from barterbackup.rpc.servicer import OVERFLOWED, ChatEventQueue
-from tests.util import PASSWORDS, short_tempdir, start_node
+from tests.util import PASSWORDS, Waiter, short_tempdir, start_node
 
 MIB = 1024 * 1024
 WAIT_SECONDS = 60.0
-
-
-class Waiter:
-    """Updates from a chat listener, and a way to wait for one."""
-
-    def __init__(self) -> None:
-        self.updates: list[ChatUpdate] = []
-        self._waiting: list[tuple[Any, Deferred[Any]]] = []
-
-    def __call__(self, update: ChatUpdate) -> None:
-        self.updates.append(update)
-        for entry in list(self._waiting):
-            predicate, d = entry
-            if predicate(update):
-                self._waiting.remove(entry)
-                d.callback(update)
-
-    def next(self, predicate: Any) -> Deferred[Any]:
-        for update in self.updates:
-            if predicate(update):
-                d: Deferred[Any] = Deferred()
-                d.callback(update)
-                return d
-        d = Deferred()
-        self._waiting.append((predicate, d))
-        return d.addTimeout(WAIT_SECONDS, reactor)
 
 
 async def two_nodes(case: TestCase) -> tuple[Node, Node, Path]:
