@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from barterbackup import errors
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.chat.aead import KEY_MISMATCH_MESSAGE, ChatError
-from barterbackup.chat.downloads import FetchFailed, fetch_offer
+from barterbackup.chat.downloads import FetchFailed, SequentialReader, fetch_offer
 from barterbackup.chat.messages import MAX_MESSAGE_BYTES, InvalidMessage
 from barterbackup.chat.offers import DEFAULT_OFFER_LIFETIME, ReceivedOffer
 from barterbackup.chat.outbox import MAX_QUEUED_PER_PEER
@@ -322,6 +322,14 @@ class OfferSwarmTests(SynchronousTestCase):
         self.assertEqual(offered.offer.sha256, hashlib.sha256(data).hexdigest())
         return offered
 
+    def link_between(self, x: SwarmNode, y: SwarmNode) -> Any:
+        [link] = [
+            link
+            for client, server, link in self.swarm.network.links
+            if not link.closed and {client, server} == {x.address, y.address}
+        ]
+        return link
+
     def progress(self) -> list[TransferProgress]:
         return self.bob.of(TransferProgress)
 
@@ -348,12 +356,7 @@ class OfferSwarmTests(SynchronousTestCase):
     def test_a_tampered_piece_is_refused_and_the_rest_resumes(self) -> None:
         data = os.urandom(3 * PIECE_BYTES)
         offered = self.offer(data)
-        [(_, _, link)] = [
-            entry
-            for entry in self.swarm.network.links
-            if not entry[2].closed
-            and {entry[0], entry[1]} == {self.a.address, self.b.address}
-        ]
+        link = self.link_between(self.a, self.b)
         pieces = [0]
 
         def flip_second_piece(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope:
@@ -456,6 +459,32 @@ class OfferSwarmTests(SynchronousTestCase):
             self.swarm.wait(_deferred(fetching))
         self.assertIn("expired", str(caught.exception))
 
+    def test_a_file_of_the_file_set_is_offered_and_resumed(self) -> None:
+        data = os.urandom(3 * PIECE_BYTES + 99)
+        self.a.write_files({"docs/plan.bin": data})
+        self.alice.chat.offer_stored_file("docs/plan.bin", 4)
+        [made] = self.alice.of(OfferOut)
+        self.assertEqual((made.offer.name, made.offer.size), ("plan.bin", len(data)))
+        [offered] = self.bob.of(OfferIn)
+        self.assertEqual(offered.offer.sha256, hashlib.sha256(data).hexdigest())
+        # Cut after two pieces, then resume: the stored file is read from
+        # the offset asked.
+        link = self.link_between(self.a, self.b)
+        link.cut_after_frames(Direction.to_server, 2)
+        self.bob.chat.accept_file(offered.offer.offer_id, str(self.inbox))
+        self.assertEqual(self.progress()[-1].phase, FAILED)
+        self.assertEqual((self.inbox / "plan.bin.part").stat().st_size, 2 * PIECE_BYTES)
+        self.swarm.connect(self.a, self.b)
+        self.bob.chat.accept_file(offered.offer.offer_id, str(self.inbox))
+        self.assertEqual(self.progress()[-1].phase, DONE)
+        self.assertEqual((self.inbox / "plan.bin").read_bytes(), data)
+
+    def test_a_name_not_in_the_file_set_is_refused(self) -> None:
+        self.alice.chat.offer_stored_file("nope.txt", 8)
+        [notice] = [n for n in self.alice.of(Notice) if n.error]
+        self.assertIn("'nope.txt' is not in the file set", notice.text)
+        self.assertEqual(self.bob.of(OfferIn), [])
+
     def test_relative_paths_and_unknown_offers_are_refused(self) -> None:
         with self.assertRaises(ChatError):
             self.alice.chat.offer_file("relative/file.txt")
@@ -473,3 +502,26 @@ def _deferred(coroutine: Any) -> Any:
     from twisted.internet.defer import Deferred
 
     return Deferred.fromCoroutine(coroutine)
+
+
+class SequentialReaderTests(SynchronousTestCase):
+    def test_pieces_in_order_from_any_offset(self) -> None:
+        data = os.urandom(10_000)
+        opened: list[int] = []
+
+        def open_file() -> Any:
+            opened.append(1)
+            return iter([data[i : i + 777] for i in range(0, len(data), 777)])
+
+        read = SequentialReader(open_file)
+        path = Path("stored")
+        self.assertEqual(read(path, 0, 1000), data[:1000])
+        self.assertEqual(read(path, 1000, 4000), data[1000:5000])
+        # A resumed download starts further on: skipped once, read on.
+        self.assertEqual(read(path, 6000, 3000), data[6000:9000])
+        self.assertEqual(read(path, 9000, 5000), data[9000:])
+        self.assertEqual(read(path, 10_000, 10), b"")
+        self.assertEqual(len(opened), 1)
+        # Going back opens the file again.
+        self.assertEqual(read(path, 10, 10), data[10:20])
+        self.assertEqual(len(opened), 2)

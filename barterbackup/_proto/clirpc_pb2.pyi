@@ -1175,6 +1175,7 @@ class ChatAction(_message.Message):
     OFFER_FILE_FIELD_NUMBER: _builtins.int
     ACCEPT_FILE_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    OFFER_STORED_FILE_FIELD_NUMBER: _builtins.int
     ACTION_ID_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """peer is the onion address of the peer; later actions may leave it
@@ -1184,6 +1185,10 @@ class ChatAction(_message.Message):
     """message sends a text message."""
     offer_file: _builtins.str
     """offer_file offers the local file at this absolute path."""
+    offer_stored_file: _builtins.str
+    """offer_stored_file offers the file of this name of the node's
+    file set (as ListFiles names it).
+    """
     action_id: _builtins.int
     """action_id is chosen by the client; events about this action (the
     delivery of a message, a fetch's progress, an error) repeat it.
@@ -1209,13 +1214,14 @@ class ChatAction(_message.Message):
         offer_file: _builtins.str = ...,
         accept_file: Global___ChatAccept | None = ...,
         stop: Global___ChatStop | None = ...,
+        offer_stored_file: _builtins.str = ...,
         action_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "init", b"init", "message", b"message", "offer_file", b"offer_file", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "init", b"init", "message", b"message", "offer_file", b"offer_file", "offer_stored_file", b"offer_stored_file", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "action_id", b"action_id", "init", b"init", "message", b"message", "offer_file", b"offer_file", "peer", b"peer", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "action_id", b"action_id", "init", b"init", "message", b"message", "offer_file", b"offer_file", "offer_stored_file", b"offer_stored_file", "peer", b"peer", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "message", "offer_file", "accept_file", "stop"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "message", "offer_file", "accept_file", "stop", "offer_stored_file"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

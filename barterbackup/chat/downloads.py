@@ -18,7 +18,9 @@ connection:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,13 +36,20 @@ from barterbackup.chat.aead import (
     RandomBytes,
     StreamCut,
 )
-from barterbackup.chat.offers import OfferRefused, OfferTable, ReceivedOffer
+from barterbackup.chat.offers import (
+    Offer,
+    OfferRefused,
+    OfferTable,
+    ReceivedOffer,
+    describe_file,
+)
 from barterbackup.chat.peer_key import PeerKey
 from barterbackup.chat.pieces import (
     AuthorisedDownload,
     DownloadClient,
     Send,
     open_download_request,
+    read_file_range,
     serve_download,
 )
 from barterbackup.chat.receiving import FileReceiver, ReceivedFileMismatch
@@ -53,6 +62,91 @@ NO_KEY_AT_SERVER = KEY_MISMATCH_MESSAGE + " (the peer has no chat key for us)"
 
 class FetchFailed(ChatError):
     """A fetch did not complete; the message says why and whether to retry."""
+
+
+class StoredFiles(Protocol):
+    """The node's own file set, for offering a backed-up file (blocking)."""
+
+    def size(self, name: str) -> int: ...
+
+    def open(self, name: str) -> Iterator[bytes]: ...
+
+
+class SequentialReader:
+    """``read(path, offset, length)`` over an iterator of a file's bytes.
+
+    Offered pieces are read in order, so one pass over the stored file
+    serves a whole download; a download resumed at an offset skips to it
+    once (a stored file's bytes are decrypted and verified on the way, so
+    skipping costs what reading costs).
+    """
+
+    def __init__(self, open_file: Callable[[], Iterator[bytes]]) -> None:
+        self._open = open_file
+        self._chunks: Iterator[bytes] | None = None
+        self._position = 0
+        self._buffer = bytearray()
+
+    def __call__(self, path: Path, offset: int, length: int) -> bytes:
+        if self._chunks is None or offset < self._position:
+            self._chunks = iter(self._open())
+            self._position = 0
+            self._buffer = bytearray()
+        while self._position < offset:
+            if not self._buffer and not self._more():
+                return b""
+            skipped = min(len(self._buffer), offset - self._position)
+            del self._buffer[:skipped]
+            self._position += skipped
+        while len(self._buffer) < length and self._more():
+            pass
+        data = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._position += len(data)
+        return data
+
+    def _more(self) -> bool:
+        assert self._chunks is not None
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self._buffer += chunk
+        return True
+
+
+class OfferedFiles:
+    """Where offered bytes come from: a local file, or the file set."""
+
+    def __init__(self, stored: StoredFiles | None = None) -> None:
+        self._stored = stored
+
+    def _file_set(self) -> StoredFiles:
+        if self._stored is None:
+            raise OfferRefused("this node offers no files of its file set")
+        return self._stored
+
+    def describe(self, path: Path, stored: bool) -> tuple[int, bytes]:
+        """Size and SHA-256 of what would be offered (blocking)."""
+        if not stored:
+            return describe_file(path)
+        files = self._file_set()
+        size = files.size(str(path))
+        digest = hashlib.sha256()
+        for chunk in files.open(str(path)):
+            digest.update(chunk)
+        return size, digest.digest()
+
+    def size(self, offer: Offer) -> int:
+        if offer.stored:
+            return self._file_set().size(str(offer.path))
+        return os.path.getsize(offer.path)
+
+    def reader(self, offer: Offer) -> Callable[[Path, int, int], bytes]:
+        """What ``serve_download`` reads one download's pieces with."""
+        if not offer.stored:
+            return read_file_range
+        files = self._file_set()
+        return SequentialReader(lambda: files.open(str(offer.path)))
 
 
 class DownloadConnection(Protocol):
@@ -73,6 +167,7 @@ async def serve_encrypted_download(
     offers: OfferTable,
     random_bytes: RandomBytes,
     blocking: Blocking[Any] = run_inline,
+    files: OfferedFiles | None = None,
 ) -> AuthorisedDownload:
     """Serve one EncryptedDownload call from ``caller``; what was sent."""
     try:
@@ -91,12 +186,16 @@ async def serve_encrypted_download(
     except FrameRefused as refusal:
         raise PeerCallError(bbrpc_pb2.ERROR_CODE_BAD_REQUEST, str(refusal)) from None
     assert peer_key is not None  # open_download_request refuses without one
+    files = files or OfferedFiles()
+    offer = download.offer
     try:
         await serve_download(
             download,
             peer_key=peer_key,
             send=send,
             random_bytes=random_bytes,
+            read=files.reader(offer),
+            size_of=lambda path: files.size(offer),
             blocking=blocking,
         )
     except OfferRefused as refusal:

@@ -306,6 +306,7 @@ async def serve_download(
     send: Send,
     random_bytes: RandomBytes,
     read: Callable[[Path, int, int], bytes] = read_file_range,
+    size_of: Callable[[Path], int] = os.path.getsize,
     blocking: Blocking[Any] = run_inline,
 ) -> None:
     """Stream the authorised bytes in sealed pieces, awaiting each send.
@@ -317,7 +318,7 @@ async def serve_download(
     its frame, with no copy of its own.
     """
     offer = download.offer
-    size = await blocking(partial(os.path.getsize, offer.path))
+    size = await blocking(partial(size_of, offer.path))
     if size != offer.size:
         raise OfferRefused("the offered file changed since it was offered")
     server_nonce = bytes(random_bytes(SESSION_NONCE_LENGTH))

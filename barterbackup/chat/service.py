@@ -52,6 +52,8 @@ from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.chat import peer_key as peer_keys
 from barterbackup.chat.aead import KEY_MISMATCH_MESSAGE, ChatError, RandomBytes, Role
 from barterbackup.chat.downloads import (
+    OfferedFiles,
+    StoredFiles,
     fetch_offer,
     serve_encrypted_download,
 )
@@ -61,7 +63,6 @@ from barterbackup.chat.offers import (
     OfferRefused,
     OfferTable,
     ReceivedOffer,
-    describe_file,
 )
 from barterbackup.chat.outbox import Outbox, QueuedMessage
 from barterbackup.chat.peer_key import PeerKey
@@ -238,6 +239,7 @@ class ChatService:
         keys: PeerKeyStore,
         connections: PeerConnections,
         outbox: Outbox,
+        stored_files: StoredFiles | None = None,
     ) -> None:
         self._clock = clock
         self._blocking = blocking
@@ -247,6 +249,8 @@ class ChatService:
         self._connections = connections
         self._outbox = outbox
         self._outbox_lock = DeferredLock()
+        # Offered bytes: local files, or files of our file set.
+        self._files = OfferedFiles(stored_files)
         self.offers = OfferTable(clock, random_bytes)
         self.incoming = IncomingOffers(clock)
         self._conversations: dict[bytes, _Conversation] = {}
@@ -722,6 +726,7 @@ class ChatService:
                 offers=self.offers,
                 random_bytes=self._random_bytes,
                 blocking=self._blocking,
+                files=self._files,
             )
         except PeerCallError as error:
             if conv is not None and error.message.startswith(KEY_MISMATCH_MESSAGE):
@@ -827,7 +832,7 @@ class ChatService:
             progress(FAILED, 0, message=why)
 
     def _start_offer(
-        self, attachment: ChatAttachment, path: Path, action_id: int
+        self, attachment: ChatAttachment, path: Path, action_id: int, stored: bool
     ) -> None:
         conv = attachment.conversation
         if self.peer_key(conv.peer) is None:
@@ -835,7 +840,9 @@ class ChatService:
                 "offered files travel by EncryptedDownload, which needs the chat "
                 "key; set one first"
             )
-        offering = Deferred.fromCoroutine(self._offer(attachment, path, action_id))
+        offering = Deferred.fromCoroutine(
+            self._offer(attachment, path, action_id, stored)
+        )
 
         def failed(failure: Failure) -> None:
             if failure.check(ChatError) is None and failure.check(OSError) is None:
@@ -854,11 +861,11 @@ class ChatService:
         offering.addErrback(failed)
 
     async def _offer(
-        self, attachment: ChatAttachment, path: Path, action_id: int
+        self, attachment: ChatAttachment, path: Path, action_id: int, stored: bool
     ) -> None:
         conv = attachment.conversation
-        size, sha256 = await self._blocking(partial(describe_file, path))
-        offer = self.offers.offer(conv.peer, path, size, sha256)
+        size, sha256 = await self._blocking(partial(self._files.describe, path, stored))
+        offer = self.offers.offer(conv.peer, path, size, sha256, stored=stored)
         try:
             live = self._session_for(attachment)
             if live is None or live.session is None:
@@ -1029,7 +1036,14 @@ class ChatAttachment:
         target = Path(path)
         if not target.is_absolute():
             raise ChatError("give the file to offer as an absolute path")
-        self._service._start_offer(self, target, action_id)
+        self._service._start_offer(self, target, action_id, stored=False)
+
+    def offer_stored_file(self, name: str, action_id: int = 0) -> None:
+        """Offer the file ``name`` of this node's file set (``files list``)."""
+        self._check_attached()
+        if not name or name.startswith("/"):
+            raise ChatError("name a file of the file set as `files list` shows it")
+        self._service._start_offer(self, Path(name), action_id, stored=True)
 
     def accept_file(self, offer_id: str, directory: str, action_id: int = 0) -> None:
         """Fetch the peer's offer named by ``offer_id`` (≥ 4 hex digits) into

@@ -6,7 +6,8 @@
     barterbackup chat --list           queued messages and pending offers
 
 Commands, typed or as lines of a pipe: ``/file PATH`` offers a file,
-``/get ID [DIR]`` fetches an offer (into DIR, default the current
+``/stored NAME`` offers a file of the backed-up file set (as ``files
+list`` names it), ``/get ID [DIR]`` fetches an offer (into DIR, default the current
 directory) with a progress bar, ``/quit`` leaves, ``/help``. A line
 starting with ``//`` sends that line without its first slash.
 
@@ -51,6 +52,7 @@ from barterbackup.cli.output import Output, format_bytes
 HELP = """\
 commands:
   /file PATH       offer a file to the peer
+  /stored NAME     offer a file of the backed-up file set (`files list`)
   /get ID [DIR]    fetch the peer's offer ID into DIR (default: here)
   /quit            leave the chat
   //text           send a message that starts with "/"
@@ -130,6 +132,10 @@ def parse_line(line: str, cwd: Path) -> tuple[str, ...]:
         if not rest:
             return ("usage", "/file PATH")
         return ("file", str((cwd / Path(rest).expanduser()).resolve()))
+    if command == "stored":
+        if not rest:
+            return ("usage", "/stored NAME")
+        return ("stored", rest)
     if command == "get":
         offer_id, _, directory = rest.partition(" ")
         if not offer_id:
@@ -438,6 +444,8 @@ class ChatClient:
             self.act(message=parsed[1])
         elif kind == "file":
             self.act(offer_file=parsed[1])
+        elif kind == "stored":
+            self.act(offer_stored_file=parsed[1])
         elif kind == "get":
             self.act(
                 accept_file=clirpc_pb2.ChatAccept(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
+from barterbackup.chat.offers import OfferRefused
 from barterbackup.chat.outbox import Outbox, OutboxCorrupt
 from barterbackup.chat.service import ChatService
-from barterbackup.content.engine import ContentStore
+from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
 from barterbackup.keys.derive import LABEL_CHAT_OUTBOX
 from barterbackup.logs import get_logger
@@ -144,6 +145,7 @@ class UnlockedSession(MultiService):
             keys=records,
             connections=self.pool,
             outbox=outbox,
+            stored_files=FileSetFiles(content),
         )
         handler.serve_chat_with(self.chat)
         self.pool.when_connected(self.chat.peer_connected)
@@ -196,6 +198,25 @@ class UnlockedSession(MultiService):
         await super().stopService()
         await self.records.flush()
         await self.env.blocking(self.content.close)
+
+
+class FileSetFiles:
+    """The current revision's files, as chat offers them (worker threads)."""
+
+    def __init__(self, content: ContentStore) -> None:
+        self._content = content
+
+    def size(self, name: str) -> int:
+        try:
+            return int(self._content.file_entry(name).size)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
+
+    def open(self, name: str) -> Iterator[bytes]:
+        try:
+            return self._content.read_file(name)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
 
 
 def _open_outbox(node_dir: Path, key: bytes, clock: ReactorTime) -> Outbox:

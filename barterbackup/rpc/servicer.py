@@ -562,6 +562,8 @@ def _chat_act(attachment: ChatAttachment, action: clirpc_pb2.ChatAction) -> None
         attachment.send_message(action.message, action.action_id)
     elif kind == "offer_file":
         attachment.offer_file(action.offer_file, action.action_id)
+    elif kind == "offer_stored_file":
+        attachment.offer_stored_file(action.offer_stored_file, action.action_id)
     elif kind == "accept_file":
         attachment.accept_file(
             action.accept_file.offer_id,
