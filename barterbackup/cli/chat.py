@@ -19,11 +19,11 @@ passed); it exits 1 if a message could not be sent or a fetch failed.
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import itertools
 import json
 import queue
+import signal
 import sys
 import threading
 import time
@@ -390,9 +390,12 @@ class ChatClient:
             with self._changed:
                 self.ended = True
                 self._changed.notify_all()
-            if self._main_waiting_for_input:
-                # Wake the prompt up: the chat is over.
-                _thread.interrupt_main()
+                if self._main_waiting_for_input:
+                    # Wake the prompt up: the chat is over. A real signal
+                    # to the main thread, so readline's wait returns.
+                    signal.pthread_kill(
+                        threading.main_thread().ident or 0, signal.SIGINT
+                    )
 
     def _settle(self, event: clirpc_pb2.ChatEvent) -> None:
         action = event.action_id
@@ -472,12 +475,18 @@ class ChatClient:
             "* type a message and press Enter; /help for commands, /quit to leave"
         )
         try:
-            while not self.ended:
-                self._main_waiting_for_input = True
+            while True:
+                # Under the lock: either this loop sees the end, or the
+                # event thread sees the flag and interrupts the prompt.
+                with self._changed:
+                    if self.ended:
+                        break
+                    self._main_waiting_for_input = True
                 try:
                     line = screen.read_line()
                 finally:
-                    self._main_waiting_for_input = False
+                    with self._changed:
+                        self._main_waiting_for_input = False
                 if not self.handle(line):
                     break
         except EOFError:
