@@ -12,6 +12,24 @@ from pathlib import Path
 from barterbackup import __version__
 from barterbackup.transport.onion import OnionDefences
 
+# What a chat attachment is told, and what `chat --list` shows: the chat
+# service's records are the node API's records.
+from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
+    ChatEnded,
+    ChatOverview,
+    ChatUpdate,
+    FileInfo,
+    MessageIn,
+    MessageStatus,
+    Notice,
+    OfferIn,
+    OfferOut,
+    QueuedInfo,
+    SessionClosed,
+    SessionOpened,
+    TransferProgress,
+)
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -69,6 +87,28 @@ class PeerInfo:
     stored_bytes: int
     shared_in_exchange: bool
     endpoint: str
+    # chat_key_fingerprint is the fingerprint of the peer's chat key, or
+    # empty when none is set.
+    chat_key_fingerprint: str = ""
+
+
+@dataclass(frozen=True, repr=False)
+class ChatKeyResult:
+    """The chat key of a peer after SetAeadKeyForPeer."""
+
+    onion_address: str
+    # fingerprint is empty once the key was cleared.
+    fingerprint: str
+    # key_text is the key as a person passes it on, only when the node
+    # generated it (it is shown once and never stored in this form).
+    key_text: str = ""
+
+    def __repr__(self) -> str:
+        # The key is a secret: never in a repr or a log line.
+        return (
+            f"ChatKeyResult(onion_address={self.onion_address!r}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
 
 
 @dataclass(frozen=True)

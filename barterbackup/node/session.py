@@ -13,9 +13,10 @@ no-network swarm can run whole nodes on a ``task.Clock``.
 
 from __future__ import annotations
 
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
-from barterbackup.content.engine import ContentStore
+from barterbackup.chat.offers import OfferRefused
+from barterbackup.chat.outbox import Outbox, OutboxCorrupt
+from barterbackup.chat.service import ChatService
+from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
+from barterbackup.keys.derive import LABEL_CHAT_OUTBOX
 from barterbackup.logs import get_logger
 from barterbackup.node.handler import NodePeerHandler
 from barterbackup.node.results import NodeConfig
@@ -66,6 +71,9 @@ class NodeEnvironment:
     now: Callable[[], float] = time.time
     # rng draws jitter for reconnects and schedules.
     rng: random.Random = field(default_factory=random.SystemRandom)
+    # random_bytes draws secrets and nonces (chat keys, session nonces,
+    # offer ids): the OS's random source except on the no-network swarm.
+    random_bytes: Callable[[int], bytes] = os.urandom
 
 
 def _no_transport() -> Transport:
@@ -114,6 +122,7 @@ class UnlockedSession(MultiService):
         content: ContentStore,
         replicas: ReplicaStore,
         records: PeerRecords,
+        outbox: Outbox,
     ) -> None:
         super().__init__()
         self.env = env
@@ -134,6 +143,18 @@ class UnlockedSession(MultiService):
         self.pool = ConnectionPool(
             clock, keys, self.transport, handler, records, env.now, env.rng
         )
+        self.chat = ChatService(
+            clock=clock,
+            blocking=env.blocking,
+            random_bytes=env.random_bytes,
+            local_onion=keys.onion_pubkey,
+            keys=records,
+            connections=self.pool,
+            outbox=outbox,
+            stored_files=FileSetFiles(content),
+        )
+        handler.serve_chat_with(self.chat)
+        self.pool.when_connected(self.chat.peer_connected)
         self.network = PeerNetwork(clock, keys, self.transport, self.pool)
         self.network.setServiceParent(self)
         self.autosync = AutoSync(
@@ -166,7 +187,10 @@ class UnlockedSession(MultiService):
             # Stay locked, with nothing left open.
             await env.blocking(content.close)
             raise
-        return cls(env, keys, metadata, content, replicas, records)
+        outbox: Outbox = await env.blocking(
+            lambda: _open_outbox(node_dir, keys.subkey(LABEL_CHAT_OUTBOX), env.clock)
+        )
+        return cls(env, keys, metadata, content, replicas, records, outbox)
 
     def _pushed(self, peer: bytes, number: int) -> None:
         self.records.remember(peer, int(self.env.now()), held_revision=number)
@@ -176,6 +200,48 @@ class UnlockedSession(MultiService):
 
     async def _stop(self) -> None:
         self.autosync.stop()
+        self.chat.stop()
         await super().stopService()
         await self.records.flush()
         await self.env.blocking(self.content.close)
+
+
+class FileSetFiles:
+    """The current revision's files, as chat offers them (worker threads)."""
+
+    def __init__(self, content: ContentStore) -> None:
+        self._content = content
+
+    def size(self, name: str) -> int:
+        try:
+            return int(self._content.file_entry(name).size)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
+
+    def open(self, name: str) -> Iterator[bytes]:
+        try:
+            return self._content.read_file(name)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
+
+
+def _open_outbox(node_dir: Path, key: bytes, clock: ReactorTime) -> Outbox:
+    """The chat outbox; one that does not open is moved aside, not fatal.
+
+    An outbox that fails authentication (damaged, or written under another
+    key) cannot be read by anyone without that key; the chat should not
+    stop working for it. Its bytes are kept beside it for inspection.
+    """
+    path = paths.chat_outbox_path(node_dir)
+    try:
+        return Outbox(path, key, clock)
+    except OutboxCorrupt as error:
+        aside = path.with_name(f"{path.name}.unreadable-{int(clock.seconds())}")
+        os.replace(path, aside)
+        log.error(
+            "the chat outbox does not open ({error}); moved it to {aside} and "
+            "started an empty one",
+            error=error,
+            aside=str(aside),
+        )
+        return Outbox(path, key, clock)

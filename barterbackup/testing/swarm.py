@@ -198,6 +198,7 @@ class Swarm:
             derive_keys=cheap_keys,
             now=self.clock.seconds,
             rng=random.Random(self._rng.random()),
+            random_bytes=random.Random(self._rng.random()).randbytes,
         )
 
     def add_node(self, node_dir: Path, index: int) -> SwarmNode:
