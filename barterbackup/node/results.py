@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barterbackup import __version__
-from barterbackup.transport.onion import OnionDefences
 
 # What a chat attachment is told, and what `chat --list` shows: the chat
 # service's records are the node API's records.
@@ -29,6 +28,7 @@ from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
     SessionOpened,
     TransferProgress,
 )
+from barterbackup.transport.onion import OnionDefences
 
 
 @dataclass(frozen=True)
