@@ -34,8 +34,8 @@ from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
 from barterbackup.paths import default_socket_path
 from barterbackup.rpc.client import GRPC_OPTIONS
+from barterbackup.rpc.queues import OVERFLOWED, ChatEventQueue
 from barterbackup.rpc.server import CliRpcServer
-from barterbackup.rpc.servicer import OVERFLOWED, ChatEventQueue
 from tests.util import PASSWORDS, Waiter, short_tempdir, start_node
 
 MIB = 1024 * 1024

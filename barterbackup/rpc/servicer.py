@@ -19,9 +19,7 @@ attachment.
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
@@ -55,6 +53,7 @@ from barterbackup.node.results import (
 )
 from barterbackup.progress import Progress
 from barterbackup.rpc.errors import status_for
+from barterbackup.rpc.queues import OVERFLOWED, ChatEventQueue, ProgressQueue
 
 log = get_logger("barterbackup.rpc")
 
@@ -287,27 +286,25 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         Deferred; its events travel here through a queue, and the stream
         ends when the Deferred fires (or aborts with its error).
         """
-        events: queue.Queue[object] = queue.Queue()
+        events = ProgressQueue()
 
         def start() -> None:
             d = operation(*args, events.put)
-            d.addCallbacks(lambda _: events.put(_END), events.put)
+            d.addBoth(events.end)
 
         self._on_reactor(context, start)
         while True:
-            try:
-                item = events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
+            item = events.get(timeout=POLL_SECONDS)
+            if item is None:
                 if not context.is_active():
                     return
-                continue
-            if item is _END:
-                return
-            if isinstance(item, Progress):
+            elif isinstance(item, Progress):
                 yield _progress(item)
-            else:
-                assert isinstance(item, Failure) and item.value is not None
+            elif isinstance(item, Failure):
+                assert item.value is not None
                 self._abort(context, item.value)
+            else:
+                return
 
     # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
 
@@ -483,72 +480,6 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         # first, so scripts see one consistent precondition.
         self._on_reactor(context, _check_unlocked, self._node)
         self._abort(context, errors.NotBuiltYet(method, subsystem))
-
-
-_END = object()
-OVERFLOWED = "overflowed"
-
-
-class ChatEventQueue:
-    """Chat updates from the reactor thread to one gRPC stream, bounded.
-
-    A progress update replaces a progress update of the same fetch that is
-    still waiting, so a slow reader costs no memory per MiB transferred. If
-    ``limit`` updates wait anyway the client has stopped reading: the queue
-    empties, ``on_overflow`` gets the messages it held (for the node to keep
-    for the next attachment) and ``get`` answers OVERFLOWED from then on.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.on_overflow: Callable[[list[MessageIn]], object] = lambda unread: None
-        self._items: deque[ChatUpdate] = deque()
-        self._ready = threading.Condition()
-        self._overflowed = False
-
-    def put(self, update: ChatUpdate) -> None:
-        """Queue ``update`` (the reactor thread; never blocks)."""
-        unread: list[MessageIn] = []
-        with self._ready:
-            if self._overflowed:
-                return
-            if isinstance(update, TransferProgress) and self._replaced(update):
-                return
-            if len(self._items) < self.limit:
-                self._items.append(update)
-                self._ready.notify()
-                return
-            self._overflowed = True
-            unread = [i for i in self._items if isinstance(i, MessageIn)]
-            self._items.clear()
-            self._ready.notify()
-        if isinstance(update, MessageIn):
-            unread.append(update)
-        self.on_overflow(unread)
-
-    def _replaced(self, update: TransferProgress) -> bool:
-        for index, waiting in enumerate(self._items):
-            if (
-                isinstance(waiting, TransferProgress)
-                and waiting.offer_id == update.offer_id
-                and waiting.phase == update.phase
-            ):
-                self._items[index] = update
-                return True
-        return False
-
-    def get(self, timeout: float) -> ChatUpdate | str | None:
-        """The next update, OVERFLOWED, or None after ``timeout`` seconds."""
-        with self._ready:
-            if not self._items and not self._overflowed:
-                self._ready.wait(timeout)
-            if self._overflowed:
-                return OVERFLOWED
-            return self._items.popleft() if self._items else None
-
-    def __len__(self) -> int:
-        with self._ready:
-            return len(self._items)
 
 
 def _chat_act(attachment: ChatAttachment, action: clirpc_pb2.ChatAction) -> None:
