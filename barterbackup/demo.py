@@ -13,7 +13,10 @@ confidence; alice edits files and only the delta travels; then carol's
 node stops: alice's contract with carol turns suspect, ``status --check``
 says "under-replicated", and once the (shortened) outage limit is over the
 contract breaks and alice's node forms a replacement contract with dave by
-itself and syncs her content to it before letting carol go.
+itself and syncs her content to it before letting carol go. Then alice
+and bob agree on a chat key and chat encrypted: alice sends a message and
+offers a photo, bob (a script reading ``chat --json`` events) fetches it
+and answers, and alice reads the answer later.
 
 The daemons run with ``--contract-timings`` (checks every minute, a
 one-minute outage limit): the default timings are measured in days.
@@ -22,15 +25,17 @@ one-minute outage limit): the default timings are measured in days.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
@@ -64,6 +69,7 @@ CONTRACT_TIMINGS = {
 }
 # How long the demo waits for a contract to change state at most.
 STATE_TIMEOUT = 240.0
+CHAT_TIMEOUT = 300.0
 
 
 def say(text: str) -> None:
@@ -96,23 +102,95 @@ def change_sample(root: Path, seed: int = 8) -> int:
     return 65536 + 300 + 1100
 
 
+class ScriptedChat:
+    """``barterbackup chat PEER --json`` driven by a script, as bob's side."""
+
+    def __init__(self, node_dir: Path, peer: str) -> None:
+        command = [
+            str(BIN / "barterbackup"),
+            "--node-dir",
+            str(node_dir),
+            "chat",
+            peer,
+            "--json",
+        ]
+        print(f"[bob] $ barterbackup chat {peer} --json   (kept open)", flush=True)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout: IO[str] | None = self.process.stdout
+        assert stdout is not None
+        for line in stdout:
+            event = json.loads(line)
+            if event.get("type") == "progress":
+                done, total = event["bytes_done"], event["bytes_total"] or 1
+                print(
+                    f"[bob]   > progress {event['label']}: {done} / {total} bytes "
+                    f"({done * 100 // total}%)",
+                    flush=True,
+                )
+            else:
+                print(f"[bob]   > {line.strip()}", flush=True)
+            with self._changed:
+                self._events.append(event)
+                self._changed.notify_all()
+
+    def wait_for(self, kind: str, test: Any = None) -> dict[str, Any]:
+        deadline = time.monotonic() + CHAT_TIMEOUT
+        with self._changed:
+            while True:
+                for event in self._events:
+                    if event.get("type") == kind and (test is None or test(event)):
+                        self._events.remove(event)
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    raise SystemExit(f"demo failed: bob's chat showed no {kind}")
+                self._changed.wait(min(left, 1.0))
+
+    def send(self, line: str) -> None:
+        print(f"[bob]   < {line}", flush=True)
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        if self.process.wait(CHAT_TIMEOUT) != 0:
+            raise SystemExit("demo failed: bob's chat did not end cleanly")
+
+
 class Demo:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.daemons: dict[str, DaemonProcess] = {}
         self.addresses: dict[str, str] = {}
 
-    def cli(self, name: str, *args: str, show: bool = False) -> str:
-        """Run the CLI against one node; ``show`` lets its output through."""
+    def cli(
+        self, name: str, *args: str, show: bool = False, input: str | None = None
+    ) -> str:
+        """Run the CLI against one node; ``show`` lets its output through,
+        ``input`` is piped to it."""
         daemon = self.daemons[name]
         command = [str(BIN / "barterbackup"), "--node-dir", str(daemon.node_dir), *args]
         print(f"[{name}] $ barterbackup {' '.join(args)}", flush=True)
+        for line in (input or "").splitlines():
+            print(f"[{name}]   < {line}", flush=True)
         if show:
-            result = subprocess.run(command, timeout=600)
+            result = subprocess.run(command, timeout=600, input=input, text=True)
             if result.returncode != 0:
                 raise SystemExit(f"demo failed: barterbackup {' '.join(args)}")
             return ""
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, input=input
+        )
         if done.returncode != 0:
             raise SystemExit(
                 f"demo failed: barterbackup {' '.join(args)}: {done.stderr.strip()}"
@@ -269,6 +347,59 @@ class Demo:
         say(
             f"contracts formed and synced in {first:.1f} s, the delta in {second:.1f} s"
         )
+        self.run_chat(sample)
+
+    def run_chat(self, sample: Path) -> None:
+        """An encrypted chat with a file offer between alice and bob."""
+        alice, bob = self.addresses["alice"], self.addresses["bob"]
+        say("alice and bob agree on a chat key (alice generates, bob types it in)")
+        made = self.cli("alice", "peers", "key", bob, "--generate")
+        print(made, end="")
+        key_file = self.workdir / "chat-key.txt"
+        key_file.write_text(made.splitlines()[1].strip() + "\n")
+        print(
+            self.cli(
+                "bob", "peers", "key", alice, "--set", "--key-file", str(key_file)
+            ),
+            end="",
+        )
+
+        say("bob opens a chat with alice (a script reading `chat --json` events)")
+        downloads = self.workdir / "bob-downloads"
+        downloads.mkdir()
+        bob_chat = ScriptedChat(self.daemons["bob"].node_dir, alice)
+        bob_chat.wait_for("opened")
+
+        say("alice sends a message and offers a photo (lines piped to `chat`)")
+        photo = sample / "photos" / "img_002.jpg"
+        lines = f"hi bob, here is a photo from the album\n/file {photo}\n"
+        self.cli("alice", "chat", bob, show=True, input=lines)
+
+        message = bob_chat.wait_for("message")
+        print(f"  bob reads: {message['text']!r} (encrypted: {message['encrypted']})")
+        offer = bob_chat.wait_for("file_offered")
+        print(
+            f"  bob sees the offer of {offer['name']} ({offer['size']} bytes), "
+            f"id {offer['offer_id'][:8]}; he types /get {offer['offer_id'][:8]}"
+        )
+        bob_chat.send(f"/get {offer['offer_id'][:8]} {downloads}")
+        done = bob_chat.wait_for("transfer", lambda e: e["phase"] in ("done", "failed"))
+        if done["phase"] != "done":
+            raise SystemExit(f"demo failed: the fetch failed: {done['message']}")
+        received = Path(done["path"])
+        same = (
+            hashlib.sha256(received.read_bytes()).digest()
+            == hashlib.sha256(photo.read_bytes()).digest()
+        )
+        print(f"  bob saved {received} (identical to alice's: {same})")
+        bob_chat.send("got it, thanks!")
+        bob_chat.wait_for("delivery", lambda e: e["state"] == "delivered")
+        bob_chat.close()
+
+        say("alice left already: bob's answer waits on her node (in memory)")
+        print(self.cli("alice", "chat", "--list"), end="")
+        say("alice opens the chat again and reads it")
+        self.cli("alice", "chat", bob, show=True, input="")
 
     def stop(self) -> None:
         for daemon in self.daemons.values():

@@ -10,6 +10,7 @@ socket, so it holds names only: no I/O beyond reading the environment.
       content/            our own content (packs, revisions)
       replicas/           peers' content we store
       contracts/          one sealed file per storage contract
+      chat-outbox.sealed  chat messages waiting for peers that are offline
       tor/                the tor we launch (its DataDirectory)
       rpc/clirpc.sock     the CLI socket (directory mode 0700)
 """
@@ -29,6 +30,7 @@ CONTRACTS_DIRNAME = "contracts"
 TOR_DIRNAME = "tor"
 RPC_DIRNAME = "rpc"
 SOCKET_NAME = "clirpc.sock"
+CHAT_OUTBOX_FILENAME = "chat-outbox.sealed"
 
 
 def default_node_dir() -> Path:
@@ -69,3 +71,7 @@ def tor_dir(node_dir: Path) -> Path:
 
 def lock_path(node_dir: Path) -> Path:
     return Path(node_dir) / LOCK_FILENAME
+
+
+def chat_outbox_path(node_dir: Path) -> Path:
+    return Path(node_dir) / CHAT_OUTBOX_FILENAME

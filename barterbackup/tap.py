@@ -8,6 +8,7 @@ from __future__ import annotations
 # (gRPC fork support is switched off in barterbackup/__init__.py: the daemon
 # forks tor while gRPC threads run.)
 import fcntl
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,7 @@ from barterbackup.node.results import NodeConfig
 from barterbackup.node.session import production_environment
 from barterbackup.rpc.server import CliRpcServer, check_socket_path
 from barterbackup.store.atomic import make_private_directory
+from barterbackup.transport.onion import OnionDefences
 
 log = get_logger("barterbackup.tap")
 
@@ -40,7 +42,14 @@ class Options(usage.Options):
         ["socket", "s", None, "CLI socket path (default: NODE_DIR/rpc/clirpc.sock)."],
         ["log-level", None, "info", f"Log level: {', '.join(LEVELS)}."],
         ["transport", None, "tor", "How peers reach us: 'tor' (default) or 'tcp'."],
-        ["tcp-port", None, "0", "With --transport=tcp: port on 127.0.0.1 (0: any)."],
+        ["tcp-port", None, "0", "With --transport=tcp: port to listen on (0: any)."],
+        [
+            "tcp-interface",
+            None,
+            "127.0.0.1",
+            "With --transport=tcp: IPv4 address to listen on (loopback unless "
+            "--tcp-trusted-lan).",
+        ],
         ["tor-control", None, None, "Attach to a running tor's control endpoint."],
         ["tor-binary", None, "tor", "The tor executable to launch."],
         [
@@ -54,6 +63,33 @@ class Options(usage.Options):
             None,
             None,
             "JSON file shortening the contract timings (demos and tests).",
+        ],
+        [
+            "onion-pow-rate",
+            None,
+            str(OnionDefences.pow_queue_rate),
+            "Under attack, introductions per second Tor takes from its queue.",
+        ],
+        [
+            "onion-pow-burst",
+            None,
+            str(OnionDefences.pow_queue_burst),
+            "Under attack, introductions Tor takes in one burst.",
+        ],
+        [
+            "onion-max-streams",
+            None,
+            str(OnionDefences.max_streams_per_circuit),
+            "Close a circuit that opens more streams to us (0: no limit).",
+        ],
+    ]
+    optFlags = [
+        ["no-onion-pow", None, "Turn off Tor's proof-of-work defence."],
+        [
+            "tcp-trusted-lan",
+            None,
+            "With --transport=tcp: allow addresses outside this machine. Plain "
+            "TCP has no integrity after the handshake: trusted networks only.",
         ],
     ]
 
@@ -77,8 +113,35 @@ class Options(usage.Options):
         if not 0 <= port <= 65535:
             raise usage.UsageError("--tcp-port must be between 0 and 65535")
         self["tcp-port"] = port
+        try:
+            address = ipaddress.IPv4Address(self["tcp-interface"])
+        except ValueError:
+            raise usage.UsageError("--tcp-interface must be an IPv4 address") from None
+        if not (address.is_loopback or self["tcp-trusted-lan"]):
+            raise usage.UsageError(
+                "--tcp-interface outside loopback needs --tcp-trusted-lan: plain "
+                "TCP carries peer traffic unprotected"
+            )
         self["extra-torrc"] = _read_torrc_options(self["tor-network-config"])
         self["contract-settings"] = _read_contract_settings(self["contract-timings"])
+        self["onion-defences"] = self._onion_defences()
+
+    def _onion_defences(self) -> OnionDefences:
+        numbers = {}
+        for option in ("onion-pow-rate", "onion-pow-burst", "onion-max-streams"):
+            try:
+                numbers[option] = int(self[option])
+            except ValueError:
+                raise usage.UsageError(f"--{option} must be a number") from None
+        try:
+            return OnionDefences(
+                proof_of_work=not self["no-onion-pow"],
+                pow_queue_rate=numbers["onion-pow-rate"],
+                pow_queue_burst=numbers["onion-pow-burst"],
+                max_streams_per_circuit=numbers["onion-max-streams"],
+            )
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
 
 def _read_contract_settings(path: str | None) -> BookSettings | None:
@@ -145,10 +208,13 @@ def make_service(options: Options, reactor: Any) -> IService:
         node_dir=options["node-dir"],
         transport=options["transport"],
         tcp_listen_port=options["tcp-port"],
+        tcp_interface=options["tcp-interface"],
+        tcp_trusted_lan=bool(options["tcp-trusted-lan"]),
         tor_control=options["tor-control"],
         tor_binary=options["tor-binary"],
         extra_torrc=options["extra-torrc"],
         contract_settings=options["contract-settings"],
+        onion_defences=options["onion-defences"],
     )
     node = Node(production_environment(reactor, config), config)
     top = MultiService()

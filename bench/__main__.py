@@ -22,6 +22,10 @@ FULL = [
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead"]),
+    (
+        "EncryptedDownload vs plain Download, TCP and onion",
+        ["bench.chat_download", "256", "32"],
+    ),
     ("source walk of 1 M files vs find, walk RSS", ["bench.walk", "1000000"]),
     ("exclude patterns vs git check-ignore (and pathspec)", ["bench.excludes_git"]),
     ("spot-check cost and detection", ["bench.contract_checks"]),
@@ -41,6 +45,10 @@ QUICK = [
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead", "32"]),
+    (
+        "EncryptedDownload vs plain Download, TCP and onion",
+        ["bench.chat_download", "64", "8"],
+    ),
     ("source walk of 100 k files vs find, walk RSS", ["bench.walk", "100000"]),
     (
         "exclude patterns vs git check-ignore (and pathspec)",

@@ -14,10 +14,13 @@ from barterbackup.bbrpc.framing import (
     FrameDecoder,
     FrameTooLarge,
     MalformedFrame,
+    SealedPiece,
     accepts_download_pieces,
+    accepts_sealed_pieces,
     encode_body_frame,
     encode_download_piece_frame,
     encode_frame,
+    encode_sealed_piece_frame,
 )
 
 envelopes = st.one_of(
@@ -217,3 +220,56 @@ class DownloadPieceFrameTests(SynchronousTestCase):
 
         self.assertFalse(accepts_download_pieces(plain_sender))
         self.assertFalse(accepts_download_pieces(None))
+
+
+def _filler(data: bytes) -> SealedPiece:
+    def seal_into(out: memoryview) -> None:
+        out[:] = data
+
+    return SealedPiece(len(data), seal_into)
+
+
+class SealedPieceFrameTests(SynchronousTestCase):
+    @settings(max_examples=300)
+    @given(uint64s, st.binary(max_size=3000), st.binary(max_size=40))
+    def test_equals_serialize_to_string_byte_for_byte(
+        self, call_id: int, sealed: bytes, nonce: bytes
+    ) -> None:
+        piece = SealedPiece(len(sealed), _filler(sealed).seal_into, nonce)
+        envelope = bbrpc_pb2.Envelope(
+            call_id=call_id,
+            encrypted_download_response=bbrpc_pb2.EncryptedDownloadResponse(
+                sealed=sealed, session_nonce=nonce
+            ),
+        )
+        frame = encode_sealed_piece_frame(call_id, piece)
+        self.assertIsInstance(frame, bytes)
+        self.assertEqual(frame, encode_frame(envelope))
+
+    def test_the_sealer_writes_into_exactly_its_slot(self) -> None:
+        seen: list[int] = []
+
+        def seal_into(out: memoryview) -> None:
+            seen.append(len(out))
+            out[:] = b"s" * len(out)
+
+        frame = encode_sealed_piece_frame(
+            5, SealedPiece(2**20 + 28, seal_into, b"n" * 32)
+        )
+        self.assertEqual(seen, [2**20 + 28])
+        [envelope] = FrameDecoder(MAX_FRAME_LENGTH).feed(frame)
+        response = envelope.encrypted_download_response
+        self.assertEqual(response.sealed, b"s" * (2**20 + 28))
+        self.assertEqual(response.session_nonce, b"n" * 32)
+
+    def test_maximum_enforced(self) -> None:
+        with self.assertRaises(FrameTooLarge):
+            encode_sealed_piece_frame(1, _filler(b"x" * 100), max_frame_length=100)
+        with self.assertRaises(ValueError):
+            SealedPiece(-1, _filler(b"").seal_into)
+
+    def test_only_marked_senders_accept_sealed_pieces(self) -> None:
+        def plain_sender(item: object) -> None:
+            return None
+
+        self.assertFalse(accepts_sealed_pieces(plain_sender))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2
@@ -139,3 +141,70 @@ class ErrorTextTests(SynchronousTestCase):
         )
         self.assertLessEqual(len(error.message), 600)
         self.assertFalse(any(ord(c) < 32 or c == "\u202e" for c in error.message))
+
+
+class AdmissionTests(SynchronousTestCase):
+    """Half-open connections cannot take every descriptor (finding 10)."""
+
+    def factory(self, clock: Clock) -> Any:
+        from barterbackup.bbrpc.factory import AdmissionLimits, PeerServerFactory
+
+        return PeerServerFactory(
+            clock,
+            BOB,
+            object(),
+            admission=AdmissionLimits(
+                max_handshaking=4, max_handshaking_per_source=3, max_connections=6
+            ),
+        )
+
+    def connect(self, factory: Any, host: str) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        conn = factory.buildProtocol(IPv4Address("TCP", host, 1234))
+        if conn is not None:
+            conn.makeConnection(StringTransport())
+        return conn
+
+    def test_handshakes_are_bounded_in_total_and_per_source(self) -> None:
+        clock = Clock()
+        factory = self.factory(clock)
+        first = [self.connect(factory, "10.0.0.1") for _ in range(4)]
+        self.assertEqual(sum(c is not None for c in first), 3)  # per source
+        other = [self.connect(factory, "10.0.0.2") for _ in range(3)]
+        self.assertEqual(sum(c is not None for c in other), 1)  # in total
+        self.assertEqual(factory.handshaking, 4)
+        self.assertEqual(factory.refused, 3)
+        # Strangers that never finish are dropped at the handshake deadline,
+        # and their places are free again.
+        clock.advance(31)
+        for conn in first + other:
+            if conn is not None:
+                conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((factory.handshaking, factory.connections), (0, 0))
+        self.assertIsNotNone(self.connect(factory, "10.0.0.2"))
+
+    def test_connections_are_bounded_in_all(self) -> None:
+        clock = Clock()
+        factory = self.factory(clock)
+        conns = []
+        for index in range(8):
+            conn = self.connect(factory, f"10.0.1.{index}")
+            if conn is not None:
+                # As if the handshake finished: no longer handshaking.
+                conn._end_handshake(conn)
+                conns.append(conn)
+        self.assertEqual(len(conns), 6)
+        self.assertEqual(factory.connections, 6)
+        self.assertIsNone(self.connect(factory, "10.0.2.1"))
+
+    def test_the_soft_descriptor_limit_is_raised_and_respected(self) -> None:
+        import resource
+
+        from barterbackup.bbrpc.factory import RESERVED_DESCRIPTORS, AdmissionLimits
+
+        limits = AdmissionLimits.for_this_process()
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.assertLessEqual(limits.max_connections, soft - RESERVED_DESCRIPTORS)
+        self.assertGreater(limits.max_handshaking, 0)

@@ -49,6 +49,13 @@ class OutboxTests(SynchronousTestCase):
         third = again.queue(BOB, "third")
         self.assertGreater(third.message_id, outbox.pending(BOB)[-1].message_id)
 
+    def test_plain_allowed_survives_a_reload(self) -> None:
+        outbox = self.outbox()
+        outbox.queue(BOB, "sealed only")
+        outbox.queue(BOB, "may go plain", encrypted=False)
+        again = self.outbox()
+        self.assertEqual([m.encrypted for m in again.pending(BOB)], [True, False])
+
     def test_acknowledged_messages_leave_for_good(self) -> None:
         outbox = self.outbox()
         first = outbox.queue(BOB, "one")

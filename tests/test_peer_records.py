@@ -94,3 +94,37 @@ class PeerRecordsTests(SynchronousTestCase):
         self.runner.run_all()
         self.successResultOf(d)
         self.assertEqual(self.metadata.get().peers[0].rtt_ms, 7)
+
+
+class ChatKeyRecordTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.path = Path(self.mktemp())
+        self.metadata = MetadataStore(self.path, KEY)
+        self.records = PeerRecords(self.metadata, self.clock)
+
+    def test_set_creates_the_record_seals_it_and_clear_removes_the_key(self) -> None:
+        peer = b"c" * 32
+        self.assertIsNone(self.records.aead_key(peer))
+        self.records.set_aead_key(peer, b"k" * 32, now=1234)
+        self.assertEqual(self.records.aead_key(peer), b"k" * 32)
+        self.successResultOf(self.records.flush())
+        # The key is inside the sealed Metadata, never in the clear on disk.
+        self.assertNotIn(b"k" * 32, self.path.read_bytes())
+        reloaded = PeerRecords(MetadataStore(self.path, KEY), self.clock)
+        reloaded.load()
+        self.assertEqual(reloaded.aead_key(peer), b"k" * 32)
+        record = reloaded.get(peer)
+        assert record is not None
+        self.assertEqual(record.first_seen, 1234)
+        self.records.set_aead_key(peer, None, now=1300)
+        self.assertIsNone(self.records.aead_key(peer))
+        self.successResultOf(self.records.flush())
+        reloaded = PeerRecords(MetadataStore(self.path, KEY), self.clock)
+        reloaded.load()
+        self.assertIsNone(reloaded.aead_key(peer))
+
+    def test_a_key_of_another_length_is_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            self.records.set_aead_key(b"c" * 32, b"short", now=1)
+        self.assertIsNone(self.records.get(b"c" * 32))

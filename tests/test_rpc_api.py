@@ -62,9 +62,25 @@ CALLS: dict[str, Call] = {
     ),
     "RecoverContent": lambda s: list(s.RecoverContent(pb.RecoverContentRequest())),
     "SetAeadKeyForPeer": lambda s: s.SetAeadKeyForPeer(
-        pb.SetAeadKeyForPeerRequest(peer="x.onion", aead_key=b"k" * 32)
+        pb.SetAeadKeyForPeerRequest(
+            peer="aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4bqead.onion",
+            aead_key=b"k" * 32,
+        )
     ),
-    "Chat": lambda s: list(s.Chat(iter([pb.ChatAction(peer="x.onion")]))),
+    "Chat": lambda s: list(
+        s.Chat(
+            iter(
+                [
+                    pb.ChatAction(
+                        peer="aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4bqead.onion",
+                        init=pb.ChatInit(),
+                    ),
+                    pb.ChatAction(stop=pb.ChatStop()),
+                ]
+            )
+        )
+    ),
+    "ListChats": lambda s: s.ListChats(pb.ListChatsRequest()),
     "AddSource": lambda s: s.AddSource(pb.AddSourceRequest(path="/tmp")),
     "ListSources": lambda s: s.ListSources(pb.ListSourcesRequest()),
     "RemoveSource": lambda s: s.RemoveSource(pb.RemoveSourceRequest(path="/tmp")),
@@ -75,8 +91,6 @@ CALLS: dict[str, Call] = {
 # Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
 NOT_BUILT = {
     "RecoverContent",
-    "SetAeadKeyForPeer",
-    "Chat",
     "AddSource",
     "ListSources",
     "RemoveSource",

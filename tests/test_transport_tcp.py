@@ -73,8 +73,41 @@ class PlainTcpTransportTests(TestCase):
 
     def test_refuses_malformed_endpoint(self) -> None:
         transport = PlainTcpTransport(global_reactor)
-        with self.assertRaisesRegex(DestinationRefused, "bad endpoint"):
-            transport.client_endpoint(PEER, "tcp:127.0.0.1:notaport")
+        for hint in (
+            "tcp:127.0.0.1:notaport",
+            "tcp:127.0.0.1:0",
+            "tcp:127.0.0.1:99999",
+            "tcp:127.0.0.1:1:timeout=1",
+            "unix:relative/path",
+        ):
+            with self.assertRaisesRegex(DestinationRefused, "bad endpoint", msg=hint):
+                transport.client_endpoint(PEER, hint)
+
+    def test_accepts_loopback_and_unix_hints(self) -> None:
+        transport = PlainTcpTransport(global_reactor)
+        for hint in ("tcp:127.0.0.1:9", "tcp:host=127.1.2.3:port=9", "unix:/x/y"):
+            self.assertIsNotNone(transport.client_endpoint(PEER, hint))
+
+    def test_refuses_addresses_off_this_machine(self) -> None:
+        transport = PlainTcpTransport(global_reactor)
+        for hint in ("tcp:10.0.0.1:9", "tcp:192.168.1.2:9", "tcp:8.8.8.8:53"):
+            with self.assertRaisesRegex(DestinationRefused, "outside", msg=hint):
+                transport.client_endpoint(PEER, hint)
+        lan = PlainTcpTransport(global_reactor, trusted_lan=True)
+        self.assertIsNotNone(lan.client_endpoint(PEER, "tcp:10.0.0.1:9"))
+
+    def test_never_resolves_names(self) -> None:
+        lan = PlainTcpTransport(global_reactor, trusted_lan=True)
+        for hint in ("tcp:localhost:9", "tcp:example.com:80"):
+            with self.assertRaisesRegex(DestinationRefused, "DNS", msg=hint):
+                lan.client_endpoint(PEER, hint)
+
+    def test_listening_off_loopback_needs_trust(self) -> None:
+        with self.assertRaisesRegex(ValueError, "unprotected"):
+            PlainTcpTransport(global_reactor, interface="0.0.0.0")
+        with self.assertRaisesRegex(ValueError, "IPv4"):
+            PlainTcpTransport(global_reactor, interface="localhost")
+        PlainTcpTransport(global_reactor, interface="0.0.0.0", trusted_lan=True)
 
     def test_refuses_invalid_onion_address(self) -> None:
         transport = PlainTcpTransport(global_reactor)

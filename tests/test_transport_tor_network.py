@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.logs import get_logger
 from barterbackup.testing.tornet import TorNetwork
+from barterbackup.transport.onion import OnionDefences
 from barterbackup.transport.tor import TorTransport
 
 log = get_logger("tests.tor_network")
@@ -34,6 +35,7 @@ reactor: Any = global_reactor
 ALICE = node_keys_from_master(bytes(range(32)))
 BOB = node_keys_from_master(bytes(range(32, 64)))
 CAROL = node_keys_from_master(bytes(range(64, 96)))
+DAVE = node_keys_from_master(bytes(range(96, 128)))
 PAYLOAD_SIZE = 256 * 1024
 EXCHANGE_TIMEOUT = 30.0
 
@@ -81,6 +83,11 @@ class EchoFactory(Factory):
 
     def __init__(self) -> None:
         self.closed: list[Echo] = []
+        self.accepted = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        self.accepted += 1
+        return super().buildProtocol(addr)
 
 
 class Collect(Protocol):
@@ -209,6 +216,62 @@ class OnionTransportTests(TestCase):
         # Detaching drops our onion but must not stop a tor we did not launch.
         self.assertTrue(server_tor.is_running())
         self.assertTrue(client_tor.is_running())
+
+
+class OnionDefenceTests(TestCase):
+    timeout = 120
+
+    async def test_a_circuit_opening_too_many_streams_is_closed(self) -> None:
+        """Tor takes our ADD_ONION defences and enforces MaxStreams."""
+        network = await SHARED.get()
+        server_tor = await network.start_client()
+        client_tor = await network.start_client()
+        dave = TorTransport(
+            reactor,
+            DAVE,
+            Path(self.mktemp()),
+            control_endpoint=server_tor.control_endpoint,
+            defences=OnionDefences(max_streams_per_circuit=2),
+        )
+        dialer = TorTransport(
+            reactor,
+            BOB,
+            Path(self.mktemp()),
+            control_endpoint=client_tor.control_endpoint,
+        )
+        await Deferred.fromCoroutine(_start_both(dave, dialer))
+        try:
+            echo = EchoFactory()
+            await dave.listen(echo)
+            # Two streams on one circuit (same isolation) are allowed...
+            kept = []
+            for _ in range(2):
+                collector = Collect(1)
+                endpoint = dialer.client_endpoint(
+                    DAVE.onion_address, isolation="one-circuit"
+                )
+                client = await connectProtocol(endpoint, collector)
+                client.transport.write(b"x")  # type: ignore[attr-defined]
+                await collector.done.addTimeout(EXCHANGE_TIMEOUT, reactor)
+                kept.append(collector)
+            # ...a third closes the circuit, and the two with it.
+            endpoint = dialer.client_endpoint(
+                DAVE.onion_address, isolation="one-circuit"
+            )
+            try:
+                third = await connectProtocol(endpoint, Collect(1))
+            except Exception:
+                third = None
+            else:
+                third.transport.write(b"x")  # type: ignore[attr-defined]
+            for collector in kept:
+                await collector.lost.addTimeout(EXCHANGE_TIMEOUT, reactor)
+            # A stream on another circuit is served as before.
+            await echo_through(dialer, DAVE.onion_address)
+            await until(lambda: len(echo.closed) == echo.accepted, 10)
+        finally:
+            await Deferred.fromCoroutine(dave.stop())
+            await Deferred.fromCoroutine(dialer.stop())
 
 
 class NetworkTeardownTests(TestCase):

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
@@ -80,3 +81,31 @@ def replicate(node: Node, peers: list[str]) -> Deferred[list[Progress]]:
     """Push the current revision to ``peers``; fires with every event."""
     events: list[Progress] = []
     return node.replicate(peers, events.append).addCallback(lambda _: events)
+
+
+class Waiter:
+    """A chat listener that keeps every update and lets a test await one."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.updates: list[Any] = []
+        self._seconds = seconds
+        self._waiting: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, update: Any) -> None:
+        self.updates.append(update)
+        for entry in list(self._waiting):
+            predicate, d = entry
+            if predicate(update):
+                self._waiting.remove(entry)
+                d.callback(update)
+
+    def next(self, predicate: Any) -> Deferred[Any]:
+        """Fires with the first update (seen already or to come) matching."""
+        for update in self.updates:
+            if predicate(update):
+                d: Deferred[Any] = Deferred()
+                d.callback(update)
+                return d
+        d = Deferred()
+        self._waiting.append((predicate, d))
+        return d.addTimeout(self._seconds, reactor)

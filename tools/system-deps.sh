@@ -3,11 +3,13 @@
 # tor + tor-gencert: the node's Tor and the private test network.
 # rsync, restic: only compared against in `make bench`; optional.
 # systemd: systemd-analyze verifies contrib/systemd/ in the tests.
+# strace: the anonymity leak test traces a daemon's sockets.
 set -e
 need=""
 command -v tor >/dev/null 2>&1 || need="$need tor"
 command -v tor-gencert >/dev/null 2>&1 || need="$need tor"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+command -v strace >/dev/null 2>&1 || need="$need strace"
 "${PYTHON:-python3}" -c 'import venv, ensurepip' 2>/dev/null || need="$need python3-venv"
 if [ -n "$need" ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

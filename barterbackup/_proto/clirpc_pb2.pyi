@@ -332,6 +332,7 @@ class PeerInfo(_message.Message):
     CHECKS_PASSED_FIELD_NUMBER: _builtins.int
     CHECKS_FAILED_FIELD_NUMBER: _builtins.int
     LAST_CHECK_FIELD_NUMBER: _builtins.int
+    CHAT_KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     onion_address: _builtins.str
     """onion_address is the peer's onion address, with ".onion"."""
     connected: _builtins.bool
@@ -364,6 +365,10 @@ class PeerInfo(_message.Message):
     """last_check is when the peer last answered or failed a check, in Unix
     seconds, or 0.
     """
+    chat_key_fingerprint: _builtins.str
+    """chat_key_fingerprint is the fingerprint of the peer's chat key, or
+    empty when none is set.
+    """
     def __init__(
         self,
         *,
@@ -381,10 +386,11 @@ class PeerInfo(_message.Message):
         checks_passed: _builtins.int = ...,
         checks_failed: _builtins.int = ...,
         last_check: _builtins.int = ...,
+        chat_key_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "connected", b"connected", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_check", b"last_check", "last_seen", b"last_seen", "onion_address", b"onion_address", "rtt_ms", b"rtt_ms", "shared_in_exchange", b"shared_in_exchange", "stored_bytes", b"stored_bytes", "uptime_score", b"uptime_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_score", b"audit_score", "chat_key_fingerprint", b"chat_key_fingerprint", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "connected", b"connected", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_check", b"last_check", "last_seen", b"last_seen", "onion_address", b"onion_address", "rtt_ms", b"rtt_ms", "shared_in_exchange", b"shared_in_exchange", "stored_bytes", b"stored_bytes", "uptime_score", b"uptime_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1335,25 +1341,44 @@ Global___RecoverContentResponse: _TypeAlias = RecoverContentResponse  # noqa: Y0
 
 @_typing.final
 class SetAeadKeyForPeerRequest(_message.Message):
-    """SetAeadKeyForPeerRequest sets the chat key of one peer."""
+    """SetAeadKeyForPeerRequest sets, generates or clears the chat key of one
+    peer.
+
+    Exactly one of aead_key, key_text, generate and clear is set. A peer
+    never seen gets a record in the peer table.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PEER_FIELD_NUMBER: _builtins.int
     AEAD_KEY_FIELD_NUMBER: _builtins.int
+    KEY_TEXT_FIELD_NUMBER: _builtins.int
+    GENERATE_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """peer is the onion address of the peer."""
     aead_key: _builtins.bytes
     """aead_key is the 32-byte key agreed with the peer out of band."""
+    key_text: _builtins.str
+    """key_text is the key as a person typed it: 56 base32 characters,
+    with or without the dashes of `peers key --generate`.
+    """
+    generate: _builtins.bool
+    """generate is true to have the node draw a fresh key."""
+    clear: _builtins.bool
+    """clear is true to remove the key."""
     def __init__(
         self,
         *,
         peer: _builtins.str = ...,
         aead_key: _builtins.bytes = ...,
+        key_text: _builtins.str = ...,
+        generate: _builtins.bool = ...,
+        clear: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "clear", b"clear", "generate", b"generate", "key_text", b"key_text", "peer", b"peer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1365,12 +1390,29 @@ class SetAeadKeyForPeerResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PEER_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KEY_TEXT_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """peer is the onion address of the peer, normalized."""
+    fingerprint: _builtins.str
+    """fingerprint is the key's fingerprint to compare by voice, or empty
+    once the key was cleared.
+    """
+    key_text: _builtins.str
+    """key_text is the generated key to pass on to the peer, set only when
+    the request asked to generate one; it is sent this once.
+    """
     def __init__(
         self,
+        *,
+        peer: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        key_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "key_text", b"key_text", "peer", b"peer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1378,7 +1420,11 @@ Global___SetAeadKeyForPeerResponse: _TypeAlias = SetAeadKeyForPeerResponse  # no
 
 @_typing.final
 class ChatAction(_message.Message):
-    """ChatAction is something the user does in a chat."""
+    """ChatAction is something the user does in a chat.
+
+    The first action of a Chat stream is init and names the peer; the
+    stream is then the conversation with that peer until stop.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1388,21 +1434,35 @@ class ChatAction(_message.Message):
     OFFER_FILE_FIELD_NUMBER: _builtins.int
     ACCEPT_FILE_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    OFFER_STORED_FILE_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
-    """peer is the onion address of the peer the action is for."""
+    """peer is the onion address of the peer; later actions may leave it
+    empty.
+    """
     message: _builtins.str
     """message sends a text message."""
     offer_file: _builtins.str
-    """offer_file offers one of our files to the peer."""
-    accept_file: _builtins.str
-    """accept_file fetches a file the peer offered."""
+    """offer_file offers the local file at this absolute path."""
+    offer_stored_file: _builtins.str
+    """offer_stored_file offers the file of this name of the node's
+    file set (as ListFiles names it).
+    """
+    action_id: _builtins.int
+    """action_id is chosen by the client; events about this action (the
+    delivery of a message, a fetch's progress, an error) repeat it.
+    """
     @_builtins.property
     def init(self) -> Global___ChatInit:
-        """init opens a chat session with the peer."""
+        """init attaches to the conversation with the peer."""
+
+    @_builtins.property
+    def accept_file(self) -> Global___ChatAccept:
+        """accept_file fetches a file the peer offered."""
 
     @_builtins.property
     def stop(self) -> Global___ChatStop:
-        """stop closes the chat session."""
+        """stop leaves the chat."""
 
     def __init__(
         self,
@@ -1411,14 +1471,16 @@ class ChatAction(_message.Message):
         init: Global___ChatInit | None = ...,
         message: _builtins.str = ...,
         offer_file: _builtins.str = ...,
-        accept_file: _builtins.str = ...,
+        accept_file: Global___ChatAccept | None = ...,
         stop: Global___ChatStop | None = ...,
+        offer_stored_file: _builtins.str = ...,
+        action_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "init", b"init", "message", b"message", "offer_file", b"offer_file", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "init", b"init", "message", b"message", "offer_file", b"offer_file", "offer_stored_file", b"offer_stored_file", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "init", b"init", "message", b"message", "offer_file", b"offer_file", "peer", b"peer", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_file", b"accept_file", "action", b"action", "action_id", b"action_id", "init", b"init", "message", b"message", "offer_file", b"offer_file", "offer_stored_file", b"offer_stored_file", "peer", b"peer", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "message", "offer_file", "accept_file", "stop"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["init", "message", "offer_file", "accept_file", "stop", "offer_stored_file"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -1426,29 +1488,55 @@ Global___ChatAction: _TypeAlias = ChatAction  # noqa: Y015
 
 @_typing.final
 class ChatInit(_message.Message):
-    """ChatInit opens a chat session."""
+    """ChatInit attaches to the conversation with a peer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ENCRYPTED_FIELD_NUMBER: _builtins.int
-    encrypted: _builtins.bool
-    """encrypted is true to require the peer's AEAD key."""
+    PLAIN_FIELD_NUMBER: _builtins.int
+    plain: _builtins.bool
+    """plain is true to chat without the chat key: only when the user asks."""
     def __init__(
         self,
         *,
-        encrypted: _builtins.bool = ...,
+        plain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plain", b"plain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatInit: _TypeAlias = ChatInit  # noqa: Y015
 
 @_typing.final
+class ChatAccept(_message.Message):
+    """ChatAccept fetches an offered file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """offer_id is the offer's id, or its first 4 hex digits or more."""
+    directory: _builtins.str
+    """directory is the absolute path of the directory to store it in."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        directory: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "offer_id", b"offer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatAccept: _TypeAlias = ChatAccept  # noqa: Y015
+
+@_typing.final
 class ChatStop(_message.Message):
-    """ChatStop closes a chat session."""
+    """ChatStop leaves a chat."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1475,48 +1563,459 @@ class ChatEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PEER_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
     OPENED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
     FILE_OFFERED_FIELD_NUMBER: _builtins.int
-    FILE_PROGRESS_FIELD_NUMBER: _builtins.int
-    STOPPED_FIELD_NUMBER: _builtins.int
+    FILE_SHARED_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
-    """peer is the onion address of the peer the event is from."""
-    message: _builtins.str
-    """message is a text message from the peer."""
-    file_offered: _builtins.str
-    """file_offered names a file the peer offers."""
+    """peer is the onion address of the peer the event is about."""
+    action_id: _builtins.int
+    """action_id is the id of the action this event answers, or 0."""
     @_builtins.property
-    def opened(self) -> Global___ChatInit:
-        """opened tells that the session is open."""
+    def opened(self) -> Global___ChatOpened:
+        """opened tells that a session with the peer is open."""
 
     @_builtins.property
-    def file_progress(self) -> Global___Progress:
-        """file_progress reports a file fetch."""
+    def message(self) -> Global___ChatMessage:
+        """message is a text message from the peer."""
 
     @_builtins.property
-    def stopped(self) -> Global___ChatStop:
-        """stopped tells that the session closed."""
+    def delivery(self) -> Global___ChatDelivery:
+        """delivery tells what became of a message the user sent."""
+
+    @_builtins.property
+    def file_offered(self) -> Global___ChatFile:
+        """file_offered is a file the peer offers."""
+
+    @_builtins.property
+    def file_shared(self) -> Global___ChatFile:
+        """file_shared is a file this node offered to the peer."""
+
+    @_builtins.property
+    def transfer(self) -> Global___ChatTransfer:
+        """transfer reports how far fetching an offered file has come."""
+
+    @_builtins.property
+    def closed(self) -> Global___ChatClosed:
+        """closed tells that a session with the peer ended."""
+
+    @_builtins.property
+    def notice(self) -> Global___ChatNotice:
+        """notice is a line worth showing, such as "peer offline"."""
+
+    @_builtins.property
+    def ended(self) -> Global___ChatStop:
+        """ended is the last event of the stream."""
 
     def __init__(
         self,
         *,
         peer: _builtins.str = ...,
-        opened: Global___ChatInit | None = ...,
-        message: _builtins.str = ...,
-        file_offered: _builtins.str = ...,
-        file_progress: Global___Progress | None = ...,
-        stopped: Global___ChatStop | None = ...,
+        action_id: _builtins.int = ...,
+        opened: Global___ChatOpened | None = ...,
+        message: Global___ChatMessage | None = ...,
+        delivery: Global___ChatDelivery | None = ...,
+        file_offered: Global___ChatFile | None = ...,
+        file_shared: Global___ChatFile | None = ...,
+        transfer: Global___ChatTransfer | None = ...,
+        closed: Global___ChatClosed | None = ...,
+        notice: Global___ChatNotice | None = ...,
+        ended: Global___ChatStop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "file_offered", b"file_offered", "file_progress", b"file_progress", "message", b"message", "opened", b"opened", "stopped", b"stopped"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "delivery", b"delivery", "ended", b"ended", "event", b"event", "file_offered", b"file_offered", "file_shared", b"file_shared", "message", b"message", "notice", b"notice", "opened", b"opened", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "file_offered", b"file_offered", "file_progress", b"file_progress", "message", b"message", "opened", b"opened", "peer", b"peer", "stopped", b"stopped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "closed", b"closed", "delivery", b"delivery", "ended", b"ended", "event", b"event", "file_offered", b"file_offered", "file_shared", b"file_shared", "message", b"message", "notice", b"notice", "opened", b"opened", "peer", b"peer", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["opened", "message", "file_offered", "file_progress", "stopped"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["opened", "message", "delivery", "file_offered", "file_shared", "transfer", "closed", "notice", "ended"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ChatEvent: _TypeAlias = ChatEvent  # noqa: Y015
+
+@_typing.final
+class ChatOpened(_message.Message):
+    """ChatOpened describes a session that opened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    INITIATED_FIELD_NUMBER: _builtins.int
+    encrypted: _builtins.bool
+    """encrypted is true when the session is sealed with the chat key."""
+    fingerprint: _builtins.str
+    """fingerprint is the chat key's fingerprint, or empty when plain."""
+    initiated: _builtins.bool
+    """initiated is true when this node opened the session."""
+    def __init__(
+        self,
+        *,
+        encrypted: _builtins.bool = ...,
+        fingerprint: _builtins.str = ...,
+        initiated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "fingerprint", b"fingerprint", "initiated", b"initiated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatOpened: _TypeAlias = ChatOpened  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """ChatMessage is a message from the peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """text is the message, control characters escaped."""
+    received_at: _builtins.int
+    """received_at is when this node received it, in Unix seconds."""
+    encrypted: _builtins.bool
+    """encrypted is true when it came sealed with the chat key."""
+    replayed: _builtins.bool
+    """replayed is true when it arrived while nobody was attached."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        received_at: _builtins.int = ...,
+        encrypted: _builtins.bool = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "received_at", b"received_at", "replayed", b"replayed", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ChatDelivery(_message.Message):
+    """ChatDelivery tells what became of a message the user sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    QUEUED_ID_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """state is "sending", "sent", "delivered", "queued" or "not sent"."""
+    detail: _builtins.str
+    """detail says more, such as "queued, peer offline"."""
+    queued_id: _builtins.int
+    """queued_id is the message's id in the outbox, when it went there."""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        queued_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "queued_id", b"queued_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatDelivery: _TypeAlias = ChatDelivery  # noqa: Y015
+
+@_typing.final
+class ChatFile(_message.Message):
+    """ChatFile describes an offered file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OFFERED_NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """offer_id is the offer's id in hex."""
+    name: _builtins.str
+    """name is the name the file is stored under, made safe."""
+    offered_name: _builtins.str
+    """offered_name is the name as the peer sent it, escaped."""
+    size: _builtins.int
+    """size is the file's size in bytes."""
+    sha256: _builtins.str
+    """sha256 is the SHA-256 of the file in hex."""
+    expires_at: _builtins.int
+    """expires_at is when the offer ends, in Unix seconds."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        offered_name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "offer_id", b"offer_id", "offered_name", b"offered_name", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatFile: _TypeAlias = ChatFile  # noqa: Y015
+
+@_typing.final
+class ChatTransfer(_message.Message):
+    """ChatTransfer reports on fetching an offered file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    BYTES_DONE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    """offer_id is the offer's id in hex."""
+    name: _builtins.str
+    """name is the name the file is stored under."""
+    phase: _builtins.str
+    """phase is "fetching", "done" or "failed"."""
+    bytes_done: _builtins.int
+    """bytes_done is how many verified bytes are held."""
+    bytes_total: _builtins.int
+    """bytes_total is the file's size."""
+    path: _builtins.str
+    """path is where the file was stored, once done."""
+    message: _builtins.str
+    """message says why a fetch failed."""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        bytes_done: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        path: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "message", b"message", "name", b"name", "offer_id", b"offer_id", "path", b"path", "phase", b"phase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatTransfer: _TypeAlias = ChatTransfer  # noqa: Y015
+
+@_typing.final
+class ChatClosed(_message.Message):
+    """ChatClosed tells that a session with the peer ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    BY_PEER_FIELD_NUMBER: _builtins.int
+    CUT_FIELD_NUMBER: _builtins.int
+    KEY_MISMATCH_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason is why it ended."""
+    by_peer: _builtins.bool
+    """by_peer is true when the peer ended it."""
+    cut: _builtins.bool
+    """cut is true when it ended without a stop (the connection broke)."""
+    key_mismatch: _builtins.bool
+    """key_mismatch is true when the two sides hold different chat keys."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        by_peer: _builtins.bool = ...,
+        cut: _builtins.bool = ...,
+        key_mismatch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_peer", b"by_peer", "cut", b"cut", "key_mismatch", b"key_mismatch", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatClosed: _TypeAlias = ChatClosed  # noqa: Y015
+
+@_typing.final
+class ChatNotice(_message.Message):
+    """ChatNotice is a line worth showing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """text is the line."""
+    error: _builtins.bool
+    """error is true when an action of the user failed; the chat goes on."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatNotice: _TypeAlias = ChatNotice  # noqa: Y015
+
+@_typing.final
+class ListChatsRequest(_message.Message):
+    """ListChatsRequest asks what the chat holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChatsRequest: _TypeAlias = ListChatsRequest  # noqa: Y015
+
+@_typing.final
+class ListChatsResponse(_message.Message):
+    """ListChatsResponse lists every peer chat knows something about."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatSummary]:
+        """chats are the peers with sessions, queued messages or offers."""
+
+    def __init__(
+        self,
+        *,
+        chats: _abc.Iterable[Global___ChatSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chats", b"chats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChatsResponse: _TypeAlias = ListChatsResponse  # noqa: Y015
+
+@_typing.final
+class ChatSummary(_message.Message):
+    """ChatSummary is the chat with one peer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    ATTACHED_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    OFFERS_RECEIVED_FIELD_NUMBER: _builtins.int
+    OFFERS_MADE_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """peer is the onion address of the peer."""
+    connected: _builtins.bool
+    """connected is true while the peer is connected."""
+    key_fingerprint: _builtins.str
+    """key_fingerprint is the chat key's fingerprint, or empty for none."""
+    attached: _builtins.int
+    """attached is how many chat clients are attached."""
+    unread: _builtins.int
+    """unread is how many received messages wait for someone to attach."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sessions describe the open sessions, one line each."""
+
+    @_builtins.property
+    def queued(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuedChatMessage]:
+        """queued are the messages waiting in the outbox for the peer."""
+
+    @_builtins.property
+    def offers_received(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatFile]:
+        """offers_received are the peer's live offers to us."""
+
+    @_builtins.property
+    def offers_made(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatFile]:
+        """offers_made are our live offers to the peer."""
+
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        key_fingerprint: _builtins.str = ...,
+        sessions: _abc.Iterable[_builtins.str] | None = ...,
+        attached: _builtins.int = ...,
+        unread: _builtins.int = ...,
+        queued: _abc.Iterable[Global___QueuedChatMessage] | None = ...,
+        offers_received: _abc.Iterable[Global___ChatFile] | None = ...,
+        offers_made: _abc.Iterable[Global___ChatFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "connected", b"connected", "key_fingerprint", b"key_fingerprint", "offers_made", b"offers_made", "offers_received", b"offers_received", "peer", b"peer", "queued", b"queued", "sessions", b"sessions", "unread", b"unread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatSummary: _TypeAlias = ChatSummary  # noqa: Y015
+
+@_typing.final
+class QueuedChatMessage(_message.Message):
+    """QueuedChatMessage is a message waiting in the outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    QUEUED_AT_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_FIELD_NUMBER: _builtins.int
+    queued_id: _builtins.int
+    """queued_id is the message's id in the outbox."""
+    text: _builtins.str
+    """text is the message."""
+    queued_at: _builtins.int
+    """queued_at is when it was queued, in Unix seconds."""
+    encrypted: _builtins.bool
+    """encrypted is true when it may only travel encrypted."""
+    def __init__(
+        self,
+        *,
+        queued_id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        queued_at: _builtins.int = ...,
+        encrypted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted", b"encrypted", "queued_at", b"queued_at", "queued_id", b"queued_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuedChatMessage: _TypeAlias = QueuedChatMessage  # noqa: Y015
 
 @_typing.final
 class AddSourceRequest(_message.Message):

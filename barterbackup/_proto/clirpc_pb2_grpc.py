@@ -125,6 +125,11 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.ChatAction.SerializeToString,
                 response_deserializer=clirpc__pb2.ChatEvent.FromString,
                 _registered_method=True)
+        self.ListChats = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/ListChats',
+                request_serializer=clirpc__pb2.ListChatsRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.ListChatsResponse.FromString,
+                _registered_method=True)
         self.AddSource = channel.unary_unary(
                 '/barterbackup.clirpc.CliRpc/AddSource',
                 request_serializer=clirpc__pb2.AddSourceRequest.SerializeToString,
@@ -277,14 +282,23 @@ class CliRpcServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAeadKeyForPeer(self, request, context):
-        """SetAeadKeyForPeer sets the symmetric key for encrypted chat.
+        """SetAeadKeyForPeer sets, generates or clears the symmetric key for
+        encrypted chat with one peer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Chat(self, request_iterator, context):
-        """Chat exchanges chat actions and events with peers.
+        """Chat attaches to the conversation with one peer: the user's actions
+        go up, what happens comes down (docs/chat.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChats(self, request, context):
+        """ListChats lists queued messages, pending offers and open sessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -426,6 +440,11 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=clirpc__pb2.ChatAction.FromString,
                     response_serializer=clirpc__pb2.ChatEvent.SerializeToString,
+            ),
+            'ListChats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChats,
+                    request_deserializer=clirpc__pb2.ListChatsRequest.FromString,
+                    response_serializer=clirpc__pb2.ListChatsResponse.SerializeToString,
             ),
             'AddSource': grpc.unary_unary_rpc_method_handler(
                     servicer.AddSource,
@@ -945,6 +964,33 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/Chat',
             clirpc__pb2.ChatAction.SerializeToString,
             clirpc__pb2.ChatEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/ListChats',
+            clirpc__pb2.ListChatsRequest.SerializeToString,
+            clirpc__pb2.ListChatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,9 +76,15 @@ class CliRpcStub:
     RecoverContent: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.RecoverContentRequest, _clirpc_pb2.RecoverContentResponse]
     """RecoverContent fetches our newest revision back from the replicas."""
     SetAeadKeyForPeer: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.SetAeadKeyForPeerRequest, _clirpc_pb2.SetAeadKeyForPeerResponse]
-    """SetAeadKeyForPeer sets the symmetric key for encrypted chat."""
+    """SetAeadKeyForPeer sets, generates or clears the symmetric key for
+    encrypted chat with one peer.
+    """
     Chat: _grpc.StreamStreamMultiCallable[_clirpc_pb2.ChatAction, _clirpc_pb2.ChatEvent]
-    """Chat exchanges chat actions and events with peers."""
+    """Chat attaches to the conversation with one peer: the user's actions
+    go up, what happens comes down (docs/chat.md).
+    """
+    ListChats: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.ListChatsRequest, _clirpc_pb2.ListChatsResponse]
+    """ListChats lists queued messages, pending offers and open sessions."""
     AddSource: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.AddSourceRequest, _clirpc_pb2.AddSourceResponse]
     """AddSource adds a folder to those the daemon backs up, or changes
     one.
@@ -140,9 +146,15 @@ class CliRpcAsyncStub(CliRpcStub):
     RecoverContent: _aio.UnaryStreamMultiCallable[_clirpc_pb2.RecoverContentRequest, _clirpc_pb2.RecoverContentResponse]  # type: ignore[assignment]
     """RecoverContent fetches our newest revision back from the replicas."""
     SetAeadKeyForPeer: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.SetAeadKeyForPeerRequest, _clirpc_pb2.SetAeadKeyForPeerResponse]  # type: ignore[assignment]
-    """SetAeadKeyForPeer sets the symmetric key for encrypted chat."""
+    """SetAeadKeyForPeer sets, generates or clears the symmetric key for
+    encrypted chat with one peer.
+    """
     Chat: _aio.StreamStreamMultiCallable[_clirpc_pb2.ChatAction, _clirpc_pb2.ChatEvent]  # type: ignore[assignment]
-    """Chat exchanges chat actions and events with peers."""
+    """Chat attaches to the conversation with one peer: the user's actions
+    go up, what happens comes down (docs/chat.md).
+    """
+    ListChats: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.ListChatsRequest, _clirpc_pb2.ListChatsResponse]  # type: ignore[assignment]
+    """ListChats lists queued messages, pending offers and open sessions."""
     AddSource: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.AddSourceRequest, _clirpc_pb2.AddSourceResponse]  # type: ignore[assignment]
     """AddSource adds a folder to those the daemon backs up, or changes
     one.
@@ -303,7 +315,9 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         request: _clirpc_pb2.SetAeadKeyForPeerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clirpc_pb2.SetAeadKeyForPeerResponse, _abc.Awaitable[_clirpc_pb2.SetAeadKeyForPeerResponse]]:
-        """SetAeadKeyForPeer sets the symmetric key for encrypted chat."""
+        """SetAeadKeyForPeer sets, generates or clears the symmetric key for
+        encrypted chat with one peer.
+        """
 
     @_abc_1.abstractmethod
     def Chat(
@@ -311,7 +325,17 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_clirpc_pb2.ChatAction],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.ChatEvent], _abc.AsyncIterator[_clirpc_pb2.ChatEvent]]:
-        """Chat exchanges chat actions and events with peers."""
+        """Chat attaches to the conversation with one peer: the user's actions
+        go up, what happens comes down (docs/chat.md).
+        """
+
+    @_abc_1.abstractmethod
+    def ListChats(
+        self,
+        request: _clirpc_pb2.ListChatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.ListChatsResponse, _abc.Awaitable[_clirpc_pb2.ListChatsResponse]]:
+        """ListChats lists queued messages, pending offers and open sessions."""
 
     @_abc_1.abstractmethod
     def AddSource(

@@ -154,7 +154,11 @@ def describe_file(path: Path) -> tuple[int, bytes]:
 
 @dataclass(frozen=True)
 class Offer:
-    """A file we offered to one peer."""
+    """A file we offered to one peer.
+
+    ``path`` is a local file, or with ``stored`` the name of a file of the
+    node's own file set (its backed-up files), read back from the content.
+    """
 
     offer_id: bytes
     peer: bytes
@@ -163,6 +167,7 @@ class Offer:
     sha256: bytes
     path: Path
     expires_at: float
+    stored: bool = False
 
     @property
     def id_text(self) -> str:
@@ -210,11 +215,13 @@ class OfferTable:
         *,
         name: str | None = None,
         lifetime: float = DEFAULT_OFFER_LIFETIME,
+        stored: bool = False,
     ) -> Offer:
         """Offer the file at ``path`` (``size``, ``sha256`` from describe_file).
 
-        ``name`` defaults to the file's own name. Raises OfferRefused when a
-        bound is reached or an argument is out of range; nothing changes then.
+        ``name`` defaults to the file's own name; ``stored`` says ``path``
+        names a file of the file set. Raises OfferRefused when a bound is
+        reached or an argument is out of range; nothing changes then.
         """
         _check_peer(peer)
         shown = Path(path).name if name is None else name
@@ -252,6 +259,7 @@ class OfferTable:
             bytes(sha256),
             Path(path),
             self._clock.seconds() + lifetime,
+            stored,
         )
         self._offers[offer_id] = offer
         return offer

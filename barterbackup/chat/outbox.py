@@ -12,6 +12,11 @@ delivery token; on the session's MessageDelivered event call
 ``acknowledge``. A message whose acknowledgement was lost is sent again next
 time (at least once, never silently dropped).
 
+Each message remembers whether it must travel encrypted (queued from an
+encrypted chat: it is never delivered in the clear, even if the key is
+cleared meanwhile) or may go in the clear (queued from a chat the user
+asked to be plain).
+
 Bounds: ``MAX_QUEUED_PER_PEER`` (100) messages per peer and
 ``MAX_QUEUED_TOTAL`` (1000) in all, each at most MAX_MESSAGE_BYTES (16 KiB),
 so the file stays under about 16 MiB; a full outbox refuses new messages
@@ -53,6 +58,8 @@ class QueuedMessage:
     peer: bytes
     text: str
     queued_at: float
+    # encrypted is True when the message may only travel by EncryptedChat.
+    encrypted: bool = True
 
 
 class Outbox:
@@ -79,10 +86,11 @@ class Outbox:
         if self.path.exists():
             self._load()
 
-    def queue(self, peer: bytes, text: str) -> QueuedMessage:
+    def queue(self, peer: bytes, text: str, *, encrypted: bool = True) -> QueuedMessage:
         """Queue ``text`` for ``peer``; durable when this returns.
 
-        Raises InvalidMessage or OutboxFull; nothing changes then.
+        ``encrypted`` False lets it travel by a plain Chat. Raises
+        InvalidMessage or OutboxFull; nothing changes then.
         """
         if len(peer) != 32:
             raise ValueError("a peer is named by its 32-byte onion key")
@@ -97,7 +105,9 @@ class Outbox:
                 f"{self.per_peer} messages wait for this peer already; "
                 "wait until it comes online"
             )
-        message = QueuedMessage(self._next_id, peer, text, self._clock.seconds())
+        message = QueuedMessage(
+            self._next_id, peer, text, self._clock.seconds(), encrypted
+        )
         self._save([*self._messages, message], self._next_id + 1)
         return message
 
@@ -135,6 +145,7 @@ class Outbox:
                         "peer": m.peer.hex(),
                         "text": m.text,
                         "queued_at": m.queued_at,
+                        "encrypted": m.encrypted,
                     }
                     for m in messages
                 ],
@@ -180,10 +191,19 @@ def _parse(document: Any) -> tuple[list[QueuedMessage], int]:
             raise ValueError("a message id is out of range")
         if not isinstance(queued_at, int | float):
             raise TypeError("queued_at is not a number")
+        encrypted = entry.get("encrypted", True)
+        if not isinstance(encrypted, bool):
+            raise TypeError("encrypted is not a boolean")
         peer = bytes.fromhex(entry["peer"])
         if len(peer) != 32:
             raise ValueError("a peer key is not 32 bytes")
         messages.append(
-            QueuedMessage(message_id, peer, validate_message(entry["text"]), queued_at)
+            QueuedMessage(
+                message_id,
+                peer,
+                validate_message(entry["text"]),
+                queued_at,
+                encrypted,
+            )
         )
     return messages, next_id

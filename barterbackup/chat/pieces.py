@@ -38,6 +38,7 @@ from google.protobuf.message import DecodeError
 from twisted.internet import defer
 
 from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.framing import SealedPiece, accepts_sealed_pieces
 from barterbackup.chat.aead import (
     PURPOSE_DOWNLOAD,
     PURPOSE_DOWNLOAD_REQUEST,
@@ -54,6 +55,7 @@ from barterbackup.chat.aead import (
     Transcript,
     channel_for,
     derive_session_keys,
+    sealed_length,
 )
 from barterbackup.chat.offers import OFFER_ID_LENGTH, Offer, OfferRefused, OfferTable
 from barterbackup.chat.peer_key import PeerKey
@@ -65,7 +67,9 @@ MAX_REQUEST_PLAINTEXT = 256
 
 T = TypeVar("T")
 Blocking = Callable[[Callable[[], T]], "defer.Deferred[T]"]
-Send = Callable[[bbrpc_pb2.EncryptedDownloadResponse], Awaitable[Any] | None]
+Send = Callable[
+    [bbrpc_pb2.EncryptedDownloadResponse | SealedPiece], Awaitable[Any] | None
+]
 
 
 def run_inline(work: Callable[[], T]) -> defer.Deferred[T]:
@@ -282,6 +286,12 @@ def open_download_request(
     )
 
 
+def _seal_piece(
+    sealer: FrameSealer, data: bytes, final: bool, context: bytes, out: memoryview
+) -> None:
+    sealer.seal_into(out, data, final=final, context=context)
+
+
 def read_file_range(path: Path, offset: int, length: int) -> bytes:
     """Up to ``length`` bytes of ``path`` from ``offset`` (blocking)."""
     with open(path, "rb") as handle:
@@ -296,16 +306,19 @@ async def serve_download(
     send: Send,
     random_bytes: RandomBytes,
     read: Callable[[Path, int, int], bytes] = read_file_range,
+    size_of: Callable[[Path], int] = os.path.getsize,
     blocking: Blocking[Any] = run_inline,
 ) -> None:
     """Stream the authorised bytes in sealed pieces, awaiting each send.
 
     Raises OfferRefused if the file no longer has its offered size or
     shrinks while it is read (the caller's SHA-256 check catches any other
-    change).
+    change). A connection's sender takes SealedPiece items
+    (``accepts_sealed_pieces``): each piece is then sealed straight into
+    its frame, with no copy of its own.
     """
     offer = download.offer
-    size = await blocking(partial(os.path.getsize, offer.path))
+    size = await blocking(partial(size_of, offer.path))
     if size != offer.size:
         raise OfferRefused("the offered file changed since it was offered")
     server_nonce = bytes(random_bytes(SESSION_NONCE_LENGTH))
@@ -321,20 +334,29 @@ async def serve_download(
     offset = download.offset
     end = download.offset + download.length
     first = True
+    in_frame = accepts_sealed_pieces(send)
     while True:
         length = min(PIECE_BYTES, end - offset)
         data: bytes = await blocking(partial(read, offer.path, offset, length))
         if len(data) != length:
             raise OfferRefused("the offered file shrank while it was sent")
         final = offset + length == end
-        sealed = sealer.seal(
-            data, final=final, context=piece_context(offer.offer_id, offset)
-        )
-        response = bbrpc_pb2.EncryptedDownloadResponse(sealed=sealed)
-        if first:
-            response.session_nonce = server_nonce
-            first = False
-        sent = send(response)
+        context = piece_context(offer.offer_id, offset)
+        nonce = server_nonce if first else b""
+        first = False
+        item: bbrpc_pb2.EncryptedDownloadResponse | SealedPiece
+        if in_frame:
+            item = SealedPiece(
+                sealed_length(len(data)),
+                partial(_seal_piece, sealer, data, final, context),
+                nonce,
+            )
+        else:
+            item = bbrpc_pb2.EncryptedDownloadResponse(
+                sealed=sealer.seal(data, final=final, context=context),
+                session_nonce=nonce,
+            )
+        sent = send(item)
         if sent is not None:
             await sent
         offset += length

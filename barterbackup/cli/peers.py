@@ -1,11 +1,15 @@
-"""``barterbackup peers``: connect to peers and list them."""
+"""``barterbackup peers``: connect to peers, list them, set chat keys."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
+from pathlib import Path
 
-from barterbackup._proto import clirpc_pb2
+from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
 from barterbackup.cli.common import (
+    CliError,
     human_size,
     human_time,
     print_json,
@@ -36,18 +40,49 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     connect.add_argument("--json", action="store_true", help="machine-readable output")
     connect.set_defaults(run=run_connect)
+    key = sub.add_parser(
+        "key",
+        help="the chat key shared with a peer: generate, set, clear or show it",
+        description=(
+            "Encrypted chat and file offers use a 32-byte key both people "
+            "hold. One side generates it and passes it on out of band (in "
+            "person, by a channel you trust); the other sets it. Compare the "
+            "fingerprints by voice. Without an option, shows the fingerprint."
+        ),
+    )
+    key.add_argument("onion_address", metavar="ONION")
+    action = key.add_mutually_exclusive_group()
+    action.add_argument(
+        "--generate", action="store_true", help="make a new key and print it"
+    )
+    action.add_argument(
+        "--set",
+        action="store_true",
+        help="set the key the peer gave you (typed without echo, or --key-file)",
+    )
+    action.add_argument("--clear", action="store_true", help="remove the key")
+    key.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="with --set: read the key from FILE ('-' for standard input)",
+    )
+    key.add_argument("--json", action="store_true", help="machine-readable output")
+    key.set_defaults(run=run_key)
 
 
 def _describe(peer: clirpc_pb2.PeerInfo) -> str:
     state = "connected" if peer.connected else "disconnected"
     rtt = f" rtt {peer.rtt_ms} ms" if peer.connected and peer.rtt_ms else ""
     checks = peer.checks_passed + peer.checks_failed
+    chat = (
+        f", chat key {peer.chat_key_fingerprint}" if peer.chat_key_fingerprint else ""
+    )
     return (
         f"{peer.onion_address} {state}{rtt}, last seen {human_time(peer.last_seen)}, "
         f"holds our revision {peer.held_revision or '-'}, "
         f"we store {human_size(peer.stored_bytes)} of theirs; "
         f"audit {peer.audit_score:.2f} ({peer.checks_passed} of {checks} checks "
-        f"passed), uptime {peer.uptime_score:.2f}"
+        f"passed), uptime {peer.uptime_score:.2f}{chat}"
     )
 
 
@@ -77,4 +112,72 @@ def run_list(args: argparse.Namespace) -> int:
         print("no peers yet: `barterbackup peers connect ONION`")
     for peer in response.peers:
         print(_describe(peer))
+    return 0
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    """The key text for --set: from --key-file, or typed without echo."""
+    if args.key_file == "-":
+        text = sys.stdin.readline()
+    elif args.key_file:
+        try:
+            text = Path(args.key_file).read_text()
+        except OSError as e:
+            raise CliError(f"cannot read {args.key_file}: {e.strerror}") from None
+    elif sys.stdin.isatty():
+        text = getpass.getpass("chat key (as the peer gave it): ")
+    else:
+        text = sys.stdin.readline()
+    if not text.strip():
+        raise CliError("no key given")
+    return text
+
+
+def run_key(args: argparse.Namespace) -> int:
+    if args.key_file and not args.set:
+        raise CliError("--key-file goes with --set")
+    client = stub(args)
+    if not (args.generate or args.set or args.clear):
+        return _show_key(args, client)
+    request = clirpc_pb2.SetAeadKeyForPeerRequest(
+        peer=args.onion_address, generate=args.generate, clear=args.clear
+    )
+    if args.set:
+        # The daemon decodes it: the one implementation of the key format.
+        request.key_text = _read_key(args)
+    response = rpc(lambda: client.SetAeadKeyForPeer(request))
+    if args.json:
+        print_json(to_dict(response))
+    elif args.clear:
+        print(f"chat key for {response.peer} removed")
+    elif args.generate:
+        print(f"chat key for {response.peer}:")
+        print(f"  {response.key_text}")
+        print(f"fingerprint: {response.fingerprint}")
+        print(
+            "Give the key to the peer's owner by a channel you trust; they run\n"
+            "`barterbackup peers key YOUR_ONION --set`. Compare fingerprints by "
+            "voice."
+        )
+    else:
+        print(f"chat key for {response.peer} set; fingerprint {response.fingerprint}")
+    return 0
+
+
+def _show_key(args: argparse.Namespace, client: clirpc_pb2_grpc.CliRpcStub) -> int:
+    listing = rpc(lambda: client.ConnectedPeers(clirpc_pb2.ConnectedPeersRequest()))
+    wanted = args.onion_address.strip().lower()
+    if not wanted.endswith(".onion"):
+        wanted += ".onion"
+    found = [p for p in listing.peers if p.onion_address == wanted]
+    fingerprint = found[0].chat_key_fingerprint if found else ""
+    if args.json:
+        print_json({"peer": wanted, "fingerprint": fingerprint})
+    elif fingerprint:
+        print(f"chat key for {wanted}: fingerprint {fingerprint}")
+    else:
+        print(
+            f"no chat key for {wanted}: `barterbackup peers key {wanted} "
+            "--generate` or `--set`"
+        )
     return 0

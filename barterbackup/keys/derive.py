@@ -35,6 +35,8 @@ LABEL_METADATA = "metadata aead"
 LABEL_MANIFEST = "revision manifest aead"
 LABEL_CONTENT = "content sections aes-ctr"
 LABEL_STORE = "node store aead"
+# Seals the chat outbox (messages waiting for a peer that is offline).
+LABEL_CHAT_OUTBOX = "chat outbox aead"
 
 
 class WrongPassword(Exception):

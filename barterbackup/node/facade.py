@@ -28,6 +28,11 @@ from twisted.python.failure import Failure
 
 from barterbackup import errors
 from barterbackup.bbrpc.handshake import HandshakeFailed
+from barterbackup.chat import peer_key as chat_keys
+from barterbackup.chat.aead import ChatError
+from barterbackup.chat.service import ChatAttachment, Listener
+from barterbackup.chat.session import NoChatKey
+from barterbackup.content.engine import CommitResult, Update
 from barterbackup.contracts import errors as contract_errors
 from barterbackup.contracts.book import ContractView
 from barterbackup.contracts.checking import KINDS as CHECK_KINDS
@@ -43,6 +48,8 @@ from barterbackup.keys.onion import (
 )
 from barterbackup.logs import get_logger
 from barterbackup.node.results import (
+    ChatKeyResult,
+    ChatOverview,
     CheckReport,
     ContractInfo,
     NodeConfig,
@@ -303,6 +310,7 @@ class Node(MultiService):
             )
         held = session.replicas.held(pubkey)
         scores = session.book.scores
+        chat_key = session.chat.peer_key(pubkey)
         return PeerInfo(
             onion_address=onion_address_from_pubkey(pubkey),
             connected=session.pool.is_connected(pubkey),
@@ -318,7 +326,102 @@ class Node(MultiService):
             checks_passed=record.checks_passed,
             checks_failed=record.checks_failed,
             last_check=record.last_check_at,
+            chat_key_fingerprint=chat_key.fingerprint() if chat_key else "",
         )
+
+    def _peer_pubkey(self, onion_address: str) -> bytes:
+        """The key of a peer the user named; never our own address."""
+        session = self._require_unlocked()
+        try:
+            address = normalize_onion_address(onion_address)
+        except InvalidOnionAddress as e:
+            raise errors.InvalidArgument(str(e)) from None
+        if address == session.keys.onion_address:
+            raise errors.InvalidArgument("that is this node's own onion address")
+        return pubkey_from_onion_address(address)
+
+    # -- chat --------------------------------------------------------------
+
+    def set_chat_key(
+        self,
+        onion_address: str,
+        *,
+        key: bytes = b"",
+        key_text: str = "",
+        generate: bool = False,
+        clear: bool = False,
+    ) -> Deferred[ChatKeyResult]:
+        """SetAeadKeyForPeer: set, generate or clear the peer's chat key.
+
+        Exactly one of ``key`` (32 bytes), ``key_text`` (as ``peers key
+        --generate`` printed it), ``generate`` and ``clear``. Durable when
+        the Deferred fires. A peer never seen gets a record (the user named
+        it). Neither the key nor what was typed ever reaches an error.
+        """
+        return Deferred.fromCoroutine(
+            self._set_chat_key(onion_address, key, key_text, generate, clear)
+        )
+
+    async def _set_chat_key(
+        self, onion_address: str, key: bytes, key_text: str, generate: bool, clear: bool
+    ) -> ChatKeyResult:
+        session = self._require_unlocked()
+        pubkey = self._peer_pubkey(onion_address)
+        given = sum((bool(key), bool(key_text), generate, clear))
+        if given != 1:
+            raise errors.InvalidArgument(
+                "give exactly one of a key, a key as text, generate or clear"
+            )
+        secret: bytes | None
+        if clear:
+            secret = None
+        elif generate:
+            secret = session.chat.generate_key()
+        elif key_text:
+            try:
+                secret = chat_keys.decode(key_text)
+            except chat_keys.PeerKeyError as e:
+                raise errors.InvalidArgument(str(e)) from None
+        elif len(key) != chat_keys.KEY_LENGTH:
+            raise errors.InvalidArgument(
+                f"a chat key is {chat_keys.KEY_LENGTH} bytes, not {len(key)}"
+            )
+        else:
+            secret = bytes(key)
+        await session.chat.set_key(pubkey, secret)
+        return ChatKeyResult(
+            onion_address=onion_address_from_pubkey(pubkey),
+            fingerprint=chat_keys.fingerprint(secret) if secret else "",
+            key_text=chat_keys.encode(secret) if generate and secret else "",
+        )
+
+    def open_chat(
+        self, onion_address: str, listener: Listener, plain: bool = False
+    ) -> Deferred[ChatAttachment]:
+        """Attach ``listener`` to the chat with a peer (the Chat RPC).
+
+        Encrypted whenever a key is set for the peer; plain only when
+        ``plain`` is asked for. The attachment takes the user's actions;
+        what happens comes to ``listener`` as the updates of results.py.
+        """
+        return Deferred.fromCoroutine(self._open_chat(onion_address, listener, plain))
+
+    async def _open_chat(
+        self, onion_address: str, listener: Listener, plain: bool
+    ) -> ChatAttachment:
+        session = self._require_unlocked()
+        pubkey = self._peer_pubkey(onion_address)
+        await session.network.ready()
+        try:
+            return session.chat.attach(pubkey, listener, plain=plain)
+        except NoChatKey as e:
+            raise errors.FailedPrecondition(str(e)) from None
+        except ChatError as e:
+            raise errors.ResourceExhausted(str(e)) from None
+
+    def chat_overview(self) -> list[ChatOverview]:
+        """What `chat --list` shows: queued messages, offers, sessions."""
+        return self._require_unlocked().chat.overview()
 
     # -- storage -----------------------------------------------------------
 

@@ -9,12 +9,15 @@ a field of a request.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.calls import StreamSender
 from barterbackup.bbrpc.errors import PeerCallError
+from barterbackup.chat.service import ChatService
+from barterbackup.chat.session import Mode
 from barterbackup.contracts.book import ContractBook
 from barterbackup.sync.interfaces import PeerConnectionLike, authenticated_peer
 from barterbackup.sync.replica import ReplicaService
@@ -40,6 +43,22 @@ class NodePeerHandler:
         self._replica = replica
         self._server = server
         self.contracts = contracts
+        self._chat: ChatService | None = None
+
+    def serve_chat_with(self, chat: ChatService) -> None:
+        """Serve Chat, EncryptedChat and EncryptedDownload with ``chat``.
+
+        Set after construction: the chat service needs the connection pool,
+        which needs this handler.
+        """
+        self._chat = chat
+
+    def _chat_service(self) -> ChatService:
+        if self._chat is None:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_UNIMPLEMENTED, "chat is not served yet"
+            )
+        return self._chat
 
     def peer_exchange(
         self, conn: PeerConnectionLike, request: bbrpc_pb2.PeerExchangeRequest
@@ -103,3 +122,24 @@ class NodePeerHandler:
                 bbrpc_pb2.ERROR_CODE_UNIMPLEMENTED, "contracts are not open yet"
             )
         return self.contracts
+
+    def chat(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.ChatRequest, stream: Any
+    ) -> Deferred[None]:
+        return self._chat_service().serve_call(conn, request, stream, Mode.PLAIN)
+
+    def encrypted_chat(
+        self,
+        conn: PeerConnectionLike,
+        request: bbrpc_pb2.EncryptedChatRequest,
+        stream: Any,
+    ) -> Deferred[None]:
+        return self._chat_service().serve_call(conn, request, stream, Mode.ENCRYPTED)
+
+    def encrypted_download(
+        self,
+        conn: PeerConnectionLike,
+        request: bbrpc_pb2.EncryptedDownloadRequest,
+        send: StreamSender[Any],
+    ) -> Deferred[None]:
+        return self._chat_service().serve_download(conn, request, send)

@@ -10,7 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barterbackup import __version__
+
+# What a chat attachment is told, and what `chat --list` shows: the chat
+# service's records are the node API's records.
+from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
+    ChatEnded,
+    ChatOverview,
+    ChatUpdate,
+    FileInfo,
+    MessageIn,
+    MessageStatus,
+    Notice,
+    OfferIn,
+    OfferOut,
+    QueuedInfo,
+    SessionClosed,
+    SessionOpened,
+    TransferProgress,
+)
 from barterbackup.contracts.settings import BookSettings
+from barterbackup.transport.onion import OnionDefences
 
 
 @dataclass(frozen=True)
@@ -20,11 +39,14 @@ class NodeConfig:
     node_dir: Path
     transport: str = "tor"
     tcp_listen_port: int = 0
+    tcp_interface: str = "127.0.0.1"
+    tcp_trusted_lan: bool = False
     tor_control: str | None = None
     tor_binary: str = "tor"
     extra_torrc: tuple[tuple[str, str], ...] = ()
     # contract_settings shorten the contract timings (--contract-timings).
     contract_settings: BookSettings | None = None
+    onion_defences: OnionDefences = field(default_factory=OnionDefences)
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,28 @@ class PeerInfo:
     checks_passed: int = 0
     checks_failed: int = 0
     last_check: float = 0.0
+    # chat_key_fingerprint is the fingerprint of the peer's chat key, or
+    # empty when none is set.
+    chat_key_fingerprint: str = ""
+
+
+@dataclass(frozen=True, repr=False)
+class ChatKeyResult:
+    """The chat key of a peer after SetAeadKeyForPeer."""
+
+    onion_address: str
+    # fingerprint is empty once the key was cleared.
+    fingerprint: str
+    # key_text is the key as a person passes it on, only when the node
+    # generated it (it is shown once and never stored in this form).
+    key_text: str = ""
+
+    def __repr__(self) -> str:
+        # The key is a secret: never in a repr or a log line.
+        return (
+            f"ChatKeyResult(onion_address={self.onion_address!r}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ no-network swarm can run whole nodes on a ``task.Clock``.
 
 from __future__ import annotations
 
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +26,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from barterbackup import paths
+from barterbackup.chat.offers import OfferRefused
+from barterbackup.chat.outbox import Outbox, OutboxCorrupt
+from barterbackup.chat.service import ChatService
 from barterbackup.content.crash import crash_point
+from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.contracts.book import ContractBook
 from barterbackup.contracts.files import ContractFiles
 from barterbackup.contracts.keeping import StorageGrants
 from barterbackup.contracts.samplecheck import audit_key_of
 from barterbackup.contracts.settings import BookSettings
 from barterbackup.keys import NodeKeys, check_password_strength, derive_node_keys
+from barterbackup.keys.derive import LABEL_CHAT_OUTBOX
 from barterbackup.logs import get_logger
 from barterbackup.node.handler import NodePeerHandler
 from barterbackup.node.results import NodeConfig
@@ -96,6 +102,9 @@ class NodeEnvironment:
     open_content: Callable[[Path, NodeKeys, MetadataStore], Any] = open_content_store
     # contract_settings are the contract book's local timings.
     contract_settings: BookSettings = field(default_factory=BookSettings)
+    # random_bytes draws secrets and nonces (chat keys, session nonces,
+    # offer ids): the OS's random source except on the no-network swarm.
+    random_bytes: Callable[[int], bytes] = os.urandom
 
 
 def _no_transport() -> Transport:
@@ -110,7 +119,12 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
 
     def make_transport(keys: NodeKeys) -> Transport:
         if config.transport == "tcp":
-            return PlainTcpTransport(reactor, config.tcp_listen_port)
+            return PlainTcpTransport(
+                reactor,
+                config.tcp_listen_port,
+                config.tcp_interface,
+                trusted_lan=config.tcp_trusted_lan,
+            )
         from barterbackup.transport.tor import TorTransport
 
         return TorTransport(
@@ -120,6 +134,7 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
             control_endpoint=config.tor_control,
             extra_torrc=config.extra_torrc,
             tor_binary=config.tor_binary,
+            defences=config.onion_defences,
         )
 
     return NodeEnvironment(
@@ -143,6 +158,7 @@ class UnlockedSession(MultiService):
         records: PeerRecords,
         grants: StorageGrants,
         contract_files: ContractFiles,
+        outbox: Outbox,
     ) -> None:
         super().__init__()
         self.env = env
@@ -163,6 +179,18 @@ class UnlockedSession(MultiService):
         self.pool = ConnectionPool(
             clock, keys, self.transport, handler, records, env.now, env.rng
         )
+        self.chat = ChatService(
+            clock=clock,
+            blocking=env.blocking,
+            random_bytes=env.random_bytes,
+            local_onion=keys.onion_pubkey,
+            keys=records,
+            connections=self.pool,
+            outbox=outbox,
+            stored_files=FileSetFiles(content),
+        )
+        handler.serve_chat_with(self.chat)
+        self.pool.when_connected(self.chat.peer_connected)
         self.network = PeerNetwork(clock, keys, self.transport, self.pool)
         self.network.setServiceParent(self)
         # Only the book pushes, and only to peers under contract.
@@ -219,8 +247,26 @@ class UnlockedSession(MultiService):
             naming_key=keys.subkey(CONTRACT_NAMES_LABEL),
             blocking=env.blocking,
         )
+        try:
+            outbox: Outbox = await env.blocking(
+                lambda: _open_outbox(
+                    node_dir, keys.subkey(LABEL_CHAT_OUTBOX), env.clock
+                )
+            )
+        except BaseException:
+            await env.blocking(replicas.close)
+            await env.blocking(content.close)
+            raise
         session = cls(
-            env, keys, metadata, content, replicas, records, grants, contract_files
+            env,
+            keys,
+            metadata,
+            content,
+            replicas,
+            records,
+            grants,
+            contract_files,
+            outbox,
         )
         try:
             await session.book.restore()
@@ -238,8 +284,50 @@ class UnlockedSession(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self.chat.stop()
         await self.book.stop()
         await super().stopService()
         await self.records.flush()
         await self.env.blocking(self.replicas.close)
         await self.env.blocking(self.content.close)
+
+
+class FileSetFiles:
+    """The current revision's files, as chat offers them (worker threads)."""
+
+    def __init__(self, content: ContentStore) -> None:
+        self._content = content
+
+    def size(self, name: str) -> int:
+        try:
+            return int(self._content.file_entry(name).size)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
+
+    def open(self, name: str) -> Iterator[bytes]:
+        try:
+            return self._content.read_file(name)
+        except FileNotInSet:
+            raise OfferRefused(f"{name!r} is not in the file set") from None
+
+
+def _open_outbox(node_dir: Path, key: bytes, clock: ReactorTime) -> Outbox:
+    """The chat outbox; one that does not open is moved aside, not fatal.
+
+    An outbox that fails authentication (damaged, or written under another
+    key) cannot be read by anyone without that key; the chat should not
+    stop working for it. Its bytes are kept beside it for inspection.
+    """
+    path = paths.chat_outbox_path(node_dir)
+    try:
+        return Outbox(path, key, clock)
+    except OutboxCorrupt as error:
+        aside = path.with_name(f"{path.name}.unreadable-{int(clock.seconds())}")
+        os.replace(path, aside)
+        log.error(
+            "the chat outbox does not open ({error}); moved it to {aside} and "
+            "started an empty one",
+            error=error,
+            aside=str(aside),
+        )
+        return Outbox(path, key, clock)

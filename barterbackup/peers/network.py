@@ -16,7 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
 from barterbackup import errors
-from barterbackup.bbrpc.factory import PeerServerFactory
+from barterbackup.bbrpc.factory import AdmissionLimits, PeerServerFactory
 from barterbackup.keys import NodeKeys
 from barterbackup.logs import get_logger
 from barterbackup.peers.pool import ConnectionPool
@@ -37,7 +37,9 @@ class PeerNetwork(Service):
         keys: NodeKeys,
         transport: Transport,
         pool: ConnectionPool,
+        admission: AdmissionLimits | None = None,
     ) -> None:
+        self._admission = admission
         self._clock = clock
         self._keys = keys
         self.transport = transport
@@ -76,6 +78,7 @@ class PeerNetwork(Service):
                 self._keys,
                 self.pool.handler,
                 on_authenticated=self.pool.accepted,
+                admission=self._admission or AdmissionLimits.for_this_process(),
             )
             self._listening = await self.transport.listen(cast(Any, factory))
         except Exception as e:

@@ -88,14 +88,19 @@ class ConnectionPool:
 
     # -- queries ------------------------------------------------------------
 
+    # A connection that is closing stays in the table until its close
+    # callbacks ran (its calls fail first, and their errbacks may ask for
+    # the peer again): only authenticated ones are handed out.
+
     def connection(self, pubkey: bytes) -> PeerConnection | None:
-        return self._connections.get(pubkey)
+        conn = self._connections.get(pubkey)
+        return conn if conn is not None and conn.authenticated else None
 
     def connections(self) -> dict[bytes, PeerConnection]:
-        return dict(self._connections)
+        return {p: c for p, c in self._connections.items() if c.authenticated}
 
     def is_connected(self, pubkey: bytes) -> bool:
-        return pubkey in self._connections
+        return self.connection(pubkey) is not None
 
     # -- dialling -----------------------------------------------------------
 
@@ -107,7 +112,7 @@ class ConnectionPool:
         ``defer.TimeoutError`` after CONNECT_TIMEOUT.
         """
         self._reconnects.setdefault(pubkey, _Reconnect())
-        conn = self._connections.get(pubkey)
+        conn = self.connection(pubkey)
         if conn is not None:
             return succeed(conn)
         return self._dial(pubkey, hint)

@@ -75,6 +75,13 @@ class PeerRecords:
         record = self._records.get(pubkey)
         return int(record.held_revision) if record is not None else 0
 
+    def aead_key(self, pubkey: bytes) -> bytes | None:
+        """The peer's 32-byte chat key, or None when none is set."""
+        record = self._records.get(pubkey)
+        if record is None or not record.aead_key:
+            return None
+        return bytes(record.aead_key)
+
     def shareable(self) -> list[str]:
         """Onion addresses of the peers that allowed being shared."""
         return [
@@ -144,6 +151,28 @@ class PeerRecords:
         self._records[pubkey] = updated
         self._schedule_write()
         return updated
+
+    def set_aead_key(
+        self, pubkey: bytes, key: bytes | None, now: int
+    ) -> storedpb_pb2.Peer:
+        """Set the peer's chat key (None clears it); the write follows shortly.
+
+        A peer never seen gets a record: the user named it, which is what
+        ConnectPeer does too. The key is never logged; ``flush`` makes the
+        change durable.
+        """
+        if key is not None and len(key) != 32:
+            raise ValueError(f"a chat key is 32 bytes, not {len(key)}")
+        record = self._records.get(pubkey)
+        if record is None:
+            record = storedpb_pb2.Peer(onion_pubkey=pubkey, first_seen=now)
+            self._records[pubkey] = record
+        if key is None:
+            record.ClearField("aead_key")
+        else:
+            record.aead_key = bytes(key)
+        self._schedule_write()
+        return record
 
     def flush(self) -> Deferred[None]:
         """Write pending changes now; fires once they are on disk."""

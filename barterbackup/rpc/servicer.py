@@ -7,11 +7,19 @@ what keeps the reactor free while gigabytes go through.
 
 This is the only module that turns the node's domain records into clirpc
 messages (and clirpc requests into the node's arguments).
+
+Chat is the one call streaming both ways: its gRPC thread yields events
+while a second thread reads the client's actions and hands each to the
+reactor. Events cross from the reactor through a bounded queue
+(``ChatEventQueue``): fetch progress is coalesced, and a client that stops
+reading is cut off rather than allowed to grow the queue; the messages it
+had not been shown go back to the node, which shows them to the next
+attachment.
 """
 
 from __future__ import annotations
 
-import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
@@ -21,22 +29,49 @@ from twisted.python.failure import Failure
 
 from barterbackup import errors
 from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
+from barterbackup.chat.aead import ChatError
+from barterbackup.chat.service import ChatAttachment
+from barterbackup.logs import get_logger
 from barterbackup.node.facade import FileSetUpdate, Node
 from barterbackup.node.results import (
+    ChatEnded,
+    ChatKeyResult,
+    ChatOverview,
+    ChatUpdate,
     CheckReport,
     ContractInfo,
+    FileInfo,
+    MessageIn,
+    MessageStatus,
     NodeStatus,
+    Notice,
+    OfferIn,
+    OfferOut,
     PeerInfo,
+    SessionClosed,
+    SessionOpened,
     StorageReport,
+    TransferProgress,
 )
 from barterbackup.progress import Progress
 from barterbackup.rpc.errors import status_for
+from barterbackup.rpc.queues import (
+    OVERFLOWED,
+    ChatEventQueue,
+    Finished,
+    ProgressQueue,
+)
+
+log = get_logger("barterbackup.rpc")
 
 T = TypeVar("T")
 # GetFile answers in chunks of this size, well under the message limit.
 READ_CHUNK = 1024 * 1024
 # How often a waiting stream checks whether its client went away.
 POLL_SECONDS = 0.5
+# Chat events waiting for a client that does not read them; beyond this the
+# client is cut off (its unshown messages go back to the node).
+MAX_CHAT_BACKLOG = 1000
 
 
 class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
@@ -275,30 +310,28 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
 
     def _operation_stream(
         self, context: grpc.ServicerContext, operation: Callable[..., Any], *args: Any
-    ) -> Iterator[clirpc_pb2.Progress | _Result]:
-        """``_progress_stream``, ending with the operation's ``_Result``."""
-        events: queue.Queue[object] = queue.Queue()
+    ) -> Iterator[clirpc_pb2.Progress | Finished]:
+        """``_progress_stream``, ending with the operation's ``Finished``."""
+        events = ProgressQueue()
 
         def start() -> None:
             d = operation(*args, events.put)
-            d.addCallbacks(lambda result: events.put(_Result(result)), events.put)
+            d.addBoth(events.end)
 
         self._on_reactor(context, start)
         while True:
-            try:
-                item = events.get(timeout=POLL_SECONDS)
-            except queue.Empty:
+            item = events.get(timeout=POLL_SECONDS)
+            if item is None:
                 if not context.is_active():
                     return
-                continue
-            if isinstance(item, _Result):
+            elif isinstance(item, Progress):
+                yield _progress(item)
+            elif isinstance(item, Failure):
+                assert item.value is not None
+                self._abort(context, item.value)
+            else:
                 yield item
                 return
-            if isinstance(item, Progress):
-                yield _progress(item)
-            else:
-                assert isinstance(item, Failure) and item.value is not None
-                self._abort(context, item.value)
 
     # -- contracts -------------------------------------------------------
 
@@ -320,7 +353,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             request.our_bytes,
             request.their_bytes,
         ):
-            if isinstance(item, _Result):
+            if isinstance(item, Finished):
                 info: ContractInfo = item.value
                 yield clirpc_pb2.ProposeContractResponse(
                     progress=clirpc_pb2.Progress(
@@ -342,7 +375,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             request.kind,
             request.samples,
         ):
-            if isinstance(item, _Result):
+            if isinstance(item, Finished):
                 outcome: CheckReport = item.value
                 yield clirpc_pb2.CheckContractResponse(
                     progress=clirpc_pb2.Progress(
@@ -390,19 +423,117 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
     ) -> Iterator[clirpc_pb2.RecoverContentResponse]:
         self._not_built(context, "RecoverContent", "recovery")
 
+    # -- chat --------------------------------------------------------------
+
     def SetAeadKeyForPeer(
         self,
         request: clirpc_pb2.SetAeadKeyForPeerRequest,
         context: grpc.ServicerContext,
     ) -> clirpc_pb2.SetAeadKeyForPeerResponse:
-        self._not_built(context, "SetAeadKeyForPeer", "chat")
+        result: ChatKeyResult = self._on_reactor(
+            context,
+            lambda: self._node.set_chat_key(
+                request.peer,
+                key=request.aead_key,
+                key_text=request.key_text,
+                generate=request.generate,
+                clear=request.clear,
+            ),
+        )
+        return clirpc_pb2.SetAeadKeyForPeerResponse(
+            peer=result.onion_address,
+            fingerprint=result.fingerprint,
+            key_text=result.key_text,
+        )
+
+    def ListChats(
+        self, request: clirpc_pb2.ListChatsRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.ListChatsResponse:
+        chats: list[ChatOverview] = self._on_reactor(context, self._node.chat_overview)
+        return clirpc_pb2.ListChatsResponse(chats=[_chat_summary(c) for c in chats])
 
     def Chat(
         self,
         request_iterator: Iterable[clirpc_pb2.ChatAction],
         context: grpc.ServicerContext,
     ) -> Iterator[clirpc_pb2.ChatEvent]:
-        self._not_built(context, "Chat", "chat")
+        actions = iter(request_iterator)
+        try:
+            first = next(actions)
+        except StopIteration:
+            return
+        if first.WhichOneof("action") != "init":
+            self._abort(
+                context,
+                errors.InvalidArgument("a chat starts with init, naming the peer"),
+            )
+        events = ChatEventQueue(MAX_CHAT_BACKLOG)
+        attachment: ChatAttachment = self._on_reactor(
+            context, self._node.open_chat, first.peer, events.put, first.init.plain
+        )
+        events.on_overflow = lambda unread: attachment.stop(
+            "the chat client stopped reading", unread=unread
+        )
+        reader = threading.Thread(
+            target=self._read_chat_actions,
+            args=(actions, attachment, events),
+            name="clirpc-chat-actions",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            while True:
+                item = events.get(POLL_SECONDS)
+                if item is None:
+                    if not context.is_active():
+                        return
+                    continue
+                if item is OVERFLOWED:
+                    self._abort(
+                        context,
+                        errors.ResourceExhausted(
+                            f"more than {MAX_CHAT_BACKLOG} chat events waited for "
+                            "this client; the messages not shown are kept for the "
+                            "next chat"
+                        ),
+                    )
+                assert not isinstance(item, str)
+                yield _chat_event(item)
+                if isinstance(item, ChatEnded):
+                    return
+        finally:
+            # However the stream ends, this client has left the chat.
+            self._reactor.callFromThread(attachment.stop, "left the chat")
+
+    def _read_chat_actions(
+        self,
+        actions: Iterator[clirpc_pb2.ChatAction],
+        attachment: ChatAttachment,
+        events: ChatEventQueue,
+    ) -> None:
+        """The client's actions, one at a time, to the reactor (a thread)."""
+        try:
+            for action in actions:
+                if action.WhichOneof("action") == "stop":
+                    blockingCallFromThread(
+                        self._reactor, attachment.stop, action.stop.reason
+                    )
+                    return
+                try:
+                    blockingCallFromThread(self._reactor, _chat_act, attachment, action)
+                except Exception as error:
+                    events.put(
+                        Notice(
+                            attachment.peer,
+                            _user_message(error),
+                            action.action_id,
+                            error=True,
+                        )
+                    )
+        except Exception:
+            # The client went away mid-stream (a cancelled RPC): the event
+            # side notices and leaves the chat.
+            return
 
     # Scheduled backups (issue 12): the messages are defined, the lead wires
     # them to barterbackup.sources.
@@ -446,11 +577,132 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         self._abort(context, errors.NotBuiltYet(method, subsystem))
 
 
-class _Result:
-    """The final value of a long operation, at the end of its stream."""
+def _chat_act(attachment: ChatAttachment, action: clirpc_pb2.ChatAction) -> None:
+    """One user action, on the reactor thread."""
+    kind = action.WhichOneof("action")
+    if action.peer and action.peer.strip().lower() != attachment.peer:
+        raise errors.InvalidArgument(
+            f"this chat is with {attachment.peer}; open another for {action.peer}"
+        )
+    if kind == "message":
+        attachment.send_message(action.message, action.action_id)
+    elif kind == "offer_file":
+        attachment.offer_file(action.offer_file, action.action_id)
+    elif kind == "offer_stored_file":
+        attachment.offer_stored_file(action.offer_stored_file, action.action_id)
+    elif kind == "accept_file":
+        attachment.accept_file(
+            action.accept_file.offer_id,
+            action.accept_file.directory,
+            action.action_id,
+        )
+    elif kind == "init":
+        raise errors.InvalidArgument("a chat stream is opened once")
+    else:
+        raise errors.InvalidArgument("an empty chat action")
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+
+def _user_message(error: BaseException) -> str:
+    """What to tell the user about an action that failed."""
+    if isinstance(error, ChatError):
+        return str(error)
+    return status_for(error)[1]
+
+
+def _chat_file(info: FileInfo) -> clirpc_pb2.ChatFile:
+    return clirpc_pb2.ChatFile(
+        offer_id=info.offer_id,
+        name=info.name,
+        offered_name=info.offered_name,
+        size=info.size,
+        sha256=info.sha256,
+        expires_at=int(info.expires_at),
+    )
+
+
+def _chat_event(update: ChatUpdate) -> clirpc_pb2.ChatEvent:
+    event = clirpc_pb2.ChatEvent(peer=update.peer)
+    if isinstance(update, SessionOpened):
+        event.opened.CopyFrom(
+            clirpc_pb2.ChatOpened(
+                encrypted=update.encrypted,
+                fingerprint=update.fingerprint,
+                initiated=update.initiated,
+            )
+        )
+    elif isinstance(update, MessageIn):
+        event.message.CopyFrom(
+            clirpc_pb2.ChatMessage(
+                text=update.text,
+                received_at=int(update.received_at),
+                encrypted=update.encrypted,
+                replayed=update.replayed,
+            )
+        )
+    elif isinstance(update, MessageStatus):
+        event.action_id = update.action_id
+        event.delivery.CopyFrom(
+            clirpc_pb2.ChatDelivery(
+                state=update.state, detail=update.detail, queued_id=update.queued_id
+            )
+        )
+    elif isinstance(update, OfferIn):
+        event.file_offered.CopyFrom(_chat_file(update.offer))
+    elif isinstance(update, OfferOut):
+        event.action_id = update.action_id
+        event.file_shared.CopyFrom(_chat_file(update.offer))
+    elif isinstance(update, TransferProgress):
+        event.action_id = update.action_id
+        event.transfer.CopyFrom(
+            clirpc_pb2.ChatTransfer(
+                offer_id=update.offer_id,
+                name=update.name,
+                phase=update.phase,
+                bytes_done=update.bytes_done,
+                bytes_total=update.bytes_total,
+                path=update.path,
+                message=update.message,
+            )
+        )
+    elif isinstance(update, SessionClosed):
+        event.closed.CopyFrom(
+            clirpc_pb2.ChatClosed(
+                reason=update.reason,
+                by_peer=update.by_peer,
+                cut=update.cut,
+                key_mismatch=update.key_mismatch,
+            )
+        )
+    elif isinstance(update, Notice):
+        event.action_id = update.action_id
+        event.notice.CopyFrom(
+            clirpc_pb2.ChatNotice(text=update.text, error=update.error)
+        )
+    else:
+        event.ended.CopyFrom(clirpc_pb2.ChatStop(reason=update.reason))
+    return event
+
+
+def _chat_summary(chat: ChatOverview) -> clirpc_pb2.ChatSummary:
+    return clirpc_pb2.ChatSummary(
+        peer=chat.peer,
+        connected=chat.connected,
+        key_fingerprint=chat.key_fingerprint,
+        sessions=chat.sessions,
+        attached=chat.attached,
+        unread=chat.unread,
+        queued=[
+            clirpc_pb2.QueuedChatMessage(
+                queued_id=q.queued_id,
+                text=q.text,
+                queued_at=int(q.queued_at),
+                encrypted=q.encrypted,
+            )
+            for q in chat.queued
+        ],
+        offers_received=[_chat_file(o) for o in chat.offers_received],
+        offers_made=[_chat_file(o) for o in chat.offers_made],
+    )
 
 
 def _progress(event: Progress) -> clirpc_pb2.Progress:
@@ -480,6 +732,7 @@ def _peer_info(peer: PeerInfo) -> clirpc_pb2.PeerInfo:
         checks_passed=peer.checks_passed,
         checks_failed=peer.checks_failed,
         last_check=int(peer.last_check),
+        chat_key_fingerprint=peer.chat_key_fingerprint,
     )
 
 

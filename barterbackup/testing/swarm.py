@@ -247,6 +247,7 @@ class Swarm:
                 FakeContentEngine.open if self.content == "fake" else open_content_store
             ),
             contract_settings=self.settings,
+            random_bytes=random.Random(self._rng.random()).randbytes,
         )
 
     def add_node(self, node_dir: Path, index: int) -> SwarmNode:

@@ -1,14 +1,30 @@
-"""Plain TCP transport: no Tor, for tests and LANs, chosen only explicitly.
+"""Plain TCP transport: no Tor, for tests and trusted LANs, chosen only
+explicitly.
 
 Peers are still identified by their onion address (the peer handshake proves
 it), but the route to them must be given as an explicit endpoint string,
 because there is no way to find a peer from its onion address without Tor.
+
+After the handshake nothing protects the bytes: an on-path attacker could
+read them or inject frames (over Tor, the onion circuit gives integrity and
+confidentiality). So the transport listens on and dials loopback addresses
+only, unless it is told the network is trusted (``trusted_lan``, the
+daemon's ``--tcp-trusted-lan``). Host names are never resolved: a name would
+need DNS, which says whom we talk to.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from typing import Any
+
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -24,10 +40,21 @@ from barterbackup.transport.base import (
     stop_listening,
 )
 
-# Endpoint types a hint may name. Anything else (notably "tor:", which
+# The endpoints a hint may name: tcp:HOST:PORT (or tcp:host=H:port=P) with
+# HOST an IPv4 address, and unix:PATH. Anything else (notably "tor:", which
 # txtorcon registers as a plugin, or "tls:") is refused so a hint from a
 # peer can never make this transport do something unexpected.
-ALLOWED_HINT_PREFIXES = ("tcp:", "unix:")
+_TCP_HINT = re.compile(r"tcp:(?:host=)?([^:=]+):(?:port=)?([0-9]{1,5})")
+_UNIX_HINT = re.compile(r"unix:(?:path=)?(/[^:]+)")
+CONNECT_TIMEOUT = 30
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` is an IPv4 loopback address (127.0.0.0/8)."""
+    try:
+        return ipaddress.IPv4Address(address).is_loopback
+    except ValueError:
+        return False
 
 
 class PlainTcpTransport:
@@ -41,7 +68,19 @@ class PlainTcpTransport:
         reactor: IReactorTCP,
         listen_port: int = 0,
         interface: str = "127.0.0.1",
+        *,
+        trusted_lan: bool = False,
     ) -> None:
+        try:
+            ipaddress.IPv4Address(interface)
+        except ValueError:
+            raise ValueError(f"{interface!r} is not an IPv4 address") from None
+        if not (trusted_lan or is_loopback(interface)):
+            raise ValueError(
+                f"plain TCP on {interface} would carry peer traffic unprotected "
+                "outside this machine; use Tor, or say the network is trusted"
+            )
+        self._trusted_lan = trusted_lan
         self._reactor = reactor
         self._listen_port = listen_port
         self._interface = interface
@@ -90,16 +129,43 @@ class PlainTcpTransport:
                 "explicit endpoint such as 'tcp:127.0.0.1:PORT' "
                 "(use the Tor transport to reach onion addresses)"
             )
-        if not hint.startswith(ALLOWED_HINT_PREFIXES):
+        return self._endpoint_for(peer, hint)
+
+    def _endpoint_for(self, peer: str, hint: str) -> IStreamClientEndpoint:
+        unix = _UNIX_HINT.fullmatch(hint)
+        # Typed through Any below: mypy without the zope plugin cannot see
+        # that @implementer classes provide their interface.
+        endpoint: Any
+        if unix:
+            endpoint = UNIXClientEndpoint(self._reactor, unix.group(1))
+            return endpoint
+        if not hint.startswith(("tcp:", "unix:")):
             raise DestinationRefused(
                 f"endpoint {hint!r} for {peer} is not a tcp: or unix: endpoint"
             )
-        try:
-            endpoint: IStreamClientEndpoint = clientFromString(self._reactor, hint)
-        except (ValueError, TypeError) as error:
+        tcp = _TCP_HINT.fullmatch(hint)
+        if not tcp or not 1 <= int(tcp.group(2)) <= 65535:
             raise DestinationRefused(
-                f"bad endpoint {hint!r} for {peer}: {error}"
+                f"bad endpoint {hint!r} for {peer}: expected tcp:ADDRESS:PORT "
+                "or unix:/PATH"
+            )
+        host, port = tcp.group(1), int(tcp.group(2))
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise DestinationRefused(
+                f"endpoint {hint!r} for {peer} names a host, not an IPv4 "
+                "address: resolving it would need DNS"
             ) from None
+        if not (self._trusted_lan or is_loopback(host)):
+            raise DestinationRefused(
+                f"endpoint {hint!r} for {peer} is outside this machine: plain "
+                "TCP leaves peer traffic unprotected there (use Tor, or trust "
+                "the network with --tcp-trusted-lan)"
+            )
+        endpoint = TCP4ClientEndpoint(
+            self._reactor, host, port, timeout=CONNECT_TIMEOUT
+        )
         return endpoint
 
     async def stop(self) -> None:

@@ -48,6 +48,7 @@ from barterbackup.transport.base import (
     listening_address,
     stop_listening,
 )
+from barterbackup.transport.onion import OnionDefences, PublishedOnion, publish_onion
 from barterbackup.transport.socks import Socks5ClientEndpoint
 
 log = get_logger("barterbackup.transport")
@@ -108,29 +109,15 @@ class OnionAddressMismatch(TransportError):
         self.published = published
 
 
-class OnionServiceLike(Protocol):
-    """What we use of ``txtorcon.EphemeralOnionService``."""
-
-    @property
-    def hostname(self) -> str: ...
-
-    def remove(self) -> Deferred[Any]: ...
-
-
 class TorLike(Protocol):
-    """What we use of ``txtorcon.Tor`` (so tests can pass a fake)."""
+    """What we use of ``txtorcon.Tor`` (so tests can pass a fake).
+
+    ``protocol`` is its control connection (``get_info``,
+    ``queue_command``, ``add_event_listener``, ``remove_event_listener``).
+    """
 
     @property
     def protocol(self) -> Any: ...
-
-    def create_onion_service(
-        self,
-        ports: Sequence[tuple[int, int]],
-        private_key: str | None = ...,
-        version: int = ...,
-        progress: Callable[[float, str, str], None] | None = ...,
-        await_all_uploads: bool = ...,
-    ) -> Deferred[Any]: ...
 
     def quit(self) -> Deferred[Any]: ...
 
@@ -167,6 +154,7 @@ class TorTransport:
         publish_timeout: float = PUBLISH_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         connect_tor: TorConnector | None = None,
+        defences: OnionDefences | None = None,
     ) -> None:
         for option, _value in extra_torrc:
             if option.lower() in RESERVED_TORRC_OPTIONS:
@@ -184,6 +172,7 @@ class TorTransport:
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
         self._connect_tor = connect_tor or self._launch_or_attach
+        self._defences = defences or OnionDefences()
         self._tor: TorLike | None = None
         # The launched tor's process holder (its quit() stops the process);
         # we talk to tor through self._tor, a separate control connection.
@@ -194,7 +183,7 @@ class TorTransport:
         self._output = _OutputTail()
         self._bootstrap_phase = "not connected to tor yet"
         self._socks_port: int | None = None
-        self._onion: OnionServiceLike | None = None
+        self._onion: PublishedOnion | None = None
         self._listening: IListeningPort | None = None
 
     @property
@@ -335,14 +324,16 @@ class TorTransport:
         port: IListeningPort = await endpoint.listen(factory)
         try:
             _host, local_port = listening_address(port)
-            publishing = tor.create_onion_service(
-                ports=[(self._onion_port, local_port)],
-                private_key=self._keys.tor_private_key,
-                version=3,
-                progress=_log_progress("onion publish"),
-                await_all_uploads=True,
+            publishing = Deferred.fromCoroutine(
+                publish_onion(
+                    tor.protocol,
+                    self._keys.tor_private_key,
+                    self._onion_port,
+                    local_port,
+                    self._defences,
+                )
             )
-            onion: OnionServiceLike = await _bounded(
+            onion: PublishedOnion = await _bounded(
                 self._reactor,
                 publishing,
                 self._publish_timeout,
