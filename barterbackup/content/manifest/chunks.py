@@ -54,13 +54,37 @@ CHUNK_AVERAGE_RECORDS = 64
 _CUT_THRESHOLD = 256 // CHUNK_AVERAGE_RECORDS
 
 
+class ManifestIndex:
+    """Each chunk's first sort key and first section: find a file by name.
+
+    Built by the writer as it writes, or while the manifest is read in
+    full; ~110 bytes a chunk, so about 1.7 MB for 1,000,000 files (~16 k
+    chunks).
+    """
+
+    def __init__(self, first_keys: list[bytes], first_sections: array[int]) -> None:
+        if len(first_keys) != len(first_sections):
+            raise ManifestError("a name index needs one first section per chunk")
+        self.first_keys = first_keys
+        self.first_sections = first_sections
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.first_keys)
+
+    def chunk_for(self, key: bytes) -> int:
+        """The chunk that would hold ``key`` (-1: before the first)."""
+        return bisect_right(self.first_keys, key) - 1
+
+
 @dataclass(frozen=True)
 class ManifestSummary:
-    """What ``ManifestWriter.finish`` returns: the chunk tree and totals."""
+    """What ``ManifestWriter.finish`` returns: the chunk tree, totals, index."""
 
     tree: TreeRoot
     file_count: int
     section_count: int
+    index: ManifestIndex
 
 
 class ManifestWriter:
@@ -87,6 +111,8 @@ class ManifestWriter:
         self._previous_key: bytes | None = None
         self._files = 0
         self._sections = 0
+        self._first_keys: list[bytes] = []
+        self._first_sections: array[int] = array("Q")
         self._finished = False
 
     def add(self, record: FileRecord) -> None:
@@ -102,6 +128,9 @@ class ManifestWriter:
         if self._size + len(encoded) > MAX_CHUNK_PLAINTEXT:
             self._close_chunk()
             encoded = encode_record(record, b"")
+        if not self._records:
+            self._first_keys.append(key)
+            self._first_sections.append(self._sections)
         self._records.append(encoded)
         self._size += len(encoded)
         self._previous_name = record.name.encode("utf-8")
@@ -129,23 +158,8 @@ class ManifestWriter:
             raise ManifestError("this manifest is already finished")
         self._close_chunk()
         self._finished = True
-        return ManifestSummary(self._tree.finish(), self._files, self._sections)
-
-
-class ManifestIndex:
-    """Each chunk's first sort key and first section: find a file by name.
-
-    Built while the manifest is read in full; ~110 bytes a chunk, so about
-    1.7 MB for 1,000,000 files (~16 k chunks).
-    """
-
-    def __init__(self, first_keys: list[bytes], first_sections: array[int]) -> None:
-        self.first_keys = first_keys
-        self.first_sections = first_sections
-
-    def chunk_for(self, key: bytes) -> int:
-        """The chunk that would hold ``key`` (-1: before the first)."""
-        return bisect_right(self.first_keys, key) - 1
+        index = ManifestIndex(self._first_keys, self._first_sections)
+        return ManifestSummary(self._tree.finish(), self._files, self._sections, index)
 
 
 class ManifestReader:
@@ -165,13 +179,22 @@ class ManifestReader:
         node_source: NodeSource,
         chunk_source: NodeSource,
         section_count: int,
+        index: ManifestIndex | None = None,
     ) -> None:
+        if index is not None and index.chunk_count != tree.entry_count:
+            raise InvalidManifest(
+                f"name index of {index.chunk_count} chunks for a manifest of "
+                f"{tree.entry_count}"
+            )
         self._tree = tree
         self._sealer = ChunkSealer(keys, owner_pubkey)
         self._nodes = node_source
         self._chunks = chunk_source
         self._section_count = section_count
-        self._index: ManifestIndex | None = None
+        self._index = index
+        # The last chunk ``find`` opened: lookups in name order (a run of
+        # removals, a files cache) open each chunk once.
+        self._cached: tuple[int, list[tuple[FileRecord, bytes]]] | None = None
 
     def _open(self, number: int, entry: Entry) -> Iterator[tuple[FileRecord, bytes]]:
         if entry.private != ZERO_PRIVATE:
@@ -227,7 +250,10 @@ class ManifestReader:
         return self._index
 
     def find(self, name: str) -> PlacedRecord | None:
-        """The record of ``name``, opening one chunk (after the index)."""
+        """The record of ``name``, opening one chunk (after the index).
+
+        Not thread-safe (the one-chunk cache): callers serialize lookups.
+        """
         try:
             validate_name(name)
         except InvalidFileName as error:
@@ -237,13 +263,20 @@ class ManifestReader:
         number = index.chunk_for(key)
         if number < 0:
             return None
-        try:
-            entry = entry_at(self._tree, number, self._nodes).entry
-        except InvalidNode as error:
-            raise InvalidManifest(f"manifest chunk tree: {error}") from None
+        if self._cached is None or self._cached[0] != number:
+            try:
+                entry = entry_at(self._tree, number, self._nodes).entry
+            except InvalidNode as error:
+                raise InvalidManifest(f"manifest chunk tree: {error}") from None
+            records = list(self._open(number, entry))
+            if not records or records[0][1] != index.first_keys[number]:
+                raise InvalidManifest(
+                    f"manifest chunk {number} does not start where its index says"
+                )
+            self._cached = (number, records)
         position = index.first_sections[number]
-        for record, _ in self._open(number, entry):
-            if record.name == name:
+        for record, record_key in self._cached[1]:
+            if record_key == key:
                 return PlacedRecord(record, position)
             position += record.section_count
         return None
