@@ -439,30 +439,31 @@ class HistoryTests(StoreTestCase):
             update = store.begin_update()
             after = dict(model)
             written: set[str] = set()
-            valid = True
+            # The last operation on a name decides, and only it is checked.
+            final_valid: dict[str, bool] = {}
             for operation, name, data in operations:
                 if operation == "write":
                     with update.add_file(name) as writer:
                         writer.write(data)
                     after[name] = data
+                    final_valid[name] = True
                     written.add(name)
                 elif operation == "remove":
-                    if name not in model and name not in written:
-                        if not written:  # certain at once: nothing recorded
-                            self.assertRaises(FileNotInSet, update.remove_file, name)
-                            continue
-                        valid = False
+                    if name not in model and not written:
+                        # Certain at once: refused, nothing recorded.
+                        self.assertRaises(FileNotInSet, update.remove_file, name)
+                        continue
                     update.remove_file(name)
                     after.pop(name, None)
+                    final_valid[name] = name in model or name in written
                 else:
-                    if name not in model:
-                        valid = False
                     update.keep_file(name)
+                    final_valid[name] = name in model
                     if name in model:
                         after[name] = model[name]
                     else:
                         after.pop(name, None)
-            if valid:
+            if all(final_valid.values()):
                 was_empty = store.current is None
                 result = update.commit()
                 self.assertEqual(result.changed, was_empty or after != model)
@@ -540,7 +541,7 @@ class GarbageCollectionTests(StoreTestCase):
         update = store.begin_update()
         with update.add_file("again") as writer:
             writer.write(data)  # the same sections as revision 1: deduplicated
-        update._worker.drain()
+        update._drain()
         store.gc()
         for sha256 in reused:
             self.assertTrue(store.has_blob(sha256))

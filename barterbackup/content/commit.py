@@ -129,7 +129,10 @@ def merge(
         if change.operation is Operation.WRITE:
             assert change.record is not None
             for first, count in change.extents:
-                stream.add(journal.read_entries(first, count))
+                # In pieces: a 20 GiB file has 1.2 million entries (106 MB).
+                for start in range(first, first + count, ADD_BATCH_ENTRIES):
+                    piece = min(ADD_BATCH_ENTRIES, first + count - start)
+                    stream.add(journal.read_entries(start, piece))
             manifest.add(change.record)
             counts.files += 1
             counts.files_written += 1

@@ -59,9 +59,10 @@ from barterbackup.content.pipeline import (
     BufferPool,
     EncryptionWorker,
     FileWriter,
+    SmallFileBatcher,
 )
 from barterbackup.content.private import InvalidPrivateField, PrivateFields
-from barterbackup.content.sections import section_cipher, section_key
+from barterbackup.content.sections import SectionKeyDeriver, section_encryptor
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
 from barterbackup.revisions import (
@@ -86,6 +87,7 @@ from barterbackup.store.packs import (
 )
 from barterbackup.tree import (
     ENTRY_BYTES,
+    NodeCache,
     NodeRef,
     TreeBuilder,
     TreeError,
@@ -121,6 +123,22 @@ _DAMAGE = (
     InvalidPrivateField,
     OSError,
 )
+
+
+# Section tree nodes the readers keep decoded (~0.5-3 KB each).
+READ_CACHE_NODES = 512
+
+
+class _LockedCache:
+    """A view of a shared NodeCache that takes its lock for each read."""
+
+    def __init__(self, cache: NodeCache, lock: threading.Lock) -> None:
+        self._cache = cache
+        self._lock = lock
+
+    def read(self, ref: NodeRef) -> Leaf | Internal:
+        with self._lock:
+            return self._cache.read(ref)
 
 
 class CorruptContent(Exception):
@@ -196,12 +214,15 @@ class Update:
         except BaseException:
             self.journal.close()
             raise
+        self._small_files = SmallFileBatcher(self._worker, self._buffers)
         self._lock = threading.Lock()
         self._open_writers: set[FileWriter] = set()
         self._written = 0
         self.finished = False
 
     def _drain(self) -> None:
+        """Every closed file's sections stored and journaled."""
+        self._small_files.flush()
         self._worker.drain()
 
     def add_file(
@@ -224,7 +245,12 @@ class Update:
         except ManifestError as error:
             raise ValueError(str(error)) from None
         writer = FileWriter(
-            pending, self._worker, self._buffers, self._check_open, self._file_closed
+            pending,
+            self._worker,
+            self._buffers,
+            self._small_files,
+            self._check_open,
+            self._file_closed,
         )
         with self._lock:
             self._open_writers.add(writer)
@@ -274,6 +300,7 @@ class Update:
             names = sorted(w.pending.name for w in self._open_writers)
             raise ValueError(f"files still being written: {names}")
         try:
+            self._small_files.flush()
             self._worker.finish()
             return self._store._commit(self, self._worker)
         except BaseException:
@@ -289,6 +316,7 @@ class Update:
         if self.finished and self._store._update is not self:
             return
         self.finished = True
+        self._small_files.discard()
         try:
             self._worker.drain()
         except BaseException:
@@ -297,6 +325,8 @@ class Update:
         for number, _ in self._worker.writers:
             self._store._packs.release(number)
         self._worker.writers.clear()
+        self._store._packs.discard_packs(self._worker.installed)
+        self._worker.installed.clear()
         self.journal.close()
         self._store._update_ended(self)
 
@@ -320,6 +350,7 @@ class ContentStore:
         self._random_bytes = random_bytes
         self._manifest_keys = ManifestKeys.from_node_keys(keys)
         self._private = PrivateFields.from_node_keys(keys)
+        self._section_keys = SectionKeyDeriver(keys.content_key)
         self._name_index_key = name_index_key_of(keys)
         self._dir = make_private_directory(Path(content_dir))
         self._packs_dir = make_private_directory(self._dir / "packs")
@@ -332,6 +363,11 @@ class ContentStore:
         except SectionCorrupt as error:
             raise CorruptContent(str(error)) from None
         self._source = PackSource(self._packs)
+        # Verified section tree nodes, shared by every reader (under their
+        # own lock): reading files one by one re-reads the nodes near the
+        # root each time.
+        self._nodes = NodeCache(self._source, READ_CACHE_NODES)
+        self._nodes_lock = threading.Lock()
         self.metadata = metadata
         self._current: VerifiedRevision | None = None
         self._names: NameIndex | None = None
@@ -568,13 +604,17 @@ class ContentStore:
     def _read_sections(
         self, name: str, tree: TreeRoot, placed: PlacedRecord
     ) -> Iterator[bytes]:
-        content_key = self._keys.content_key
+        derive_key = self._section_keys.key
         position = 0
         total = 0
         where = f"file {name!r}: section tree"
         try:
             for packed in iter_packed(
-                tree, self._source, placed.first_section, placed.stop_section
+                tree,
+                self._source,
+                placed.first_section,
+                placed.stop_section,
+                cache=_LockedCache(self._nodes, self._nodes_lock),
             ):
                 for length, sha256, private in _ENTRY.iter_unpack(packed):
                     where = f"file {name!r}: section {position} of the file"
@@ -582,8 +622,10 @@ class ContentStore:
                     ciphertext = self._packs.read(sha256)
                     if len(ciphertext) != length:
                         raise CorruptContent(f"{where} has the wrong length")
-                    decryptor = section_cipher(section_key(content_key, plain_sha256))
-                    plain = decryptor.decryptor().update(ciphertext)
+                    # CTR decryption is the same keystream XOR as encryption.
+                    plain = section_encryptor(derive_key(plain_sha256)).update(
+                        ciphertext
+                    )
                     if hashlib.sha256(plain).digest() != plain_sha256:
                         raise CorruptContent(f"{where} decrypts to wrong bytes")
                     total += len(plain)
@@ -615,6 +657,10 @@ class ContentStore:
         for number, _ in worker.writers:
             self._packs.release(number)
         worker.writers.clear()
+        # Filled packs were installed: with no change they hold nothing new
+        # that the revision needs (sections written and dropped again).
+        self._packs.discard_packs(worker.installed)
+        worker.installed.clear()
         self._update = None
         return CommitResult(
             revision=self._current,

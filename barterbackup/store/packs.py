@@ -11,11 +11,15 @@ under temp names, the pack is fsynced and renamed, then the index is fsynced
 and renamed; a pack without an index is a crash leftover and is deleted at
 open. Everything read back is checked against its hash before it is returned.
 
-Memory: the in-memory index of stored sections is two sorted arrays, the
-first 8 bytes of each hash and its (pack, entry number): 16 bytes per section
-(a dict of full hashes costs ~160). A lookup bisects the prefixes and
-confirms the full hash from the index file, so correctness never rests on
-the prefix. Only the open update's new sections sit in a dict until commit.
+Memory: the in-memory index of stored blobs takes 8 bytes each
+(``_StoredIndex``: 42 bits of the hash and an ordinal, in 1024 sorted
+shards; a dict of full hashes costs ~160, the sorted arrays this replaced
+16 and a transient list of ~50 on every install). A lookup bisects one
+shard and confirms the full hash from the index file, so correctness never
+rests on the partial hash. Only the open pack's new blobs sit in the
+reservation table until the pack is installed, and packs roll over at
+PACK_MAX_ENTRIES entries as well as at PACK_TARGET_BYTES, so that table
+stays small.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ PACK_SUFFIX = ".pack"
 INDEX_SUFFIX = ".idx"
 # Packs roll over at this size so garbage collection rewrites bounded files.
 PACK_TARGET_BYTES = 256 * 1024 * 1024
+# ...or at this many entries, which bounds the reservation table of the
+# pack being written (a million 100-byte files would fill one 256 MiB pack
+# with 32 MB of reservations).
+PACK_MAX_ENTRIES = 65536
+# Descriptors of at most this many packs are kept open (least recently used
+# closed first): a 1 TiB store has 4,000 packs.
+MAX_OPEN_PACKS = 64
 # A pack is rewritten by gc once this fraction of it is garbage; below that
 # its dead sections are only dropped from its index (no longer served).
 REPACK_DEAD_FRACTION = 0.25
@@ -55,6 +66,98 @@ class SectionCorrupt(Exception):
 
 class SectionMissing(LookupError):
     """No stored section has this hash."""
+
+
+_SHARD_BITS = 10
+_FRAGMENT_BITS = 32
+_ORDINAL_BITS = 32
+_ORDINAL_MASK = (1 << _ORDINAL_BITS) - 1
+
+
+class _StoredIndex:
+    """Hash → (pack, entry) of every installed blob, in ~8 bytes each.
+
+    Every registered entry gets an *ordinal* (a pack's entries are
+    consecutive from the pack's base). The top 10 bits of a hash pick one
+    of 1024 shards; the shard is a sorted ``array('Q')`` of the hash's next
+    32 bits ‖ the ordinal. Inserting is a bisect and a memmove within one
+    shard, so nothing is ever re-sorted or copied whole, and there is no
+    transient list of every entry. Ordinals run out after 2**32
+    registrations (a pack re-registered by gc takes new ones); the owner
+    then rebuilds the index from the pack indexes.
+    """
+
+    def __init__(self) -> None:
+        self._shards = [array("Q") for _ in range(1 << _SHARD_BITS)]
+        # Sorted bases and, at the same position, (pack number, count).
+        self._bases: list[int] = []
+        self._packs: list[tuple[int, int]] = []
+        self._next_ordinal = 0
+
+    @staticmethod
+    def _split(sha256: bytes | memoryview) -> tuple[int, int]:
+        top = int.from_bytes(sha256[:6], "big")
+        shard_shift = 48 - _SHARD_BITS
+        return top >> shard_shift, (top >> (shard_shift - _FRAGMENT_BITS)) & (
+            (1 << _FRAGMENT_BITS) - 1
+        )
+
+    def has_room(self, count: int) -> bool:
+        return self._next_ordinal + count <= _ORDINAL_MASK
+
+    def add_pack(self, number: int, hashes: Iterable[bytes | memoryview]) -> None:
+        base = self._next_ordinal
+        shards, split, insort = self._shards, self._split, bisect.insort
+        ordinal = base
+        for sha256 in hashes:
+            shard, fragment = split(sha256)
+            insort(shards[shard], fragment << _ORDINAL_BITS | ordinal)
+            ordinal += 1
+        self._next_ordinal = ordinal
+        self._bases.append(base)
+        self._packs.append((number, ordinal - base))
+
+    def candidates(self, sha256: bytes) -> list[int]:
+        """Locations (pack << 32 | entry) whose partial hash matches."""
+        shard_number, fragment = self._split(sha256)
+        shard = self._shards[shard_number]
+        low = fragment << _ORDINAL_BITS
+        position = bisect.bisect_left(shard, low)
+        found = []
+        while position < len(shard) and shard[position] >> _ORDINAL_BITS == fragment:
+            ordinal = shard[position] & _ORDINAL_MASK
+            at = bisect.bisect_right(self._bases, ordinal) - 1
+            number, _ = self._packs[at]
+            found.append(number << _ENTRY_BITS | (ordinal - self._bases[at]))
+            position += 1
+        return found
+
+    def drop_packs(self, numbers: set[int]) -> None:
+        """Forget every entry of the packs ``numbers``."""
+        if not numbers:
+            return
+        dropped = [
+            (base, base + count)
+            for base, (number, count) in zip(self._bases, self._packs, strict=True)
+            if number in numbers
+        ]
+        kept = [
+            (base, pack)
+            for base, pack in zip(self._bases, self._packs, strict=True)
+            if pack[0] not in numbers
+        ]
+        self._bases = [base for base, _ in kept]
+        self._packs = [pack for _, pack in kept]
+        starts = [start for start, _ in dropped]
+
+        def live(value: int) -> bool:
+            ordinal = value & _ORDINAL_MASK
+            at = bisect.bisect_right(starts, ordinal) - 1
+            return at < 0 or ordinal >= dropped[at][1]
+
+        for number, shard in enumerate(self._shards):
+            if shard:
+                self._shards[number] = array("Q", filter(live, shard))
 
 
 def _prefix(sha256: bytes) -> int:
@@ -235,9 +338,7 @@ class PackStore:
         self._lock = threading.Lock()
         self._pack_ids: dict[int, str] = {}
         self._next_pack_number = 0
-        # Stored sections: sorted hash prefixes and their locations.
-        self._prefixes = array("Q")
-        self._locations = array("q")
+        self._index = _StoredIndex()
         # Reservations of the open update: prefix → location, and full hash
         # → location for the rare prefix collision among them.
         self._pending = _ReservationTable()
@@ -251,39 +352,53 @@ class PackStore:
                 # Renamed but its index never was: a crash leftover that no
                 # revision can reference.
                 atomic_delete(pack_path)
-        keys: list[int] = []
         for index_path in sorted(directory.glob(f"*{INDEX_SUFFIX}")):
             pack_id = index_path.name[: -len(INDEX_SUFFIX)]
             if not (directory / f"{pack_id}{PACK_SUFFIX}").exists():
                 raise SectionCorrupt(f"pack index {index_path} has no pack file")
-            keys += self._register_pack(pack_id, index_path.read_bytes())
-        self._rebuild(set(), keys)
+            self._register_pack(pack_id, index_path.read_bytes())
 
     # -- the index --------------------------------------------------------
 
     def _register_pack(self, pack_id: str, raw: bytes | bytearray) -> list[int]:
-        """Number a pack; return its sort keys (prefix << 64 | location)."""
+        """Number a pack and index its entries (the list is always empty:
+        callers hand it to ``_rebuild``, which only drops)."""
         if len(raw) % INDEX_ENTRY.size:
             raise SectionCorrupt(f"pack index {pack_id}{INDEX_SUFFIX} is truncated")
+        count = len(raw) // INDEX_ENTRY.size
+        if not self._index.has_room(count):
+            self._reindex()
         number = self._next_pack_number
         self._next_pack_number += 1
         self._pack_ids[number] = pack_id
-        base = number << _ENTRY_BITS
-        return [
-            _prefix(sha256) << 64 | base | entry_number
-            for entry_number, (sha256, _, _) in enumerate(INDEX_ENTRY.iter_unpack(raw))
-        ]
+        view = memoryview(raw)
+        self._index.add_pack(
+            number,
+            (
+                view[start : start + 32]
+                for start in range(0, len(raw), INDEX_ENTRY.size)
+            ),
+        )
+        return []
+
+    def _reindex(self) -> None:
+        """Index every pack again from its index file (ordinals ran out)."""
+        self._index = _StoredIndex()
+        for number, pack_id in sorted(self._pack_ids.items()):
+            raw = (self.directory / f"{pack_id}{INDEX_SUFFIX}").read_bytes()
+            view = memoryview(raw)
+            self._index.add_pack(
+                number,
+                (
+                    view[start : start + 32]
+                    for start in range(0, len(raw), INDEX_ENTRY.size)
+                ),
+            )
 
     def _rebuild(self, dropped_packs: set[int], added: list[int]) -> None:
-        """Re-sort the stored index without ``dropped_packs``, plus ``added``."""
-        keys = added
-        for prefix, location in zip(self._prefixes, self._locations, strict=True):
-            if location >> _ENTRY_BITS not in dropped_packs:
-                keys.append(prefix << 64 | location)
-        keys.sort()
-        mask = (1 << 64) - 1
-        self._prefixes = array("Q", (key >> 64 for key in keys))
-        self._locations = array("q", (key & mask for key in keys))
+        """Drop ``dropped_packs`` from the index (``added`` are indexed
+        already, by ``_register_pack``)."""
+        self._index.drop_packs(dropped_packs)
 
     def _entry_at(self, location: int) -> tuple[bytes, int, int]:
         """The (sha256, offset, length) entry a location points at."""
@@ -305,13 +420,10 @@ class PackStore:
 
     def _locate(self, sha256: bytes) -> int | None:
         """The location of ``sha256`` (stored or reserved), or None. Locked."""
-        prefix = _prefix(sha256)
-        position = bisect.bisect_left(self._prefixes, prefix)
-        while position < len(self._prefixes) and self._prefixes[position] == prefix:
-            location = self._locations[position]
+        for location in self._index.candidates(sha256):
             if self._entry_at(location)[0] == sha256:
                 return location
-            position += 1
+        prefix = _prefix(sha256)
         reserved = self._pending_overflow.get(sha256)
         if reserved is None:
             reserved = self._pending.get(prefix)
@@ -323,12 +435,21 @@ class PackStore:
         return self.directory / f"{self._pack_ids[number]}{PACK_SUFFIX}"
 
     def _pack_fds(self, number: int) -> tuple[int, int]:
-        fds = self._fds.get(number)
+        fds = self._fds.pop(number, None)
         if fds is None:
             pack_path = self._pack_path(number)
             pack_fd = os.open(pack_path, os.O_RDONLY)
-            fds = (pack_fd, os.open(pack_path.with_suffix(INDEX_SUFFIX), os.O_RDONLY))
-            self._fds[number] = fds
+            try:
+                index_fd = os.open(pack_path.with_suffix(INDEX_SUFFIX), os.O_RDONLY)
+            except BaseException:
+                os.close(pack_fd)
+                raise
+            fds = (pack_fd, index_fd)
+            while len(self._fds) >= MAX_OPEN_PACKS:
+                oldest = next(iter(self._fds))
+                for fd in self._fds.pop(oldest):
+                    os.close(fd)
+        self._fds[number] = fds  # most recently used last
         return fds
 
     # -- public API -------------------------------------------------------
@@ -453,10 +574,13 @@ class PackStore:
             number = location >> _ENTRY_BITS
             _, offset, length = self._entry_at(location)
             pack_fd, _ = self._pack_fds(number)
-            pack_path = self._pack_path(number)
-        data = os.pread(pack_fd, length, offset)
+            pack_id = self._pack_ids[number]
+            # Read under the lock: the descriptor may be closed (least
+            # recently used, or by gc) as soon as the lock is released.
+            data = os.pread(pack_fd, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or hashlib.sha256(data).digest() != sha256:
+            pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
             raise SectionCorrupt(
                 f"section {sha256.hex()} in {pack_path} does not match its hash"
             )
@@ -555,6 +679,22 @@ class PackStore:
                 os.close(pack_fd)
                 os.close(index_fd)
             self._fds.clear()
+
+    def discard_packs(self, pack_ids: Iterable[str]) -> None:
+        """Delete installed packs no revision references (an aborted
+        update's), index first."""
+        with self._lock:
+            numbers = {
+                n for n, pack_id in self._pack_ids.items() if pack_id in pack_ids
+            }
+            try:
+                for number in numbers:
+                    pack_id = self._pack_ids[number]
+                    self._forget(number)
+                    atomic_delete(self.directory / f"{pack_id}{INDEX_SUFFIX}")
+                    atomic_delete(self.directory / f"{pack_id}{PACK_SUFFIX}")
+            finally:
+                self._rebuild(numbers, [])
 
     # -- marking (garbage collection without a set of live hashes) -------
 

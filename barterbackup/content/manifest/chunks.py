@@ -194,7 +194,7 @@ class ManifestReader:
         self._index = index
         # The last chunk ``find`` opened: lookups in name order (a run of
         # removals, a files cache) open each chunk once.
-        self._cached: tuple[int, list[tuple[FileRecord, bytes]]] | None = None
+        self._cached: tuple[int, dict[bytes, PlacedRecord]] | None = None
 
     def _open(self, number: int, entry: Entry) -> Iterator[tuple[FileRecord, bytes]]:
         if entry.private != ZERO_PRIVATE:
@@ -273,10 +273,10 @@ class ManifestReader:
                 raise InvalidManifest(
                     f"manifest chunk {number} does not start where its index says"
                 )
-            self._cached = (number, records)
-        position = index.first_sections[number]
-        for record, record_key in self._cached[1]:
-            if record_key == key:
-                return PlacedRecord(record, position)
-            position += record.section_count
-        return None
+            placed: dict[bytes, PlacedRecord] = {}
+            position = index.first_sections[number]
+            for record, record_key in records:
+                placed[record_key] = PlacedRecord(record, position)
+                position += record.section_count
+            self._cached = (number, placed)
+        return self._cached[1].get(key)
