@@ -242,6 +242,46 @@ class UpdateTests(StoreTestCase):
             self.read_back(store), {**big, "small": random_bytes(10_000, 99)}
         )
 
+    def test_one_change_in_many_files_opens_one_chunk(self) -> None:
+        store = self.open_store()
+        files = {f"d{i % 10}/f{i:05d}": b"x%d" % i for i in range(4000)}
+        self.commit_files(store, files)
+        assert store.current is not None
+        chunks = store.current.manifest.entry_count
+        self.assertGreater(chunks, 30)
+        opened: list[int] = []
+
+        def count_opened_chunks() -> None:
+            reader = store._reader
+            assert reader is not None
+            real = reader.chunk_records
+
+            def counting(number: int) -> list[object]:
+                opened.append(number)
+                return real(number)  # type: ignore[return-value]
+
+            self.patch(reader, "chunk_records", counting)
+
+        count_opened_chunks()
+        read_before = store.bytes_read
+        self.commit_files(store, {"d3/f01233": b"changed"})
+        self.assertIn(len(opened), (1, 2))  # its chunk, rarely a neighbour
+        self.assertLess(store.bytes_read - read_before, 40_000)
+        self.assertEqual(self.read_back(store), {**files, "d3/f01233": b"changed"})
+        self.assertEqual(store.file_count, 4000)
+        # Removing and adding names also opens only their chunks.
+        opened.clear()
+        count_opened_chunks()
+        update = store.begin_update()
+        update.remove_file("d0/f00000")
+        with update.add_file("d9/zzz") as writer:
+            writer.write(b"new")
+        update.commit()
+        self.assertGreaterEqual(len(opened), 2)
+        self.assertLessEqual(len(opened), 4)
+        self.assertEqual(store.file_count, 4000)
+        self.assertNotIn("d0/f00000", set(store.list_files()))
+
     def test_replace_and_remove(self) -> None:
         store = self.open_store()
         self.commit_files(store, {"a": b"1", "b": b"2", "c": b"3"})

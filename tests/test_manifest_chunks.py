@@ -135,6 +135,8 @@ class RoundTripTests(SynchronousTestCase):
         full = reader(summary.tree, store, total).index()
         self.assertEqual(summary.index.first_keys, full.first_keys)
         self.assertEqual(summary.index.first_sections, full.first_sections)
+        self.assertEqual(summary.index.record_counts, full.record_counts)
+        self.assertEqual(sum(summary.index.record_counts), len(records))
         opened: list[bytes] = []
 
         class Counting(BlobStore):
@@ -161,7 +163,7 @@ class RoundTripTests(SynchronousTestCase):
                 store,
                 store,
                 total,
-                ManifestIndex([], array("Q")),
+                ManifestIndex([], array("Q"), array("L")),
             )
 
     def test_empty_manifest(self) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from barterbackup._proto import storedpb_pb2
 from barterbackup.content.blobs import CommitSink, PackSource
-from barterbackup.content.commit import NotInPreviousRevision, merge
+from barterbackup.content.commit import NotInPreviousRevision, OldRevision, merge
 from barterbackup.content.crash import crash_point
 from barterbackup.content.journal import PendingFile, UpdateJournal
 from barterbackup.content.manifest import (
@@ -682,13 +682,19 @@ class ContentStore:
             manifest = ManifestWriter(
                 self._manifest_keys, self._keys.onion_pubkey, sink, sink
             )
-            old_records: Iterator[PlacedRecord] = iter(())
+            previous = None
             if old is not None:
-                old_records = self._manifest_reader(old, None).records()
+                assert self._reader is not None and self._names is not None
+                previous = OldRevision(
+                    sections=old.sections,
+                    manifest=old.manifest,
+                    index=self._names.index,
+                    section_count=old.section_count,
+                    open_chunk=self._reader.chunk_records,
+                )
             try:
                 counts = merge(
-                    old_records=old_records,
-                    old_sections=old.sections if old is not None else None,
+                    old=previous,
                     changes=update.journal.changes(),
                     journal=update.journal,
                     source=self._source,
@@ -703,6 +709,14 @@ class ContentStore:
             section_root = sections.finish()
             summary = manifest.finish()
             sink.flush()
+            if (
+                summary.section_count != section_root.entry_count
+                or summary.file_count != counts.files
+            ):
+                raise CorruptContent(
+                    "the merged manifest and section tree disagree: the name "
+                    f"index of revision {old.number if old else 0} is wrong"
+                )
             if (
                 old is not None
                 and section_root == old.sections

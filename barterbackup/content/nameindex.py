@@ -9,7 +9,8 @@ without reading the manifest):
     sealed = nonce (12) ‖ AES-256-GCM(name index key, nonce, plaintext,
              ad = "barterbackup v1 name index\\0" ‖ content_id)
     plaintext = u8 format (1) ‖ u64 file count ‖ u64 chunk count
-                ‖ per chunk: u64 first section ‖ u16 key length ‖ sort key
+                ‖ per chunk: u64 first section ‖ u16 record count
+                             ‖ u16 key length ‖ sort key
 
 The names are secret, hence sealed; the associated data binds the index to
 the exact revision it describes. It is derived data: if it is missing or
@@ -33,7 +34,7 @@ NAME_INDEX_KEY_LABEL = "revision name index aead"
 NAME_INDEX_AD_LABEL = b"barterbackup v1 name index\x00"
 NAME_INDEX_FORMAT = 1
 _HEADER = struct.Struct(">BQQ")
-_CHUNK = struct.Struct(">QH")
+_CHUNK = struct.Struct(">QHH")
 
 
 class InvalidNameIndex(ValueError):
@@ -55,8 +56,10 @@ def name_index_key_of(keys: NodeKeys) -> bytes:
 def encode_name_index(names: NameIndex) -> bytes:
     index = names.index
     parts = [_HEADER.pack(NAME_INDEX_FORMAT, names.file_count, index.chunk_count)]
-    for key, first in zip(index.first_keys, index.first_sections, strict=True):
-        parts.append(_CHUNK.pack(first, len(key)))
+    for key, first, count in zip(
+        index.first_keys, index.first_sections, index.record_counts, strict=True
+    ):
+        parts.append(_CHUNK.pack(first, count, len(key)))
         parts.append(key)
     return b"".join(parts)
 
@@ -71,11 +74,12 @@ def decode_name_index(plain: bytes) -> NameIndex:
         raise InvalidNameIndex("name index counts more chunks than it holds")
     keys: list[bytes] = []
     firsts: array[int] = array("Q")
+    counts: array[int] = array("L")
     position = _HEADER.size
     for _ in range(chunk_count):
         if position + _CHUNK.size > len(plain):
             raise InvalidNameIndex("name index is truncated")
-        first, length = _CHUNK.unpack_from(plain, position)
+        first, count, length = _CHUNK.unpack_from(plain, position)
         position += _CHUNK.size
         key = plain[position : position + length]
         if len(key) != length:
@@ -83,13 +87,16 @@ def decode_name_index(plain: bytes) -> NameIndex:
         position += length
         if (keys and key <= keys[-1]) or (firsts and first < firsts[-1]):
             raise InvalidNameIndex("name index is out of order")
+        if count == 0:
+            raise InvalidNameIndex("name index names an empty chunk")
         keys.append(key)
         firsts.append(first)
+        counts.append(count)
     if position != len(plain):
         raise InvalidNameIndex("name index has bytes after its last chunk")
-    if chunk_count > file_count:
-        raise InvalidNameIndex("name index has more chunks than files")
-    return NameIndex(file_count, ManifestIndex(keys, firsts))
+    if sum(counts) != file_count:
+        raise InvalidNameIndex("name index chunks do not hold its file count")
+    return NameIndex(file_count, ManifestIndex(keys, firsts, counts))
 
 
 def write_name_index(

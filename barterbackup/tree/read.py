@@ -124,15 +124,16 @@ def iter_entries(
 
 
 def _descend_to_index(
-    root: TreeRoot, source: NodeSource, index: int
+    root: TreeRoot, source: NodeSource, index: int, cache: NodeReader | None = None
 ) -> Iterator[Leaf | Internal]:
     """The verified nodes on the path from the root to entry ``index``."""
     if not 0 <= index < root.entry_count:
         raise IndexError(f"entry {index} is outside a tree of {root.entry_count}")
-    node = read_node(source, root.ref())
+    reader = cache.read if cache is not None else partial(read_node, source)
+    node = reader(root.ref())
     while isinstance(node, Internal):
         yield node
-        node = read_node(source, node.children[node.child_for_index(index)])
+        node = reader(node.children[node.child_for_index(index)])
     yield node
 
 
@@ -149,9 +150,12 @@ def _descend_to_offset(
     yield node
 
 
-def entry_at(root: TreeRoot, index: int, source: NodeSource) -> Located:
-    """The entry at ``index`` (reads depth + 1 nodes)."""
-    *_, leaf = _descend_to_index(root, source, index)
+def entry_at(
+    root: TreeRoot, index: int, source: NodeSource, cache: NodeReader | None = None
+) -> Located:
+    """The entry at ``index`` (reads depth + 1 nodes, through ``cache`` if
+    given)."""
+    *_, leaf = _descend_to_index(root, source, index, cache)
     assert isinstance(leaf, Leaf)
     position = index - leaf.ref.first_index
     offset = leaf.ref.first_offset + sum(leaf.lengths()[:position])
