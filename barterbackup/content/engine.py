@@ -114,6 +114,9 @@ __all__ = [
 log = get_logger("barterbackup.content")
 
 _ENTRY = struct.Struct(">Q32s48s")
+# The manifest's bounds of the stat fields (FileRecord checks them again).
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_U64_MAX = 2**64 - 1
 # What a read of stored content may raise when the store is damaged.
 _DAMAGE = (
     SectionCorrupt,
@@ -239,11 +242,14 @@ class Update:
         closed. The stat fields are recorded for the files cache."""
         self._check_open()
         validate_name(name)
+        if not (
+            _I64_MIN <= mtime_ns <= _I64_MAX
+            and _I64_MIN <= ctime_ns <= _I64_MAX
+            and 0 <= inode <= _U64_MAX
+            and 0 <= device <= _U64_MAX
+        ):
+            raise ValueError(f"file {name!r}: a stat field is out of range")
         pending = PendingFile(name, mode & 0o7777, mtime_ns, ctime_ns, inode, device)
-        try:
-            pending.record()  # every field in range, before any byte is taken
-        except ManifestError as error:
-            raise ValueError(str(error)) from None
         writer = FileWriter(
             pending,
             self._worker,

@@ -20,8 +20,9 @@ import hashlib
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pyfastcdc.cy import FastCDC
 
@@ -450,7 +451,17 @@ class FileWriter:
         cuts: list[tuple[int, int, bytes]] = []
         append = cuts.append
         tail = filled
-        for chunk in self._chunker.cut_buf(view):
+        if final and filled <= SECTION_MIN_BYTES:
+            # A file under the minimum is one section, as FastCDC would cut
+            # it. Not calling the chunker matters for small files: it drops
+            # the GIL, and taking it back from a busy worker can take a
+            # whole switch interval (5 ms) per file.
+            if filled:
+                append((0, filled, sha256(view).digest()))
+            chunks: Iterable[Any] = ()
+        else:
+            chunks = self._chunker.cut_buf(view)
+        for chunk in chunks:
             if not final and chunk.offset + chunk.length == filled:
                 tail = chunk.offset
                 break
