@@ -1,7 +1,8 @@
 """``make bench-scale``: the content engine at the sizes of a real home directory.
 
-Two workloads, each step in a fresh child process so that its peak RSS
-(VmHWM) is its own:
+Two workloads, each step in a fresh child process (with the daemon's
+allocator policy, ``keep_memory_lean``) so that its peak RSS (VmHWM) is
+its own:
 
 * **20 GiB mixed set** (bench.content_data: large random files, text, 1000
   small files), generated in memory and packed into a ContentStore,
@@ -40,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from barterbackup.allocator import keep_memory_lean
 from barterbackup.keys.derive import derive_node_keys
 from barterbackup.store.identity import write_identity
 from barterbackup.testing.stores import open_content_store
@@ -247,6 +249,8 @@ def main() -> None:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        # The daemon's allocator policy (tap.py sets it before any thread).
+        keep_memory_lean()
         step, node_dir, *rest = args.child
         if step == "pack":
             result = pack_node(Path(node_dir), rest[0], int(rest[1]))

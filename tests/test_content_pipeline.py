@@ -121,6 +121,10 @@ class PipelineTests(SynchronousTestCase):
             "c": repeated,
             "empty": b"",
             "tiny": b"x",
+            # Around the minimum, where the writer skips the chunker.
+            "under_min": random_bytes(SECTION_MIN_BYTES - 1, 7),
+            "at_min": random_bytes(SECTION_MIN_BYTES, 8),
+            "over_min": random_bytes(SECTION_MIN_BYTES + 1, 9),
         }
         store = self.open_store()
         update = store.begin_update()

@@ -174,6 +174,9 @@ class CommitResult:
     bytes_written: int
     new_section_bytes: int
     content_length: int
+    # Bytes of new tree nodes and manifest chunks the commit stored (what a
+    # replica fetches besides the new sections).
+    new_tree_bytes: int = 0
 
     @property
     def summary(self) -> str:
@@ -764,6 +767,7 @@ class ContentStore:
                 bytes_written=counts.bytes_written,
                 new_section_bytes=worker.new_section_bytes,
                 content_length=verified.content_length,
+                new_tree_bytes=sink.bytes_written,
             )
 
     def _kept_revision_numbers(self) -> list[int]:
