@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from barterbackup.content.manifest import FileRecord, sort_key
@@ -267,7 +268,14 @@ class UpdateJournal:
             )
             sealed = _read_exact(self._runs_fd, size, offset + _BLOCK_HEADER.size)
             offset += _BLOCK_HEADER.size + size
-            plain = self._aead.decrypt(number.to_bytes(12, "big"), sealed, JOURNAL_AD)
+            try:
+                plain = self._aead.decrypt(
+                    number.to_bytes(12, "big"), sealed, JOURNAL_AD
+                )
+            except InvalidTag:
+                raise OSError(
+                    f"update journal {self._runs_path} was changed on disk"
+                ) from None
             yield from _decode(plain)
 
     def _buffered(self) -> Iterator[_Item]:
