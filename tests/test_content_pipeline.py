@@ -191,6 +191,41 @@ class PipelineTests(SynchronousTestCase):
         # The store takes a new update afterwards.
         store.begin_update().abort()
 
+    def test_failure_after_the_commit_point_keeps_the_filled_packs(self) -> None:
+        """Packs installed while the update ran belong to the revision once
+        `current` is written, even if the Metadata write then fails."""
+        self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)
+        data = random_bytes(4 * engine.BATCH_BYTES, 7)
+        node_dir = Path(self.mktemp())
+        store = open_content_store(node_dir, KEYS)
+        update = store.begin_update()
+        with update.add_file("f") as writer:
+            writer.write(data)
+
+        def failing_record(verified: object) -> None:
+            raise OSError(errno.ENOSPC, "simulated full disk")
+
+        self.patch(store, "_record_in_metadata", failing_record)
+        self.assertRaises(OSError, update.commit)
+        store.close()
+        reopened = open_content_store(node_dir, KEYS)
+        self.addCleanup(reopened.close)
+        assert reopened.current is not None
+        self.assertEqual(reopened.current.number, 1)
+        self.assertEqual(reopened.metadata.get().revision, 1)
+        self.assertEqual(b"".join(reopened.read_file("f")), data)
+
+    def test_an_aborted_update_deletes_the_packs_it_filled(self) -> None:
+        self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)
+        store = self.open_store()
+        update = store.begin_update()
+        with update.add_file("f") as writer:
+            writer.write(random_bytes(4 * engine.BATCH_BYTES, 8))
+        update._drain()
+        self.assertTrue(list(store._packs_dir.glob("*.pack")))
+        update.abort()
+        self.assertEqual(list(store._packs_dir.iterdir()), [])
+
     def test_many_packs_installed_together(self) -> None:
         """A commit of several packs installs them all, readable and deduped."""
         self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)

@@ -753,6 +753,10 @@ class ContentStore:
             atomic_write(self._revision_path(number), verified.signed)
             crash_point(5)
             atomic_write(self._dir / "current", str(number).encode("ascii"))
+            # Committed: the packs filled during the update are the
+            # revision's now, whatever fails next (an abort must not touch
+            # them).
+            worker.installed.clear()
             crash_point(6)
             self._install_current(verified, names)
             self._update = None
