@@ -2,6 +2,7 @@
 #   make demo   - the offline multi-node demo (sets everything up first)
 #   make test   - lint, codegen drift check, type check, the whole trial suite
 #   make bench  - benchmarks printing ratios measured in the same run
+#   make bench-scale - the 20 GiB and 1,000,000-file runs (~21 GiB free disk)
 #   make rpc    - regenerate barterbackup/_proto from proto/
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 TRIAL_ARGS ?= tests
 
 .PHONY: all venv system-deps rpc check-rpc lint-proto lint typecheck check \
-	unit test demo bench clean
+	unit test demo bench bench-scale clean
 
 all: test
 
@@ -58,6 +59,11 @@ demo: system-deps venv
 
 bench: system-deps venv
 	$(PY) -m bench
+
+# bench/scale.py: needs ~21 GiB free under /tmp (or BENCH_SCALE_ARGS=
+# "--workdir DIR"); about half an hour on a 2-core machine.
+bench-scale: venv
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache build *.egg-info

@@ -82,7 +82,7 @@ def measure_pack(
     pack_seconds, commit_seconds = pack_tree(store, data_dir, specs)
     ours = our_cpu_seconds() - ours
     others = max(0.0, machine_busy_seconds() - busy - ours)
-    sections = len(store.current.revision.sections) if store.current else 0
+    sections = store.current.section_count if store.current else 0
     store.close()
     shutil.rmtree(node_dir, ignore_errors=True)
     sha_seconds = min(sha_before, hash_tree(data_dir, specs))
@@ -184,7 +184,9 @@ def incremental(store: ContentStore, specs: list[FileSpec]) -> dict[str, float]:
     return {
         "changed_bytes": changed,
         "new_section_bytes": result.new_section_bytes,
+        "new_tree_bytes": result.new_tree_bytes,
         "ratio": result.new_section_bytes / changed,
+        "with_tree_ratio": (result.new_section_bytes + result.new_tree_bytes) / changed,
     }
 
 
@@ -290,7 +292,9 @@ def print_table(figures: dict[str, object]) -> None:
             "incremental",
             f"{inc['new_section_bytes'] / MIB:.2f} MiB new sections / "
             f"{inc['changed_bytes'] / MIB:.2f} MiB changed = "
-            f"{inc['ratio']:.2f} (goal <= 1.5)",
+            f"{inc['ratio']:.2f}; with {inc['new_tree_bytes'] / 1024:.0f} KiB of "
+            f"new tree nodes and manifest chunks {inc['with_tree_ratio']:.2f} "
+            "(goal <= 1.3 on the wire)",
         ),
     ]
     for key, label in (("rss_100mib", "pack 100 MiB"), ("rss_4gib", "pack 4 GiB")):

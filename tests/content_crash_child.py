@@ -42,7 +42,9 @@ def commit(node_dir: Path, revision: int) -> None:
     for name, data in sorted(wanted.items()):
         if revision == 2 and name == "keep/me":
             continue  # unchanged files are not re-added
-        writer = update.add_file(name, mode=0o600, mtime=1_700_000_000 + revision)
+        writer = update.add_file(
+            name, mode=0o600, mtime_ns=1_700_000_000_000_000_000 + revision
+        )
         for start in range(0, len(data), 70_000):
             writer.write(data[start : start + 70_000])
         writer.close()

@@ -94,6 +94,9 @@ class CliDaemonTests(SynchronousTestCase):
         code, out, err = self.cli("files", "add", str(source))
         self.assertEqual(code, 0, err)
         self.assertIn("revision 1", out)
+        # The same files again (same bytes and stat): nothing to commit.
+        code, out, err = self.cli("files", "add", str(source))
+        self.assertEqual((code, out.strip()), (0, "no changes; revision 1 kept"), err)
         code, out, _ = self.cli("files", "list", "--json")
         self.assertEqual(
             json.loads(out), ["photos/2024/b.bin", "photos/a.txt", "photos/empty"]

@@ -14,12 +14,17 @@ from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX
 from barterbackup.testing.stores import open_content_store
+from barterbackup.tree import iter_nodes
 from tests.content_crash_child import MASTER, file_set
 
 CHILD = Path(__file__).with_name("content_crash_child.py")
 REPOSITORY = CHILD.parent.parent
-# Every crash_point(n) call of ContentStore._commit / PackStore.install.
-CRASH_POINTS = range(1, 7)
+# Every crash_point(n) call of ContentStore._commit / PackStore.install_all
+# (docs/storage-format.md lists what each follows).
+CRASH_POINTS = range(1, 8)
+# The revision that survives a crash at each point: the old one before the
+# commit point (6, writing ``current``), the new one from it on.
+OUTCOMES = {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2}
 KEYS = node_keys_from_master(MASTER)
 
 
@@ -56,6 +61,13 @@ class CrashPointTests(TestCase):
         number = store.current.number
         self.assertIn(number, (1, 2))
         self.assertEqual(read_all(store), file_set(number))
+        # Nothing of the crashed commit is named: no revision file above
+        # the pointer, and every blob of the committed trees is stored.
+        revisions = sorted(p.name for p in (node_dir / "content/revisions").iterdir())
+        self.assertTrue(all(int(name.split(".")[0]) <= number for name in revisions))
+        for tree in (store.current.sections, store.current.manifest):
+            for node in iter_nodes(tree, store._source):
+                self.assertTrue(store.has_blob(node.ref.hash))
         self.assertEqual(store.metadata.get().revision, number)
         self.assertEqual(store.metadata.get().content_id, store.current.content_id)
         # The store keeps working: a further commit and gc succeed.
@@ -70,9 +82,7 @@ class CrashPointTests(TestCase):
 
     def test_every_crash_point(self) -> None:
         outcomes = {point: self.check_crash_at(point) for point in CRASH_POINTS}
-        # Before the commit point (writing `current`) revision 1 survives;
-        # from it on, revision 2 is whole.
-        self.assertEqual(outcomes, {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2})
+        self.assertEqual(outcomes, OUTCOMES)
 
     def test_no_crash_gives_revision_2(self) -> None:
         node_dir = Path(self.mktemp()).resolve()

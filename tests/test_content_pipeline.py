@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pyfastcdc.cy import FastCDC
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.content import engine, sections
+from barterbackup.content import engine, pipeline, sections
 from barterbackup.content.engine import ContentStore
 from barterbackup.content.sections import (
     NORMALIZED_CHUNKING,
@@ -21,7 +21,6 @@ from barterbackup.content.sections import (
     SECTION_MAX_BYTES,
     SECTION_MIN_BYTES,
     SectionKeyDeriver,
-    content_sha256,
     section_cipher,
     section_encryptor,
     section_key,
@@ -29,6 +28,7 @@ from barterbackup.content.sections import (
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.packs import PackWriter
 from barterbackup.testing.stores import open_content_store
+from barterbackup.tree import iter_entries
 
 KEYS = node_keys_from_master(bytes(range(7, 39)))
 
@@ -121,6 +121,10 @@ class PipelineTests(SynchronousTestCase):
             "c": repeated,
             "empty": b"",
             "tiny": b"x",
+            # Around the minimum, where the writer skips the chunker.
+            "under_min": random_bytes(SECTION_MIN_BYTES - 1, 7),
+            "at_min": random_bytes(SECTION_MIN_BYTES, 8),
+            "over_min": random_bytes(SECTION_MIN_BYTES + 1, 9),
         }
         store = self.open_store()
         update = store.begin_update()
@@ -135,30 +139,23 @@ class PipelineTests(SynchronousTestCase):
             for name in sorted(files)
             for section in reference_sections(KEYS.content_key, files[name])
         ]
-        revision = result.revision.revision
+        assert store.current is not None
+        table = list(iter_entries(store.current.sections, store._source))
         self.assertEqual(
-            [(s.length, s.sha256) for s in revision.sections],
+            [(e.length, e.sha256) for e in table],
             [(length, sha256) for length, _, sha256 in expected],
         )
-        manifest = store.manifest
-        assert manifest is not None
         self.assertEqual(
-            list(manifest.section_plaintext_sha256),
+            [store._private.plaintext_sha256(e.sha256, e.private) for e in table],
             [plain_sha256 for _, plain_sha256, _ in expected],
-        )
-        self.assertEqual(
-            revision.content_sha256,
-            content_sha256((length, sha256) for length, _, sha256 in expected),
         )
         distinct = {sha256: length for length, _, sha256 in expected}
         self.assertEqual(result.new_section_bytes, sum(distinct.values()))
         for sha256 in distinct:
-            self.assertEqual(
-                hashlib.sha256(store.read_section(sha256)).digest(), sha256
-            )
+            self.assertEqual(hashlib.sha256(store.read_blob(sha256)).digest(), sha256)
 
     def test_packs_are_synced_while_packing(self) -> None:
-        self.patch(engine, "SYNC_EVERY_BYTES", 256 * 1024)
+        self.patch(pipeline, "SYNC_EVERY_BYTES", 256 * 1024)
         synced: list[int] = []
         original = PackWriter.sync_data
 
@@ -176,7 +173,7 @@ class PipelineTests(SynchronousTestCase):
 
     def test_failed_pack_sync_fails_the_commit(self) -> None:
         """A write error seen by the background sync is never lost."""
-        self.patch(engine, "SYNC_EVERY_BYTES", 256 * 1024)
+        self.patch(pipeline, "SYNC_EVERY_BYTES", 256 * 1024)
 
         def failing_sync(writer: PackWriter) -> None:
             raise OSError(errno.EIO, "simulated disk error")
@@ -190,12 +187,48 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(error.errno, errno.EIO)
         self.assertIsNone(store.current)
         self.assertEqual(list(store._packs_dir.iterdir()), [])
+        self.assertEqual(list(store._dir.glob(".update-*")), [])
         # The store takes a new update afterwards.
         store.begin_update().abort()
 
+    def test_failure_after_the_commit_point_keeps_the_filled_packs(self) -> None:
+        """Packs installed while the update ran belong to the revision once
+        `current` is written, even if the Metadata write then fails."""
+        self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)
+        data = random_bytes(4 * engine.BATCH_BYTES, 7)
+        node_dir = Path(self.mktemp())
+        store = open_content_store(node_dir, KEYS)
+        update = store.begin_update()
+        with update.add_file("f") as writer:
+            writer.write(data)
+
+        def failing_record(verified: object) -> None:
+            raise OSError(errno.ENOSPC, "simulated full disk")
+
+        self.patch(store, "_record_in_metadata", failing_record)
+        self.assertRaises(OSError, update.commit)
+        store.close()
+        reopened = open_content_store(node_dir, KEYS)
+        self.addCleanup(reopened.close)
+        assert reopened.current is not None
+        self.assertEqual(reopened.current.number, 1)
+        self.assertEqual(reopened.metadata.get().revision, 1)
+        self.assertEqual(b"".join(reopened.read_file("f")), data)
+
+    def test_an_aborted_update_deletes_the_packs_it_filled(self) -> None:
+        self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)
+        store = self.open_store()
+        update = store.begin_update()
+        with update.add_file("f") as writer:
+            writer.write(random_bytes(4 * engine.BATCH_BYTES, 8))
+        update._drain()
+        self.assertTrue(list(store._packs_dir.glob("*.pack")))
+        update.abort()
+        self.assertEqual(list(store._packs_dir.iterdir()), [])
+
     def test_many_packs_installed_together(self) -> None:
         """A commit of several packs installs them all, readable and deduped."""
-        self.patch(engine, "PACK_TARGET_BYTES", 512 * 1024)
+        self.patch(pipeline, "PACK_TARGET_BYTES", 512 * 1024)
         data = random_bytes(4 * engine.BATCH_BYTES, 6)
         node_dir = Path(self.mktemp())
         store = open_content_store(node_dir, KEYS)

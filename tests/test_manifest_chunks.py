@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from array import array
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from barterbackup.content.manifest import (
     FileRecord,
     InvalidManifest,
     ManifestError,
+    ManifestIndex,
     ManifestKeys,
     ManifestReader,
     ManifestWriter,
@@ -119,6 +121,50 @@ class RoundTripTests(SynchronousTestCase):
         self.assertIsNone(manifest.find("!"))
         self.assertRaises(ManifestError, manifest.find, "../escape")
         self.assertGreater(len(manifest.index().first_keys), 10)
+
+    def test_writer_builds_the_readers_index(self) -> None:
+        """The index a commit keeps equals the one a full read builds, and a
+        reader given it finds names without reading the whole manifest."""
+        records = make_records(random.Random(2), 1500)
+        store = BlobStore()
+        writer = ManifestWriter(KEYS, OWNER, store, store)
+        for record in records:
+            writer.add(record)
+        summary = writer.finish()
+        total = summary.section_count
+        full = reader(summary.tree, store, total).index()
+        self.assertEqual(summary.index.first_keys, full.first_keys)
+        self.assertEqual(summary.index.first_sections, full.first_sections)
+        self.assertEqual(summary.index.record_counts, full.record_counts)
+        self.assertEqual(sum(summary.index.record_counts), len(records))
+        opened: list[bytes] = []
+
+        class Counting(BlobStore):
+            def get(self, digest: bytes, default: object = None) -> bytes:
+                opened.append(digest)
+                return super().get(digest)
+
+        counting = Counting(store)
+        manifest = ManifestReader(
+            summary.tree, KEYS, OWNER, counting, counting, total, summary.index
+        )
+        for record in records[100:140]:  # neighbours: one chunk or two
+            found = manifest.find(record.name)
+            assert found is not None
+            self.assertEqual(found.record, record)
+        chunks = set(chunk_hashes(summary.tree, store))
+        self.assertLessEqual(len([d for d in opened if d in chunks]), 3)
+        # An index of another manifest is refused.
+        with self.assertRaises(InvalidManifest):
+            ManifestReader(
+                summary.tree,
+                KEYS,
+                OWNER,
+                store,
+                store,
+                total,
+                ManifestIndex([], array("Q"), array("L")),
+            )
 
     def test_empty_manifest(self) -> None:
         store = BlobStore()

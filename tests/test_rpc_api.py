@@ -43,7 +43,7 @@ CALLS: dict[str, Call] = {
         )
     ),
     "GetFile": lambda s: list(s.GetFile(pb.GetFileRequest(name="a.txt"))),
-    "ListFiles": lambda s: s.ListFiles(pb.ListFilesRequest()),
+    "ListFiles": lambda s: list(s.ListFiles(pb.ListFilesRequest())),
     "SetStorageConfig": lambda s: s.SetStorageConfig(
         pb.SetStorageConfigRequest(total_bytes=10**9, min_replicas=2)
     ),
@@ -232,7 +232,7 @@ class UnlockedNodeTests(RpcTestCase):
         self.assertEqual(response.files_written, 1)
         self.assertEqual(response.bytes_written, 5)
         names = await self.call(CALLS["ListFiles"])
-        self.assertEqual(list(names.names), ["a.txt"])
+        self.assertEqual([n for batch in names for n in batch.names], ["a.txt"])
         chunks = await self.call(CALLS["GetFile"])
         self.assertEqual(b"".join(c.data for c in chunks), b"hello")
         self.assertEqual(chunks[0].size, 5)
@@ -259,6 +259,30 @@ class UnlockedNodeTests(RpcTestCase):
         status = await self.call(CALLS["GetStatus"])
         self.assertEqual(status.revision, 1)
 
+    async def test_unchanged_set_file_keeps_the_revision(self) -> None:
+        await self.unlock()
+        first = await self.call(CALLS["SetFile"])
+        self.assertTrue(first.changed)
+        again = await self.call(CALLS["SetFile"])
+        self.assertEqual((again.changed, again.revision), (False, first.revision))
+        status = await self.call(CALLS["GetStatus"])
+        self.assertEqual((status.revision, status.file_count), (1, 1))
+
+    async def test_many_names_stream_in_batches(self) -> None:
+        await self.unlock()
+        names = [f"dir/{i:05d}" for i in range(12_000)]
+        requests = [
+            pb.SetFileRequest(
+                header=pb.FileHeader(name=name, mtime_ns=i, ctime_ns=i, inode=i + 1)
+            )
+            for i, name in enumerate(names)
+        ]
+        response = await self.call(lambda s: s.SetFile(iter(requests), timeout=120))
+        self.assertEqual(response.files_written, len(names))
+        batches = await self.call(CALLS["ListFiles"])
+        self.assertGreater(len(batches), 1)
+        self.assertEqual([n for batch in batches for n in batch.names], names)
+
     async def test_remove_file(self) -> None:
         await self.unlock()
         await self.call(CALLS["SetFile"])
@@ -271,7 +295,7 @@ class UnlockedNodeTests(RpcTestCase):
         )
         self.assertEqual(response.files_removed, 1)
         names = await self.call(CALLS["ListFiles"])
-        self.assertEqual(list(names.names), [])
+        self.assertEqual([n for batch in names for n in batch.names], [])
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:

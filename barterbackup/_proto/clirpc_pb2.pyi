@@ -441,7 +441,10 @@ class FileHeader(_message.Message):
     REMOVE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
-    MTIME_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    CTIME_NS_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is the relative path of the file, with "/" separators."""
     remove: _builtins.bool
@@ -450,8 +453,18 @@ class FileHeader(_message.Message):
     """size is the announced size in bytes, or 0 when unknown."""
     mode: _builtins.int
     """mode is the file's permission bits."""
-    mtime: _builtins.int
-    """mtime is the file's modification time in Unix seconds."""
+    mtime_ns: _builtins.int
+    """mtime_ns is the file's modification time in Unix nanoseconds."""
+    ctime_ns: _builtins.int
+    """ctime_ns is the file's status change time in Unix nanoseconds.
+
+    It, mtime_ns, inode and device are recorded for the files cache: a
+    file whose size and these are unchanged need not be read again.
+    """
+    inode: _builtins.int
+    """inode is the file's inode number on its device, or 0 when unknown."""
+    device: _builtins.int
+    """device is the number of the device holding the file, or 0."""
     def __init__(
         self,
         *,
@@ -459,11 +472,14 @@ class FileHeader(_message.Message):
         remove: _builtins.bool = ...,
         size: _builtins.int = ...,
         mode: _builtins.int = ...,
-        mtime: _builtins.int = ...,
+        mtime_ns: _builtins.int = ...,
+        ctime_ns: _builtins.int = ...,
+        inode: _builtins.int = ...,
+        device: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "mtime", b"mtime", "name", b"name", "remove", b"remove", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ctime_ns", b"ctime_ns", "device", b"device", "inode", b"inode", "mode", b"mode", "mtime_ns", b"mtime_ns", "name", b"name", "remove", b"remove", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,7 +487,7 @@ Global___FileHeader: _TypeAlias = FileHeader  # noqa: Y015
 
 @_typing.final
 class SetFileResponse(_message.Message):
-    """SetFileResponse reports the revision the stream produced."""
+    """SetFileResponse reports the revision the stream produced, or kept."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -481,6 +497,7 @@ class SetFileResponse(_message.Message):
     BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
     NEW_SECTION_BYTES_FIELD_NUMBER: _builtins.int
     CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the number of the new revision."""
     files_written: _builtins.int
@@ -493,6 +510,10 @@ class SetFileResponse(_message.Message):
     """new_section_bytes is how many bytes of new sections were stored."""
     content_length: _builtins.int
     """content_length is the size in bytes of the new content blob."""
+    changed: _builtins.bool
+    """changed is false when the stream left the file set as it was: no
+    revision was made and revision is the one kept.
+    """
     def __init__(
         self,
         *,
@@ -502,10 +523,11 @@ class SetFileResponse(_message.Message):
         bytes_written: _builtins.int = ...,
         new_section_bytes: _builtins.int = ...,
         content_length: _builtins.int = ...,
+        changed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "content_length", b"content_length", "files_removed", b"files_removed", "files_written", b"files_written", "new_section_bytes", b"new_section_bytes", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "changed", b"changed", "content_length", b"content_length", "files_removed", b"files_removed", "files_written", b"files_written", "new_section_bytes", b"new_section_bytes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -578,14 +600,16 @@ Global___ListFilesRequest: _TypeAlias = ListFilesRequest  # noqa: Y015
 
 @_typing.final
 class ListFilesResponse(_message.Message):
-    """ListFilesResponse lists the file names."""
+    """ListFilesResponse is the next batch of file names."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """names are the files of the current revision, sorted."""
+        """names are the next files of the current revision, in the manifest's
+        order (path components compared one by one).
+        """
 
     def __init__(
         self,

@@ -65,7 +65,7 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.GetFileRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.GetFileResponse.FromString,
                 _registered_method=True)
-        self.ListFiles = channel.unary_unary(
+        self.ListFiles = channel.unary_stream(
                 '/barterbackup.clirpc.CliRpc/ListFiles',
                 request_serializer=clirpc__pb2.ListFilesRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.ListFilesResponse.FromString,
@@ -209,7 +209,9 @@ class CliRpcServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFiles(self, request, context):
-        """ListFiles returns the names of the files of the current revision.
+        """ListFiles streams the names of the files of the current revision.
+
+        A million names do not fit one message, so they come in batches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,7 +383,7 @@ def add_CliRpcServicer_to_server(servicer, server):
                     request_deserializer=clirpc__pb2.GetFileRequest.FromString,
                     response_serializer=clirpc__pb2.GetFileResponse.SerializeToString,
             ),
-            'ListFiles': grpc.unary_unary_rpc_method_handler(
+            'ListFiles': grpc.unary_stream_rpc_method_handler(
                     servicer.ListFiles,
                     request_deserializer=clirpc__pb2.ListFilesRequest.FromString,
                     response_serializer=clirpc__pb2.ListFilesResponse.SerializeToString,
@@ -661,7 +663,7 @@ class CliRpc:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/barterbackup.clirpc.CliRpc/ListFiles',

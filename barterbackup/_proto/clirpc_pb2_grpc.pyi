@@ -49,8 +49,11 @@ class CliRpcStub:
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]
     """GetFile streams one file of the current revision back."""
-    ListFiles: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]
-    """ListFiles returns the names of the files of the current revision."""
+    ListFiles: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]
+    """ListFiles streams the names of the files of the current revision.
+
+    A million names do not fit one message, so they come in batches.
+    """
     SetStorageConfig: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.SetStorageConfigRequest, _clirpc_pb2.SetStorageConfigResponse]
     """SetStorageConfig sets how much this node stores for its peers."""
     GetStorageConfig: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.GetStorageConfigRequest, _clirpc_pb2.GetStorageConfigResponse]
@@ -119,8 +122,11 @@ class CliRpcAsyncStub(CliRpcStub):
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _aio.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]  # type: ignore[assignment]
     """GetFile streams one file of the current revision back."""
-    ListFiles: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]  # type: ignore[assignment]
-    """ListFiles returns the names of the files of the current revision."""
+    ListFiles: _aio.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]  # type: ignore[assignment]
+    """ListFiles streams the names of the files of the current revision.
+
+    A million names do not fit one message, so they come in batches.
+    """
     SetStorageConfig: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.SetStorageConfigRequest, _clirpc_pb2.SetStorageConfigResponse]  # type: ignore[assignment]
     """SetStorageConfig sets how much this node stores for its peers."""
     GetStorageConfig: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.GetStorageConfigRequest, _clirpc_pb2.GetStorageConfigResponse]  # type: ignore[assignment]
@@ -228,8 +234,11 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _clirpc_pb2.ListFilesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_clirpc_pb2.ListFilesResponse, _abc.Awaitable[_clirpc_pb2.ListFilesResponse]]:
-        """ListFiles returns the names of the files of the current revision."""
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.ListFilesResponse], _abc.AsyncIterator[_clirpc_pb2.ListFilesResponse]]:
+        """ListFiles streams the names of the files of the current revision.
+
+        A million names do not fit one message, so they come in batches.
+        """
 
     @_abc_1.abstractmethod
     def SetStorageConfig(

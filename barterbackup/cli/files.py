@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
 import sys
@@ -15,7 +16,6 @@ from barterbackup.cli.common import (
     CliError,
     ProgressBar,
     human_size,
-    print_json,
     rpc,
     stub,
     write_output_file,
@@ -68,9 +68,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 class LocalFile:
     path: Path
     name: str
-    size: int
-    mode: int
-    mtime: int
+    info: os.stat_result
+
+    @property
+    def size(self) -> int:
+        return self.info.st_size
 
 
 def collect(paths: list[str], as_name: str | None) -> list[LocalFile]:
@@ -86,22 +88,11 @@ def collect(paths: list[str], as_name: str | None) -> list[LocalFile]:
             raise CliError(f"cannot read {raw}: {e.strerror}") from None
         top_name = as_name or top.resolve().name
         if stat.S_ISREG(info.st_mode):
-            _add(
-                found,
-                LocalFile(
-                    top, top_name, info.st_size, info.st_mode, int(info.st_mtime)
-                ),
-            )
+            _add(found, LocalFile(top, top_name, info))
         elif stat.S_ISDIR(info.st_mode):
             for path, relative in _walk(top):
-                entry = path.lstat()
                 name = f"{top_name}/{relative}" if top_name else relative
-                _add(
-                    found,
-                    LocalFile(
-                        path, name, entry.st_size, entry.st_mode, int(entry.st_mtime)
-                    ),
-                )
+                _add(found, LocalFile(path, name, path.lstat()))
         else:
             print(f"skipping {raw}: not a regular file or directory", file=sys.stderr)
     return [found[name] for name in sorted(found)]
@@ -135,12 +126,16 @@ def _requests(
 ) -> Iterator[clirpc_pb2.SetFileRequest]:
     sent = 0
     for local in files:
+        info = local.info
         yield clirpc_pb2.SetFileRequest(
             header=clirpc_pb2.FileHeader(
                 name=local.name,
-                size=local.size,
-                mode=stat.S_IMODE(local.mode),
-                mtime=local.mtime,
+                size=info.st_size,
+                mode=stat.S_IMODE(info.st_mode),
+                mtime_ns=info.st_mtime_ns,
+                ctime_ns=info.st_ctime_ns,
+                inode=info.st_ino,
+                device=info.st_dev,
             )
         )
         try:
@@ -178,6 +173,9 @@ def run_add(args: argparse.Namespace) -> int:
             raise failure[0] from None
         raise
     progress.finish()
+    if not response.changed:
+        print(f"no changes; revision {response.revision} kept")
+        return 0
     print(
         f"revision {response.revision}: {response.files_written} file(s), "
         f"{human_size(response.bytes_written)} added, "
@@ -229,11 +227,26 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """Print the names as they stream in (a million never sit in memory)."""
     client = stub(args)
-    response = rpc(lambda: client.ListFiles(clirpc_pb2.ListFilesRequest()))
-    if args.json:
-        print_json(list(response.names))
-    else:
-        for name in response.names:
-            print(name)
+    out = sys.stdout
+
+    def names() -> Iterator[str]:
+        for response in client.ListFiles(clirpc_pb2.ListFilesRequest()):
+            yield from response.names
+
+    def show() -> None:
+        if not args.json:
+            for name in names():
+                out.write(name + "\n")
+            return
+        # A JSON array, written element by element.
+        separator = "[\n  "
+        for name in names():
+            out.write(separator + json.dumps(name))
+            separator = ",\n  "
+        out.write("\n]\n" if separator != "[\n  " else "[]\n")
+
+    rpc(show)
+    out.flush()
     return 0

@@ -1,53 +1,76 @@
-"""The content engine: a file set → encrypted, sectioned, signed revisions.
+"""The content engine: a file set → encrypted sections, trees, signed roots.
 
-Layout under ``NODE/content/`` (see docs/storage-format.md)::
+Layout under ``NODE/content/`` (docs/storage-format.md)::
 
-    packs/<id>.pack, packs/<id>.idx   encrypted sections, by ciphertext hash
-    revisions/<number>.rev            SignedRevision bytes, 20-digit number
+    packs/<id>.pack, packs/<id>.idx   sections, tree nodes, manifest chunks
+    revisions/<number>.rev            SignedRoot bytes, 20-digit number
+    revisions/<number>.names          sealed name index and file count
     current                           the committed revision's number, ASCII
 
-A commit makes its packs durable, then its signed revision, then ``current``
-(the commit point), then the sealed Metadata; a crash at any instant leaves
-the last committed revision readable, and ``ContentStore.open`` removes what
-a crash left behind. Writing is a two-thread pipeline: the caller's thread
-cuts and hashes plaintext, a worker encrypts, hashes and appends ciphertext
-(hashlib releases the GIL while hashing, so the two overlap), and a third
-thread fdatasyncs the open pack meanwhile so the commit's fsync is short.
+An update streams files through the packing pipeline (``pipeline``) and
+journals its changes on disk (``journal``); its commit merge-joins the
+previous manifest with those changes into a new section tree and manifest
+(``commit``), whose nodes and chunks go into the same packs as the
+sections. The commit makes the packs durable, then the name index, the
+signed root, ``current`` (the commit point) and the sealed Metadata; a
+crash at any instant leaves the last committed revision readable, and
+``ContentStore.open`` removes what a crash left behind. Nothing held in
+memory grows with the content's size or its number of files, beyond the
+name index (about 110 bytes per 64 files).
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
+import os
 import struct
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from pyfastcdc.cy import FastCDC
-
 from barterbackup._proto import storedpb_pb2
+from barterbackup.content.blobs import CommitSink, PackSource
+from barterbackup.content.commit import NotInPreviousRevision, OldRevision, merge
 from barterbackup.content.crash import crash_point
-from barterbackup.content.names import InvalidFileName, validate_name
-from barterbackup.content.sections import (
-    NORMALIZED_CHUNKING,
-    SECTION_AVERAGE_BYTES,
-    SECTION_MAX_BYTES,
-    SECTION_MIN_BYTES,
-    SectionKeyDeriver,
-    content_sha256,
-    section_cipher,
-    section_encryptor,
-    section_key,
+from barterbackup.content.journal import PendingFile, UpdateJournal
+from barterbackup.content.manifest import (
+    FileRecord,
+    InvalidManifest,
+    ManifestError,
+    ManifestIndex,
+    ManifestKeys,
+    ManifestReader,
+    ManifestWriter,
+    PlacedRecord,
 )
+from barterbackup.content.nameindex import (
+    InvalidNameIndex,
+    NameIndex,
+    name_index_key_of,
+    read_name_index,
+    write_name_index,
+)
+from barterbackup.content.names import InvalidFileName, validate_name
+from barterbackup.content.pipeline import (
+    BATCH_BYTES,
+    ENCRYPTION_THREADS,
+    PIPELINE_DEPTH,
+    BufferPool,
+    EncryptionWorker,
+    FileWriter,
+    SmallFileBatcher,
+)
+from barterbackup.content.private import InvalidPrivateField, PrivateFields
+from barterbackup.content.sections import SectionKeyDeriver, section_encryptor
 from barterbackup.keys.derive import NodeKeys
+from barterbackup.logs import get_logger
 from barterbackup.revisions import (
-    REVISION_FORMAT,
     InvalidRevision,
     VerifiedRevision,
-    sign_revision_lean,
-    verify_revision,
+    new_root,
+    sign_root,
+    verify_root,
 )
 from barterbackup.store.atomic import (
     atomic_delete,
@@ -57,19 +80,30 @@ from barterbackup.store.atomic import (
 )
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.packs import (
-    PACK_TARGET_BYTES,
+    PackMarks,
     PackStore,
-    PackWriter,
     SectionCorrupt,
     SectionMissing,
 )
-from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
+from barterbackup.tree import (
+    ENTRY_BYTES,
+    NodeCache,
+    NodeRef,
+    TreeBuilder,
+    TreeError,
+    TreeRoot,
+    iter_packed,
+    read_node,
+)
+from barterbackup.tree.nodes import HEADER_BYTES, Internal, Leaf
 
 __all__ = [
+    "BATCH_BYTES",
     "CommitResult",
     "ContentStore",
     "CorruptContent",
     "FileNotInSet",
+    "FileRecord",
     "FileWriter",
     "InvalidFileName",
     "SectionMissing",
@@ -77,23 +111,37 @@ __all__ = [
     "UpdateInProgress",
 ]
 
-MANIFEST_AD_LABEL = b"barterbackup v1 manifest\x00"
-# Plaintext is cut in batches of this size: memory stays flat for any file.
-BATCH_BYTES = 1024 * 1024
-# Batches queued for the encryption threads.
-PIPELINE_DEPTH = 2
-# Encryption threads. One: with ~17 KiB sections every hashlib/cipher call
-# releases and retakes the GIL, and two encryption threads measured slower
-# than one here (1.2 s vs 0.9 s for 512 MiB), while splitting the work
-# between the caller (cut + plaintext hash) and one worker measured best.
-ENCRYPTION_THREADS = 1
-# The pack's bytes are handed to the kernel's disk writes (fdatasync in a
-# helper thread) every this many bytes: left to the commit, the fsync of
-# 256 MiB took ~0.15 s here, as long as hashing it; overlapped, ~0.01 s.
-SYNC_EVERY_BYTES = 32 * 1024 * 1024
-# One record per section while an update is built: u64be plaintext length,
-# plaintext SHA-256, ciphertext SHA-256.
-_RECORD = struct.Struct(">Q32s32s")
+log = get_logger("barterbackup.content")
+
+_ENTRY = struct.Struct(">Q32s48s")
+# The manifest's bounds of the stat fields (FileRecord checks them again).
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_U64_MAX = 2**64 - 1
+# What a read of stored content may raise when the store is damaged.
+_DAMAGE = (
+    SectionCorrupt,
+    SectionMissing,
+    TreeError,
+    InvalidManifest,
+    InvalidPrivateField,
+    OSError,
+)
+
+
+# Section tree nodes the readers keep decoded (~0.5-3 KB each).
+READ_CACHE_NODES = 512
+
+
+class _LockedCache:
+    """A view of a shared NodeCache that takes its lock for each read."""
+
+    def __init__(self, cache: NodeCache, lock: threading.Lock) -> None:
+        self._cache = cache
+        self._lock = lock
+
+    def read(self, ref: NodeRef) -> Leaf | Internal:
+        with self._lock:
+            return self._cache.read(ref)
 
 
 class CorruptContent(Exception):
@@ -113,342 +161,105 @@ class UpdateInProgress(Exception):
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What one committed update did."""
+    """What one update's commit did.
+
+    ``changed`` is False when the update left the file set exactly as it
+    was: nothing was written and ``revision`` is the revision kept.
+    """
 
     revision: VerifiedRevision
+    changed: bool
     files_written: int
     files_removed: int
     bytes_written: int
     new_section_bytes: int
     content_length: int
+    # Bytes of new tree nodes and manifest chunks the commit stored (what a
+    # replica fetches besides the new sections).
+    new_tree_bytes: int = 0
 
-
-@dataclass
-class _FileState:
-    name: str
-    mode: int
-    mtime: int
-    size: int = 0
-    records: bytearray = field(default_factory=bytearray)
-
-
-def manifest_associated_data(owner_pubkey: bytes, number: int) -> bytes:
-    """Binds a sealed manifest to its owner and revision number."""
-    return MANIFEST_AD_LABEL + owner_pubkey + struct.pack(">Q", number)
-
-
-class _EncryptionWorker:
-    """Pipeline stage 2: derive keys, encrypt, hash ciphertext, dedupe, append.
-
-    ENCRYPTION_THREADS threads take whole batches in turn; storing (dedupe,
-    records, pack append) happens strictly in submission order, so sections
-    land in the order they were written whatever the thread count.
-    """
-
-    def __init__(
-        self, content_key: bytes, packs: PackStore, buffers: _BufferPool
-    ) -> None:
-        self._section_keys = SectionKeyDeriver(content_key)
-        self._packs = packs
-        self._buffers = buffers
-        self._sync_requests: queue.Queue[PackWriter | None] = queue.Queue(maxsize=1)
-        self._unsynced_bytes = 0
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
-        self._submit_lock = threading.Lock()
-        self._submitted = 0
-        self._turn = threading.Condition()
-        self._next_to_store = 0
-        self.error: BaseException | None = None
-        self.writers: list[tuple[int, PackWriter]] = []
-        self.reused: set[bytes] = set()
-        self.new_section_bytes = 0
-        self._threads = [
-            threading.Thread(target=self._run, name=f"content-encrypt-{i}", daemon=True)
-            for i in range(ENCRYPTION_THREADS)
-        ]
-        self._syncer = threading.Thread(
-            target=self._sync_packs, name="content-pack-sync", daemon=True
-        )
-        self._syncer.start()
-        for thread in self._threads:
-            thread.start()
-
-    def submit(
-        self, state: _FileState, data: bytearray, cuts: list[tuple[int, int, bytes]]
-    ) -> None:
-        with self._submit_lock:
-            self._queue.put(_Batch(self._submitted, state, data, cuts))
-            self._submitted += 1
-
-    def drain(self) -> None:
-        """Wait for every submitted batch; re-raise a worker failure."""
-        self._queue.join()
-        if self.error is not None:
-            raise self.error
-
-    def finish(self) -> None:
-        """Wait for every batch and pack sync; re-raise any failure."""
-        self.drain()
-        self.stop()
-        if self.error is not None:
-            raise self.error
-
-    def stop(self) -> None:
-        """End the threads (idempotent).
-
-        The sync thread is joined before anyone may finish or discard a
-        writer, so it never syncs a closed descriptor.
-        """
-        for thread in self._threads:
-            if thread.is_alive():
-                self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
-        if self._syncer.is_alive():
-            self._sync_requests.put(None)
-            self._syncer.join()
-
-    def _sync_packs(self) -> None:
-        while (writer := self._sync_requests.get()) is not None:
-            try:
-                if self.error is None:
-                    writer.sync_data()
-            except BaseException as error:
-                # Linux may clear a write error once reported: a later fsync
-                # could succeed, so this one must fail the update.
-                self.error = error
-
-    def _request_sync(self, writer: PackWriter, appended: int) -> None:
-        self._unsynced_bytes += appended
-        if self._unsynced_bytes >= SYNC_EVERY_BYTES:
-            try:
-                self._sync_requests.put_nowait(writer)
-            except queue.Full:
-                return  # a sync is under way; the next append asks again
-            self._unsynced_bytes = 0
-
-    def _run(self) -> None:
-        out = bytearray(BATCH_BYTES + SECTION_MAX_BYTES + 64)
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                self._queue.task_done()
-                return
-            hashes: list[bytes] = []
-            try:
-                if self.error is None:
-                    hashes = self._encrypt(batch, out)
-            except BaseException as error:  # handed to the committing thread
-                self.error = error
-            with self._turn:
-                while self._next_to_store != batch.sequence:
-                    self._turn.wait()
-                try:
-                    if self.error is None:
-                        self._store(batch, out, hashes)
-                except BaseException as error:
-                    self.error = error
-                finally:
-                    self._next_to_store += 1
-                    self._turn.notify_all()
-            self._buffers.give(batch.data)
-            self._queue.task_done()
-
-    def _encrypt(self, batch: _Batch, out: bytearray) -> list[bytes]:
-        """Encrypt the batch's sections into ``out``; their ciphertext hashes.
-
-        The hot loop of packing (one pass per ~17 KiB section): names are
-        bound to locals and nothing is allocated that can be avoided.
-        """
-        source = memoryview(batch.data)
-        target = memoryview(out)
-        derive_key = self._section_keys.key
-        encryptor = section_encryptor
-        sha256 = hashlib.sha256
-        position = 0
-        hashes: list[bytes] = []
-        append = hashes.append
-        for offset, length, plain_sha256 in batch.cuts:
-            end = position + length
-            encryptor(derive_key(plain_sha256)).update_into(
-                source[offset : offset + length], target[position:]
-            )
-            append(sha256(target[position:end]).digest())
-            position = end
-        return hashes
-
-    def _store(self, batch: _Batch, out: bytearray, hashes: list[bytes]) -> None:
-        """Record the sections and append the new ones (in order)."""
-        view = memoryview(out)
-        records = batch.state.records
-        pack_record = _RECORD.pack
-        stored = self._packs.claim_or_reserve_many(hashes, self.reused)
-        source = 0
-        kept = 0
-        fresh: list[tuple[bytes, int]] = []
-        in_batch: set[bytes] = set()
-        for (_, length, plain_sha256), sha256, is_stored in zip(
-            batch.cuts, hashes, stored, strict=True
-        ):
-            records += pack_record(length, plain_sha256, sha256)
-            if not is_stored and sha256 not in in_batch:
-                if kept != source:  # close the gap a deduplicated section left
-                    view[kept : kept + length] = view[source : source + length]
-                in_batch.add(sha256)
-                fresh.append((sha256, length))
-                kept += length
-            source += length
-        if fresh:
-            number, writer = self._current_writer()
-            first = writer.append(view[:kept], fresh)
-            self._packs.reserve(number, first, [sha256 for sha256, _ in fresh])
-            self.new_section_bytes += kept
-            self._request_sync(writer, kept)
-
-    def _current_writer(self) -> tuple[int, PackWriter]:
-        if not self.writers or self.writers[-1][1].size >= PACK_TARGET_BYTES:
-            self.writers.append(self._packs.new_writer())
-            self._unsynced_bytes = 0
-        return self.writers[-1]
-
-
-@dataclass
-class _Batch:
-    sequence: int
-    state: _FileState
-    data: bytearray
-    cuts: list[tuple[int, int, bytes]]
-
-
-class _BufferPool:
-    """Batch buffers, reused: a fresh 1 MiB bytearray costs its page faults
-    and zeroing every time (~10% of single-threaded packing measured).
-
-    A cache, not a limit: ``take`` never blocks (any number of files may be
-    open at once); at most ``keep`` idle buffers are kept.
-    """
-
-    def __init__(self, keep: int) -> None:
-        self._keep = keep
-        self._idle: list[bytearray] = []
-
-    def take(self) -> bytearray:
-        try:
-            return self._idle.pop()  # atomic: no lock needed
-        except IndexError:
-            return bytearray(BATCH_BYTES)
-
-    def give(self, buffer: bytearray) -> None:
-        if len(self._idle) < self._keep:
-            self._idle.append(buffer)
-
-
-class FileWriter:
-    """Streams one file's bytes into an update (``write`` then ``close``)."""
-
-    def __init__(self, update: Update, state: _FileState) -> None:
-        self._update = update
-        self._state = state
-        self._chunker = FastCDC(
-            SECTION_AVERAGE_BYTES,
-            min_size=SECTION_MIN_BYTES,
-            max_size=SECTION_MAX_BYTES,
-            normalized_chunking=NORMALIZED_CHUNKING,
-        )
-        self._buffers = update._buffers
-        self._buffer: bytearray | None = None
-        self._filled = 0
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closed:
-            raise ValueError(f"file {self._state.name!r} is already closed")
-        self._update._check_open()
-        view = memoryview(data).cast("B")
-        self._state.size += len(view)
-        start = 0
-        while start < len(view):
-            if self._buffer is None:
-                self._buffer = self._buffers.take()
-            # Fill the buffer up to one batch, so a batch never exceeds it.
-            piece = view[start : start + BATCH_BYTES - self._filled]
-            self._buffer[self._filled : self._filled + len(piece)] = piece
-            self._filled += len(piece)
-            start += len(piece)
-            if self._filled == BATCH_BYTES:
-                self._cut(final=False)
-
-    def _cut(self, final: bool) -> None:
-        """Cut the buffer; keep an unfinished last section unless ``final``.
-
-        FastCDC's cut after a section start depends only on the bytes from
-        that start, so cutting batch by batch gives the same sections as
-        cutting the whole file at once.
-        """
-        data, filled = self._buffer, self._filled
-        if data is None:
-            return
-        view = memoryview(data)[:filled]
-        sha256 = hashlib.sha256
-        cuts: list[tuple[int, int, bytes]] = []
-        append = cuts.append
-        tail = filled
-        for chunk in self._chunker.cut_buf(view):
-            if not final and chunk.offset + chunk.length == filled:
-                tail = chunk.offset
-                break
-            append((chunk.offset, chunk.length, sha256(chunk.data).digest()))
-        if not cuts:
-            # Only a final cut of an empty buffer: a full batch is always
-            # cut (BATCH_BYTES exceeds SECTION_MAX_BYTES).
-            self._buffers.give(data)
-            self._buffer, self._filled = None, 0
-            return
-        # The unfinished last section moves to the next batch's buffer.
-        self._buffer, self._filled = None, filled - tail
-        if tail < filled:
-            self._buffer = self._buffers.take()
-            self._buffer[: filled - tail] = view[tail:]
-        self._update._worker.submit(self._state, data, cuts)
-
-    def close(self) -> None:
-        """Finish the file; it becomes part of the update."""
-        if self.closed:
-            return
-        self._cut(final=True)
-        self.closed = True
-        self._update._file_closed(self)
-
-    def __enter__(self) -> FileWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @property
+    def summary(self) -> str:
+        """One line for people: what the commit made or kept."""
+        if not self.changed:
+            return f"no changes; revision {self.revision.number} kept"
+        return f"revision {self.revision.number}"
 
 
 class Update:
-    """One batch of changes to the file set; ``commit`` or ``abort`` it."""
+    """One batch of changes to the file set; ``commit`` or ``abort`` it.
+
+    Files not named by the update are kept as the previous revision has
+    them. ``add_file`` (re)writes a file, ``remove_file`` drops one,
+    ``keep_file`` keeps the previous revision's record and sections
+    without reading anything (the files cache's "unchanged"); the last
+    operation on a name wins. Changes are journaled on disk as they come,
+    so an update of any size holds little memory.
+    """
 
     def __init__(self, store: ContentStore) -> None:
         self._store = store
         # Enough idle buffers for a full pipeline: the queue, one batch per
         # worker and the one being filled.
-        self._buffers = _BufferPool(PIPELINE_DEPTH + ENCRYPTION_THREADS + 1)
-        self._worker = _EncryptionWorker(
-            store._keys.content_key, store._packs, self._buffers
+        self._buffers = BufferPool(PIPELINE_DEPTH + ENCRYPTION_THREADS + 1)
+        # Serializes the worker's claims of stored sections with gc (which
+        # marks the journal): see EncryptionWorker.
+        self.claim_lock = threading.Lock()
+        self.journal = UpdateJournal(
+            store._dir, store._random_bytes, before_run=self._drain
         )
+        try:
+            self._worker = EncryptionWorker(
+                store._keys.content_key,
+                store._private,
+                store._packs,
+                self._buffers,
+                self.journal,
+                self.claim_lock,
+            )
+        except BaseException:
+            self.journal.close()
+            raise
+        self._small_files = SmallFileBatcher(self._worker, self._buffers)
         self._lock = threading.Lock()
         self._open_writers: set[FileWriter] = set()
-        self._added: dict[str, _FileState] = {}
-        self._removed: set[str] = set()
+        self._written = 0
         self.finished = False
 
-    def add_file(self, name: str, mode: int = 0o644, mtime: int = 0) -> FileWriter:
-        """Start (re)writing ``name``; replaces an existing file at commit."""
+    def _drain(self) -> None:
+        """Every closed file's sections stored and journaled."""
+        self._small_files.flush()
+        self._worker.drain()
+
+    def add_file(
+        self,
+        name: str,
+        *,
+        mode: int = 0o644,
+        mtime_ns: int = 0,
+        ctime_ns: int = 0,
+        inode: int = 0,
+        device: int = 0,
+    ) -> FileWriter:
+        """Start (re)writing ``name``; it replaces any earlier version when
+        closed. The stat fields are recorded for the files cache."""
         self._check_open()
         validate_name(name)
+        if not (
+            _I64_MIN <= mtime_ns <= _I64_MAX
+            and _I64_MIN <= ctime_ns <= _I64_MAX
+            and 0 <= inode <= _U64_MAX
+            and 0 <= device <= _U64_MAX
+        ):
+            raise ValueError(f"file {name!r}: a stat field is out of range")
+        pending = PendingFile(name, mode & 0o7777, mtime_ns, ctime_ns, inode, device)
         writer = FileWriter(
-            self, _FileState(name=name, mode=mode & 0o7777, mtime=mtime)
+            pending,
+            self._worker,
+            self._buffers,
+            self._small_files,
+            self._check_open,
+            self._file_closed,
         )
         with self._lock:
             self._open_writers.add(writer)
@@ -457,46 +268,64 @@ class Update:
     def _file_closed(self, writer: FileWriter) -> None:
         with self._lock:
             self._open_writers.discard(writer)
-            self._added[writer._state.name] = writer._state
-            self._removed.discard(writer._state.name)
+            self._written += 1
+            self.journal.write(writer.pending)
 
     def remove_file(self, name: str) -> None:
-        """Drop ``name`` from the file set; FileNotInSet if it is not there."""
+        """Drop ``name`` from the file set.
+
+        FileNotInSet if the name is in neither the previous revision nor
+        this update: raised here when that is certain (nothing written yet),
+        else by ``commit``.
+        """
         self._check_open()
+        validate_name(name)
         with self._lock:
-            if name in self._added:
-                del self._added[name]
-                if not self._store._has_committed_file(name):
-                    return
-            elif not self._store._has_committed_file(name) or name in self._removed:
+            if not self._written and not self._store._has_committed_file(name):
                 raise FileNotInSet(name)
-            self._removed.add(name)
+            self.journal.remove(name)
+
+    def keep_file(self, name: str) -> None:
+        """Keep the previous revision's record and sections of ``name``.
+
+        Reads nothing (the files cache's answer for an unchanged file); it
+        undoes earlier writes or removals of the name in this update.
+        ``commit`` raises FileNotInSet if the previous revision lacks it.
+        """
+        self._check_open()
+        validate_name(name)
+        with self._lock:
+            self.journal.keep(name)
 
     def _check_open(self) -> None:
         if self.finished:
             raise ValueError("this update is already committed or aborted")
 
     def commit(self) -> CommitResult:
-        """Make the update durable as a new revision (see the module doc)."""
+        """Make the update durable as a new revision (see the module doc),
+        or keep the current one if nothing changed."""
         self._check_open()
         if self._open_writers:
-            names = sorted(w._state.name for w in self._open_writers)
+            names = sorted(w.pending.name for w in self._open_writers)
             raise ValueError(f"files still being written: {names}")
         try:
+            self._small_files.flush()
             self._worker.finish()
-            return self._store._commit(self)
+            return self._store._commit(self, self._worker)
         except BaseException:
             self.abort()
             raise
         finally:
             self.finished = True
             self._worker.stop()
+            self.journal.close()
 
     def abort(self) -> None:
         """Drop everything this update wrote (no revision references it)."""
         if self.finished and self._store._update is not self:
             return
         self.finished = True
+        self._small_files.discard()
         try:
             self._worker.drain()
         except BaseException:
@@ -505,16 +334,33 @@ class Update:
         for number, _ in self._worker.writers:
             self._store._packs.release(number)
         self._worker.writers.clear()
+        self._store._packs.discard_packs(self._worker.installed)
+        self._worker.installed.clear()
+        self.journal.close()
         self._store._update_ended(self)
 
 
 class ContentStore:
-    """The node's own content: its file set and its committed revisions."""
+    """The node's own content: its file set and its committed revisions.
+
+    Safe to use from several threads: reads and commits are serialized by
+    a lock, and iterators (``read_file``, ``list_files``) read one revision
+    without holding it.
+    """
 
     def __init__(
-        self, content_dir: Path, keys: NodeKeys, metadata: MetadataStore
+        self,
+        content_dir: Path,
+        keys: NodeKeys,
+        metadata: MetadataStore,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._keys = keys
+        self._random_bytes = random_bytes
+        self._manifest_keys = ManifestKeys.from_node_keys(keys)
+        self._private = PrivateFields.from_node_keys(keys)
+        self._section_keys = SectionKeyDeriver(keys.content_key)
+        self._name_index_key = name_index_key_of(keys)
         self._dir = make_private_directory(Path(content_dir))
         self._packs_dir = make_private_directory(self._dir / "packs")
         self._revisions_dir = make_private_directory(self._dir / "revisions")
@@ -525,34 +371,46 @@ class ContentStore:
             self._packs = PackStore(self._packs_dir)
         except SectionCorrupt as error:
             raise CorruptContent(str(error)) from None
+        self._source = PackSource(self._packs)
+        # Verified section tree nodes, shared by every reader (under their
+        # own lock): reading files one by one re-reads the nodes near the
+        # root each time.
+        self._nodes = NodeCache(self._source, READ_CACHE_NODES)
+        self._nodes_lock = threading.Lock()
         self.metadata = metadata
         self._current: VerifiedRevision | None = None
-        self._manifest: storedpb_pb2.Manifest | None = None
-        self._files: dict[str, int] = {}
+        self._names: NameIndex | None = None
+        self._reader: ManifestReader | None = None
         self._load_current()
 
     @classmethod
     def open(
-        cls, content_dir: Path, keys: NodeKeys, metadata: MetadataStore
+        cls,
+        content_dir: Path,
+        keys: NodeKeys,
+        metadata: MetadataStore,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> ContentStore:
         """Open (creating if needed) the content store in ``content_dir``.
 
         ``metadata`` is the node's Metadata (opened once by its owner): the
-        store records each commit's revision there.
+        store records each commit's revision there. ``random_bytes`` draws
+        the update journal's key and file names.
         """
-        return cls(content_dir, keys, metadata)
+        return cls(content_dir, keys, metadata, random_bytes)
 
     # -- revisions on disk ------------------------------------------------
 
     def _revision_path(self, number: int) -> Path:
         return self._revisions_dir / f"{number:020d}.rev"
 
-    def _load_revision(
-        self, number: int
-    ) -> tuple[VerifiedRevision, storedpb_pb2.Manifest]:
+    def _names_path(self, number: int) -> Path:
+        return self._revisions_dir / f"{number:020d}.names"
+
+    def _load_revision(self, number: int) -> VerifiedRevision:
         path = self._revision_path(number)
         try:
-            verified = verify_revision(path.read_bytes(), self._keys.onion_pubkey)
+            verified = verify_root(path.read_bytes(), self._keys.onion_pubkey)
         except FileNotFoundError:
             raise CorruptContent(f"revision file {path} is missing") from None
         except InvalidRevision as error:
@@ -561,29 +419,22 @@ class ContentStore:
             raise CorruptContent(
                 f"revision file {path} holds revision {verified.number}"
             )
-        try:
-            manifest = self.open_revision(verified)
-        except (SealedRecordError, InvalidRevision) as error:
-            raise CorruptContent(f"revision file {path}: {error}") from None
-        return verified, manifest
+        return verified
 
     def _load_current(self) -> None:
         pointer = self._dir / "current"
-        if not pointer.exists():
-            number = 0
-        else:
+        number = 0
+        if pointer.exists():
             text = pointer.read_bytes()
             if not text.isdigit() or len(text) > 20:
                 raise CorruptContent(f"revision pointer {pointer} is not a number")
             number = int(text)
-            self._current, self._manifest = self._load_revision(number)
-            self._files = {
-                entry.name: i for i, entry in enumerate(self._manifest.files)
-            }
+            verified = self._load_revision(number)
+            self._install_current(verified, self._load_names(verified))
         # Revisions above the pointer were written by a commit that crashed
         # before its commit point.
-        for path in self._revisions_dir.glob("*.rev"):
-            stem = path.stem
+        for path in self._revisions_dir.iterdir():
+            stem = path.name.split(".", 1)[0]
             if stem.isdigit() and int(stem) > number:
                 atomic_delete(path)
         recorded = self.metadata.get().revision
@@ -596,125 +447,204 @@ class ContentStore:
             # The crash came between the commit point and the metadata write.
             self._record_in_metadata(self._current)
 
-    def _record_in_metadata(self, verified: VerifiedRevision) -> None:
-        revision = verified.revision
+    def _load_names(self, verified: VerifiedRevision) -> NameIndex:
+        """The revision's name index; rebuilt from the manifest if damaged."""
+        path = self._names_path(verified.number)
+        try:
+            names = read_name_index(path, self._name_index_key, verified.content_id)
+            if names.index.chunk_count != verified.manifest.entry_count:
+                raise InvalidNameIndex(f"name index {path} is not this revision's")
+            return names
+        except InvalidNameIndex as error:
+            log.warn("{error}: rebuilding it from the manifest", error=str(error))
+        reader = self._manifest_reader(verified, None)
+        files = 0
+        try:
+            for _ in reader.records():
+                files += 1
+        except _DAMAGE as error:
+            raise CorruptContent(
+                f"manifest of revision {verified.number}: {error}"
+            ) from None
+        names = NameIndex(files, reader.index())
+        write_name_index(path, self._name_index_key, verified.content_id, names)
+        return names
 
+    def _manifest_reader(
+        self, verified: VerifiedRevision, index: ManifestIndex | None
+    ) -> ManifestReader:
+        try:
+            return ManifestReader(
+                verified.manifest,
+                self._manifest_keys,
+                verified.owner_pubkey,
+                self._source,
+                self._source,
+                verified.section_count,
+                index,
+            )
+        except InvalidManifest as error:
+            raise CorruptContent(
+                f"manifest of revision {verified.number}: {error}"
+            ) from None
+
+    def _install_current(self, verified: VerifiedRevision, names: NameIndex) -> None:
+        self._current = verified
+        self._names = names
+        self._reader = self._manifest_reader(verified, names.index)
+
+    def _record_in_metadata(self, verified: VerifiedRevision) -> None:
         def record(metadata: storedpb_pb2.Metadata) -> None:
-            metadata.revision = revision.number
+            metadata.revision = verified.number
             metadata.content_id = verified.content_id
-            metadata.content_length = revision.content_length
-            metadata.content_sha256 = revision.content_sha256
+            metadata.content_length = verified.content_length
+            metadata.content_sha256 = verified.content_sha256
 
         self.metadata.update(record)
 
-    def open_revision(self, verified: VerifiedRevision) -> storedpb_pb2.Manifest:
-        """Decrypt and check the manifest of one of our own revisions."""
-        revision = verified.revision
-        plain = open_sealed(
-            self._keys.manifest_key,
-            revision.sealed_manifest,
-            manifest_associated_data(revision.owner_pubkey, revision.number),
-            f"manifest of revision {revision.number}",
-        )
-        manifest = storedpb_pb2.Manifest.FromString(plain)
-        if len(manifest.section_plaintext_sha256) != len(revision.sections):
-            raise InvalidRevision("manifest and section table disagree")
-        expected_first = 0
-        for entry in manifest.files:
-            if entry.first_section != expected_first:
-                raise InvalidRevision(f"manifest entry {entry.name!r} is out of order")
-            expected_first += entry.section_count
-        if expected_first != len(revision.sections):
-            raise InvalidRevision("manifest files do not cover the section table")
-        if content_sha256((s.length, s.sha256) for s in revision.sections) != (
-            revision.content_sha256
-        ):
-            raise InvalidRevision("content_sha256 does not match the section table")
-        return manifest
-
-    # -- reading ----------------------------------------------------------
+    # -- blobs (what the data plane serves and replicates) ----------------
 
     @property
     def current(self) -> VerifiedRevision | None:
+        """The committed revision (None before the first commit)."""
         return self._current
 
     @property
-    def manifest(self) -> storedpb_pb2.Manifest | None:
-        return self._manifest
+    def file_count(self) -> int:
+        """Files in the current revision (from its name index: no read)."""
+        return self._names.file_count if self._names is not None else 0
 
     @property
     def bytes_read(self) -> int:
-        """Section bytes read from packs so far (for tests and benchmarks)."""
+        """Blob bytes read from packs so far (for tests and benchmarks)."""
         return self._packs.bytes_read
 
-    def list_files(self) -> list[str]:
-        return sorted(self._files)
-
-    def _has_committed_file(self, name: str) -> bool:
-        return name in self._files
-
-    def file_entry(self, name: str) -> storedpb_pb2.FileEntry:
-        with self._lock:
-            if self._manifest is None or name not in self._files:
-                raise FileNotInSet(name)
-            entry = storedpb_pb2.FileEntry()
-            entry.CopyFrom(self._manifest.files[self._files[name]])
-            return entry
-
-    def read_file(self, name: str) -> Iterator[bytes]:
-        """The file's plaintext, one verified section at a time."""
-        with self._lock:
-            if (
-                self._current is None
-                or self._manifest is None
-                or name not in self._files
-            ):
-                raise FileNotInSet(name)
-            revision, manifest = self._current.revision, self._manifest
-            entry = manifest.files[self._files[name]]
-        return self._read_sections(name, revision, manifest, entry)
-
-    def _read_sections(
-        self,
-        name: str,
-        revision: storedpb_pb2.ContentRevision,
-        manifest: storedpb_pb2.Manifest,
-        entry: storedpb_pb2.FileEntry,
-    ) -> Iterator[bytes]:
-        total = 0
-        for index in range(
-            entry.first_section, entry.first_section + entry.section_count
-        ):
-            ref = revision.sections[index]
-            position = index - entry.first_section
-            where = f"file {name!r}: section {position} of the file"
-            plain_sha256 = manifest.section_plaintext_sha256[index]
-            try:
-                ciphertext = self._packs.read(ref.sha256)
-            except (SectionCorrupt, SectionMissing, OSError) as error:
-                raise CorruptContent(f"{where}: {error}") from None
-            if len(ciphertext) != ref.length:
-                raise CorruptContent(f"{where} has the wrong length")
-            decryptor = section_cipher(
-                section_key(self._keys.content_key, plain_sha256)
-            )
-            plain = decryptor.decryptor().update(ciphertext)
-            if hashlib.sha256(plain).digest() != plain_sha256:
-                raise CorruptContent(f"{where} decrypts to wrong bytes")
-            total += len(plain)
-            yield plain
-        if total != entry.size:
-            raise CorruptContent(f"file {name!r}: sections do not add up to its size")
-
-    def read_section(self, sha256: bytes) -> bytes:
-        """A stored ciphertext section, verified against its hash."""
+    def read_blob(self, sha256: bytes) -> bytes:
+        """Any stored blob of ours (section, tree node, manifest chunk),
+        checked against its hash; SectionMissing if it is not stored,
+        CorruptContent if it fails its hash."""
         try:
             return self._packs.read(sha256)
         except SectionCorrupt as error:
             raise CorruptContent(str(error)) from None
+        except OSError as error:
+            raise CorruptContent(f"blob {sha256.hex()}: {error}") from None
 
-    def has_section(self, sha256: bytes) -> bool:
+    def has_blob(self, sha256: bytes) -> bool:
         return self._packs.has(sha256)
+
+    # The data plane's older names for the same two calls.
+    read_section = read_blob
+    has_section = has_blob
+
+    # -- reading the file set ---------------------------------------------
+
+    def _snapshot(self) -> VerifiedRevision | None:
+        with self._lock:
+            return self._current
+
+    def records(self) -> Iterator[FileRecord]:
+        """The current revision's file records in manifest order, streamed
+        and verified (a files cache merge-joins a walk with this)."""
+        current = self._snapshot()
+        if current is None:
+            return iter(())
+        return self._records(current)
+
+    def _records(self, verified: VerifiedRevision) -> Iterator[FileRecord]:
+        reader = self._manifest_reader(verified, None)
+        try:
+            for placed in reader.records():
+                yield placed.record
+        except _DAMAGE as error:
+            raise CorruptContent(
+                f"manifest of revision {verified.number}: {error}"
+            ) from None
+
+    def list_files(self) -> Iterator[str]:
+        """The current file names in manifest order, streamed."""
+        return (record.name for record in self.records())
+
+    def _find(self, name: str) -> PlacedRecord | None:
+        """The current record of ``name`` (locked; one chunk read)."""
+        if self._reader is None or self._current is None:
+            return None
+        try:
+            return self._reader.find(name)
+        except InvalidManifest as error:
+            raise CorruptContent(
+                f"manifest of revision {self._current.number}: {error}"
+            ) from None
+        except ManifestError as error:
+            raise InvalidFileName(str(error)) from None
+        except _DAMAGE as error:
+            raise CorruptContent(
+                f"manifest of revision {self._current.number}: {error}"
+            ) from None
+
+    def _has_committed_file(self, name: str) -> bool:
+        with self._lock:
+            return self._find(name) is not None
+
+    def file_entry(self, name: str) -> FileRecord:
+        """The current record of ``name``; FileNotInSet if there is none."""
+        with self._lock:
+            placed = self._find(name)
+        if placed is None:
+            raise FileNotInSet(name)
+        return placed.record
+
+    def read_file(self, name: str) -> Iterator[bytes]:
+        """The file's plaintext, one verified section at a time.
+
+        Each section's entry is read from the tree (verified node by node),
+        its plaintext hash unwrapped, its ciphertext read and checked
+        against the entry's hash, decrypted, and checked against the
+        plaintext hash before a byte of it is returned; any failure raises
+        CorruptContent naming the file and the section.
+        """
+        with self._lock:
+            placed = self._find(name)
+            current = self._current
+        if placed is None or current is None:
+            raise FileNotInSet(name)
+        return self._read_sections(name, current.sections, placed)
+
+    def _read_sections(
+        self, name: str, tree: TreeRoot, placed: PlacedRecord
+    ) -> Iterator[bytes]:
+        derive_key = self._section_keys.key
+        position = 0
+        total = 0
+        where = f"file {name!r}: section tree"
+        try:
+            for packed in iter_packed(
+                tree,
+                self._source,
+                placed.first_section,
+                placed.stop_section,
+                cache=_LockedCache(self._nodes, self._nodes_lock),
+            ):
+                for length, sha256, private in _ENTRY.iter_unpack(packed):
+                    where = f"file {name!r}: section {position} of the file"
+                    plain_sha256 = self._private.plaintext_sha256(sha256, private)
+                    ciphertext = self._packs.read(sha256)
+                    if len(ciphertext) != length:
+                        raise CorruptContent(f"{where} has the wrong length")
+                    # CTR decryption is the same keystream XOR as encryption.
+                    plain = section_encryptor(derive_key(plain_sha256)).update(
+                        ciphertext
+                    )
+                    if hashlib.sha256(plain).digest() != plain_sha256:
+                        raise CorruptContent(f"{where} decrypts to wrong bytes")
+                    total += len(plain)
+                    position += 1
+                    yield plain
+                where = f"file {name!r}: section tree"
+        except _DAMAGE as error:
+            raise CorruptContent(f"{where}: {error}") from None
+        if total != placed.record.size:
+            raise CorruptContent(f"file {name!r}: sections do not add up to its size")
 
     # -- updating ---------------------------------------------------------
 
@@ -731,86 +661,118 @@ class ContentStore:
             if self._update is update:
                 self._update = None
 
-    def _commit(self, update: Update) -> CommitResult:
+    def _unchanged(self, update: Update, worker: EncryptionWorker) -> CommitResult:
+        assert self._current is not None
+        for number, _ in worker.writers:
+            self._packs.release(number)
+        worker.writers.clear()
+        # Filled packs were installed: with no change they hold nothing new
+        # that the revision needs (sections written and dropped again).
+        self._packs.discard_packs(worker.installed)
+        worker.installed.clear()
+        self._update = None
+        return CommitResult(
+            revision=self._current,
+            changed=False,
+            files_written=0,
+            files_removed=0,
+            bytes_written=0,
+            new_section_bytes=0,
+            content_length=self._current.content_length,
+        )
+
+    def _commit(self, update: Update, worker: EncryptionWorker) -> CommitResult:
         with self._lock:
-            for _, writer in update._worker.writers:
+            old = self._current
+            if old is not None and update.journal.operations == 0:
+                return self._unchanged(update, worker)
+            sink = CommitSink(self._packs, worker)
+            sections = TreeBuilder(sink)
+            manifest = ManifestWriter(
+                self._manifest_keys, self._keys.onion_pubkey, sink, sink
+            )
+            previous = None
+            if old is not None:
+                assert self._reader is not None and self._names is not None
+                previous = OldRevision(
+                    sections=old.sections,
+                    manifest=old.manifest,
+                    index=self._names.index,
+                    section_count=old.section_count,
+                    open_chunk=self._reader.chunk_records,
+                )
+            try:
+                counts = merge(
+                    old=previous,
+                    changes=update.journal.changes(),
+                    journal=update.journal,
+                    source=self._source,
+                    sections=sections,
+                    manifest=manifest,
+                )
+            except NotInPreviousRevision as error:
+                raise FileNotInSet(error.args[0]) from None
+            except _DAMAGE as error:
+                number = old.number if old is not None else 0
+                raise CorruptContent(f"revision {number}: {error}") from None
+            section_root = sections.finish()
+            summary = manifest.finish()
+            sink.flush()
+            if (
+                summary.section_count != section_root.entry_count
+                or summary.file_count != counts.files
+            ):
+                raise CorruptContent(
+                    "the merged manifest and section tree disagree: the name "
+                    f"index of revision {old.number if old else 0} is wrong"
+                )
+            if (
+                old is not None
+                and section_root == old.sections
+                and summary.tree == old.manifest
+            ):
+                return self._unchanged(update, worker)
+            number = max(self.metadata.get().revision, old.number if old else 0) + 1
+            verified = sign_root(
+                new_root(self._keys.onion_pubkey, number, section_root, summary.tree),
+                self._keys.signing_key,
+            )
+            for _, writer in worker.writers:
                 writer.finish()
             crash_point(1)
-            self._packs.install_all(
-                [number for number, _ in update._worker.writers], crash_point
+            self._packs.install_all([n for n, _ in worker.writers], crash_point)
+            worker.writers.clear()
+            names = NameIndex(summary.file_count, summary.index)
+            write_name_index(
+                self._names_path(number),
+                self._name_index_key,
+                verified.content_id,
+                names,
             )
-            update._worker.writers.clear()
-            verified, manifest = self._build_revision(update)
-            atomic_write(self._revision_path(verified.number), verified.signed)
             crash_point(4)
-            atomic_write(self._dir / "current", str(verified.number).encode("ascii"))
+            atomic_write(self._revision_path(number), verified.signed)
             crash_point(5)
-            self._current, self._manifest = verified, manifest
-            self._files = {entry.name: i for i, entry in enumerate(manifest.files)}
+            atomic_write(self._dir / "current", str(number).encode("ascii"))
+            # Committed: the packs filled during the update are the
+            # revision's now, whatever fails next (an abort must not touch
+            # them).
+            worker.installed.clear()
+            crash_point(6)
+            self._install_current(verified, names)
             self._update = None
             self._record_in_metadata(verified)
-            crash_point(6)
+            crash_point(7)
             self._drop_old_revisions()
             return CommitResult(
                 revision=verified,
-                files_written=len(update._added),
-                files_removed=len(update._removed),
-                bytes_written=sum(state.size for state in update._added.values()),
-                new_section_bytes=update._worker.new_section_bytes,
-                content_length=verified.revision.content_length,
+                changed=True,
+                files_written=counts.files_written,
+                files_removed=counts.files_removed,
+                bytes_written=counts.bytes_written,
+                new_section_bytes=worker.new_section_bytes,
+                content_length=verified.content_length,
+                new_tree_bytes=sink.bytes_written,
             )
-
-    def _build_revision(
-        self, update: Update
-    ) -> tuple[VerifiedRevision, storedpb_pb2.Manifest]:
-        old_revision = self._current.revision if self._current else None
-        old_manifest = self._manifest
-        files: dict[str, _FileState | storedpb_pb2.FileEntry] = {}
-        if old_manifest is not None:
-            for entry in old_manifest.files:
-                if entry.name not in update._removed:
-                    files[entry.name] = entry
-        files.update(update._added)
-        number = max(
-            self.metadata.get().revision, old_revision.number if old_revision else 0
-        )
-        revision = storedpb_pb2.ContentRevision(
-            format=REVISION_FORMAT,
-            owner_pubkey=self._keys.onion_pubkey,
-            number=number + 1,
-        )
-        manifest = storedpb_pb2.Manifest()
-        plain_hashes = manifest.section_plaintext_sha256
-        sections = revision.sections
-        content_length = 0
-        for name in sorted(files):
-            item = files[name]
-            entry = manifest.files.add(name=name, first_section=len(sections))
-            if isinstance(item, _FileState):
-                entry.size, entry.mode, entry.mtime = item.size, item.mode, item.mtime
-                for length, plain_sha256, sha256 in _RECORD.iter_unpack(item.records):
-                    sections.add(length=length, sha256=sha256)
-                    plain_hashes.append(plain_sha256)
-                    content_length += length
-                item.records = bytearray()  # consumed: keep the peak low
-            else:
-                assert old_revision is not None and old_manifest is not None
-                entry.size, entry.mode, entry.mtime = item.size, item.mode, item.mtime
-                first, count = item.first_section, item.section_count
-                for index in range(first, first + count):
-                    ref = old_revision.sections[index]
-                    sections.add(length=ref.length, sha256=ref.sha256)
-                    plain_hashes.append(old_manifest.section_plaintext_sha256[index])
-                    content_length += ref.length
-            entry.section_count = len(sections) - entry.first_section
-        revision.content_length = content_length
-        revision.content_sha256 = content_sha256((s.length, s.sha256) for s in sections)
-        revision.sealed_manifest = seal(
-            self._keys.manifest_key,
-            manifest.SerializeToString(deterministic=True),
-            manifest_associated_data(revision.owner_pubkey, revision.number),
-        )
-        return sign_revision_lean(revision, self._keys.signing_key), manifest
 
     def _kept_revision_numbers(self) -> list[int]:
         if self._current is None:
@@ -820,31 +782,90 @@ class ContentStore:
 
     def _drop_old_revisions(self) -> None:
         kept = set(self._kept_revision_numbers())
-        for path in self._revisions_dir.glob("*.rev"):
-            if path.stem.isdigit() and int(path.stem) not in kept:
+        for path in self._revisions_dir.iterdir():
+            stem = path.name.split(".", 1)[0]
+            if stem.isdigit() and int(stem) not in kept:
                 atomic_delete(path)
 
     # -- garbage collection -----------------------------------------------
 
-    def gc(self, extra_keep: set[bytes] | frozenset[bytes] = frozenset()) -> int:
-        """Drop sections no kept revision, open update or ``extra_keep`` needs.
+    def gc(self, keep: Iterable[VerifiedRevision] = ()) -> int:
+        """Drop every blob that no kept revision and no open update needs.
 
-        Kept revisions are the current one and the one before it. Returns
-        the bytes freed on disk.
+        Kept: the current revision and the one before it, ``keep`` (e.g.
+        revisions being pushed), and the sections an open update has
+        written or reuses. Live blobs are marked by walking the kept trees
+        (a bit per pack index entry, never a set of hashes); a tree node of
+        the current or previous revision that is missing or corrupt stops
+        the collection before anything is deleted. Returns bytes freed.
         """
         with self._lock:
-            live: set[bytes] = set(extra_keep)
+            marks = self._packs.new_marks()
             for number in self._kept_revision_numbers():
                 if self._current is not None and number == self._current.number:
-                    revision = self._current.revision
+                    revision = self._current
+                elif self._revision_path(number).exists():
+                    revision = self._load_revision(number)
                 else:
-                    path = self._revision_path(number)
-                    if not path.exists():
-                        continue
-                    revision = self._load_revision(number)[0].revision
-                live.update(ref.sha256 for ref in revision.sections)
-            pins = [self._update._worker.reused] if self._update is not None else []
-            return self._packs.gc(live, pins)
+                    continue
+                self._mark_revision(marks, revision, strict=True)
+            for revision in keep:
+                self._mark_revision(marks, revision, strict=False)
+            update = self._update
+            if update is None:
+                return self._packs.sweep(marks)
+            with update.claim_lock:
+                for sha256 in update.journal.iter_entry_hashes():
+                    self._packs.mark(marks, sha256)
+                return self._packs.sweep(marks)
+
+    def _mark_revision(
+        self, marks: PackMarks, revision: VerifiedRevision, strict: bool
+    ) -> None:
+        for tree in (revision.sections, revision.manifest):
+            self._mark_tree(marks, tree, revision.number, strict)
+
+    def _mark_tree(
+        self, marks: PackMarks, tree: TreeRoot, number: int, strict: bool
+    ) -> None:
+        """Mark every node of ``tree`` and every blob its leaves name.
+
+        A node already marked was walked with its whole subtree (by an
+        earlier tree sharing it), so it is not entered again: the previous
+        revision costs only its differences from the current one. A node
+        that is missing or corrupt raises CorruptContent when ``strict``,
+        else only its subtree is skipped (what it names cannot be reached).
+        """
+        mark = self._packs.mark
+        stack: list[NodeRef] = [tree.ref()]
+        while stack:
+            ref = stack.pop()
+            try:
+                newly = mark(marks, ref.hash)
+                if newly is None:
+                    raise SectionMissing(f"tree node {ref.hash.hex()} is not stored")
+                if not newly:
+                    continue
+                node = read_node(self._source, ref)
+            except _DAMAGE as error:
+                if strict:
+                    raise CorruptContent(
+                        f"revision {number} cannot be walked, nothing was "
+                        f"collected: {error}"
+                    ) from None
+                log.warn(
+                    "gc: revision {number} to keep is incomplete: {error}",
+                    number=number,
+                    error=str(error),
+                )
+                continue
+            if isinstance(node, Internal):
+                stack.extend(node.children)
+                continue
+            assert isinstance(node, Leaf)
+            data = node.data
+            for start in range(HEADER_BYTES + 8, len(data), ENTRY_BYTES):
+                mark(marks, data[start : start + 32])
 
     def close(self) -> None:
         """Abort an open update and release file descriptors."""

@@ -3,15 +3,13 @@
 An owner that lost its copy (or no longer keeps a revision) still has, or
 fetches with membership proofs, the section tree. At packing time, when it
 had the ciphertext, it stored in each entry's private field 16 **audit
-samples**: the bytes at AUDIT_SLOTS secret positions of the section,
-
-    slot i    = PRF(audit key, label, sha256 ‖ length), bytes 16i..16i+15
-    offset i  = the slot's first 15 bytes modulo the section length
-    sealed i  = the byte at offset i  XOR  the slot's last byte
-
-so the replica, which reads the tree, learns neither where the samples are
-nor what they hold. Both are deterministic in the section's hash, so equal
-sections still have equal entries.
+samples**: the bytes at AUDIT_SLOTS secret positions of the section, each
+XORed with a secret byte, both drawn from a PRF of the section's hash and
+length under the audit key (``barterbackup.content.private`` has the exact
+derivation; the sealing lives there because the packer, below this layer,
+makes the samples). So the replica, which reads the tree, learns neither
+where the samples are nor what they hold. Both are deterministic in the
+section's hash, so equal sections still have equal entries.
 
 A check picks positions uniformly over the content bytes (so sections in
 proportion to their length) and, for each, a slot of that section; it sends
@@ -45,144 +43,63 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from barterbackup._proto import bbrpc_pb2
+
+# The sealing of the samples is the packer's (content layer, below this
+# one); re-exported so the check's users find everything here.
+from barterbackup.content.private import (
+    AUDIT_KEY_LABEL,
+    AUDIT_SAMPLES_BYTES,
+    AUDIT_SAMPLES_OFFSET,
+    AUDIT_SLOTS,
+    AuditSamples,
+    audit_key_of,
+    audit_samples_of_private,
+    audit_slot_offset,
+    audit_slot_offsets,
+    make_audit_samples,
+    open_audit_samples,
+    open_audit_slot,
+)
 from barterbackup.contracts import prf
 from barterbackup.contracts.confidence import CheckResult
 from barterbackup.contracts.heldcontent import (
     CONTENT_ID_BYTES,
     BadChallenge,
     HeldRevision,
-    SectionEntry,
     SectionIndex,
     SectionReader,
     require_held,
 )
 from barterbackup.contracts.terms import MAX_CHECK_SAMPLES
-from barterbackup.keys import NodeKeys
 
-# NodeKeys.subkey label of the audit key (one label per purpose).
-AUDIT_KEY_LABEL = "contract audit samples"
-AUDIT_SLOTS = 16
-AUDIT_SAMPLES_BYTES = AUDIT_SLOTS
-# Where the samples sit in a tree entry's 48-byte private field, after the
-# 32-byte wrapped plaintext hash.
-AUDIT_SAMPLES_OFFSET = 32
-SLOT_LABEL = b"barterbackup v1 audit sample positions\x00"
-SEAL_LABEL = b"barterbackup v1 audit sample seal\x00"
+__all__ = [
+    "AUDIT_KEY_LABEL",
+    "AUDIT_SAMPLES_BYTES",
+    "AUDIT_SAMPLES_OFFSET",
+    "AUDIT_SLOTS",
+    "DEFAULT_POSITIONS",
+    "GUESS_PROBABILITY",
+    "AuditSamples",
+    "SampleChallenge",
+    "SampleExpectation",
+    "answer_sample_challenge",
+    "audit_key_of",
+    "audit_samples_of_private",
+    "audit_slot_offset",
+    "audit_slot_offsets",
+    "make_audit_samples",
+    "new_sample_challenge",
+    "open_audit_samples",
+    "verify_sample_answer",
+]
+
 PROBE_LABEL = b"barterbackup v1 sample check probes\x00"
 SEED_BYTES = 32
-SHA256_BYTES = 32
-# Each slot takes 16 bytes of the PRF stream: 15 for its offset (120 bits
-# reduced modulo the section length) and 1 for its seal, so one PRF block
-# opens four slots and one call opens any slot.
-_SLOT_BYTES = 16
-_SLOTS_PER_BLOCK = prf.BLOCK_BYTES // _SLOT_BYTES
 # 461 positions reach 99 % for a 1 % loss when each missing byte is guessed
 # with probability 1/256; 480 leave room for draws skipped on small content.
 DEFAULT_POSITIONS = 480
 # A guessed byte passes with this probability.
 GUESS_PROBABILITY = 1 / 256
-
-
-def audit_key_of(keys: NodeKeys) -> bytes:
-    """The node's secret audit key."""
-    return keys.subkey(AUDIT_KEY_LABEL)
-
-
-def _slot_context(sha256: bytes, length: int) -> bytes:
-    if len(sha256) != SHA256_BYTES:
-        raise ValueError(f"a section hash is {SHA256_BYTES} bytes")
-    if length <= 0:
-        raise ValueError("an empty section has no audit samples")
-    return sha256 + length.to_bytes(8, "big")
-
-
-def _slot(material: bytes, length: int) -> tuple[int, int]:
-    # (offset, seal byte) of one slot's 16 bytes of PRF output.
-    offset = int.from_bytes(material[: _SLOT_BYTES - 1], "big") % length
-    return offset, material[_SLOT_BYTES - 1]
-
-
-def _all_slots(audit_key: bytes, sha256: bytes, length: int) -> list[tuple[int, int]]:
-    stream = prf.prf_bytes(
-        audit_key, SLOT_LABEL, _slot_context(sha256, length), _SLOT_BYTES * AUDIT_SLOTS
-    )
-    return [
-        _slot(stream[_SLOT_BYTES * i : _SLOT_BYTES * (i + 1)], length)
-        for i in range(AUDIT_SLOTS)
-    ]
-
-
-def _one_slot(
-    audit_key: bytes, sha256: bytes, length: int, slot: int
-) -> tuple[int, int]:
-    if not 0 <= slot < AUDIT_SLOTS:
-        raise ValueError(f"a section has {AUDIT_SLOTS} audit slots")
-    block_index, within = divmod(slot, _SLOTS_PER_BLOCK)
-    block = prf.prf_block(
-        audit_key, SLOT_LABEL, _slot_context(sha256, length), block_index
-    )
-    return _slot(block[_SLOT_BYTES * within : _SLOT_BYTES * (within + 1)], length)
-
-
-def audit_slot_offset(audit_key: bytes, sha256: bytes, length: int, slot: int) -> int:
-    """The secret offset of ``slot`` in a section (one PRF call)."""
-    return _one_slot(audit_key, sha256, length, slot)[0]
-
-
-def audit_slot_offsets(audit_key: bytes, sha256: bytes, length: int) -> list[int]:
-    """The secret offsets of all AUDIT_SLOTS slots of a section."""
-    return [offset for offset, _ in _all_slots(audit_key, sha256, length)]
-
-
-def make_audit_samples(audit_key: bytes, sha256: bytes, ciphertext: bytes) -> bytes:
-    """The 16 sealed sample bytes for a section's entry (packing time).
-
-    ``sha256`` must be the hash of ``ciphertext``; it is not recomputed,
-    the packer has just computed it. Four PRF calls per section.
-    """
-    return bytes(
-        ciphertext[offset] ^ seal
-        for offset, seal in _all_slots(audit_key, sha256, len(ciphertext))
-    )
-
-
-@dataclass(frozen=True, repr=False)
-class AuditSamples:
-    """A section's opened samples: secret offsets and the bytes there."""
-
-    offsets: tuple[int, ...]
-    values: bytes
-
-    def __repr__(self) -> str:
-        return f"<AuditSamples of {len(self.offsets)} slots>"
-
-
-def open_audit_samples(
-    audit_key: bytes, sha256: bytes, length: int, sealed: bytes
-) -> AuditSamples:
-    """Unseal a section's samples and recompute where they were taken."""
-    if len(sealed) != AUDIT_SAMPLES_BYTES:
-        raise ValueError(f"audit samples are {AUDIT_SAMPLES_BYTES} bytes")
-    slots = _all_slots(audit_key, sha256, length)
-    return AuditSamples(
-        offsets=tuple(offset for offset, _ in slots),
-        values=bytes(b ^ seal for b, (_, seal) in zip(sealed, slots, strict=True)),
-    )
-
-
-def _open_slot(audit_key: bytes, entry: SectionEntry, slot: int) -> tuple[int, int]:
-    # The owner opens one slot per sampled position: one PRF call, written
-    # out here because a check makes hundreds of them.
-    sha256, length, sealed = entry.sha256, entry.length, entry.audit_samples
-    if len(sealed) != AUDIT_SAMPLES_BYTES:
-        raise ValueError(f"audit samples are {AUDIT_SAMPLES_BYTES} bytes")
-    block_index, within = divmod(slot, _SLOTS_PER_BLOCK)
-    block = prf.prf_block(
-        audit_key, SLOT_LABEL, _slot_context(sha256, length), block_index
-    )
-    start = _SLOT_BYTES * within
-    offset = int.from_bytes(block[start : start + _SLOT_BYTES - 1], "big") % length
-    return offset, sealed[slot] ^ block[start + _SLOT_BYTES - 1]
 
 
 @dataclass(frozen=True)
@@ -265,7 +182,10 @@ def new_sample_challenge(
             continue
         drawn[section] = repeat + 1
         slot = (check_number + repeat) % AUDIT_SLOTS
-        offset, value = _open_slot(audit_key, index.entry(section), slot)
+        entry = index.entry(section)
+        offset, value = open_audit_slot(
+            audit_key, entry.sha256, entry.length, entry.audit_samples, slot
+        )
         probes.append((section, offset, value))
     # Sorted, so the replica reads sections in order.
     probes.sort()
@@ -312,11 +232,3 @@ def verify_sample_answer(expectation: SampleExpectation, answer: bytes) -> Check
         mismatches=mismatches,
         miss_per_position=GUESS_PROBABILITY,
     )
-
-
-def audit_samples_of_private(private: bytes) -> bytes:
-    """The audit samples within a tree entry's 48-byte private field."""
-    samples = private[AUDIT_SAMPLES_OFFSET : AUDIT_SAMPLES_OFFSET + AUDIT_SAMPLES_BYTES]
-    if len(samples) != AUDIT_SAMPLES_BYTES:
-        raise ValueError("the private field is too short to hold audit samples")
-    return samples

@@ -177,7 +177,6 @@ class Node(MultiService):
         if session is None:
             return NodeStatus(unlocked=False, transport=self.config.transport)
         current = session.content.current
-        manifest = session.content.manifest
         replication = session.book.replication()
         problems = []
         if replication.under_replicated and replication.problem:
@@ -191,7 +190,7 @@ class Node(MultiService):
             unlocked=True,
             onion_address=session.keys.onion_address,
             revision=current.number if current else 0,
-            file_count=len(manifest.files) if manifest else 0,
+            file_count=session.content.file_count,
             content_length=current.content_length if current else 0,
             transport=self.config.transport,
             peer_endpoint=session.transport.advertised,
@@ -207,9 +206,10 @@ class Node(MultiService):
 
     # -- the file set ----------------------------------------------------
 
-    def list_files(self) -> Deferred[list[str]]:
-        content = self._require_unlocked().content
-        return self.env.blocking(content.list_files)
+    def iter_files(self) -> Iterator[str]:
+        """A worker-thread iterator over the current file names, in manifest
+        order (streamed: a million names never sit in memory at once)."""
+        return self._require_unlocked().content.list_files()
 
     def file_size(self, name: str) -> Deferred[int]:
         content = self._require_unlocked().content
@@ -704,9 +704,27 @@ class FileSetUpdate:
         self._writer: Any = None
         self.done = False
 
-    def add_file(self, name: str, mode: int = 0o644, mtime: int = 0) -> None:
+    def add_file(
+        self,
+        name: str,
+        *,
+        mode: int = 0o644,
+        mtime_ns: int = 0,
+        ctime_ns: int = 0,
+        inode: int = 0,
+        device: int = 0,
+    ) -> None:
+        """Start writing a file; its bytes follow with ``write``. The stat
+        fields are recorded for the files cache."""
         self._close_writer()
-        self._writer = self._update.add_file(name, mode=mode, mtime=mtime)
+        self._writer = self._update.add_file(
+            name,
+            mode=mode,
+            mtime_ns=mtime_ns,
+            ctime_ns=ctime_ns,
+            inode=inode,
+            device=device,
+        )
 
     def write(self, data: bytes) -> None:
         if self._writer is None:
@@ -718,6 +736,11 @@ class FileSetUpdate:
     def remove_file(self, name: str) -> None:
         self._close_writer()
         self._update.remove_file(name)
+
+    def keep_file(self, name: str) -> None:
+        """Keep the previous revision's ``name`` as it is, unread."""
+        self._close_writer()
+        self._update.keep_file(name)
 
     def commit(self) -> CommitResult:
         self._close_writer()

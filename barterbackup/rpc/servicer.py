@@ -67,6 +67,10 @@ log = get_logger("barterbackup.rpc")
 T = TypeVar("T")
 # GetFile answers in chunks of this size, well under the message limit.
 READ_CHUNK = 1024 * 1024
+# ListFiles sends names in batches of at most this many, or this many
+# bytes: a million names (~100 MB) would not fit one message.
+LIST_BATCH_NAMES = 10_000
+LIST_BATCH_BYTES = 1024 * 1024
 # How often a waiting stream checks whether its client went away.
 POLL_SECONDS = 0.5
 # Chat events waiting for a client that does not read them; beyond this the
@@ -154,9 +158,19 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
 
     def ListFiles(
         self, request: clirpc_pb2.ListFilesRequest, context: grpc.ServicerContext
-    ) -> clirpc_pb2.ListFilesResponse:
-        names = self._on_reactor(context, self._node.list_files)
-        return clirpc_pb2.ListFilesResponse(names=names)
+    ) -> Iterator[clirpc_pb2.ListFilesResponse]:
+        names = self._on_reactor(context, self._node.iter_files)
+        batch: list[str] = []
+        size = 0
+        for name in self._guarded(context, names):
+            batch.append(name)
+            # UTF-8 takes at most 4 bytes a character: a bound, not a count.
+            size += 4 * len(name) + 8
+            if len(batch) >= LIST_BATCH_NAMES or size >= LIST_BATCH_BYTES:
+                yield clirpc_pb2.ListFilesResponse(names=batch)
+                batch, size = [], 0
+        if batch:
+            yield clirpc_pb2.ListFilesResponse(names=batch)
 
     def GetFile(
         self, request: clirpc_pb2.GetFileRequest, context: grpc.ServicerContext
@@ -171,8 +185,8 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             yield clirpc_pb2.GetFileResponse(size=size)
 
     def _guarded(
-        self, context: grpc.ServicerContext, chunks: Iterator[bytes]
-    ) -> Iterator[bytes]:
+        self, context: grpc.ServicerContext, chunks: Iterator[T]
+    ) -> Iterator[T]:
         while True:
             try:
                 chunk = next(chunks)
@@ -197,7 +211,8 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                 update.abort()
             finally:
                 blockingCallFromThread(self._reactor, update.finish)
-        blockingCallFromThread(self._reactor, self._node.revision_committed)
+        if result.changed:
+            blockingCallFromThread(self._reactor, self._node.revision_committed)
         return clirpc_pb2.SetFileResponse(
             revision=result.revision.number,
             files_written=counts[0],
@@ -205,6 +220,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             bytes_written=counts[2],
             new_section_bytes=result.new_section_bytes,
             content_length=result.content_length,
+            changed=result.changed,
         )
 
     def _apply_file_stream(
@@ -231,10 +247,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                     self._here(context, update.remove_file, header.name)
                     removed += 1
                 else:
-                    mode = header.mode & 0o7777 or 0o644
-                    self._here(
-                        context, update.add_file, header.name, mode, header.mtime
-                    )
+                    self._here(context, _start_file, update, header)
                     written += 1
             elif kind == "data":
                 self._here(context, update.write, request.data)
@@ -713,6 +726,17 @@ def _progress(event: Progress) -> clirpc_pb2.Progress:
         bytes_total=event.bytes_total,
         message=event.message,
         revision=event.revision,
+    )
+
+
+def _start_file(update: FileSetUpdate, header: clirpc_pb2.FileHeader) -> None:
+    update.add_file(
+        header.name,
+        mode=header.mode & 0o7777 or 0o644,
+        mtime_ns=header.mtime_ns,
+        ctime_ns=header.ctime_ns,
+        inode=header.inode,
+        device=header.device,
     )
 
 

@@ -96,6 +96,7 @@ from barterbackup.tree.proofs import (
 )
 from barterbackup.tree.read import (
     Located,
+    NodeCache,
     entry_at,
     entry_at_offset,
     iter_entries,
@@ -116,6 +117,7 @@ __all__ = [
     "InvalidProof",
     "Located",
     "Missing",
+    "NodeCache",
     "NodeRef",
     "NodeSink",
     "NodeSource",

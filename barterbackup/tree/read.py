@@ -9,8 +9,10 @@ per level at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from barterbackup.tree.build import NodeSource
 from barterbackup.tree.nodes import (
@@ -38,6 +40,38 @@ def read_node(source: NodeSource, ref: NodeRef) -> Leaf | Internal:
     return decode_node(source.get(ref.hash), ref)
 
 
+class NodeReader(Protocol):
+    """Anything that gives verified nodes by reference (a NodeCache)."""
+
+    def read(self, ref: NodeRef) -> Leaf | Internal: ...
+
+
+class NodeCache:
+    """The last ``size`` verified nodes read from a trusted local source.
+
+    Readers that descend the same tree again and again (a file at a time)
+    re-read the nodes near the root every time; decoding an internal node
+    costs ~70 µs (one NodeRef per child). Nodes are kept by their NodeRef
+    (hash *and* position, since a repeated subtree decodes to other
+    positions), so a cached node is exactly what decoding would give.
+    Not thread-safe: one cache per reader thread, or a lock around it.
+    """
+
+    def __init__(self, source: NodeSource, size: int = 256) -> None:
+        self.source = source
+        self._size = size
+        self._nodes: dict[NodeRef, Leaf | Internal] = {}
+
+    def read(self, ref: NodeRef) -> Leaf | Internal:
+        node = self._nodes.pop(ref, None)
+        if node is None:
+            node = read_node(self.source, ref)
+            if len(self._nodes) >= self._size:
+                del self._nodes[next(iter(self._nodes))]
+        self._nodes[ref] = node  # most recently used last
+        return node
+
+
 def _check_range(root: TreeRoot, start: int, stop: int | None) -> int:
     stop = root.entry_count if stop is None else stop
     if not 0 <= start <= stop <= root.entry_count:
@@ -48,19 +82,27 @@ def _check_range(root: TreeRoot, start: int, stop: int | None) -> int:
 
 
 def iter_packed(
-    root: TreeRoot, source: NodeSource, start: int = 0, stop: int | None = None
+    root: TreeRoot,
+    source: NodeSource,
+    start: int = 0,
+    stop: int | None = None,
+    cache: NodeReader | None = None,
 ) -> Iterator[bytes]:
     """Entries [start, stop) in order, as packed runs (one per leaf touched).
 
-    The fast path for streaming a table: no Python object per entry.
+    The fast path for streaming a table: no Python object per entry. With
+    ``cache`` (over ``source``), nodes are read through it.
     """
     stop = _check_range(root, start, stop)
     if start < stop:
-        yield from _walk(source, root.ref(), start, stop)
+        reader = cache.read if cache is not None else partial(read_node, source)
+        yield from _walk(reader, root.ref(), start, stop)
 
 
-def _walk(source: NodeSource, ref: NodeRef, start: int, stop: int) -> Iterator[bytes]:
-    node = read_node(source, ref)
+def _walk(
+    reader: Callable[[NodeRef], Leaf | Internal], ref: NodeRef, start: int, stop: int
+) -> Iterator[bytes]:
+    node = reader(ref)
     if isinstance(node, Leaf):
         yield node.packed(
             max(start, ref.first_index) - ref.first_index,
@@ -70,7 +112,7 @@ def _walk(source: NodeSource, ref: NodeRef, start: int, stop: int) -> Iterator[b
     for child in node.children[node.child_for_index(max(start, ref.first_index)) :]:
         if child.first_index >= stop:
             break
-        yield from _walk(source, child, start, stop)
+        yield from _walk(reader, child, start, stop)
 
 
 def iter_entries(
@@ -82,15 +124,16 @@ def iter_entries(
 
 
 def _descend_to_index(
-    root: TreeRoot, source: NodeSource, index: int
+    root: TreeRoot, source: NodeSource, index: int, cache: NodeReader | None = None
 ) -> Iterator[Leaf | Internal]:
     """The verified nodes on the path from the root to entry ``index``."""
     if not 0 <= index < root.entry_count:
         raise IndexError(f"entry {index} is outside a tree of {root.entry_count}")
-    node = read_node(source, root.ref())
+    reader = cache.read if cache is not None else partial(read_node, source)
+    node = reader(root.ref())
     while isinstance(node, Internal):
         yield node
-        node = read_node(source, node.children[node.child_for_index(index)])
+        node = reader(node.children[node.child_for_index(index)])
     yield node
 
 
@@ -107,9 +150,12 @@ def _descend_to_offset(
     yield node
 
 
-def entry_at(root: TreeRoot, index: int, source: NodeSource) -> Located:
-    """The entry at ``index`` (reads depth + 1 nodes)."""
-    *_, leaf = _descend_to_index(root, source, index)
+def entry_at(
+    root: TreeRoot, index: int, source: NodeSource, cache: NodeReader | None = None
+) -> Located:
+    """The entry at ``index`` (reads depth + 1 nodes, through ``cache`` if
+    given)."""
+    *_, leaf = _descend_to_index(root, source, index, cache)
     assert isinstance(leaf, Leaf)
     position = index - leaf.ref.first_index
     offset = leaf.ref.first_offset + sum(leaf.lengths()[:position])
