@@ -156,11 +156,28 @@ class LeakTests(TestCase):
             address = json.loads(other.cli("status", "--json", check=True).stdout)[
                 "onion_address"
             ]
-            traced.cli("peers", "connect", address, check=True)
+            own = json.loads(traced.cli("status", "--json", check=True).stdout)[
+                "onion_address"
+            ]
+            # Friends connect both ways: the default acceptance policy takes
+            # contracts from peers our user connected.
+            other.cli("peers", "connect", own, check=True, timeout=180)
+            traced.cli("peers", "connect", address, check=True, timeout=180)
             files = tmp / "files"
             files.mkdir()
             (files / "note.txt").write_text("nothing leaves outside Tor\n" * 1000)
             traced.cli("files", "add", str(files), check=True)
+            traced.cli(
+                "contracts",
+                "propose",
+                address,
+                "--ours",
+                "4MiB",
+                "--theirs",
+                "4MiB",
+                check=True,
+                timeout=180,
+            )
             traced.cli("replicate", address, check=True, timeout=180)
         finally:
             traced.stop()

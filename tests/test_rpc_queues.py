@@ -6,7 +6,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup.progress import Progress
-from barterbackup.rpc.queues import ProgressQueue
+from barterbackup.rpc.queues import Finished, ProgressQueue
 
 
 class ProgressQueueTests(SynchronousTestCase):
@@ -28,7 +28,7 @@ class ProgressQueueTests(SynchronousTestCase):
         a, b, end = self.drain(events)
         self.assertEqual((a.peer, a.bytes_done), ("a", 99_999))  # type: ignore[attr-defined]
         self.assertEqual((b.peer, b.bytes_done), ("b", 99_999))  # type: ignore[attr-defined]
-        self.assertIs(end, True)
+        self.assertEqual(end, Finished(None))
 
     def test_final_events_are_never_replaced_or_dropped(self) -> None:
         events = ProgressQueue(limit=3)
