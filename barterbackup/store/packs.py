@@ -693,12 +693,6 @@ class PackStore:
             )
         return data
 
-    def gc(self, live: set[bytes], pins: Iterable[set[bytes]] = ()) -> int:
-        """Drop every section not in ``live`` or ``pins``; return bytes freed."""
-        with self._lock:
-            live = live.union(*pins)
-            return self._collect(lambda number, sha256, entry: sha256 in live)
-
     def _collect(
         self, is_live: Callable[[int, bytes, int], bool], skip: Iterable[int] = ()
     ) -> int:
