@@ -220,6 +220,8 @@ class Envelope(_message.Message):
     END_CONTRACT_RESPONSE_FIELD_NUMBER: _builtins.int
     SPOT_CHECK_REQUEST_FIELD_NUMBER: _builtins.int
     SPOT_CHECK_RESPONSE_FIELD_NUMBER: _builtins.int
+    REPLICA_LOST_REQUEST_FIELD_NUMBER: _builtins.int
+    REPLICA_LOST_RESPONSE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     """call_id ties requests, responses and stream items of one call.
 
@@ -332,6 +334,14 @@ class Envelope(_message.Message):
     def spot_check_response(self) -> Global___SpotCheckResponse:
         """spot_check_response answers it."""
 
+    @_builtins.property
+    def replica_lost_request(self) -> Global___ReplicaLostRequest:
+        """replica_lost_request starts a ReplicaLost call."""
+
+    @_builtins.property
+    def replica_lost_response(self) -> Global___ReplicaLostResponse:
+        """replica_lost_response acknowledges it."""
+
     def __init__(
         self,
         *,
@@ -363,12 +373,14 @@ class Envelope(_message.Message):
         end_contract_response: Global___EndContractResponse | None = ...,
         spot_check_request: Global___SpotCheckRequest | None = ...,
         spot_check_response: Global___SpotCheckResponse | None = ...,
+        replica_lost_request: Global___ReplicaLostRequest | None = ...,
+        replica_lost_response: Global___ReplicaLostResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "replica_lost_request", b"replica_lost_request", "replica_lost_response", b"replica_lost_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "call_id", b"call_id", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end", b"end", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_contract_request", b"answer_contract_request", "answer_contract_response", b"answer_contract_response", "auth", b"auth", "body", b"body", "call_id", b"call_id", "cancel", b"cancel", "chat_request", b"chat_request", "download_request", b"download_request", "download_response", b"download_response", "encrypted_chat_request", b"encrypted_chat_request", "encrypted_download_request", b"encrypted_download_request", "encrypted_download_response", b"encrypted_download_response", "end", b"end", "end_contract_request", b"end_contract_request", "end_contract_response", b"end_contract_response", "error", b"error", "get_content_revision_request", b"get_content_revision_request", "get_content_revision_response", b"get_content_revision_response", "hello", b"hello", "peer_exchange_request", b"peer_exchange_request", "peer_exchange_response", b"peer_exchange_response", "ping", b"ping", "pong", b"pong", "propose_contract_request", b"propose_contract_request", "propose_contract_response", b"propose_contract_response", "replica_lost_request", b"replica_lost_request", "replica_lost_response", b"replica_lost_response", "set_content_revision_request", b"set_content_revision_request", "set_content_revision_response", b"set_content_revision_response", "spot_check_request", b"spot_check_request", "spot_check_response", b"spot_check_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "auth", "error", "cancel", "ping", "pong", "peer_exchange_request", "peer_exchange_response", "get_content_revision_request", "get_content_revision_response", "set_content_revision_request", "set_content_revision_response", "download_request", "download_response", "encrypted_download_request", "encrypted_download_response", "chat_request", "encrypted_chat_request", "propose_contract_request", "propose_contract_response", "answer_contract_request", "answer_contract_response", "end_contract_request", "end_contract_response", "spot_check_request", "spot_check_response"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "auth", "error", "cancel", "ping", "pong", "peer_exchange_request", "peer_exchange_response", "get_content_revision_request", "get_content_revision_response", "set_content_revision_request", "set_content_revision_response", "download_request", "download_response", "encrypted_download_request", "encrypted_download_response", "chat_request", "encrypted_chat_request", "propose_contract_request", "propose_contract_response", "answer_contract_request", "answer_contract_response", "end_contract_request", "end_contract_response", "spot_check_request", "spot_check_response", "replica_lost_request", "replica_lost_response"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -572,6 +584,7 @@ class GetContentRevisionResponse(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     STORED_BYTES_FIELD_NUMBER: _builtins.int
     GRANTED_BYTES_FIELD_NUMBER: _builtins.int
+    PENDING_SIGNED_ROOT_FIELD_NUMBER: _builtins.int
     signed_root: _builtins.bytes
     """signed_root is the storedpb SignedRoot of the newest revision held
     completely, or empty for none.
@@ -582,6 +595,10 @@ class GetContentRevisionResponse(_message.Message):
     """stored_bytes is how many bytes the caller's content takes here."""
     granted_bytes: _builtins.int
     """granted_bytes is the most the caller may store here."""
+    pending_signed_root: _builtins.bytes
+    """pending_signed_root is the SignedRoot of a newer revision being
+    fetched and not complete yet, or empty for none.
+    """
     def __init__(
         self,
         *,
@@ -589,10 +606,11 @@ class GetContentRevisionResponse(_message.Message):
         complete: _builtins.bool = ...,
         stored_bytes: _builtins.int = ...,
         granted_bytes: _builtins.int = ...,
+        pending_signed_root: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "granted_bytes", b"granted_bytes", "signed_root", b"signed_root", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "granted_bytes", b"granted_bytes", "pending_signed_root", b"pending_signed_root", "signed_root", b"signed_root", "stored_bytes", b"stored_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1394,3 +1412,48 @@ class SpotCheckResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
 
 Global___SpotCheckResponse: _TypeAlias = SpotCheckResponse  # noqa: Y015
+
+@_typing.final
+class ReplicaLostRequest(_message.Message):
+    """ReplicaLostRequest tells the server that the caller lost the server's
+    content it kept under a contract (docs/recovery.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    contract_id: _builtins.bytes
+    """contract_id names the contract under which the content was kept."""
+    reason: _builtins.str
+    """reason says what happened, for the server's log."""
+    def __init__(
+        self,
+        *,
+        contract_id: _builtins.bytes = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaLostRequest: _TypeAlias = ReplicaLostRequest  # noqa: Y015
+
+@_typing.final
+class ReplicaLostResponse(_message.Message):
+    """ReplicaLostResponse acknowledges a ReplicaLostRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaLostResponse: _TypeAlias = ReplicaLostResponse  # noqa: Y015

@@ -129,6 +129,7 @@ class GetStatusResponse(_message.Message):
     SCHEDULE_FIELD_NUMBER: _builtins.int
     LAST_BACKUP_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
     unlocked: _builtins.bool
     """unlocked is true once Unlock has succeeded."""
     onion_address: _builtins.str
@@ -185,6 +186,10 @@ class GetStatusResponse(_message.Message):
         each.
         """
 
+    @_builtins.property
+    def recovery(self) -> Global___Progress:
+        """recovery is the recovery in progress, if one runs."""
+
     def __init__(
         self,
         *,
@@ -208,10 +213,11 @@ class GetStatusResponse(_message.Message):
         schedule: Global___ScheduleInfo | None = ...,
         last_backup: Global___BackupRunInfo | None = ...,
         errors: _abc.Iterable[_builtins.str] | None = ...,
+        recovery: Global___Progress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_backup", b"last_backup", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_backup", b"last_backup", "recovery", b"recovery", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "content_length", b"content_length", "errors", b"errors", "file_count", b"file_count", "last_backup", b"last_backup", "last_check", b"last_check", "min_replicas", b"min_replicas", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "peer_network", b"peer_network", "replicas_current", b"replicas_current", "replicas_older", b"replicas_older", "revision", b"revision", "revision_time", b"revision_time", "schedule", b"schedule", "source_count", b"source_count", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "content_length", b"content_length", "errors", b"errors", "file_count", b"file_count", "last_backup", b"last_backup", "last_check", b"last_check", "min_replicas", b"min_replicas", "onion_address", b"onion_address", "peer_endpoint", b"peer_endpoint", "peer_network", b"peer_network", "recovery", b"recovery", "replicas_current", b"replicas_current", "replicas_older", b"replicas_older", "revision", b"revision", "revision_time", b"revision_time", "schedule", b"schedule", "source_count", b"source_count", "transport", b"transport", "unlocked", b"unlocked", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -877,6 +883,8 @@ class Progress(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     FILES_DONE_FIELD_NUMBER: _builtins.int
     FILES_TOTAL_FIELD_NUMBER: _builtins.int
+    BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """phase names the step, such as "syncing" or "done"."""
     peer: _builtins.str
@@ -895,6 +903,14 @@ class Progress(_message.Message):
     """files_total is how many files this step needs in all, or 0 when
     not known yet.
     """
+    bytes_per_second: _builtins.float
+    """bytes_per_second is the measured rate of this step, or 0 when not
+    known.
+    """
+    eta_seconds: _builtins.float
+    """eta_seconds is the estimated time left for this step, or 0 when not
+    known.
+    """
     def __init__(
         self,
         *,
@@ -906,10 +922,12 @@ class Progress(_message.Message):
         revision: _builtins.int = ...,
         files_done: _builtins.int = ...,
         files_total: _builtins.int = ...,
+        bytes_per_second: _builtins.float = ...,
+        eta_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "files_done", b"files_done", "files_total", b"files_total", "message", b"message", "peer", b"peer", "phase", b"phase", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_per_second", b"bytes_per_second", "bytes_total", b"bytes_total", "eta_seconds", b"eta_seconds", "files_done", b"files_done", "files_total", b"files_total", "message", b"message", "peer", b"peer", "phase", b"phase", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1317,23 +1335,32 @@ Global___AnswerContractResponse: _TypeAlias = AnswerContractResponse  # noqa: Y0
 
 @_typing.final
 class RecoverContentRequest(_message.Message):
-    """RecoverContentRequest starts a recovery."""
+    """RecoverContentRequest starts a recovery, or follows the one running."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PEERS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the revision number to recover, or 0 for the newest
+    one the replicas hold completely.
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """peers are the onion addresses to ask; empty means every known peer."""
+        """peers are the onion addresses to ask first (`recover --from`);
+        empty means the peers that reach us and those the recovered node
+        state names.
+        """
 
     def __init__(
         self,
         *,
         peers: _abc.Iterable[_builtins.str] | None = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

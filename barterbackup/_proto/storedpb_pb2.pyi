@@ -103,6 +103,7 @@ class RevisionRoot(_message.Message):
     CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     SECTIONS_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    NODE_STATE_FIELD_NUMBER: _builtins.int
     format: _builtins.int
     """format is the version of this record's layout; this is 2."""
     owner_pubkey: _builtins.bytes
@@ -128,6 +129,15 @@ class RevisionRoot(_message.Message):
     def manifest(self) -> Global___TreeRef:
         """manifest is the tree of the sealed manifest chunks."""
 
+    @_builtins.property
+    def node_state(self) -> Global___BlobRef:
+        """node_state names the sealed NodeState blob of this revision.
+
+        It is the node's own state (peers, contracts, storage settings),
+        sealed under a node subkey and stored as a blob like a section, so
+        one replica is enough to learn every other (docs/recovery.md).
+        """
+
     def __init__(
         self,
         *,
@@ -138,14 +148,98 @@ class RevisionRoot(_message.Message):
         content_sha256: _builtins.bytes = ...,
         sections: Global___TreeRef | None = ...,
         manifest: Global___TreeRef | None = ...,
+        node_state: Global___BlobRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "sections", b"sections"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "node_state", b"node_state", "sections", b"sections"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256", "format", b"format", "manifest", b"manifest", "number", b"number", "owner_pubkey", b"owner_pubkey", "sections", b"sections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "content_sha256", b"content_sha256", "format", b"format", "manifest", b"manifest", "node_state", b"node_state", "number", b"number", "owner_pubkey", b"owner_pubkey", "sections", b"sections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevisionRoot: _TypeAlias = RevisionRoot  # noqa: Y015
+
+@_typing.final
+class BlobRef(_message.Message):
+    """BlobRef names one blob by its hash and length."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.bytes
+    """sha256 is the SHA-256 of the blob's bytes."""
+    length: _builtins.int
+    """length is the blob's length in bytes."""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.bytes = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobRef: _TypeAlias = BlobRef  # noqa: Y015
+
+@_typing.final
+class NodeState(_message.Message):
+    """NodeState is the node's own state, kept inside its content.
+
+    It is sealed (docs/recovery.md, "Node state") and named by the signed
+    root, so that after a total loss the node learns its peers, contracts
+    and settings back from any one replica.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    CONTRACTS_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    BACKUP_SCHEDULE_FIELD_NUMBER: _builtins.int
+    format: _builtins.int
+    """format is the version of this record's layout; this is 1."""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Peer]:
+        """peers are the peer table's records, without scores or timings."""
+
+    @_builtins.property
+    def contracts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContractFile]:
+        """contracts are the contract files, without their check ledgers."""
+
+    @_builtins.property
+    def storage(self) -> Global___StorageConfig:
+        """storage is the storage budget granted to peers."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceConfig]:
+        """sources are the folders the daemon backs up."""
+
+    @_builtins.property
+    def backup_schedule(self) -> Global___BackupSchedule:
+        """backup_schedule is when the daemon backs up by itself."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.int = ...,
+        peers: _abc.Iterable[Global___Peer] | None = ...,
+        contracts: _abc.Iterable[Global___ContractFile] | None = ...,
+        storage: Global___StorageConfig | None = ...,
+        sources: _abc.Iterable[Global___SourceConfig] | None = ...,
+        backup_schedule: Global___BackupSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup_schedule", b"backup_schedule", "storage", b"storage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_schedule", b"backup_schedule", "contracts", b"contracts", "format", b"format", "peers", b"peers", "sources", b"sources", "storage", b"storage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 @_typing.final
 class TreeRef(_message.Message):

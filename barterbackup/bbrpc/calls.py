@@ -102,6 +102,9 @@ CALLS: dict[str, CallSpec] = {
             "end_contract_request", "end_contract_response", False, "end_contract"
         ),
         CallSpec("spot_check_request", "spot_check_response", False, "spot_check"),
+        CallSpec(
+            "replica_lost_request", "replica_lost_response", False, "replica_lost"
+        ),
     )
 }
 
