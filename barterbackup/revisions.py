@@ -30,6 +30,10 @@ REVISION_FORMAT = 2
 # A signed root is a few hundred bytes; anything near this is not one.
 MAX_SIGNED_ROOT_BYTES = 4096
 PUBKEY_LENGTH = 32
+# The sealed node state (peers, contracts, settings) is a few KiB; a
+# root naming a larger one is refused so a replica cannot be made to keep,
+# nor an owner to fetch, anything big under that name.
+MAX_NODE_STATE_BYTES = 4 * 1024 * 1024
 
 
 class InvalidRevision(ValueError):
@@ -66,6 +70,13 @@ class VerifiedRevision:
     def section_count(self) -> int:
         return self.sections.entry_count
 
+    @property
+    def node_state(self) -> tuple[bytes, int] | None:
+        """(SHA-256, length) of the sealed node state blob, if it has one."""
+        if not self.root.HasField("node_state"):
+            return None
+        return bytes(self.root.node_state.sha256), int(self.root.node_state.length)
+
 
 def content_sha256_of(sections: TreeRoot) -> bytes:
     """The content's SHA-256: a label and the section tree's root.
@@ -92,9 +103,11 @@ def new_root(
     number: int,
     sections: TreeRoot,
     manifest: TreeRoot,
+    node_state: tuple[bytes, int] | None = None,
 ) -> storedpb_pb2.RevisionRoot:
-    """The RevisionRoot of a revision with these trees."""
-    return storedpb_pb2.RevisionRoot(
+    """The RevisionRoot of a revision with these trees (and the sealed
+    node state blob named by (SHA-256, length))."""
+    root = storedpb_pb2.RevisionRoot(
         format=REVISION_FORMAT,
         owner_pubkey=owner_pubkey,
         number=number,
@@ -103,6 +116,9 @@ def new_root(
         sections=tree_ref_of(sections),
         manifest=tree_ref_of(manifest),
     )
+    if node_state is not None:
+        root.node_state.sha256, root.node_state.length = node_state
+    return root
 
 
 def sign_root(
@@ -156,6 +172,11 @@ def verify_root(
         raise InvalidRevision("revision content length and section tree disagree")
     if root.content_sha256 != content_sha256_of(sections):
         raise InvalidRevision("revision content_sha256 does not match its tree")
+    if root.HasField("node_state") and (
+        len(root.node_state.sha256) != 32
+        or not 0 < root.node_state.length <= MAX_NODE_STATE_BYTES
+    ):
+        raise InvalidRevision("revision root names an invalid node state blob")
     return VerifiedRevision(
         signed=signed_bytes,
         root=root,

@@ -62,6 +62,7 @@ from barterbackup.content.pipeline import (
     SmallFileBatcher,
 )
 from barterbackup.content.private import InvalidPrivateField, PrivateFields
+from barterbackup.content.recovered import RecoveredBlobs
 from barterbackup.content.sections import SectionKeyDeriver, section_encryptor
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
@@ -105,6 +106,7 @@ __all__ = [
     "FileNotInSet",
     "FileRecord",
     "FileWriter",
+    "IncompleteRevision",
     "InvalidFileName",
     "SectionMissing",
     "Update",
@@ -157,6 +159,15 @@ class FileNotInSet(KeyError):
 
 class UpdateInProgress(Exception):
     """Another update of the file set is open."""
+
+
+class IncompleteRevision(Exception):
+    """A revision to install references a blob that is not stored."""
+
+
+# node_state(): the sealed node state to name in the next revision (the
+# session sets it; docs/recovery.md, "Node state"). None: no state.
+NodeStateSource = Callable[[], bytes | None]
 
 
 @dataclass(frozen=True)
@@ -378,6 +389,8 @@ class ContentStore:
         self._nodes = NodeCache(self._source, READ_CACHE_NODES)
         self._nodes_lock = threading.Lock()
         self.metadata = metadata
+        # Set by the node's session: what every commit seals into its root.
+        self.node_state: NodeStateSource | None = None
         self._current: VerifiedRevision | None = None
         self._names: NameIndex | None = None
         self._reader: ManifestReader | None = None
@@ -457,6 +470,11 @@ class ContentStore:
             return names
         except InvalidNameIndex as error:
             log.warn("{error}: rebuilding it from the manifest", error=str(error))
+        return self._build_names(verified)
+
+    def _build_names(self, verified: VerifiedRevision) -> NameIndex:
+        """Read the whole manifest (verified) and write its name index."""
+        path = self._names_path(verified.number)
         reader = self._manifest_reader(verified, None)
         files = 0
         try:
@@ -733,8 +751,16 @@ class ContentStore:
             ):
                 return self._unchanged(update, worker)
             number = max(self.metadata.get().revision, old.number if old else 0) + 1
+            node_state = self._put_node_state(sink.put)
+            sink.flush()
             verified = sign_root(
-                new_root(self._keys.onion_pubkey, number, section_root, summary.tree),
+                new_root(
+                    self._keys.onion_pubkey,
+                    number,
+                    section_root,
+                    summary.tree,
+                    node_state,
+                ),
                 self._keys.signing_key,
             )
             for _, writer in worker.writers:
@@ -773,6 +799,179 @@ class ContentStore:
                 content_length=verified.content_length,
                 new_tree_bytes=sink.bytes_written,
             )
+
+    def _put_node_state(
+        self, put: Callable[[bytes, bytes], None]
+    ) -> tuple[bytes, int] | None:
+        """Store the sealed node state as a blob; its (hash, length)."""
+        if self.node_state is None:
+            return None
+        sealed = self.node_state()
+        if not sealed:
+            return None
+        sha256 = hashlib.sha256(sealed).digest()
+        put(sha256, sealed)
+        return sha256, len(sealed)
+
+    def commit_node_state(self) -> CommitResult:
+        """A new revision with the same files and the current node state.
+
+        For state that changed with no file change (a contract formed, a
+        peer added): the replicas must hold it for recovery. Keeps the
+        revision (``changed`` False) when the state is the one it names, or
+        when there is no revision yet. Same commit order and crash points
+        as a commit (docs/storage-format.md).
+        """
+        with self._lock:
+            old = self._current
+            if self._update is not None:
+                raise UpdateInProgress("an update of the file set is open")
+            if old is None or self.node_state is None:
+                raise ValueError("no revision to carry the node state yet")
+            sealed = self.node_state()
+            if not sealed or old.node_state == (
+                hashlib.sha256(sealed).digest(),
+                len(sealed),
+            ):
+                return self._kept(old)
+            assert self._names is not None
+            writer_number, writer = self._packs.new_writer()
+            try:
+
+                def put(sha256: bytes, data: bytes) -> None:
+                    if not self._packs.claim_or_reserve(sha256, set()):
+                        first = writer.append(data, [(sha256, len(data))])
+                        self._packs.reserve(writer_number, first, [sha256])
+
+                node_state = self._put_node_state(put)
+                number = max(self.metadata.get().revision, old.number) + 1
+                verified = sign_root(
+                    new_root(
+                        self._keys.onion_pubkey,
+                        number,
+                        old.sections,
+                        old.manifest,
+                        node_state,
+                    ),
+                    self._keys.signing_key,
+                )
+                writer.finish()
+                crash_point(1)
+                self._packs.install_all([writer_number], crash_point)
+            except BaseException:
+                self._packs.release(writer_number)
+                raise
+            names = self._names
+            write_name_index(
+                self._names_path(number),
+                self._name_index_key,
+                verified.content_id,
+                names,
+            )
+            crash_point(4)
+            atomic_write(self._revision_path(number), verified.signed)
+            crash_point(5)
+            atomic_write(self._dir / "current", str(number).encode("ascii"))
+            crash_point(6)
+            self._install_current(verified, names)
+            self._record_in_metadata(verified)
+            crash_point(7)
+            self._drop_old_revisions()
+            return CommitResult(
+                revision=verified,
+                changed=True,
+                files_written=0,
+                files_removed=0,
+                bytes_written=0,
+                new_section_bytes=0,
+                content_length=verified.content_length,
+                new_tree_bytes=len(sealed),
+            )
+
+    def _kept(self, revision: VerifiedRevision) -> CommitResult:
+        return CommitResult(
+            revision=revision,
+            changed=False,
+            files_written=0,
+            files_removed=0,
+            bytes_written=0,
+            new_section_bytes=0,
+            content_length=revision.content_length,
+        )
+
+    # -- recovery: installing a revision fetched from replicas ------------
+
+    def recovered_blobs(self) -> RecoveredBlobs:
+        """A sink for blobs fetched back from replicas (content.recovered)."""
+        return RecoveredBlobs(self._packs, crash_point)
+
+    def missing_blob(self, revision: VerifiedRevision) -> bytes | None:
+        """The first blob ``revision`` references that is not stored (None:
+        complete). Walks both trees from the signed root, verifying every
+        node; a stored node that fails its check counts as missing."""
+        state = revision.node_state
+        if state is not None and not self._packs.has(state[0]):
+            return state[0]
+        for tree in (revision.sections, revision.manifest):
+            stack: list[NodeRef] = [tree.ref()]
+            while stack:
+                ref = stack.pop()
+                try:
+                    node = read_node(self._source, ref)
+                except _DAMAGE:
+                    return ref.hash
+                if isinstance(node, Internal):
+                    stack.extend(node.children)
+                    continue
+                assert isinstance(node, Leaf)
+                data = node.data
+                for start in range(HEADER_BYTES + 8, len(data), ENTRY_BYTES):
+                    sha256 = data[start : start + 32]
+                    if not self._packs.has(sha256):
+                        return bytes(sha256)
+        return None
+
+    def install_revision(self, revision: VerifiedRevision) -> None:
+        """Make a revision fetched from replicas the current one.
+
+        ``revision`` must be ours (verified with our key), newer than the
+        current one and than the Metadata's number, and every blob it
+        references must be in installed packs (IncompleteRevision names
+        the first that is not). Then, as a commit does: the name index
+        (built by reading the whole manifest, verified) (crash point 14),
+        the revision file (15), ``current`` — the commit point — (16), the
+        Metadata (17). A crash before 16 leaves the previous state (the
+        files above ``current`` are deleted on open); the fetched packs
+        stay for a resumed recovery.
+        """
+        if revision.owner_pubkey != self._keys.onion_pubkey:
+            raise InvalidRevision("that revision belongs to another node")
+        with self._lock:
+            if self._update is not None:
+                raise UpdateInProgress("an update of the file set is open")
+            old = self._current
+            floor = max(self.metadata.get().revision, old.number if old else 0)
+            if revision.number <= floor:
+                raise ValueError(
+                    f"revision {revision.number} is not newer than revision "
+                    f"{floor} of this node"
+                )
+            missing = self.missing_blob(revision)
+            if missing is not None:
+                raise IncompleteRevision(
+                    f"revision {revision.number}: blob {missing.hex()[:16]} "
+                    "is not stored"
+                )
+            names = self._build_names(revision)
+            crash_point(14)
+            atomic_write(self._revision_path(revision.number), revision.signed)
+            crash_point(15)
+            atomic_write(self._dir / "current", str(revision.number).encode("ascii"))
+            crash_point(16)
+            self._install_current(revision, names)
+            self._record_in_metadata(revision)
+            crash_point(17)
+            self._drop_old_revisions()
 
     def _kept_revision_numbers(self) -> list[int]:
         if self._current is None:
@@ -822,6 +1021,8 @@ class ContentStore:
     def _mark_revision(
         self, marks: PackMarks, revision: VerifiedRevision, strict: bool
     ) -> None:
+        if revision.node_state is not None:
+            self._packs.mark(marks, revision.node_state[0])
         for tree in (revision.sections, revision.manifest):
             self._mark_tree(marks, tree, revision.number, strict)
 

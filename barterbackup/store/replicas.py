@@ -332,6 +332,8 @@ class ReplicaStore:
             # and what is shared with the held revision are settled as the
             # blobs arrive (store_blob checks every write).
             needed = revision.content_length + revision.manifest.byte_count
+            if revision.node_state is not None:
+                needed += revision.node_state[1]
             self._refuse_over_budget(owner, needed, "the revision")
             if state is None:
                 state = self._create(owner)

@@ -106,6 +106,11 @@ class RevisionFetcher:
         self._blocking = blocking
         self._plans = [self._plan(revision.sections), self._plan(revision.manifest)]
         self._sections: list[_Wanted] = []
+        if revision.node_state is not None:
+            # The sealed node state is one blob the signed root names.
+            state_hash, state_length = revision.node_state
+            if not store.has_blob(owner, state_hash):
+                self._sections.append(_Wanted(state_hash, state_length))
         self._retry: list[_Wanted] = []
         self._to_store: list[tuple[bytes, bytes]] = []
         self._to_store_bytes = 0
@@ -315,6 +320,8 @@ class _StoreSource:
 def live_blobs(revision: VerifiedRevision, source: NodeSource) -> Iterator[bytes]:
     """Every blob ``revision`` references: the nodes of both its trees, its
     sections and its manifest chunks (each tree read once, verified)."""
+    if revision.node_state is not None:
+        yield revision.node_state[0]
     for root in (revision.sections, revision.manifest):
         for node in iter_nodes(root, source):
             yield node.ref.hash

@@ -81,6 +81,10 @@ class ReplicaService:
             response.signed_root = held.shown.signed
             response.complete = held.held is not None
             response.stored_bytes = held.stored_bytes
+            if held.held is not None and held.pending is not None:
+                # Recovery falls back from a revision no replica holds
+                # whole: it needs to see that one exists.
+                response.pending_signed_root = held.pending.signed
         return response
 
     async def set_content_revision(
