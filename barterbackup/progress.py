@@ -21,6 +21,10 @@ class Progress:
     message: str = ""
     # revision is the content revision the event is about, if any.
     revision: int = 0
+    # bytes_per_second and eta_seconds: the measured rate and the time
+    # left, when the operation knows them (recovery), else 0.
+    bytes_per_second: float = 0.0
+    eta_seconds: float = 0.0
 
 
 # Long operations take one of these and call it with each event.

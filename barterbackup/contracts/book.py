@@ -903,6 +903,62 @@ class ContractBook:
             )
         return bbrpc_pb2.EndContractResponse()
 
+    def handle_replica_lost(
+        self, peer: bytes, request: bbrpc_pb2.ReplicaLostRequest
+    ) -> bbrpc_pb2.ReplicaLostResponse:
+        """ReplicaLost: the peer lost our content it kept (it recovered
+        from a total loss): push our current revision to it at once."""
+        entry = self._entries.get(bytes(request.contract_id))
+        if entry is None or entry.peer != peer:
+            raise PeerCallError(
+                bbrpc_pb2.ERROR_CODE_NOT_FOUND, "no contract with you has that id"
+            )
+        log.info(
+            "{peer} lost our content it kept ({why}): syncing it again",
+            peer=onion_address_from_pubkey(peer),
+            why=bounded_reason(request.reason),
+        )
+        entry.ledger.peer_revision = 0
+        self.save_soon(entry.contract_id)
+        self._records.remember(peer, int(self._now()), held_revision=0)
+        if entry.in_force:
+            # A commit's input: the machine pushes the current revision.
+            self._safely(
+                entry,
+                lambda machine: machine.revision_committed(),
+                "revision_committed",
+            )
+        return bbrpc_pb2.ReplicaLostResponse()
+
+    def adopt(self, files: Iterable[storedpb_pb2.ContractFile]) -> int:
+        """Take contracts recovered from our content (the node state of a
+        recovery): each is written, restored and resumed as at unlock.
+        Contracts the book has already are left as they are. Returns how
+        many were adopted."""
+        adopted = []
+        for contract_file in files:
+            try:
+                signed = signed_terms_of(bytes(contract_file.record.signed_terms))
+            except (InvalidTerms, ValueError) as error:
+                log.error("a recovered contract does not restore: {e}", e=error)
+                continue
+            contract_id = signed.contract_id
+            if contract_id in self._entries:
+                continue
+            entry = self._restore_one(contract_file)
+            if entry is None:
+                continue
+            self._write(entry)
+            self._records.remember(entry.peer, int(self._now()))
+            adopted.append(entry)
+        for entry in adopted:
+            self._safely(entry, lambda machine: machine.restarted(), "restarted")
+            if self._started and self._pool.is_connected(entry.peer):
+                self._peer_connected_key(entry.peer)
+        if adopted:
+            self.planner.schedule()
+        return len(adopted)
+
     def handle_spot_check(
         self, peer: bytes, request: bbrpc_pb2.SpotCheckRequest
     ) -> Deferred[bbrpc_pb2.SpotCheckResponse]:

@@ -46,6 +46,18 @@ class PeerScores:
             return scores.UPTIME_WITHOUT_PROBES
         return scores.uptime_score(scores.uptime_windows_of(record), self._now())
 
+    def record_fault(self, peer: bytes) -> float:
+        """Count a fault seen outside a check as a failed audit (recovery:
+        a replica that offered a forged or stale root, or sent bad bytes).
+        Only a peer of the table is scored: a stranger gets no record."""
+        if self._records.get(peer) is None:
+            return scores.NEW_PEER.score
+        now = self._now()
+        updated = self._records.update(
+            peer, int(now), lambda record: scores.with_check_result(record, False, now)
+        )
+        return scores.audit_reputation_of(updated).score
+
     def probe(self, peer: bytes, answered: bool) -> None:
         """One attempt to reach ``peer``: it answered or not."""
         now = self._now()

@@ -19,10 +19,11 @@ Conventions, for every method:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
@@ -61,8 +62,13 @@ from barterbackup.node.results import (
 )
 from barterbackup.node.session import NodeEnvironment, UnlockedSession
 from barterbackup.peers.pool import CONNECT_TIMEOUT
-from barterbackup.progress import ProgressReport
-from barterbackup.store.atomic import make_private_directory
+from barterbackup.progress import ProgressReport, ignore_progress
+from barterbackup.recovery.recoverer import RecoveryFailed, RecoveryResult
+from barterbackup.store.atomic import (
+    atomic_delete,
+    atomic_write,
+    make_private_directory,
+)
 from barterbackup.store.identity import CorruptIdentity, read_identity, write_identity
 from barterbackup.store.replicas import effective_total_bytes
 from barterbackup.sync.push import PushResult
@@ -74,6 +80,13 @@ if TYPE_CHECKING:
 log = get_logger("barterbackup.node")
 
 MAX_MIN_REPLICAS = 64
+RECOVERY_MARKER = "recovering"
+
+
+def recovery_marker(node_dir: Path) -> Path:
+    """The file that says an automatic recovery is unfinished (resumed at
+    the next unlock)."""
+    return Path(node_dir) / RECOVERY_MARKER
 
 
 class Node(MultiService):
@@ -162,15 +175,68 @@ class Node(MultiService):
             raise errors.PermissionDenied(str(WrongPassword()))
         session = await UnlockedSession.open(self.env, self.node_dir, keys)
         self._session = session
+        session.recovery_host.after_install = self._recovery_installed
         session.setServiceParent(self)
         log.info("node {address} unlocked", address=keys.onion_address)
+        if session.content.current is None and (
+            (created and not generated) or recovery_marker(self.node_dir).exists()
+        ):
+            # The same password on an empty directory: a machine lost, most
+            # likely. Wait for the replicas in the background (no address
+            # typed); a new node merely waits, and stops at its first files.
+            self._recover_in_background(session)
         return UnlockResult(keys.onion_address, created, generated)
+
+    def _recover_in_background(self, session: UnlockedSession) -> None:
+        marker = recovery_marker(self.node_dir)
+        if not marker.exists():
+            atomic_write(marker, b"recovering\n")
+
+        def failed(failure: Failure) -> None:
+            log.info("background recovery ended: {why}", why=failure.getErrorMessage())
+
+        session.recovery.recover(ignore_progress).addErrback(failed)
 
     def _create_node_dir(self, onion_address: str) -> None:
         make_private_directory(self.node_dir)
         write_identity(self.node_dir, onion_address)
 
     # -- status ----------------------------------------------------------
+
+    # -- recovery ----------------------------------------------------------
+
+    def recover(
+        self, from_peers: list[str], revision: int, report: ProgressReport
+    ) -> Deferred[RecoveryResult]:
+        """RecoverContent: our content back from the replicas (or follow
+        the recovery running); fires with the RecoveryResult once the
+        revision is installed as current (docs/recovery.md)."""
+        session = self._require_unlocked()
+        peers = [self._peer_key(address) for address in from_peers]
+        current = session.content.current
+        if current is not None and revision and revision <= current.number:
+            raise errors.InvalidArgument(
+                f"revision {revision} is not newer than the current revision "
+                f"{current.number}"
+            )
+        for pubkey in peers:
+            session.records.remember(pubkey, int(self.env.now()))
+
+        async def run() -> RecoveryResult:
+            try:
+                return await session.recovery.recover(report, peers, revision)
+            except RecoveryFailed as error:
+                raise errors.Unavailable(str(error)) from None
+
+        return Deferred.fromCoroutine(run())
+
+    def _recovery_installed(self) -> None:
+        marker = recovery_marker(self.node_dir)
+        if marker.exists():
+            atomic_delete(marker)
+        self.collect_garbage().addErrback(
+            lambda failure: log.failure("gc after recovery failed", failure)
+        )
 
     def status(self) -> NodeStatus:
         session = self._session
@@ -202,6 +268,7 @@ class Node(MultiService):
             checks_failed=replication.checks_failed,
             last_check=replication.last_check_at,
             errors=tuple(problems),
+            recovery=session.recovery.status(),
         )
 
     # -- the file set ----------------------------------------------------
@@ -246,13 +313,25 @@ class Node(MultiService):
         Called after each commit; fires with the bytes freed.
         """
         session = self._require_unlocked()
+        if session.recovery.running:
+            # The blobs a recovery fetched are referenced by no revision of
+            # ours until it installs one: collecting now would drop them.
+            return succeed(0)
         keep = session.pusher.revisions_in_flight()
         return self.env.blocking(lambda: session.content.gc(keep))
 
     def revision_committed(self) -> None:
         """After a commit: every contract's peer gets the new revision, and
         garbage is collected (both in the background)."""
-        self._require_unlocked().book.revision_committed()
+        session = self._require_unlocked()
+        if session.recovery.waiting:
+            # Files of its own before any replica offered ours: a new node,
+            # not a lost one. Stop waiting (gc is held while it waits).
+            session.recovery.stop()
+            marker = recovery_marker(self.node_dir)
+            if marker.exists():
+                atomic_delete(marker)
+        session.book.revision_committed()
 
         def collected(freed: int) -> None:
             if freed:

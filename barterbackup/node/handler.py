@@ -116,6 +116,11 @@ class NodePeerHandler:
     ) -> Deferred[bbrpc_pb2.SpotCheckResponse]:
         return self._book().handle_spot_check(authenticated_peer(conn), request)
 
+    def replica_lost(
+        self, conn: PeerConnectionLike, request: bbrpc_pb2.ReplicaLostRequest
+    ) -> bbrpc_pb2.ReplicaLostResponse:
+        return self._book().handle_replica_lost(authenticated_peer(conn), request)
+
     def _book(self) -> ContractBook:
         if self.contracts is None:
             raise PeerCallError(

@@ -29,6 +29,7 @@ from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
     TransferProgress,
 )
 from barterbackup.contracts.settings import BookSettings
+from barterbackup.progress import Progress
 from barterbackup.transport.onion import OnionDefences
 
 
@@ -86,6 +87,8 @@ class NodeStatus:
     last_check: float = 0.0
     # Problems that need the user's attention, one sentence each.
     errors: tuple[str, ...] = ()
+    # The recovery in progress (its last overall progress), if one runs.
+    recovery: Progress | None = None
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,13 @@ from barterbackup.keys import NodeKeys, check_password_strength, derive_node_key
 from barterbackup.keys.derive import LABEL_CHAT_OUTBOX
 from barterbackup.logs import get_logger
 from barterbackup.node.handler import NodePeerHandler
+from barterbackup.node.recovering import NodeStateKeeper, SessionRecoveryHost
 from barterbackup.node.results import NodeConfig
 from barterbackup.peers.network import PeerNetwork
 from barterbackup.peers.pool import ConnectionPool
 from barterbackup.peers.records import PeerRecords
+from barterbackup.recovery.contact import OwnerContacts
+from barterbackup.recovery.recoverer import Recovery
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.replicas import ReplicaStore
 from barterbackup.sync.interfaces import Blocking, ReactorTime, run_inline
@@ -105,6 +108,9 @@ class NodeEnvironment:
     # random_bytes draws secrets and nonces (chat keys, session nonces,
     # offer ids): the OS's random source except on the no-network swarm.
     random_bytes: Callable[[int], bytes] = os.urandom
+    # recovery_window is how long a recovery collects replicas' offers
+    # after the first one (docs/recovery.md).
+    recovery_window: float = 30.0
 
 
 def _no_transport() -> Transport:
@@ -212,6 +218,26 @@ class UnlockedSession(MultiService):
             settings=env.contract_settings,
         )
         handler.contracts = self.book
+        # Recovery (docs/recovery.md): the node state sealed in every
+        # revision, the owner's side, and the replica's side (contacting
+        # the owners whose data we hold).
+        self.state_keeper = NodeStateKeeper(
+            self, lambda: self.book.revision_committed()
+        )
+        content.node_state = self.state_keeper.sealed
+        self.recovery_host = SessionRecoveryHost(self, self.state_keeper.key)
+        self.recovery = Recovery(self.recovery_host, window_seconds=env.recovery_window)
+        self.owner_contacts = OwnerContacts(
+            clock, env.rng, self._owners_to_contact, self.pool
+        )
+
+    def _owners_to_contact(self) -> list[bytes]:
+        """Owners whose replica we hold under a contract (never others)."""
+        return [
+            owner
+            for owner in self.replicas.owners()
+            if self.replicas.held(owner) is not None and self.book.grants.keeps(owner)
+        ]
 
     @classmethod
     async def open(
@@ -279,12 +305,20 @@ class UnlockedSession(MultiService):
     def startService(self) -> None:
         super().startService()
         self.book.start()
+        self.state_keeper.start()
+        # After the peer network is up: dialling needs the transport.
+        ready = self.network.ready()
+        ready.addCallback(lambda _: self.owner_contacts.start())
+        ready.addErrback(lambda _: None)  # status reports the network's failure
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         self.chat.stop()
+        self.owner_contacts.stop()
+        self.state_keeper.stop()
+        await self.recovery.stop()
         await self.book.stop()
         await super().stopService()
         await self.records.flush()

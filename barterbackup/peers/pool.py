@@ -104,18 +104,22 @@ class ConnectionPool:
 
     # -- dialling -----------------------------------------------------------
 
-    def dial(self, pubkey: bytes, hint: str = "") -> Deferred[PeerConnection]:
+    def dial(
+        self, pubkey: bytes, hint: str = "", isolation: str | None = None
+    ) -> Deferred[PeerConnection]:
         """Connect to ``pubkey`` (if not connected already) and keep it.
 
         From now on the peer is reconnected whenever the connection drops.
-        Fails with the transport's or the handshake's error, or
-        ``defer.TimeoutError`` after CONNECT_TIMEOUT.
+        ``isolation`` asks the transport for circuits of its own (Tor: a
+        SOCKS isolation string; recovery fetches from each replica over
+        its own circuit). Fails with the transport's or the handshake's
+        error, or ``defer.TimeoutError`` after CONNECT_TIMEOUT.
         """
         self._reconnects.setdefault(pubkey, _Reconnect())
         conn = self.connection(pubkey)
         if conn is not None:
             return succeed(conn)
-        return self._dial(pubkey, hint)
+        return self._dial(pubkey, hint, isolation)
 
     def reconnect_all_known(self) -> None:
         """At start: dial every peer of the table the transport can reach."""
@@ -142,12 +146,20 @@ class ConnectionPool:
 
     # -- internals ------------------------------------------------------------
 
-    def _dial(self, pubkey: bytes, hint: str) -> Deferred[PeerConnection]:
+    def _dial(
+        self, pubkey: bytes, hint: str, isolation: str | None = None
+    ) -> Deferred[PeerConnection]:
         if pubkey in self._dialling:
             return _follow(self._dialling[pubkey])
         address = onion_address_from_pubkey(pubkey)
         try:
-            endpoint = self._transport.client_endpoint(address, hint or None)
+            transport: Any = self._transport
+            if isolation is not None and getattr(transport, "isolates", False):
+                endpoint = transport.client_endpoint(
+                    address, hint or None, isolation=isolation
+                )
+            else:
+                endpoint = self._transport.client_endpoint(address, hint or None)
         except Exception:
             return fail()
         dialling = connect_peer(

@@ -154,6 +154,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             checks_failed=status.checks_failed,
             last_check=int(status.last_check),
             errors=list(status.errors),
+            recovery=_progress(status.recovery) if status.recovery else None,
         )
 
     def ListFiles(
@@ -429,12 +430,13 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         )
         return clirpc_pb2.AnswerContractResponse(contract=_contract(info))
 
-    # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
-
     def RecoverContent(
         self, request: clirpc_pb2.RecoverContentRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.RecoverContentResponse]:
-        self._not_built(context, "RecoverContent", "recovery")
+        for progress in self._progress_stream(
+            context, self._node.recover, list(request.peers), int(request.revision)
+        ):
+            yield clirpc_pb2.RecoverContentResponse(progress=progress)
 
     # -- chat --------------------------------------------------------------
 
@@ -726,6 +728,8 @@ def _progress(event: Progress) -> clirpc_pb2.Progress:
         bytes_total=event.bytes_total,
         message=event.message,
         revision=event.revision,
+        bytes_per_second=event.bytes_per_second,
+        eta_seconds=event.eta_seconds,
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,6 +87,9 @@ class MemoryNetwork:
 
     listeners: dict[str, Any] = field(default_factory=dict)
     links: list[tuple[str, str, PeerLink]] = field(default_factory=list)
+    # on_link(client, server, link) hears of every new link (tests tamper
+    # with links that do not exist yet).
+    link_hooks: list[Callable[[str, str, PeerLink], None]] = field(default_factory=list)
 
     def cut(self, address: str) -> None:
         """Cut every link to or from ``address``."""
@@ -110,6 +113,8 @@ class _MemoryEndpoint:
         server = listener.buildProtocol(None)
         link = PeerLink(client, server)
         self._network.links.append((self._source, self._target, link))
+        for hook in list(self._network.link_hooks):
+            hook(self._source, self._target, link)
         return succeed(client)
 
 

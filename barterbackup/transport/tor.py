@@ -357,6 +357,9 @@ class TorTransport:
         )
         return port
 
+    # client_endpoint takes an isolation string (separate circuits).
+    isolates = True
+
     def client_endpoint(
         self,
         onion_address: str,

@@ -1,0 +1,254 @@
+"""Recovery after a total loss, on the no-network swarm (docs/recovery.md).
+
+Alice backs up to bob and carol (and dave in some tests) under contracts;
+her node directory is deleted and her node started again with the same
+password: she types no address, her replicas reach her, she picks the
+newest validly signed revision, fetches it from all of them in parallel
+and installs it; her peer table and contracts come back with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.progress import Progress
+from barterbackup.recovery.recoverer import RecoveryResult
+from barterbackup.sync.fetch import live_blobs
+from barterbackup.testing.link import Direction, PeerLink
+from barterbackup.testing.swarm import SwarmNode
+from tests.contract_swarm import MIB, ContractSwarmCase
+
+
+def flip_download_bits(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope | None:
+    """Flip one bit of every Download piece (a replica serving bad bytes)."""
+    if envelope.WhichOneof("body") == "download_response":
+        piece = envelope.download_response
+        data = bytearray(piece.data)
+        if data:
+            data[len(data) // 2] ^= 0x01
+            piece.data = bytes(data)
+    return envelope
+
+
+class RecoveryCase(ContractSwarmCase):
+    nodes = 3
+    files: dict[str, bytes]
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.alice, self.bob, self.carol = self.swarm.nodes[:3]
+        self.friends(*self.swarm.nodes)
+
+    def back_up(self, replicas: list[SwarmNode], size: int = 300_000) -> None:
+        """Alice commits files and forms a contract with each replica."""
+        self.files = {
+            "docs/a.txt": b"alpha " * 1000,
+            "photos/b.jpg": os.urandom(size),
+            "c.bin": os.urandom(size // 3),
+        }
+        self.alice.write_files(self.files)
+        for replica in replicas:
+            self.propose(self.alice, replica)
+        self.settle()
+        for replica in replicas:
+            self.assertEqual(self.state(self.alice, replica), "active")
+
+    def settle(self, seconds: float = 30.0) -> None:
+        self.swarm.advance(seconds)
+
+    def tamper_new_links(
+        self,
+        sender: SwarmNode,
+        receiver: SwarmNode,
+        hook: Callable[[bbrpc_pb2.Envelope], bbrpc_pb2.Envelope | None],
+    ) -> None:
+        """``hook`` on every frame ``sender`` sends ``receiver`` on links
+        made from now on."""
+
+        def on_link(client: str, server: str, link: PeerLink) -> None:
+            if (client, server) == (sender.address, receiver.address):
+                link.tamper(Direction.to_server, hook)
+            elif (client, server) == (receiver.address, sender.address):
+                link.tamper(Direction.to_client, hook)
+
+        self.swarm.network.link_hooks.append(on_link)
+
+    def serve_flipped_bits(self, replica: SwarmNode) -> None:
+        """``replica`` serves every blob with one bit flipped."""
+        replicas = replica.session.replicas
+        read_blob = replicas.read_blob
+
+        def flipped(owner: bytes, sha256: bytes) -> bytes:
+            data = bytearray(read_blob(owner, sha256))
+            data[len(data) // 2] ^= 0x01
+            return bytes(data)
+
+        replicas.read_blob = flipped
+
+    def lose_alice(self) -> SwarmNode:
+        """Alice's machine is gone: directory deleted, node started again."""
+        node_dir = self.alice.node_dir
+        index = self.alice.index
+        self.swarm.stop_node(self.alice)
+        shutil.rmtree(node_dir)
+        again = self.swarm.add_node(node_dir, index)
+        self.swarm.nodes[self.swarm.nodes.index(self.alice)] = again
+        self.alice = again
+        return again
+
+    def recover(
+        self,
+        member: SwarmNode,
+        events: list[Progress],
+        seconds: float = 900.0,
+        **kw: Any,
+    ) -> RecoveryResult:
+        result: RecoveryResult = self.swarm.wait(
+            member.node.recover(
+                kw.get("from_peers", []), kw.get("revision", 0), events.append
+            ),
+            seconds,
+        )
+        return result
+
+    def assert_files(self, member: SwarmNode, files: dict[str, bytes]) -> None:
+        self.assertEqual(sorted(member.node.iter_files()), sorted(files))
+        for name, data in files.items():
+            self.assertEqual(member.read_file(name), data)
+
+
+class TotalLossTests(RecoveryCase):
+    def test_same_password_brings_everything_back(self) -> None:
+        """No address typed: the replicas reach alice, everything returns."""
+        self.back_up([self.bob, self.carol])
+        before = self.alice.node.status().revision
+        peers_before = sorted(p.onion_address for p in self.alice.node.peers())
+        alice = self.lose_alice()
+        self.assertEqual(alice.node.status().revision, 0)
+        self.assertTrue(alice.session.recovery.running)
+        events: list[Progress] = []
+        result = self.recover(alice, events)
+        self.assertEqual(result.revision.number, before)
+        self.assertEqual(
+            sorted(result.sources), sorted([self.bob.address, self.carol.address])
+        )
+        self.assert_files(alice, self.files)
+        self.assertEqual(
+            sorted(p.onion_address for p in alice.node.peers()), peers_before
+        )
+        states = {c.peer: c.state for c in alice.node.contracts()}
+        self.assertEqual(
+            states, {self.bob.address: "active", self.carol.address: "active"}
+        )
+        phases = [e.phase for e in events if not e.peer]
+        for phase in ("fetching", "verifying", "installing", "done"):
+            self.assertIn(phase, phases)
+        self.assertFalse(alice.session.recovery.running)
+        self.assertIsNone(alice.node.status().recovery)
+
+    def test_replicas_told_alice_lost_their_data(self) -> None:
+        """Alice kept bob's data too: bob re-syncs to her at once."""
+        self.bob.write_files({"bob.txt": b"bob's own " * 500})
+        self.back_up([self.bob, self.carol])
+        self.settle(60)
+        self.assertIsNotNone(self.alice.session.replicas.held(self.bob.pubkey))
+        alice = self.lose_alice()
+        self.recover(alice, [])
+        self.settle(120)
+        held = alice.session.replicas.held(self.bob.pubkey)
+        self.assertIsNotNone(held)
+        assert held is not None
+        self.assertEqual(held.held, self.bob.session.content.current)
+
+    def test_one_replica_names_the_others(self) -> None:
+        """Only bob reachable at first: the node state names carol too."""
+        self.back_up([self.bob, self.carol])
+        self.swarm.stop_node(self.carol)
+        alice = self.lose_alice()
+        events: list[Progress] = []
+        result = self.recover(alice, events)
+        self.assertEqual(result.sources, (self.bob.address,))
+        self.assert_files(alice, self.files)
+        self.assertIn(self.carol.address, [p.onion_address for p in alice.node.peers()])
+
+    def test_newest_valid_revision_wins(self) -> None:
+        """Carol holds an older revision (she was away for the last one)."""
+        self.back_up([self.bob, self.carol])
+        self.swarm.stop_node(self.carol)
+        newer = dict(self.files, **{"new.txt": b"written while carol was away"})
+        self.alice.write_files({"new.txt": newer["new.txt"]})
+        self.settle(60)
+        newest = self.alice.node.status().revision
+        carol = self.swarm.restart_node(self.carol)
+        self.carol = carol
+        # Carol cannot sync the newest before alice is gone.
+        self.swarm.network.cut(self.alice.address)
+        alice = self.lose_alice()
+        result = self.recover(alice, [])
+        self.assertEqual(result.revision.number, newest)
+        self.assertEqual(result.sources, (self.bob.address,))
+        self.assert_files(alice, newer)
+
+    def test_bad_bytes_drop_the_replica(self) -> None:
+        """Bob flips bits: he is dropped and scored down, carol finishes."""
+        self.back_up([self.bob, self.carol], size=2 * MIB)
+        self.serve_flipped_bits(self.bob)
+        alice = self.lose_alice()
+        events: list[Progress] = []
+        result = self.recover(alice, events)
+        self.assertEqual(result.sources, (self.carol.address,))
+        self.assertIn(self.bob.address, [name for name, _ in result.dropped])
+        self.assert_files(alice, self.files)
+        bob = next(p for p in alice.node.peers() if p.onion_address == self.bob.address)
+        self.assertEqual(bob.checks_failed, 1)
+
+    def test_interrupted_recovery_resumes(self) -> None:
+        """The only replica goes mid-fetch; nothing is fetched twice."""
+        self.back_up([self.bob], size=3 * MIB)
+        revision = self.alice.node.status().revision
+        pieces = 0
+        replicas = self.bob.session.replicas
+        read_blob = replicas.read_blob
+
+        def stall_after_a_while(owner: bytes, sha256: bytes) -> Any:
+            nonlocal pieces
+            pieces += 1
+            if pieces > 20:
+                return Deferred()  # Bob's disk hangs, then his machine goes.
+            return read_blob(owner, sha256)
+
+        replicas.read_blob = stall_after_a_while
+        alice = self.lose_alice()
+        done = alice.node.recover([], 0, lambda progress: None)
+        recovery = alice.session.recovery
+        # The offers' window (30 s), then the fetch until bob hangs.
+        self.swarm.advance(45)
+        self.assertGreater(pieces, 20)
+        self.swarm.stop_node(self.bob)
+        self.swarm.advance(5)
+        self.assertFalse(done.called)
+        self.assertGreater(recovery.blobs_fetched, 0)
+        first_attempt = recovery.blobs_fetched
+        self.bob = self.swarm.restart_node(self.bob)
+        result: RecoveryResult = self.swarm.wait(done, 900)
+        self.assertEqual(result.revision.number, revision)
+        self.assert_files(alice, self.files)
+        # Every blob of the revision fetched exactly once over both attempts.
+        needed = set(live_blobs(result.revision, _ContentSource(alice)))
+        self.assertEqual(recovery.blobs_fetched, len(needed))
+        self.assertLess(first_attempt, len(needed))
+
+
+class _ContentSource:
+    def __init__(self, member: SwarmNode) -> None:
+        self._content = member.session.content
+
+    def get(self, node_hash: bytes) -> bytes:
+        data: bytes = self._content.read_blob(node_hash)
+        return data
