@@ -11,29 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from barterbackup._proto import bbrpc_pb2
+from barterbackup._proto import bbrpc_pb2, storedpb_pb2
 from barterbackup.progress import Progress
 from barterbackup.recovery.recoverer import RecoveryResult
 from barterbackup.sync.fetch import live_blobs
-from barterbackup.testing.link import Direction, PeerLink
 from barterbackup.testing.swarm import SwarmNode
 from tests.contract_swarm import MIB, ContractSwarmCase
-
-
-def flip_download_bits(envelope: bbrpc_pb2.Envelope) -> bbrpc_pb2.Envelope | None:
-    """Flip one bit of every Download piece (a replica serving bad bytes)."""
-    if envelope.WhichOneof("body") == "download_response":
-        piece = envelope.download_response
-        data = bytearray(piece.data)
-        if data:
-            data[len(data) // 2] ^= 0x01
-            piece.data = bytes(data)
-    return envelope
 
 
 class RecoveryCase(ContractSwarmCase):
@@ -61,23 +48,6 @@ class RecoveryCase(ContractSwarmCase):
 
     def settle(self, seconds: float = 30.0) -> None:
         self.swarm.advance(seconds)
-
-    def tamper_new_links(
-        self,
-        sender: SwarmNode,
-        receiver: SwarmNode,
-        hook: Callable[[bbrpc_pb2.Envelope], bbrpc_pb2.Envelope | None],
-    ) -> None:
-        """``hook`` on every frame ``sender`` sends ``receiver`` on links
-        made from now on."""
-
-        def on_link(client: str, server: str, link: PeerLink) -> None:
-            if (client, server) == (sender.address, receiver.address):
-                link.tamper(Direction.to_server, hook)
-            elif (client, server) == (receiver.address, sender.address):
-                link.tamper(Direction.to_client, hook)
-
-        self.swarm.network.link_hooks.append(on_link)
 
     def serve_flipped_bits(self, replica: SwarmNode) -> None:
         """``replica`` serves every blob with one bit flipped."""
@@ -107,11 +77,14 @@ class RecoveryCase(ContractSwarmCase):
         member: SwarmNode,
         events: list[Progress],
         seconds: float = 900.0,
+        report: Any = None,
         **kw: Any,
     ) -> RecoveryResult:
         result: RecoveryResult = self.swarm.wait(
             member.node.recover(
-                kw.get("from_peers", []), kw.get("revision", 0), events.append
+                kw.get("from_peers", []),
+                kw.get("revision", 0),
+                report or events.append,
             ),
             seconds,
         )
@@ -151,6 +124,15 @@ class TotalLossTests(RecoveryCase):
             self.assertIn(phase, phases)
         self.assertFalse(alice.session.recovery.running)
         self.assertIsNone(alice.node.status().recovery)
+
+    def test_node_state_revisions_settle(self) -> None:
+        """Contracts cycling syncing -> active on every revision do not
+        make each revision call for a state-only one."""
+        self.back_up([self.bob, self.carol])
+        self.settle(120)
+        settled = self.alice.node.status().revision
+        self.settle(900)
+        self.assertEqual(self.alice.node.status().revision, settled)
 
     def test_replicas_told_alice_lost_their_data(self) -> None:
         """Alice kept bob's data too: bob re-syncs to her at once."""
@@ -252,3 +234,116 @@ class _ContentSource:
     def get(self, node_hash: bytes) -> bytes:
         data: bytes = self._content.read_blob(node_hash)
         return data
+
+
+def forged(signed: bytes) -> bytes:
+    """Our signed root with its number raised: the signature no longer holds."""
+    outer = storedpb_pb2.SignedRoot.FromString(signed)
+    root = storedpb_pb2.RevisionRoot.FromString(outer.root)
+    root.number += 5
+    outer.root = root.SerializeToString(deterministic=True)
+    return outer.SerializeToString(deterministic=True)
+
+
+class HostileOfferTests(RecoveryCase):
+    def offer(self, member: SwarmNode, signed: bytes, pending: bytes = b"") -> None:
+        """``member`` answers GetContentRevision with these roots."""
+        service = member.session.pool.handler._replica
+        honest = service.get_content_revision
+
+        def answer(conn: Any) -> bbrpc_pb2.GetContentRevisionResponse:
+            response = honest(conn)
+            response.signed_root = signed
+            response.complete = True
+            response.pending_signed_root = pending
+            return response
+
+        service.get_content_revision = answer
+
+    def carol_score(self, alice: SwarmNode) -> Any:
+        return next(
+            p for p in alice.node.peers() if p.onion_address == self.carol.address
+        )
+
+    def test_forged_root_is_ignored_and_scored_down(self) -> None:
+        self.back_up([self.bob, self.carol])
+        current = self.alice.session.content.current
+        self.offer(self.carol, forged(current.signed))
+        alice = self.lose_alice()
+        result = self.recover(alice, [])
+        self.assertEqual(result.revision.number, current.number)
+        self.assertEqual(result.sources, (self.bob.address,))
+        self.assertIn(self.carol.address, [name for name, _ in result.dropped])
+        self.assert_files(alice, self.files)
+        self.assertEqual(self.carol_score(alice).checks_failed, 1)
+
+    def test_older_root_is_ignored_and_scored_down(self) -> None:
+        self.back_up([self.bob, self.carol])
+        old = self.alice.session.content.current
+        self.alice.write_files({"later.txt": b"later"})
+        self.settle(60)
+        newest = self.alice.session.content.current
+        self.offer(self.carol, old.signed)
+        alice = self.lose_alice()
+        result = self.recover(alice, [])
+        self.assertEqual(result.revision.number, newest.number)
+        self.assertEqual(result.sources, (self.bob.address,))
+        self.assert_files(alice, dict(self.files, **{"later.txt": b"later"}))
+        self.assertEqual(self.carol_score(alice).checks_failed, 1)
+
+    def test_newest_incomplete_everywhere_falls_back(self) -> None:
+        """Both replicas only started fetching the newest: the newest
+        complete one is recovered, and the user is told."""
+        self.back_up([self.bob, self.carol])
+        complete = self.alice.session.content.current
+        self.swarm.stop_node(self.bob)
+        self.swarm.stop_node(self.carol)
+        self.alice.write_files({"unsynced.txt": b"never reached a replica"})
+        newest = self.alice.session.content.current
+        self.bob = self.swarm.restart_node(self.bob)
+        self.carol = self.swarm.restart_node(self.carol)
+        self.swarm.stop_node(self.alice)
+        for replica in (self.bob, self.carol):
+            self.offer(replica, complete.signed, pending=newest.signed)
+        alice = self.lose_alice()
+        events: list[Progress] = []
+        result = self.recover(alice, events)
+        self.assertEqual(result.revision.number, complete.number)
+        self.assertIn(
+            f"revision {newest.number} is held completely by no replica", result.note
+        )
+        self.assertTrue(any(result.note in e.message for e in events))
+        self.assert_files(alice, self.files)
+        # Catching up is not a fault: nobody was scored down.
+        self.assertEqual(result.dropped, ())
+
+
+class NodeWithContentTests(RecoveryCase):
+    def test_newer_revision_fetched_without_touching_current(self) -> None:
+        self.back_up([self.bob, self.carol])
+        kept = self.alice.node_dir.with_name("alice-old")
+        shutil.copytree(self.alice.node_dir, kept)
+        old = self.alice.session.content.current
+        self.alice.write_files({"newer.txt": b"only the replicas have this"})
+        self.settle(60)
+        newest = self.alice.session.content.current
+        node_dir, index = self.alice.node_dir, self.alice.index
+        self.swarm.stop_node(self.alice)
+        shutil.rmtree(node_dir)
+        shutil.copytree(kept, node_dir)
+        alice = self.swarm.add_node(node_dir, index)
+        self.assertEqual(alice.node.status().revision, old.number)
+        self.assertFalse(alice.session.recovery.running)
+        seen: list[int] = []
+
+        def report(progress: Progress) -> None:
+            if progress.phase == "fetching":
+                seen.append(alice.node.status().revision)
+
+        result = self.recover(alice, [], report=report)
+        self.assertEqual(result.revision.number, newest.number)
+        self.assertTrue(seen)
+        self.assertEqual(set(seen), {old.number})
+        self.assert_files(
+            alice, dict(self.files, **{"newer.txt": b"only the replicas have this"})
+        )

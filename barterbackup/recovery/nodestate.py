@@ -58,13 +58,31 @@ def build_node_state(
         )
     for contract in sorted(contracts, key=lambda c: bytes(c.record.signed_terms)):
         kept = state.contracts.add()
-        kept.record.CopyFrom(contract.record)
+        kept.record.CopyFrom(stable_record(contract.record))
     if metadata.HasField("storage"):
         state.storage.CopyFrom(metadata.storage)
     state.sources.extend(metadata.sources)
     if metadata.HasField("backup_schedule"):
         state.backup_schedule.CopyFrom(metadata.backup_schedule)
     return state
+
+
+def stable_record(record: storedpb_pb2.ContractRecord) -> storedpb_pb2.ContractRecord:
+    """``record`` without what every revision changes.
+
+    Each commit takes an active contract to syncing and back, each time
+    with a new ``since``: kept as it is, the state would differ after
+    every revision and every revision would call for a state-only one
+    (a loop). Both are kept as "active since 0": a recovered contract
+    resumes as active (its replica held our content) and the checks
+    that follow find out if it no longer does.
+    """
+    stable = storedpb_pb2.ContractRecord()
+    stable.CopyFrom(record)
+    if record.state in ("syncing", "active"):
+        stable.state = "active"
+        stable.active.since = 0.0
+    return stable
 
 
 def seal_node_state(state: storedpb_pb2.NodeState, key: bytes, owner: bytes) -> bytes:

@@ -221,20 +221,23 @@ class Recovery:
         """Start a recovery (or follow the one running); fires with its
         result, fails with RecoveryFailed."""
         self._listen()
+        follower: defer.Deferred[RecoveryResult] = defer.Deferred()
         run = self._run
         if run is None:
             run = self._run = _Run(list(from_peers), revision)
             run.lost_state = self._host.content.current is None
             run.reports.append(report)
+            # Followed before it starts: it may finish at once (everything
+            # already stored, every replica connected).
+            run.followers.append(follower)
             defer.Deferred.fromCoroutine(self._drive(run))
         else:
             run.reports.append(report)
+            run.followers.append(follower)
             for peer in from_peers:
                 self._dial(peer)
             if run.last is not None:
                 report(run.last)
-        follower: defer.Deferred[RecoveryResult] = defer.Deferred()
-        run.followers.append(follower)
         return follower
 
     def stop(self) -> defer.Deferred[None]:
