@@ -227,6 +227,25 @@ class TotalLossTests(RecoveryCase):
         self.assertLess(first_attempt, len(needed))
 
 
+class OneOfThreeTests(RecoveryCase):
+    nodes = 4
+
+    def test_only_one_of_three_replicas_reachable(self) -> None:
+        """Bob, carol and dave keep alice's content; only dave is up."""
+        dave = self.swarm.nodes[3]
+        self.back_up([self.bob, self.carol, dave])
+        self.swarm.stop_node(self.bob)
+        self.swarm.stop_node(self.carol)
+        alice = self.lose_alice()
+        result = self.recover(alice, [])
+        self.assertEqual(result.sources, (dave.address,))
+        self.assert_files(alice, self.files)
+        self.assertEqual(
+            {c.peer for c in alice.node.contracts()},
+            {self.bob.address, self.carol.address, dave.address},
+        )
+
+
 class _ContentSource:
     def __init__(self, member: SwarmNode) -> None:
         self._content = member.session.content
