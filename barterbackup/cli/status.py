@@ -63,6 +63,8 @@ def run_status(args: argparse.Namespace) -> int:
         f"current revision"
         + (f", {status.replicas_older} an older one" if status.replicas_older else "")
     )
+    if status.HasField("recovery"):
+        print(f"recovery:  {recovery_text(status.recovery)}")
     if status.last_check:
         print(
             f"checks:    {status.checks_passed} passed, {status.checks_failed} "
@@ -71,3 +73,21 @@ def run_status(args: argparse.Namespace) -> int:
     for error in status.errors:
         print(f"problem:   {error}")
     return 0
+
+
+def recovery_text(progress: clirpc_pb2.Progress) -> str:
+    """A recovery in progress, in one line."""
+    parts = [progress.phase or "running"]
+    if progress.revision:
+        parts.append(f"revision {progress.revision}")
+    if progress.bytes_total:
+        parts.append(
+            f"{human_size(progress.bytes_done)} of {human_size(progress.bytes_total)}"
+        )
+    if progress.bytes_per_second > 0:
+        parts.append(f"{human_size(int(progress.bytes_per_second))}/s")
+    if progress.eta_seconds > 0:
+        parts.append(f"ETA {int(progress.eta_seconds)} s")
+    if progress.message:
+        parts.append(progress.message)
+    return ", ".join(parts) + " (`barterbackup recover` follows it)"
