@@ -246,6 +246,50 @@ class OneOfThreeTests(RecoveryCase):
         )
 
 
+class AutomaticRecoveryTests(RecoveryCase):
+    def test_recovers_by_itself_after_unlock_create(self) -> None:
+        """Nobody calls recover: the unlock on an empty directory does."""
+        self.back_up([self.bob, self.carol])
+        before = self.alice.node.status().revision
+        alice = self.lose_alice()
+        self.assertIsNotNone(alice.node.status().recovery)
+        self.settle(300)
+        self.assertEqual(alice.node.status().revision, before)
+        self.assertIsNone(alice.node.status().recovery)
+        self.assert_files(alice, self.files)
+        self.assertFalse((alice.node_dir / "recovering").exists())
+
+    def test_resumed_at_the_next_unlock_nothing_delivered_twice(self) -> None:
+        """Alice's node restarts mid-recovery: it resumes by itself, and
+        no blob bob delivered before is delivered again."""
+        self.back_up([self.bob], size=3 * MIB)
+        revision = self.alice.node.status().revision
+        delivered: list[bytes] = []
+        replicas = self.bob.session.replicas
+        read_blob = replicas.read_blob
+        stalled = True
+
+        def counted(owner: bytes, sha256: bytes) -> Any:
+            if stalled and len(delivered) >= 20:
+                return Deferred()  # Bob's disk hangs for a while.
+            delivered.append(sha256)
+            return read_blob(owner, sha256)
+
+        alice = self.lose_alice()
+        replicas.read_blob = counted
+        self.settle(60)
+        self.assertEqual(len(delivered), 20)
+        self.assertEqual(alice.node.status().revision, 0)
+        self.assertTrue((alice.node_dir / "recovering").exists())
+        alice = self.swarm.restart_node(alice)
+        self.alice = alice
+        stalled = False
+        self.settle(300)
+        self.assertEqual(alice.node.status().revision, revision)
+        self.assert_files(alice, self.files)
+        self.assertEqual(len(delivered), len(set(delivered)))
+
+
 class _ContentSource:
     def __init__(self, member: SwarmNode) -> None:
         self._content = member.session.content
