@@ -147,11 +147,13 @@ class _StoredIndex:
         # Per shard, fragment << 32 | ordinal packed in an array: 8 bytes a
         # new entry while merging (tuples took ~70: 5 MB for a full pack).
         new: dict[int, array[int]] = {}
+        split = self._split
         for sha256 in hashes:
-            values = new.get(sha256[0])
+            shard, fragment = split(sha256)
+            values = new.get(shard)
             if values is None:
-                values = new[sha256[0]] = array("Q")
-            values.append((sha256[1] << 8 | sha256[2]) << 32 | ordinal)
+                values = new[shard] = array("Q")
+            values.append(fragment << 32 | ordinal)
             ordinal += 1
         for shard, values in new.items():
             self._merge(shard, sorted(values))
@@ -808,6 +810,17 @@ class PackStore:
             if location is None or location < 0:
                 return None
             return marks.set(location >> _ENTRY_BITS, location & _ENTRY_MASK)
+
+    def mark_many(self, marks: PackMarks, hashes: Iterable[bytes]) -> None:
+        """Mark blobs live by their index candidates, without reading the
+        pack indexes to confirm them: a blob that only shares 24 bits of a
+        live hash is kept too (safe, and rare). For leaves and journals,
+        never for tree nodes (whose "already marked" must be exact)."""
+        with self._lock:
+            candidates, mark = self._index.candidates, marks.set
+            for sha256 in hashes:
+                for location in candidates(sha256):
+                    mark(location >> _ENTRY_BITS, location & _ENTRY_MASK)
 
     def sweep(self, marks: PackMarks) -> int:
         """Drop every stored blob not marked; return the bytes freed.
