@@ -61,6 +61,30 @@ class RecoveryCase(ContractSwarmCase):
 
         replicas.read_blob = flipped
 
+    def hang_after(self, replica: SwarmNode, blobs: int) -> _Hang:
+        """``replica``'s disk hangs once it has read ``blobs`` blobs for
+        Download (every blob read before was sent)."""
+        hang = _Hang(blobs)
+        replicas = replica.session.replicas
+        read_blob = replicas.read_blob
+
+        def counted(owner: bytes, sha256: bytes) -> bytes:
+            hang.delivered.append(sha256)
+            data: bytes = read_blob(owner, sha256)
+            return data
+
+        replicas.read_blob = counted
+        server = replica.session.pool.handler._server
+        blocking = server._blocking
+
+        def gated(work: Any) -> Any:
+            if hang.hanging and len(hang.delivered) >= hang.after:
+                return Deferred()  # Never fires: the read never ends.
+            return blocking(work)
+
+        server._blocking = gated
+        return hang
+
     def lose_alice(self) -> SwarmNode:
         """Alice's machine is gone: directory deleted, node started again."""
         node_dir = self.alice.node_dir
@@ -194,24 +218,13 @@ class TotalLossTests(RecoveryCase):
         """The only replica goes mid-fetch; nothing is fetched twice."""
         self.back_up([self.bob], size=3 * MIB)
         revision = self.alice.node.status().revision
-        pieces = 0
-        replicas = self.bob.session.replicas
-        read_blob = replicas.read_blob
-
-        def stall_after_a_while(owner: bytes, sha256: bytes) -> Any:
-            nonlocal pieces
-            pieces += 1
-            if pieces > 20:
-                return Deferred()  # Bob's disk hangs, then his machine goes.
-            return read_blob(owner, sha256)
-
-        replicas.read_blob = stall_after_a_while
+        hang = self.hang_after(self.bob, 20)
         alice = self.lose_alice()
         done = alice.node.recover([], 0, lambda progress: None)
         recovery = alice.session.recovery
         # The offers' window (30 s), then the fetch until bob hangs.
         self.swarm.advance(45)
-        self.assertGreater(pieces, 20)
+        self.assertGreaterEqual(len(hang.delivered), 20)
         self.swarm.stop_node(self.bob)
         self.swarm.advance(5)
         self.assertFalse(done.called)
@@ -264,30 +277,26 @@ class AutomaticRecoveryTests(RecoveryCase):
         no blob bob delivered before is delivered again."""
         self.back_up([self.bob], size=3 * MIB)
         revision = self.alice.node.status().revision
-        delivered: list[bytes] = []
-        replicas = self.bob.session.replicas
-        read_blob = replicas.read_blob
-        stalled = True
-
-        def counted(owner: bytes, sha256: bytes) -> Any:
-            if stalled and len(delivered) >= 20:
-                return Deferred()  # Bob's disk hangs for a while.
-            delivered.append(sha256)
-            return read_blob(owner, sha256)
-
         alice = self.lose_alice()
-        replicas.read_blob = counted
+        hang = self.hang_after(self.bob, 20)
         self.settle(60)
-        self.assertEqual(len(delivered), 20)
+        self.assertGreaterEqual(len(hang.delivered), 20)
         self.assertEqual(alice.node.status().revision, 0)
         self.assertTrue((alice.node_dir / "recovering").exists())
         alice = self.swarm.restart_node(alice)
         self.alice = alice
-        stalled = False
+        hang.hanging = False
         self.settle(300)
         self.assertEqual(alice.node.status().revision, revision)
         self.assert_files(alice, self.files)
-        self.assertEqual(len(delivered), len(set(delivered)))
+        self.assertEqual(len(hang.delivered), len(set(hang.delivered)))
+
+
+class _Hang:
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.hanging = True
+        self.delivered: list[bytes] = []
 
 
 class _ContentSource:
