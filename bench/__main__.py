@@ -23,6 +23,10 @@ FULL = [
     ("full sync over loopback TCP vs SHA-256", ["bench.sync_tcp", "1024"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
+    (
+        "recovery over onions: 3 replicas vs 1, vs raw onion bytes",
+        ["bench.recovery", "256"],
+    ),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead"]),
     (
         "EncryptedDownload vs plain Download, TCP and onion",
@@ -51,6 +55,10 @@ QUICK = [
     ("full sync over loopback TCP vs SHA-256", ["bench.sync_tcp", "128"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
+    (
+        "recovery over onions: 3 replicas vs 1, vs raw onion bytes",
+        ["bench.recovery", "16"],
+    ),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead", "32"]),
     (
         "EncryptedDownload vs plain Download, TCP and onion",
