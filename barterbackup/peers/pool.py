@@ -73,7 +73,9 @@ class ConnectionPool:
         self._rng = rng
         self._connections: dict[bytes, PeerConnection] = {}
         self._reconnects: dict[bytes, _Reconnect] = {}
-        self._dialling: dict[bytes, Deferred[PeerConnection]] = {}
+        # A dial in progress per peer, and who waits for it (every caller
+        # dialling a peer already being dialled gets the same result).
+        self._dialling: dict[bytes, _Dialling] = {}
         self._on_connected: list[ConnectionListener] = []
         self._on_lost: list[ConnectionListener] = []
         self._stopping = False
@@ -140,7 +142,7 @@ class ConnectionPool:
             if state.call is not None and state.call.active():
                 state.call.cancel()
         for dialling in list(self._dialling.values()):
-            dialling.cancel()
+            dialling.source.cancel()
         for conn in list(self._connections.values()):
             conn.close()
 
@@ -150,7 +152,7 @@ class ConnectionPool:
         self, pubkey: bytes, hint: str, isolation: str | None = None
     ) -> Deferred[PeerConnection]:
         if pubkey in self._dialling:
-            return _follow(self._dialling[pubkey])
+            return self._dialling[pubkey].follow()
         address = onion_address_from_pubkey(pubkey)
         try:
             transport: Any = self._transport
@@ -166,15 +168,18 @@ class ConnectionPool:
             self._clock, endpoint, self._keys, address, self.handler
         )
         dialling.addTimeout(CONNECT_TIMEOUT, self._clock)
-        self._dialling[pubkey] = dialling
+        shared = _Dialling(dialling)
+        self._dialling[pubkey] = shared
 
         def done(result: object) -> object:
-            self._dialling.pop(pubkey, None)
+            if self._dialling.get(pubkey) is shared:
+                del self._dialling[pubkey]
             return result
 
         dialling.addBoth(done)
         dialling.addCallback(self._dialled)
-        return _follow(dialling)
+        dialling.addBoth(shared.settle)
+        return shared.follow()
 
     def _dialled(self, conn: PeerConnection) -> PeerConnection:
         self._authenticated(conn)
@@ -248,17 +253,40 @@ def _pubkey(conn: PeerConnection) -> bytes:
     return bytes(conn.peer_pubkey)
 
 
-def _follow(source: Deferred[PeerConnection]) -> Deferred[PeerConnection]:
-    """A Deferred with the result of ``source``, leaving ``source`` intact."""
-    follower: Deferred[PeerConnection] = Deferred()
+class _Dialling:
+    """One dial in progress and the callers waiting for it.
 
-    def relay(result: Any) -> Any:
+    Each follower gets the dial's result, failures included: they share
+    one relay at the end of the dial's chain, so no follower's handling
+    changes what another sees (a chain of relays each swallowing the
+    failure gave every follower after the first ``None``).
+    """
+
+    def __init__(self, source: Deferred[PeerConnection]) -> None:
+        self.source = source
+        self._followers: list[Deferred[PeerConnection]] = []
+        self._settled = False
+        self._result: PeerConnection | Failure | None = None
+
+    def follow(self) -> Deferred[PeerConnection]:
+        follower: Deferred[PeerConnection] = Deferred()
+        if self._settled:
+            # The dial ended already (a transport that connects at once).
+            self._deliver(follower)
+        else:
+            self._followers.append(follower)
+        return follower
+
+    def settle(self, result: PeerConnection | Failure) -> None:
+        self._settled, self._result = True, result
+        followers, self._followers = self._followers, []
+        for follower in followers:
+            self._deliver(follower)
+
+    def _deliver(self, follower: Deferred[PeerConnection]) -> None:
+        result = self._result
         if isinstance(result, Failure):
             follower.errback(result)
         else:
+            assert result is not None
             follower.callback(result)
-        return result
-
-    source.addBoth(relay)
-    source.addErrback(lambda _: None)
-    return follower

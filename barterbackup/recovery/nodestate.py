@@ -35,6 +35,8 @@ LABEL_NODE_STATE = "node state aes-siv"
 NODE_STATE_KEY_BYTES = 64
 NODE_STATE_AD = b"barterbackup v1 node state\x00"
 NODE_STATE_FORMAT = 1
+# The contract states kept as one in the node state (``stable_record``).
+IN_FORCE_STATES = ("syncing", "active", "suspect")
 
 
 class InvalidNodeState(ValueError):
@@ -73,13 +75,17 @@ def stable_record(record: storedpb_pb2.ContractRecord) -> storedpb_pb2.ContractR
     Each commit takes an active contract to syncing and back, each time
     with a new ``since``: kept as it is, the state would differ after
     every revision and every revision would call for a state-only one
-    (a loop). Both are kept as "active since 0": a recovered contract
-    resumes as active (its replica held our content) and the checks
-    that follow find out if it no longer does.
+    (a loop). And a check that fails takes it to suspect: a state-only
+    revision then would push our content to the replica that lost it,
+    healing it instead of letting the checks break the contract. So
+    every state in force (syncing, active, suspect) is kept as "active
+    since 0": a recovered contract resumes as active (its replica held
+    our content) and the checks that follow find out if it no longer
+    does.
     """
     stable = storedpb_pb2.ContractRecord()
     stable.CopyFrom(record)
-    if record.state in ("syncing", "active"):
+    if record.state in IN_FORCE_STATES:
         stable.state = "active"
         stable.active.since = 0.0
     return stable

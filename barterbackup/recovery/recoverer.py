@@ -346,6 +346,7 @@ class Recovery:
         """Offers until the window after the first usable one ends, or
         ``enough`` replicas hold the best."""
         first_at: float | None = None
+        idle_rounds = 0
         while True:
             self._check_stopped(run)
             self._ask_everyone()
@@ -361,8 +362,12 @@ class Recovery:
                 message = choice.note or "no replica has answered yet"
                 self._report(run, PHASE_WAITING, message=message, force=True)
                 wait = IDLE_RECHECK_SECONDS
-                for peer in run.from_peers + self._host.known_peers():
-                    self._dial(peer)
+                if idle_rounds:
+                    # Nobody answered for a while: dial the table again
+                    # (at first the pool is dialling it already).
+                    for peer in run.from_peers + self._host.known_peers():
+                        self._dial(peer)
+                idle_rounds += 1
             await self._wait(wait)
 
     def _check_stopped(self, run: _Run) -> None:
@@ -390,7 +395,9 @@ class Recovery:
 
     async def _recover(self, run: _Run) -> RecoveryResult:
         self._report(run, PHASE_WAITING, force=True)
-        for peer in run.from_peers + self._host.known_peers():
+        # The peers of our table are dialled by the pool at start (and
+        # by the wait below when nobody answers); those named are now.
+        for peer in run.from_peers:
             self._dial(peer)
         enough = max(1, self._host.min_replicas())
         while True:
