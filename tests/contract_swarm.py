@@ -20,7 +20,7 @@ from barterbackup.contracts.settings import BookSettings
 from barterbackup.contracts.terms import CheckPolicy
 from barterbackup.node.results import ContractInfo
 from barterbackup.progress import Progress
-from barterbackup.testing.link import Direction
+from barterbackup.testing.link import Direction, PeerLink
 from barterbackup.testing.swarm import Swarm, SwarmNode, engine_available
 
 MIB = 1024 * 1024
@@ -113,7 +113,17 @@ class ContractSwarmCase(SynchronousTestCase):
         receiver: SwarmNode,
         hook: Callable[[bbrpc_pb2.Envelope], bbrpc_pb2.Envelope | None] | None,
     ) -> None:
-        """Pass the frames ``sender`` sends ``receiver`` through ``hook``."""
+        """Pass the frames ``sender`` sends ``receiver`` through ``hook``,
+        on their link now and on links made later (a replica dials the
+        owner whose data it holds when their connection is replaced)."""
+
+        def on_link(client: str, server: str, link: PeerLink) -> None:
+            if (client, server) == (sender.address, receiver.address):
+                link.tamper(Direction.to_server, hook)
+            elif (client, server) == (receiver.address, sender.address):
+                link.tamper(Direction.to_client, hook)
+
+        self.swarm.network.link_hooks.append(on_link)
         for client, server, link in self.swarm.network.links:
             if link.closed:
                 continue
