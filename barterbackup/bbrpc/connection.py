@@ -96,6 +96,9 @@ class PeerConnection(Protocol):
         self._our_hello = b""
         self._peer_hello = b""
         self._failure_reason: str | None = None
+        # Set once we abort: frames already read are then not handled (the
+        # transport calls connectionLost only later).
+        self._aborted = False
         # None until the handshake ends; then this connection or the Failure.
         self._handshake_outcome: PeerConnection | Failure | None = None
         self._handshake_waiters: list[Deferred[PeerConnection]] = []
@@ -246,7 +249,7 @@ class PeerConnection(Protocol):
         self.send_envelope(bbrpc_pb2.Envelope(call_id=HANDSHAKE_CALL_ID, hello=hello))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
         try:
             self._decoder.add(data)
@@ -328,7 +331,11 @@ class PeerConnection(Protocol):
             return
         self._dispatching = True
         try:
-            while not self._delivery_paused and self._state is not _State.closed:
+            while (
+                not self._delivery_paused
+                and self._state is not _State.closed
+                and not self._aborted
+            ):
                 try:
                     envelope = self._decoder.next()
                 except FrameError as e:
@@ -533,7 +540,7 @@ class PeerConnection(Protocol):
 
     def _drop(self, why: str) -> None:
         """Drop a connection whose peer misbehaved; log why (no secrets)."""
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
         if self._state is not _State.authenticated and self._failure_reason is None:
             self._failure_reason = why
@@ -546,8 +553,9 @@ class PeerConnection(Protocol):
         self._abort()
 
     def _abort(self) -> None:
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
+        self._aborted = True
         self._outbox.clear()
         self._outbox_bytes = 0
         self._transport().abortConnection()

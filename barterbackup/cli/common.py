@@ -41,9 +41,15 @@ class CliError(Exception):
 
 
 def socket_path(args: argparse.Namespace) -> Path:
-    if args.socket:
-        return Path(args.socket).expanduser()
-    node_dir = Path(args.node_dir).expanduser() if args.node_dir else default_node_dir()
+    try:
+        if args.socket:
+            return Path(args.socket).expanduser()
+        node_dir = (
+            Path(args.node_dir).expanduser() if args.node_dir else default_node_dir()
+        )
+    except RuntimeError as e:
+        # expanduser of "~nosuchuser/x": a usage error, not a traceback.
+        raise CliError(f"bad --node-dir or --socket: {e}", EXIT_USAGE) from None
     return default_socket_path(node_dir)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,18 @@ def prepare_socket_directory(directory: Path, owned: bool) -> Path:
     ``--socket /tmp/x.sock`` must not chmod /tmp).
     """
     directory = Path(directory)
-    if not directory.exists() or owned:
-        return make_private_directory(directory)
-    info = directory.stat()
+    try:
+        if not directory.exists() or owned:
+            return make_private_directory(directory)
+        info = directory.stat()
+    except OSError as e:
+        # A file where a directory must be, a parent we may not enter, a
+        # name too long.
+        raise SocketPathError(
+            f"cannot use {directory} for the socket: {e.strerror}"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SocketPathError(f"{directory} is not a directory")
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise SocketPathError(
             f"{directory} is open to other users (or not yours): put the socket "

@@ -352,6 +352,21 @@ class PackWriter:
         self.temp_index_path.unlink(missing_ok=True)
 
 
+def _check_extent(
+    pack_fd: int, offset: int, length: int, sha256: bytes, pack_path: Path
+) -> None:
+    """SectionCorrupt unless [offset, offset + length) lies inside the pack.
+
+    A damaged index entry may claim a length of 2**40: checked first, so
+    reading it allocates nothing (pread would try to, or fail untyped).
+    """
+    if offset + length > os.fstat(pack_fd).st_size:
+        raise SectionCorrupt(
+            f"section {sha256.hex()}: its index entry points past the end "
+            f"of {pack_path}"
+        )
+
+
 def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
@@ -709,13 +724,13 @@ class PackStore:
             number = location >> _ENTRY_BITS
             _, offset, length = self._entry_at(location)
             pack_fd, _ = self._pack_fds(number)
-            pack_id = self._pack_ids[number]
+            pack_path = self._pack_path(number)
             # Read under the lock: the descriptor may be closed (least
             # recently used, or by gc) as soon as the lock is released.
+            _check_extent(pack_fd, offset, length, sha256, pack_path)
             data = os.pread(pack_fd, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or hashlib.sha256(data).digest() != sha256:
-            pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
             raise SectionCorrupt(
                 f"section {sha256.hex()} in {pack_path} does not match its hash"
             )
@@ -782,6 +797,7 @@ class PackStore:
             fd = os.open(pack_path, os.O_RDONLY)
             try:
                 for sha256, offset, length in kept:
+                    _check_extent(fd, offset, length, sha256, pack_path)
                     data = os.pread(fd, length, offset)
                     if hashlib.sha256(data).digest() != sha256:
                         raise SectionCorrupt(

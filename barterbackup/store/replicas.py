@@ -508,11 +508,14 @@ class ReplicaStore:
         remove_leftovers(directory)
         path = directory / RECORD_FILENAME
         try:
-            sealed = path.read_bytes()
+            with path.open("rb") as handle:
+                # Sized before reading: a record damaged to 2**40 bytes must
+                # not be read into memory to find out it is too large.
+                if os.fstat(handle.fileno()).st_size > MAX_RECORD_BYTES:
+                    raise ReplicaRecordError(f"{where}: its record is too large")
+                sealed = handle.read()
         except FileNotFoundError:
             raise ReplicaRecordError(f"{where} has no record") from None
-        if len(sealed) > MAX_RECORD_BYTES:
-            raise ReplicaRecordError(f"{where}: its record is too large")
         record = self._open_record(sealed, directory, where)
         owner = bytes(record.owner_pubkey)
         if len(owner) != 32 or self._owner_id(owner) != directory.name:
