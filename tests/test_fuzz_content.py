@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+from google.protobuf.message import DecodeError
+from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -46,11 +48,13 @@ from barterbackup.content.names import (
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.revisions import (
     CONTENT_ID_LABEL,
+    MAX_SIGNED_ROOT_BYTES,
     REVISION_FORMAT,
     SIGNATURE_LABEL,
     InvalidRevision,
-    sign_revision,
-    verify_revision,
+    content_sha256_of,
+    new_root,
+    verify_root,
 )
 from barterbackup.sources.config import InvalidSource, new_source, source_from_fields
 from tests.fuzzing import HOSTILE_TEXT, fuzz_target, messages, mutated, texts, tree
@@ -542,66 +546,182 @@ class ManifestFuzz(SynchronousTestCase):
 
 OWNER_KEY = nacl.signing.SigningKey(bytes(32))
 STRANGER_KEY = nacl.signing.SigningKey(bytes([1]) * 32)
-section_refs = st.lists(
+OWNER_PUBKEY = bytes(OWNER_KEY.verify_key)
+
+
+def _real_tree_ref(entries: list[Any]) -> Any:
+    root, _ = _build(entries, tree.SECTION_TREE_SHAPE)
+    return nodes.tree_ref_of(root)
+
+
+# TreeRefs a real tree has, and ones with counts, levels and hashes on and
+# past the format's edges (an empty tree above level 0, 2**64 - 1 bytes).
+tree_refs = st.one_of(
+    st.builds(_real_tree_ref, tables),
     messages(
-        storedpb_pb2.SectionRef.DESCRIPTOR,
+        storedpb_pb2.TreeRef.DESCRIPTOR,
         overrides={
-            "length": st.sampled_from([0, 1, 4096, 2**22, 2**40, 2**64 - 1]),
-            "sha256": st.sampled_from([bytes(32), b"", b"\x01" * 31, os.urandom(32)]),
+            "root_hash": st.sampled_from([bytes(32), b"", b"\x01" * 31, b"\x02" * 33]),
+            "level": st.sampled_from([0, 1, nodes.MAX_LEVEL, nodes.MAX_LEVEL + 1]),
+            "entry_count": st.sampled_from([0, 1, 2, nodes.MAX_ENTRIES, 2**64 - 1]),
+            "byte_count": st.sampled_from(
+                [0, 1, tree.MAX_SECTION_BYTES, tree.MAX_SECTION_BYTES + 1, 2**64 - 1]
+            ),
         },
     ),
-    max_size=5,
 )
-content_revisions = messages(
-    storedpb_pb2.ContentRevision.DESCRIPTOR,
-    overrides={
-        "format": st.sampled_from([REVISION_FORMAT, 0, 2]),
-        "owner_pubkey": st.sampled_from(
-            [bytes(OWNER_KEY.verify_key), bytes(STRANGER_KEY.verify_key), b""]
+
+
+def _root_of(
+    sections: Any, manifest: Any, number: int, honest: bool, fields: Any
+) -> Any:
+    """A RevisionRoot over these trees: the one the owner's code would
+    write (``honest``), or with any field taken from a random root."""
+    try:
+        root = new_root(
+            OWNER_PUBKEY,
+            number,
+            nodes.tree_root_of(sections),
+            nodes.tree_root_of(manifest),
+        )
+    except tree.TreeError:
+        root = storedpb_pb2.RevisionRoot(
+            format=REVISION_FORMAT, owner_pubkey=OWNER_PUBKEY, number=number
+        )
+        root.sections.CopyFrom(sections)
+        root.manifest.CopyFrom(manifest)
+    if not honest:
+        for field, value in fields.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                getattr(root, field.name).CopyFrom(value)
+            else:
+                setattr(root, field.name, value)
+    return root
+
+
+revision_roots = st.builds(
+    _root_of,
+    tree_refs,
+    tree_refs,
+    st.sampled_from([0, 1, 2**64 - 1]),
+    st.booleans(),
+    messages(
+        storedpb_pb2.RevisionRoot.DESCRIPTOR,
+        overrides={
+            "format": st.sampled_from([REVISION_FORMAT, 0, 1, 3]),
+            "owner_pubkey": st.sampled_from(
+                [OWNER_PUBKEY, bytes(STRANGER_KEY.verify_key), b"", bytes(33)]
+            ),
+            "sections": tree_refs,
+            "manifest": tree_refs,
+        },
+    ),
+)
+
+
+def _signed(root: Any, key: Any, extra: bytes = b"") -> bytes:
+    """``root`` signed by ``key`` as a SignedRoot (``sign_root`` checks what
+    it signs, so a forger is written out by hand)."""
+    root_bytes = root.SerializeToString(deterministic=True) + extra
+    signature = key.sign(SIGNATURE_LABEL + root_bytes).signature
+    return storedpb_pb2.SignedRoot(
+        root=root_bytes, signature=signature
+    ).SerializeToString()
+
+
+signed_roots = st.one_of(
+    st.binary(max_size=200),
+    st.builds(_signed, revision_roots, st.just(OWNER_KEY)),
+    st.builds(_signed, revision_roots, st.just(STRANGER_KEY)),
+    st.builds(_signed, revision_roots, st.just(OWNER_KEY)).flatmap(mutated),
+    st.builds(
+        _signed,
+        revision_roots,
+        st.just(OWNER_KEY),
+        st.sampled_from([0, 3900, MAX_SIGNED_ROOT_BYTES]).map(
+            # An unknown bytes field (number 100) of that size.
+            lambda size: b"\xa2\x06" + _varint(size) + bytes(size)
         ),
-        "sections[]": section_refs,
-    },
+    ),
 )
 
 
-def _signed(revision: Any, key: Any) -> bytes:
-    return sign_revision(revision, key).signed
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 class RevisionFuzz(SynchronousTestCase):
     @fuzz_target(
         "revisions.signed_root",
-        signed=st.one_of(
-            st.binary(max_size=200),
-            st.builds(_signed, content_revisions, st.just(OWNER_KEY)),
-            st.builds(_signed, content_revisions, st.just(STRANGER_KEY)),
-            st.builds(_signed, content_revisions, st.just(OWNER_KEY)).flatmap(mutated),
+        signed=signed_roots,
+        owner=st.sampled_from([None, OWNER_PUBKEY]),
+    )
+    # The owner's own honest root always verifies.
+    @example(
+        signed=_signed(
+            _root_of(
+                _real_tree_ref(_entries(1, 3)),
+                _real_tree_ref(_entries(2, 1)),
+                7,
+                True,
+                None,
+            ),
+            OWNER_KEY,
         ),
-        owner=st.sampled_from([None, bytes(OWNER_KEY.verify_key)]),
+        owner=OWNER_PUBKEY,
     )
     def test_a_signed_root_verifies_or_is_refused(
         self, signed: bytes, owner: bytes | None
     ) -> None:
         try:
-            verified = verify_revision(signed, expected_owner=owner)
+            verified = verify_root(signed, expected_owner=owner)
         except InvalidRevision:
+            self.assertHonestWouldVerify(signed, owner)
             return
-        revision = verified.revision
-        self.assertEqual(revision.format, REVISION_FORMAT)
+        # Only what the spec allows (docs/wire-protocol.md): small, signed
+        # over its exact bytes by the key it names, trees that can exist,
+        # length and hash bound to the section tree.
+        self.assertLessEqual(len(signed), MAX_SIGNED_ROOT_BYTES)
+        parsed = storedpb_pb2.SignedRoot.FromString(signed)
+        root = storedpb_pb2.RevisionRoot.FromString(parsed.root)
+        self.assertEqual(verified.root, root)
+        self.assertEqual(root.format, REVISION_FORMAT)
         if owner is not None:
-            self.assertEqual(revision.owner_pubkey, owner)
-        parsed = storedpb_pb2.SignedRevision.FromString(signed)
-        nacl.signing.VerifyKey(revision.owner_pubkey).verify(
-            SIGNATURE_LABEL + parsed.revision, parsed.signature
+            self.assertEqual(verified.owner_pubkey, owner)
+        nacl.signing.VerifyKey(verified.owner_pubkey).verify(
+            SIGNATURE_LABEL + parsed.root, parsed.signature
         )
         self.assertEqual(
             verified.content_id,
-            hashlib.sha256(CONTENT_ID_LABEL + parsed.revision).digest(),
+            hashlib.sha256(CONTENT_ID_LABEL + parsed.root).digest(),
         )
-        self.assertEqual(
-            sum(s.length for s in revision.sections), revision.content_length
-        )
-        self.assertTrue(all(len(s.sha256) == 32 for s in revision.sections))
+        self.assertEqual(verified.sections, nodes.tree_root_of(root.sections))
+        self.assertEqual(verified.manifest, nodes.tree_root_of(root.manifest))
+        self.assertEqual(verified.content_length, verified.sections.byte_count)
+        self.assertEqual(verified.content_sha256, content_sha256_of(verified.sections))
+
+    def assertHonestWouldVerify(self, signed: bytes, owner: bytes | None) -> None:
+        """A refusal is never of a root the owner's code writes: if these
+        bytes are one (small, the owner's key, trees that exist, re-signed
+        identically), verifying it must not have failed."""
+        try:
+            parsed = storedpb_pb2.SignedRoot.FromString(signed)
+            root = storedpb_pb2.RevisionRoot.FromString(parsed.root)
+            sections = nodes.tree_root_of(root.sections)
+            manifest = nodes.tree_root_of(root.manifest)
+        except (DecodeError, tree.TreeError):
+            return
+        if not (root.HasField("sections") and root.HasField("manifest")):
+            return
+        honest = new_root(OWNER_PUBKEY, root.number, sections, manifest)
+        if _signed(honest, OWNER_KEY) != signed or len(signed) > MAX_SIGNED_ROOT_BYTES:
+            return
+        self.fail(f"the owner's honest root was refused (owner {owner!r})")
 
 
 # -- names and paths from outside -------------------------------------------
