@@ -367,6 +367,24 @@ def _check_extent(
         )
 
 
+def _read_index(index_path: Path, pack_path: Path) -> bytes:
+    """An index file's bytes, sized before they are read.
+
+    Every entry but one (the empty blob, stored once) names at least one
+    byte of its pack, so an index longer than one entry per pack byte (and
+    one more) is damaged: refused before it is read, so an index grown to
+    2**40 bytes allocates nothing (read whole, it was a MemoryError).
+    """
+    with index_path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        most = INDEX_ENTRY.size * (pack_path.stat().st_size + 1)
+        if size > most:
+            raise SectionCorrupt(
+                f"pack index {index_path} is longer than its pack can need"
+            )
+        return handle.read()
+
+
 def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
@@ -481,9 +499,10 @@ class PackStore:
                 atomic_delete(pack_path)
         for index_path in sorted(directory.glob(f"*{INDEX_SUFFIX}")):
             pack_id = index_path.name[: -len(INDEX_SUFFIX)]
-            if not (directory / f"{pack_id}{PACK_SUFFIX}").exists():
+            pack_path = directory / f"{pack_id}{PACK_SUFFIX}"
+            if not pack_path.exists():
                 raise SectionCorrupt(f"pack index {index_path} has no pack file")
-            self._register_pack(pack_id, index_path.read_bytes())
+            self._register_pack(pack_id, _read_index(index_path, pack_path))
 
     # -- the index --------------------------------------------------------
 
