@@ -428,8 +428,8 @@ class ReplicaFuzz(_Workspace):
         data: st.DataObject | None,
     ) -> None:
         root = self.fresh() / "replicas"
-        current, newer, blobs, bystander, bystander_blobs, directories = (
-            _write_replicas(root, sections, pending)
+        current, newer, blobs, bystander, _, directories = _write_replicas(
+            root, sections, pending
         )
         victim_dir = directories[VICTIM]
         # Pack ids are random: ordered by kind and size, so the same example
