@@ -67,6 +67,7 @@ __all__ = [
     "splits",
     "texts",
     "tree",
+    "without_fsync",
 ]
 
 CI_EXAMPLES = 200
@@ -195,6 +196,21 @@ def fuzz_target(
         return test
 
     return decorate
+
+
+def without_fsync(case: Any) -> None:
+    """Make fsync and fdatasync no-ops for the rest of trial test ``case``.
+
+    The fuzz targets test what is read back and answered, not durability
+    (the crash-point tests do): without fsync an example costs CPU, not
+    disk waits shared with every other test running on the machine.
+    """
+
+    def no_sync(fd: int) -> None:
+        os.fstat(fd)  # still refuses a closed descriptor, as fsync would
+
+    case.patch(os, "fsync", no_sync)
+    case.patch(os, "fdatasync", no_sync)
 
 
 def _is_skip(error: BaseException) -> bool:

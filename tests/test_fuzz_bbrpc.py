@@ -38,10 +38,18 @@ from barterbackup.bbrpc.framing import (
 )
 from barterbackup.bbrpc.handshake import HandshakeFailed, Role
 from barterbackup.keys import onion
-from barterbackup.revisions import REVISION_FORMAT, sign_revision
+from barterbackup.revisions import REVISION_FORMAT, SIGNATURE_LABEL, verify_root
+from barterbackup.testing.fakes import make_revision
 from barterbackup.testing.link import Direction, PeerLink, keys_for_test
-from barterbackup.testing.swarm import Swarm
-from tests.fuzzing import fuzz_target, messages, mutated, serialized, splits
+from barterbackup.testing.swarm import PASSWORD_STEM, Swarm, cheap_keys
+from tests.fuzzing import (
+    fuzz_target,
+    messages,
+    mutated,
+    serialized,
+    splits,
+    without_fsync,
+)
 
 ENVELOPE = bbrpc_pb2.Envelope.DESCRIPTOR
 BODY_FIELDS = [field.name for field in ENVELOPE.oneofs_by_name["body"].fields]
@@ -50,8 +58,12 @@ REQUEST_FIELDS = sorted(CALLS)
 AUTHENTICATED_LIMIT = PeerLimits().max_frame_length
 HANDSHAKE_LIMIT = PeerLimits().max_handshake_frame_length
 LINK_HIGH_WATER = 65536
-# Attackers use keys no swarm node has.
-ATTACKER_KEYS = [keys_for_test(index) for index in range(100, 108)]
+# Attackers use keys no swarm node has, but the last: the honest node's
+# (swarm node 1), which holds a contract with the target, so its pushes
+# reach the replica store (an owner gone hostile).
+HONEST_KEYS = cheap_keys(f"{PASSWORD_STEM}1")
+ATTACKER_KEYS = [keys_for_test(index) for index in range(100, 107)] + [HONEST_KEYS]
+CONTRACTED = len(ATTACKER_KEYS) - 1
 
 CALL_IDS = st.one_of(
     st.sampled_from([0, 1, 2, 3, 4, 5, 7, 2**63, 2**64 - 1]),
@@ -98,16 +110,20 @@ def _frame(payload: bytes) -> bytes:
     return LENGTH_PREFIX.pack(len(payload)) + payload
 
 
+def any_frame(envelope: Any) -> bytes:
+    """``envelope``'s frame whatever its size (``encode_frame`` refuses one
+    over the limit; a peer may send it anyway)."""
+    return _frame(envelope.SerializeToString())
+
+
 # Byte streams a peer may send: frames of envelopes, frames of garbage,
 # frames announcing any length, raw garbage, and mutations of all of them.
 frame_streams = st.one_of(
-    st.lists(envelopes().map(encode_frame), max_size=6).map(b"".join),
+    st.lists(envelopes().map(any_frame), max_size=6).map(b"".join),
     st.lists(st.binary(max_size=64).map(_frame), max_size=6).map(b"".join),
     st.lists(serialized(envelopes()).map(_frame), max_size=4).map(b"".join),
     st.binary(max_size=300),
-    mutated(
-        st.lists(envelopes().map(encode_frame), min_size=1, max_size=4).map(b"".join)
-    ),
+    mutated(st.lists(envelopes().map(any_frame), min_size=1, max_size=4).map(b"".join)),
 )
 
 
@@ -162,8 +178,14 @@ class FrameDecoderFuzz(SynchronousTestCase):
         "bbrpc.frames.round_trip", cost=2, sent=st.lists(envelopes(), max_size=5)
     )
     def test_every_envelope_round_trips(self, sent: list[Any]) -> None:
-        stream = b"".join(encode_frame(e, AUTHENTICATED_LIMIT) for e in sent)
-        self.assertEqual(FrameDecoder(AUTHENTICATED_LIMIT).feed(stream), sent)
+        fitting = [e for e in sent if e.ByteSize() <= AUTHENTICATED_LIMIT]
+        for envelope in sent:
+            if envelope not in fitting:
+                # The encoder refuses what the decoder would: never sent.
+                with self.assertRaises(FrameError):
+                    encode_frame(envelope, AUTHENTICATED_LIMIT)
+        stream = b"".join(encode_frame(e, AUTHENTICATED_LIMIT) for e in fitting)
+        self.assertEqual(FrameDecoder(AUTHENTICATED_LIMIT).feed(stream), fitting)
 
 
 # -- the handshake's pure checks --------------------------------------------
@@ -370,29 +392,49 @@ class _RawPeer(Protocol):
         self.received += data
 
 
+def _forged(key: Any, root: Any) -> bytes:
+    """``root`` signed by ``key`` as a SignedRoot, whatever it says."""
+    root_bytes = root.SerializeToString(deterministic=True)
+    signature = key.sign(SIGNATURE_LABEL + root_bytes).signature
+    return storedpb_pb2.SignedRoot(
+        root=root_bytes, signature=signature
+    ).SerializeToString()
+
+
+def _honest(key: Any, sizes: list[int], number: int) -> bytes:
+    sections = [bytes([n % 251]) * n for n in sizes]
+    return make_revision(key, sections, number).signed
+
+
 @functools.cache
-def _revisions(attacker: int) -> st.SearchStrategy[Any]:
-    """ContentRevisions an attacker signs with its own key: any table."""
+def _revisions(attacker: int) -> st.SearchStrategy[bytes]:
+    """SignedRoots an attacker signs with its own key: roots its code could
+    write (real trees it may never send), and roots of any shape."""
     key = ATTACKER_KEYS[attacker].signing_key
-    return messages(
-        storedpb_pb2.ContentRevision.DESCRIPTOR,
+    tree_refs = messages(
+        storedpb_pb2.TreeRef.DESCRIPTOR,
         overrides={
-            "format": st.sampled_from([REVISION_FORMAT, 0, 2]),
-            "owner_pubkey": st.just(bytes(key.verify_key)),
-            "sections[]": st.lists(
-                messages(
-                    storedpb_pb2.SectionRef.DESCRIPTOR,
-                    overrides={
-                        "length": st.sampled_from([0, 1, 5, 2**22, 2**40, 2**64 - 1]),
-                        "sha256": st.sampled_from(
-                            [hashlib.sha256(b"x").digest(), bytes(32), b""]
-                        ),
-                    },
-                ),
-                max_size=4,
-            ),
+            "root_hash": st.sampled_from([hashlib.sha256(b"x").digest(), b""]),
+            "level": st.sampled_from([0, 1, 33]),
+            "entry_count": st.sampled_from([0, 1, 2**40, 2**64 - 1]),
+            "byte_count": st.sampled_from([0, 1, 2**22, 2**40, 2**64 - 1]),
         },
-    ).map(lambda revision: sign_revision(revision, key).signed)
+    )
+    forged = messages(
+        storedpb_pb2.RevisionRoot.DESCRIPTOR,
+        overrides={
+            "format": st.sampled_from([REVISION_FORMAT, 0, 1]),
+            "owner_pubkey": st.just(bytes(key.verify_key)),
+            "sections": tree_refs,
+            "manifest": tree_refs,
+        },
+    ).map(functools.partial(_forged, key))
+    honest = st.builds(
+        functools.partial(_honest, key),
+        st.lists(st.integers(1, 5000), max_size=4),
+        st.integers(0, 2**64 - 1),
+    )
+    return st.one_of(honest, forged)
 
 
 # Odd ids are the dialling side's: new calls, mostly.
@@ -409,7 +451,7 @@ def _cancel(call_id: int) -> Any:
 
 
 def _push(call_id: int, signed: bytes) -> Any:
-    request = bbrpc_pb2.SetContentRevisionRequest(signed_revision=signed)
+    request = bbrpc_pb2.SetContentRevisionRequest(signed_root=signed)
     return _envelope(call_id, True, ("set_content_revision_request", request))
 
 
@@ -421,9 +463,9 @@ CONTROL_FRAMES = st.one_of(
 ).map(encode_frame)
 ATTACK_FRAMES = st.one_of(
     CONTROL_FRAMES,
-    envelopes(ATTACK_IDS).map(lambda e: encode_frame(e, AUTHENTICATED_LIMIT)),
+    envelopes(ATTACK_IDS).map(any_frame),
     serialized(envelopes(ATTACK_IDS)).flatmap(mutated).map(_frame),
-    mutated(envelopes(ATTACK_IDS).map(encode_frame), max_mutations=2),
+    mutated(envelopes(ATTACK_IDS).map(any_frame), max_mutations=2),
 )
 
 
@@ -437,7 +479,9 @@ def _frames_of(attacker: int) -> st.SearchStrategy[list[bytes]]:
 @st.composite
 def attacks(draw: Any) -> dict[str, Any]:
     """What one authenticated attacker sends, frame by frame."""
-    attacker = draw(st.integers(0, len(ATTACKER_KEYS) - 1))
+    attacker = draw(
+        st.one_of(st.integers(0, len(ATTACKER_KEYS) - 1), st.just(CONTRACTED))
+    )
     return {
         "attacker": attacker,
         "frames": draw(_frames_of(attacker)),
@@ -459,13 +503,28 @@ class NodeUnderAttack(SynchronousTestCase):
     """A node holding an honest peer's replica, attacked over real links."""
 
     def setUp(self) -> None:
+        without_fsync(self)
         self.swarm = Swarm(Path(self.mktemp()), 2)
         self.target, honest = self.swarm.nodes
+        for member in self.swarm.nodes:
+            self.swarm.wait(member.node.set_storage_config(min_replicas=0))
+        # The honest peer holds a contract with the target (only then does
+        # the target keep its content) and pushes its revision there.
         self.swarm.connect(honest, self.target)
+        self.swarm.connect(self.target, honest)
         honest.write_files({"notes.txt": os.urandom(3000)})
-        self.swarm.wait(self.target_replicates(honest))
+        self.swarm.wait(
+            honest.node.propose_contract(
+                self.target.address, 1 << 24, 1 << 24, list().append
+            ),
+            30,
+        )
+        self.swarm.wait(self.target_replicates(honest), 30)
         self.honest_keys = honest.session.keys
-        self.honest_signed = honest.session.content.current.signed
+        assert self.honest_keys.onion_pubkey == HONEST_KEYS.onion_pubkey
+        current = honest.session.content.current
+        assert current is not None
+        self.honest_signed = current.signed
         # The honest node goes away; its replica stays with the target.
         self.swarm.wait(honest.node.stopService())
         self.factory = self.swarm.network.listeners[self.target.address]
@@ -484,6 +543,10 @@ class NodeUnderAttack(SynchronousTestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         self.addCleanup(self.swarm.stop)
+        # The target starts holding the whole replica.
+        held = self.held_for_the_owner()
+        self.assertTrue(held.complete)
+        self.assertEqual(held.signed_root, self.honest_signed)
 
     def target_replicates(self, honest: Any) -> Any:
         events: list[Any] = []
@@ -518,6 +581,7 @@ class NodeUnderAttack(SynchronousTestCase):
         self.links.clear()
         self.flushLoggedErrors()
         self.drops.clear()
+        self.held_before = self.held_for_the_owner()
         self.servers_before = len(self.servers)
 
     def settle(self, link: PeerLink, seconds: float = 5.0) -> None:
@@ -566,7 +630,7 @@ class NodeUnderAttack(SynchronousTestCase):
             len(pongs[0].pong.payload), PeerLimits().max_ping_payload, "amplified"
         )
 
-    def after_attack(self, link: PeerLink) -> None:
+    def after_attack(self, link: PeerLink, owner: bool = False) -> None:
         """Nothing escaped, nothing leaked, and honest peers are served."""
         link.disconnect()
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -579,6 +643,18 @@ class NodeUnderAttack(SynchronousTestCase):
             self.baseline,
             f"connections left open: {still_open}",
         )
+        held = self.held_for_the_owner()
+        if not owner:
+            # Nobody but the owner changes what is held for it.
+            self.assertEqual(held, self.held_before)
+        elif held.signed_root:
+            # The owner itself may push or delete: whatever is held now is
+            # a revision it signed, never one of its own bytes mangled.
+            verify_root(held.signed_root, expected_owner=HONEST_KEYS.onion_pubkey)
+
+    def held_for_the_owner(self) -> Any:
+        """What the target holds for the honest owner, asked as the owner
+        (which also proves an honest peer is still served)."""
         client, _, honest_link = self.dial_as(self.honest_keys)
         self.assertTrue(client.authenticated)
         held = self.successResultOf(
@@ -586,12 +662,11 @@ class NodeUnderAttack(SynchronousTestCase):
                 "get_content_revision_request", bbrpc_pb2.GetContentRevisionRequest()
             )
         )
-        self.assertTrue(held.complete)
-        self.assertEqual(held.signed_revision, self.honest_signed)
         self.successResultOf(
             client.call("peer_exchange_request", bbrpc_pb2.PeerExchangeRequest())
         )
         honest_link.disconnect()
+        return held
 
     # -- targets ----------------------------------------------------------
 
@@ -767,7 +842,7 @@ class NodeUnderAttack(SynchronousTestCase):
                     client.send_cancel(call_id)
             if not link.closed:
                 self.assertEqual(len(server.inbound), 0)
-        self.after_attack(link)
+        self.after_attack(link, owner=attack["attacker"] == CONTRACTED)
         self.assertFalse(self.target.session.pool.is_connected(keys.onion_pubkey))
 
 

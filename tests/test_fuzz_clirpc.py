@@ -40,7 +40,7 @@ from barterbackup.testing.swarm import (
     MemoryTransport,
     cheap_keys,
 )
-from tests.fuzzing import HOSTILE_TEXT, fuzz_target, messages, texts
+from tests.fuzzing import HOSTILE_TEXT, fuzz_target, messages, texts, without_fsync
 from tests.util import short_tempdir
 
 SERVICE = clirpc_pb2.DESCRIPTOR.services_by_name["CliRpc"]
@@ -223,6 +223,7 @@ class ClirpcFuzz(TestCase):
         ]
 
     def setUp(self) -> Deferred[None]:
+        without_fsync(self)
         return Deferred.fromCoroutine(self.asyncSetUp())
 
     def test_every_method_ends_with_a_status(self) -> Deferred[None]:

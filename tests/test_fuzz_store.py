@@ -50,7 +50,13 @@ from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
 from barterbackup.tree.nodes import entry_hashes
 from barterbackup.tree.read import iter_nodes
-from tests.fuzzing import INTERESTING_INTEGERS, fuzz_target, messages, mutated
+from tests.fuzzing import (
+    INTERESTING_INTEGERS,
+    fuzz_target,
+    messages,
+    mutated,
+    without_fsync,
+)
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(32)
@@ -87,11 +93,7 @@ class _Workspace(SynchronousTestCase):
         self.base.mkdir()
         self.addCleanup(shutil.rmtree, self.base, True)
         self.examples = 0
-        # What is read back is under test, not durability (the crash-point
-        # tests cover that): without fsync an example costs CPU, not disk
-        # waits shared with every other engineer's tests.
-        self.patch(os, "fsync", _no_sync)
-        self.patch(os, "fdatasync", _no_sync)
+        without_fsync(self)
 
     def fresh(self) -> Path:
         shutil.rmtree(self.base / str(self.examples), ignore_errors=True)
@@ -99,10 +101,6 @@ class _Workspace(SynchronousTestCase):
         directory = self.base / str(self.examples)
         directory.mkdir()
         return directory
-
-
-def _no_sync(fd: int) -> None:
-    os.fstat(fd)  # still refuses a closed descriptor, as fsync would
 
 
 class SealedRecordFuzz(SynchronousTestCase):
