@@ -70,11 +70,11 @@ __all__ = [
     "without_fsync",
 ]
 
-CI_EXAMPLES = 200
+CI_EXAMPLES = 120
 LONG_EXAMPLES = 20_000
 LONG_CHUNK = 1_000
 # Even the most expensive target runs this many examples in CI.
-MIN_CI_EXAMPLES = 15
+MIN_CI_EXAMPLES = 12
 
 _SUPPRESSED = [
     HealthCheck.too_slow,
