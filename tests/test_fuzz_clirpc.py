@@ -242,6 +242,7 @@ class ClirpcFuzz(TestCase):
     def one_call(self, call: tuple[Any, Any], unlocked: bool) -> None:
         method, request = call
         stub = self.stubs[unlocked]
+        before = _state(stub)
         code, details = invoke(stub, method, request)
         self.assertIn(code, ACCEPTED_CODES, f"{method.name} ended with {code}")
         # The status is the node's, not the transport's: the node's answer
@@ -250,3 +251,31 @@ class ClirpcFuzz(TestCase):
         # The node still answers, in the state it was in.
         status = stub.GetStatus(clirpc_pb2.GetStatusRequest(), timeout=CALL_DEADLINE)
         self.assertEqual(status.unlocked, unlocked)
+        if code != grpc.StatusCode.OK:
+            # A refused request changed nothing: content, storage settings,
+            # sources and schedule are as they were.
+            self.assertEqual(_state(stub), before, f"{method.name} refused: {code}")
+
+
+def _state(stub: Any) -> tuple[Any, ...]:
+    """What a refused request must leave alone, as the CLI sees it."""
+    status = stub.GetStatus(clirpc_pb2.GetStatusRequest(), timeout=CALL_DEADLINE)
+    try:
+        sources = stub.ListSources(
+            clirpc_pb2.ListSourcesRequest(), timeout=CALL_DEADLINE
+        ).SerializeToString(deterministic=True)
+        storage = stub.GetStorageConfig(
+            clirpc_pb2.GetStorageConfigRequest(), timeout=CALL_DEADLINE
+        ).SerializeToString(deterministic=True)
+    except grpc.RpcError as error:  # locked: refused, and says so
+        sources = storage = str(error.code()).encode()  # type: ignore[attr-defined]
+    return (
+        status.revision,
+        status.file_count,
+        status.content_length,
+        status.min_replicas,
+        status.source_count,
+        status.schedule.SerializeToString(deterministic=True),
+        sources,
+        storage,
+    )
