@@ -30,7 +30,12 @@ from barterbackup.store.identity import (
     read_identity,
     write_identity,
 )
-from barterbackup.store.metadata import METADATA_AD, MetadataError, MetadataStore
+from barterbackup.store.metadata import (
+    MAX_METADATA_BYTES,
+    METADATA_AD,
+    MetadataError,
+    MetadataStore,
+)
 from barterbackup.store.packs import (
     INDEX_ENTRY,
     PACK_MAX_ENTRIES,
@@ -131,7 +136,7 @@ class MetadataFuzz(_Workspace):
         cost=3,
         record=messages(storedpb_pb2.Metadata.DESCRIPTOR, depth=2),
         damage=st.one_of(
-            file_damage,
+            sparse_damage(MAX_METADATA_BYTES + 1, 2**40),
             # Sealed right, but not a Metadata inside (a bug, or an old
             # format): still MetadataError.
             st.tuples(st.just("resealed"), st.binary(max_size=64)),
@@ -139,11 +144,25 @@ class MetadataFuzz(_Workspace):
         data=st.data(),
         key=st.sampled_from([KEY, OTHER_KEY]),
     )
+    # Found by fuzzing (the content store target): a Metadata file grown
+    # to 2**40 bytes was read whole (MemoryError at unlock).
+    @example(
+        record=storedpb_pb2.Metadata(revision=1),
+        damage=("sparse", 2**40),
+        data=None,
+        key=KEY,
+    )
     def test_damaged_metadata_is_refused_never_believed(
         self, record: Any, damage: Any, data: st.DataObject, key: bytes
     ) -> None:
         path = self.fresh() / "metadata.sealed"
-        MetadataStore(path, KEY).update(lambda m: m.CopyFrom(record))
+        try:
+            MetadataStore(path, KEY).update(lambda m: m.CopyFrom(record))
+        except MetadataError:
+            # Too large to be read back: refused, and nothing written.
+            self.assertGreater(record.ByteSize(), MAX_METADATA_BYTES - 64)
+            self.assertFalse(path.exists())
+            return
         before = path.read_bytes()
         if damage[0] == "resealed":
             path.write_bytes(seal(KEY, damage[1], METADATA_AD))
