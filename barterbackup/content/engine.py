@@ -66,6 +66,7 @@ from barterbackup.content.sections import SectionKeyDeriver, section_encryptor
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
 from barterbackup.revisions import (
+    MAX_SIGNED_ROOT_BYTES,
     InvalidRevision,
     VerifiedRevision,
     new_root,
@@ -410,7 +411,11 @@ class ContentStore:
     def _load_revision(self, number: int) -> VerifiedRevision:
         path = self._revision_path(number)
         try:
-            verified = verify_root(path.read_bytes(), self._keys.onion_pubkey)
+            with path.open("rb") as handle:
+                # One byte past the bound is enough for verify_root to
+                # refuse it: a file grown to 2**40 bytes is never read whole.
+                signed = handle.read(MAX_SIGNED_ROOT_BYTES + 1)
+            verified = verify_root(signed, self._keys.onion_pubkey)
         except FileNotFoundError:
             raise CorruptContent(f"revision file {path} is missing") from None
         except InvalidRevision as error:
@@ -425,7 +430,8 @@ class ContentStore:
         pointer = self._dir / "current"
         number = 0
         if pointer.exists():
-            text = pointer.read_bytes()
+            with pointer.open("rb") as handle:
+                text = handle.read(21)  # a number of at most 20 digits
             if not text.isdigit() or len(text) > 20:
                 raise CorruptContent(f"revision pointer {pointer} is not a number")
             number = int(text)
@@ -451,7 +457,12 @@ class ContentStore:
         """The revision's name index; rebuilt from the manifest if damaged."""
         path = self._names_path(verified.number)
         try:
-            names = read_name_index(path, self._name_index_key, verified.content_id)
+            names = read_name_index(
+                path,
+                self._name_index_key,
+                verified.content_id,
+                verified.manifest.entry_count,
+            )
             if names.index.chunk_count != verified.manifest.entry_count:
                 raise InvalidNameIndex(f"name index {path} is not this revision's")
             return names
