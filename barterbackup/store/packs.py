@@ -63,11 +63,23 @@ _ENTRY_MASK = (1 << _ENTRY_BITS) - 1
 
 
 class SectionCorrupt(Exception):
-    """A stored section does not match its hash (or cannot be read)."""
+    """A stored section does not match its hash (or cannot be read).
+
+    ``sha256`` is the blob's hash when one blob is at fault (empty for a
+    damaged pack index): what a repair fetches back.
+    """
+
+    def __init__(self, message: str, sha256: bytes = b"") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 class SectionMissing(LookupError):
-    """No stored section has this hash."""
+    """No stored section has this hash (``sha256``, when known)."""
+
+    def __init__(self, message: str, sha256: bytes = b"") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 _SHARD_BITS = 8
@@ -242,6 +254,10 @@ class _StoredIndex:
     def close(self) -> None:
         for shard in self._shards:
             shard.close()
+
+
+def _no_crash_point(number: int) -> None:
+    """No crash points outside a commit."""
 
 
 def _prefix(sha256: bytes) -> int:
@@ -547,6 +563,82 @@ class PackStore:
                 return None
             return self._pack_ids[location >> _ENTRY_BITS]
 
+    def extent(self, sha256: bytes) -> tuple[str, int, int] | None:
+        """Where an installed blob lies, from the index alone (nothing of
+        the pack is read): (pack id, offset, length), or None if it is not
+        stored. A check compares these with the tree and the pack's size."""
+        with self._lock:
+            location = self._locate(sha256)
+            if location is None or location < 0:
+                return None
+            _, offset, length = self._entry_at(location)
+            return self._pack_ids[location >> _ENTRY_BITS], offset, length
+
+    def pack_size(self, pack_id: str) -> int:
+        """The size of an installed pack file; OSError if it is gone."""
+        return (self.directory / f"{pack_id}{PACK_SUFFIX}").stat().st_size
+
+    def replace_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> int:
+        """Install good copies of damaged or missing blobs, and drop every
+        other copy of them from the indexes; returns how many were stored.
+
+        Each blob must hash to its name (checked again here: ValueError,
+        nothing written). The copies go to a new pack, installed like a
+        commit's; only then are the old entries dropped, from each pack's
+        index (rewritten; a pack left with no entry is deleted). Reads find
+        the oldest entry of a hash first, so the bad copy has to go for the
+        good one to be read; its bytes stay in the pack as garbage until gc
+        repacks it. A crash in between leaves both entries: the next check
+        finds the bad one again and the next repair drops it.
+        """
+        wanted = dict(blobs)
+        for sha256, data in wanted.items():
+            if hashlib.sha256(data).digest() != sha256:
+                raise ValueError(f"blob {sha256.hex()} does not match its hash")
+        if not wanted:
+            return 0
+        number, writer = self.new_writer()
+        try:
+            writer.append(
+                b"".join(wanted.values()),
+                [(sha256, len(data)) for sha256, data in wanted.items()],
+            )
+            self.install_all([number], _no_crash_point)
+        except BaseException:
+            self.release(number)
+            raise
+        with self._lock:
+            dead: dict[int, set[int]] = {}
+            for sha256 in wanted:
+                for location in self._index.candidates(sha256):
+                    pack = location >> _ENTRY_BITS
+                    if self._pack_ids[pack] == writer.pack_id:
+                        continue
+                    if self._entry_at(location)[0] == sha256:
+                        dead.setdefault(pack, set()).add(location & _ENTRY_MASK)
+            for pack, entries in dead.items():
+                self._drop_entries(pack, entries)
+        return len(wanted)
+
+    def _drop_entries(self, number: int, dead: set[int]) -> None:
+        """Rewrite a pack's index without the entries ``dead`` (a pack with
+        nothing left is deleted, index first). Locked."""
+        pack_id = self._pack_ids[number]
+        index_path = self.directory / f"{pack_id}{INDEX_SUFFIX}"
+        entries = list(INDEX_ENTRY.iter_unpack(index_path.read_bytes()))
+        kept = [entry for at, entry in enumerate(entries) if at not in dead]
+        self._forget(number)
+        try:
+            if kept:
+                raw = b"".join(INDEX_ENTRY.pack(*entry) for entry in kept)
+                atomic_write(index_path, raw)
+                self._register_pack(pack_id, raw)
+            else:
+                atomic_delete(index_path)
+                atomic_delete(self.directory / f"{pack_id}{PACK_SUFFIX}")
+        finally:
+            self._rebuild({number}, [])
+
     def pack_ids(self) -> list[str]:
         """Every installed pack's id."""
         with self._lock:
@@ -677,7 +769,7 @@ class PackStore:
         with self._lock:
             location = self._locate(sha256)
             if location is None or location < 0:
-                raise SectionMissing(f"section {sha256.hex()} is not stored")
+                raise SectionMissing(f"section {sha256.hex()} is not stored", sha256)
             number = location >> _ENTRY_BITS
             _, offset, length = self._entry_at(location)
             pack_fd, _ = self._pack_fds(number)
@@ -689,7 +781,8 @@ class PackStore:
         if len(data) != length or hashlib.sha256(data).digest() != sha256:
             pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
             raise SectionCorrupt(
-                f"section {sha256.hex()} in {pack_path} does not match its hash"
+                f"section {sha256.hex()} in {pack_path} does not match its hash",
+                sha256,
             )
         return data
 
