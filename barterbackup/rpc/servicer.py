@@ -726,6 +726,8 @@ def _progress(event: Progress) -> clirpc_pb2.Progress:
         bytes_total=event.bytes_total,
         message=event.message,
         revision=event.revision,
+        files_done=event.files_done,
+        files_total=event.files_total,
     )
 
 
