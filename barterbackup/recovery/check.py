@@ -209,9 +209,7 @@ class StoreCheck:
                 revisions.append(self._source.revision(number))
             except CorruptContent as error:
                 self._damage(DamagedBlob(number, REVISION_FILE, b"", str(error)))
-                self.outcome.unlisted.append(
-                    f"revision {number} cannot be read: {error}"
-                )
+                self._unlisted(f"revision {number} cannot be read: {error}")
         self.outcome.revisions = [revision.number for revision in revisions]
         self._bytes_total = sum(revision.content_length for revision in revisions)
         if self._read_data:
@@ -388,7 +386,7 @@ class StoreCheck:
         ranges of manifest chunks that cannot be read."""
         number = revision.number
         if self._ranges_dropped:
-            self.outcome.unlisted.append(
+            self._unlisted(
                 f"revision {number}: more than {MAX_RANGES} damaged places; "
                 "not every damaged file is listed"
             )
@@ -437,10 +435,17 @@ class StoreCheck:
             )
         until = f" up to {following.first_name!r}" if following else " to the last"
         start = f"from {chunk.first_name!r}" if chunk.first_name else "from the first"
-        self.outcome.unlisted.append(
+        self._unlisted(
             f"revision {revision.number}: the files {start}{until} cannot be "
             f"listed ({chunk.error})"
         )
+
+    def _unlisted(self, text: str) -> None:
+        unlisted = self.outcome.unlisted
+        if len(unlisted) < MAX_LISTED:
+            unlisted.append(text)
+        elif len(unlisted) == MAX_LISTED:
+            unlisted.append("more damage whose files cannot be named is not listed")
 
     def _file_damaged(self, damaged: DamagedFile) -> None:
         self.outcome.damaged_files_count += 1
