@@ -71,6 +71,12 @@ class BlobStore(Protocol):
 
     def mark(self, marks: Any, sha256: bytes) -> bool | None: ...
 
+    def marked_bytes(self, marks: Any) -> int: ...
+
+    def verify_marked(
+        self, marks: Any, on_bytes: Callable[[int], None]
+    ) -> dict[bytes, str]: ...
+
 
 class CheckSource(Protocol):
     """What a check needs of the content store (``ContentStore``)."""
@@ -190,9 +196,10 @@ class StoreCheck:
         self._clock = clock
         self.outcome = CheckOutcome(read_data=self._read_data)
         self._seen: set[tuple[int, bytes]] = set()
-        # Sections found bad in this run (bounded by MAX_RANGES): a shared
-        # section read once is bad at each of its places.
-        self._bad_sections: dict[bytes, str] = {}
+        # Sections reading found bad: a shared section read once is bad at
+        # each of its places.
+        self._bad: dict[bytes, str] = {}
+        self._revision = 0
         self._marks: Any = None
         self._pack_sizes: dict[str, int] = {}
         self._bytes_total = 0
@@ -214,23 +221,47 @@ class StoreCheck:
         self._bytes_total = sum(revision.content_length for revision in revisions)
         if self._read_data:
             self._marks = self._packs.new_marks()
+        ranges: list[list[_Range]] = []
         for revision in revisions:
-            self._check_revision(revision)
+            self._revision = revision.number
+            self._progress("checking", f"revision {revision.number}")
+            sections: list[_Range] = []
+            self._walk(revision, revision.sections, SECTION_NODE, sections)
+            # Chunks are read with the names they hold (_map_files).
+            self._walk(revision, revision.manifest, CHUNK_NODE, None)
+            ranges.append(sections)
+        if self._read_data:
+            self._read_marked(revisions, ranges)
+        for revision, sections in zip(revisions, ranges, strict=True):
+            self._revision = revision.number
+            self._progress("listing", f"revision {revision.number}: naming files")
+            self._map_files(revision, sections)
         self._progress("done" if self.outcome.ok else "damaged", self.outcome.summary())
         return self.outcome
 
-    # -- one revision -------------------------------------------------------
+    def _read_marked(
+        self, revisions: list[VerifiedRevision], ranges: list[list[_Range]]
+    ) -> None:
+        """Read and hash every section the walk marked (each stored blob once,
+        pack by pack); then find where the bad ones are referenced."""
+        self._bytes_done = 0
+        self._bytes_total = self._packs.marked_bytes(self._marks)
+        self._progress("reading", "every section, pack by pack")
+        bad = self._packs.verify_marked(self._marks, self._read_bytes)
+        if not bad:
+            return
+        self._bad = bad
+        for revision, sections in zip(revisions, ranges, strict=True):
+            found: list[_Range] = []
+            self._walk(revision, revision.sections, SECTION_NODE, found, bad_only=True)
+            sections.extend(found)
+            sections.sort(key=lambda r: r.start)
 
-    def _check_revision(self, revision: VerifiedRevision) -> None:
-        number = revision.number
-        phase = "reading" if self._read_data else "checking"
-        self._progress(phase, f"revision {number}", number)
-        sections: list[_Range] = []
-        self._walk(revision, revision.sections, SECTION_NODE, sections)
-        # Chunks and their names are read with the names (_map_files).
-        self._walk(revision, revision.manifest, CHUNK_NODE, None)
-        self._progress("listing", f"revision {number}: naming damaged files", number)
-        self._map_files(revision, sections)
+    def _read_bytes(self, count: int) -> None:
+        self.outcome.bytes_read += count
+        self._bytes_done += count
+        if self._bytes_done - self._reported_bytes >= PROGRESS_EVERY_BYTES:
+            self._progress("reading", "every section, pack by pack")
 
     def _walk(
         self,
@@ -238,10 +269,15 @@ class StoreCheck:
         root: TreeRoot,
         node_kind: str,
         ranges: list[_Range] | None,
+        bad_only: bool = False,
     ) -> None:
         """Check the nodes of one tree (and, for the section tree, the
-        sections its leaves name), depth first, so ``ranges`` come sorted."""
-        self._walk_node(revision, root.ref(), node_kind, ranges)
+        sections its leaves name), depth first, so ``ranges`` come sorted.
+
+        ``bad_only``: a second walk that only finds the places of the
+        sections reading found bad (nodes were checked already).
+        """
+        self._walk_node(revision, root.ref(), node_kind, ranges, bad_only)
 
     def _walk_node(
         self,
@@ -249,6 +285,7 @@ class StoreCheck:
         ref: NodeRef,
         node_kind: str,
         ranges: list[_Range] | None,
+        bad_only: bool = False,
     ) -> None:
         problem = ""
         try:
@@ -264,6 +301,8 @@ class StoreCheck:
         if not problem and self._targets is not None and ref.hash in self._targets:
             problem = "was found damaged by a read"
         if problem:
+            if bad_only:
+                return  # reported by the first walk
             self._damage(
                 DamagedBlob(
                     revision.number,
@@ -277,16 +316,20 @@ class StoreCheck:
                 ranges,
             )
             return
-        self.outcome.tree_nodes += 1
+        if not bad_only:
+            self.outcome.tree_nodes += 1
         if isinstance(node, Internal):
             for child in node.children:
-                self._walk_node(revision, child, node_kind, ranges)
+                self._walk_node(revision, child, node_kind, ranges, bad_only)
             return
         if ranges is None:
             return
         index = ref.first_index
         for length, sha256, _ in _ENTRY.iter_unpack(node.packed()):
-            problem = self._section_problem(sha256, length)
+            if bad_only:
+                problem = self._bad.get(sha256, "")
+            else:
+                problem = self._section_problem(sha256, length)
             if problem:
                 self._damage(
                     DamagedBlob(
@@ -302,14 +345,17 @@ class StoreCheck:
                     ranges,
                 )
             index += 1
-            self._count_section(length, revision.number)
+            if not bad_only:
+                self._count_section(length)
 
     def _section_problem(self, sha256: bytes, length: int) -> str:
         """What is wrong with one section, or ""."""
         if self._targets is not None:
             return "was found damaged by a read" if sha256 in self._targets else ""
         if self._read_data:
-            return self._read_section(sha256, length)
+            # Only its presence now: its bytes are read pack by pack later
+            # (a stored blob's hash covers its length).
+            return "is missing" if self._packs.mark(self._marks, sha256) is None else ""
         try:
             extent = self._packs.extent(sha256)
         except (SectionCorrupt, OSError) as error:
@@ -329,30 +375,7 @@ class StoreCheck:
             return f"lies past the end of pack {pack_id} ({size} bytes)"
         return ""
 
-    def _read_section(self, sha256: bytes, length: int) -> str:
-        newly = self._packs.mark(self._marks, sha256)
-        if newly is None:
-            return "is missing"
-        if not newly:
-            return self._bad_sections.get(sha256, "")
-        try:
-            data = self._packs.read(sha256)
-        except SectionMissing:
-            problem = "is missing"
-        except SectionCorrupt:
-            problem = "does not match its hash"
-        except OSError as error:
-            problem = f"cannot be read: {error.strerror or error}"
-        else:
-            self.outcome.bytes_read += len(data)
-            if len(data) == length:
-                return ""
-            problem = f"is stored with {len(data)} bytes, the tree says {length}"
-        if len(self._bad_sections) < MAX_RANGES:
-            self._bad_sections[sha256] = problem
-        return problem
-
-    def _count_section(self, length: int, revision: int) -> None:
+    def _count_section(self, length: int) -> None:
         self.outcome.sections += 1
         self.outcome.section_bytes += length
         self._bytes_done += length
@@ -361,8 +384,7 @@ class StoreCheck:
             self._since_report >= PROGRESS_EVERY_SECTIONS
             or self._bytes_done - self._reported_bytes >= PROGRESS_EVERY_BYTES
         ):
-            phase = "reading" if self._read_data else "checking"
-            self._progress(phase, f"revision {revision}", revision)
+            self._progress("checking", f"revision {self._revision}")
 
     def _damage(self, blob: DamagedBlob, ranges: list[_Range] | None = None) -> None:
         if ranges is not None:
@@ -454,7 +476,7 @@ class StoreCheck:
 
     # -- progress -----------------------------------------------------------
 
-    def _progress(self, phase: str, message: str, revision: int = 0) -> None:
+    def _progress(self, phase: str, message: str) -> None:
         self._since_report = 0
         self._reported_bytes = self._bytes_done
         self._report(
@@ -463,7 +485,7 @@ class StoreCheck:
                 bytes_done=self._bytes_done,
                 bytes_total=self._bytes_total,
                 message=message,
-                revision=revision,
+                revision=self._revision,
             )
         )
 

@@ -226,9 +226,7 @@ class TargetDirectory:
             path.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
-            raise RestoreRefused(
-                f"cannot restore into {path}: {error.strerror or error}"
-            ) from None
+            raise RestoreRefused(f"cannot restore into {path}: {_why(error)}") from None
         self.path = path
         self._open: dict[tuple[str, ...], int] = {}
 
@@ -352,6 +350,18 @@ class TargetDirectory:
                 return False
             os.rename(temp, leaf, src_dir_fd=parent, dst_dir_fd=parent)
         return True
+
+
+def _why(error: OSError) -> str:
+    """An OSError in words, with what to do about a read-only directory."""
+    text = error.strerror or str(error)
+    if error.errno == errno.EROFS:
+        text += (
+            " (the daemon may write only where its service allows: under the "
+            "systemd unit, add the directory to ReadWritePaths with "
+            "`systemctl --user edit barterbackup`)"
+        )
+    return text
 
 
 def _lstat(name: str, parent: int) -> os.stat_result | None:
@@ -479,7 +489,7 @@ class Restorer:
                 "restore: {name!r} failed: {error}", name=record.name, error=str(error)
             )
         except OSError as error:
-            outcome._fail(record.name, f"cannot write it: {error.strerror or error}")
+            outcome._fail(record.name, f"cannot write it: {_why(error)}")
         else:
             if written:
                 outcome.files_restored += 1

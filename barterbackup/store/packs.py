@@ -568,11 +568,11 @@ class PackStore:
         the pack is read): (pack id, offset, length), or None if it is not
         stored. A check compares these with the tree and the pack's size."""
         with self._lock:
-            location = self._locate(sha256)
-            if location is None or location < 0:
-                return None
-            _, offset, length = self._entry_at(location)
-            return self._pack_ids[location >> _ENTRY_BITS], offset, length
+            for location in self._index.candidates(sha256):
+                found, offset, length = self._entry_at(location)
+                if found == sha256:
+                    return self._pack_ids[location >> _ENTRY_BITS], offset, length
+            return None
 
     def pack_size(self, pack_id: str) -> int:
         """The size of an installed pack file; OSError if it is gone."""
@@ -918,6 +918,80 @@ class PackStore:
                 return None
             return marks.set(location >> _ENTRY_BITS, location & _ENTRY_MASK)
 
+    def marked_bytes(self, marks: PackMarks) -> int:
+        """The bytes of every marked blob (what ``verify_marked`` reads at
+        least), from the indexes."""
+        with self._lock:
+            pack_ids = {
+                n: self._pack_ids[n] for n in marks.packs() if n in self._pack_ids
+            }
+        total = 0
+        for number, pack_id in pack_ids.items():
+            try:
+                raw = (self.directory / f"{pack_id}{INDEX_SUFFIX}").read_bytes()
+            except FileNotFoundError:
+                continue
+            for entry_number, (sha256, _, length) in enumerate(
+                INDEX_ENTRY.iter_unpack(raw)
+            ):
+                if marks.is_marked(number, sha256, entry_number):
+                    total += length
+        return total
+
+    def verify_marked(
+        self,
+        marks: PackMarks,
+        on_bytes: Callable[[int], None] = lambda count: None,
+    ) -> dict[bytes, str]:
+        """Read every marked blob and check its SHA-256; the bad ones, with
+        what is wrong (``check --read-data``).
+
+        Packs are read in order in large runs of consecutive entries (not a
+        lookup and a read per blob), without the store's lock: a pack that
+        garbage collection removed meanwhile is skipped (its blobs moved,
+        or are no longer needed). ``on_bytes`` is told of the bytes read.
+        """
+        with self._lock:
+            packs = [
+                (number, self._pack_ids[number])
+                for number in sorted(marks.packs())
+                if number in self._pack_ids
+            ]
+        bad: dict[bytes, str] = {}
+        for number, pack_id in packs:
+            pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
+            try:
+                raw = (self.directory / f"{pack_id}{INDEX_SUFFIX}").read_bytes()
+                fd = os.open(pack_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                for run in _marked_runs(raw, marks, number):
+                    self._verify_run(fd, pack_path, run, bad, on_bytes)
+            finally:
+                os.close(fd)
+        return bad
+
+    @staticmethod
+    def _verify_run(
+        fd: int,
+        pack_path: Path,
+        run: list[tuple[bytes, int, int]],
+        bad: dict[bytes, str],
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        start = run[0][1]
+        end = run[-1][1] + run[-1][2]
+        data = os.pread(fd, end - start, start)
+        view = memoryview(data)
+        for sha256, offset, length in run:
+            blob = view[offset - start : offset - start + length]
+            if len(blob) != length:
+                bad[sha256] = f"lies past the end of {pack_path.name}"
+            elif hashlib.sha256(blob).digest() != sha256:
+                bad[sha256] = "does not match its hash"
+        on_bytes(len(data))
+
     def sweep(self, marks: PackMarks) -> int:
         """Drop every stored blob not marked; return the bytes freed.
 
@@ -926,6 +1000,36 @@ class PackStore:
         """
         with self._lock:
             return self._collect(marks.is_marked, marks.fully_marked())
+
+
+# ``verify_marked`` reads at most about this much at once.
+VERIFY_READ_BYTES = 8 * 1024 * 1024
+
+
+def _marked_runs(
+    raw: bytes, marks: PackMarks, number: int
+) -> Iterable[list[tuple[bytes, int, int]]]:
+    """The marked entries of a pack index, in runs of entries that lie close
+    together in the pack (one read each, at most about VERIFY_READ_BYTES)."""
+    run: list[tuple[bytes, int, int]] = []
+    for entry_number, (sha256, offset, length) in enumerate(
+        INDEX_ENTRY.iter_unpack(raw)
+    ):
+        if not marks.is_marked(number, sha256, entry_number):
+            continue
+        if run:
+            run_start = run[0][1]
+            run_end = run[-1][1] + run[-1][2]
+            if (
+                offset < run_end
+                or offset - run_end > 64 * 1024
+                or offset + length - run_start > VERIFY_READ_BYTES
+            ):
+                yield run
+                run = []
+        run.append((sha256, offset, length))
+    if run:
+        yield run
 
 
 class PackMarks:
@@ -951,6 +1055,10 @@ class PackMarks:
             return False
         bits[byte] |= bit
         return True
+
+    def packs(self) -> list[int]:
+        """The packs these marks cover."""
+        return list(self._bits)
 
     def fully_marked(self) -> list[int]:
         """The packs every entry of which is marked (popcount, in C)."""
