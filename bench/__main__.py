@@ -33,6 +33,10 @@ FULL = [
     ("spot-check cost and detection", ["bench.contract_checks"]),
     ("spot checks through tree, store and wire", ["bench.contract_wire"]),
     ("one node with 50 contracts checked every minute", ["bench.contract_load"]),
+    (
+        "restore vs restic restore, check --read-data vs SHA-256",
+        ["bench.restore", "1024", "--files", "2000"],
+    ),
 ]
 QUICK = [
     (
@@ -66,6 +70,10 @@ QUICK = [
     (
         "one node with 10 contracts checked every minute",
         ["bench.contract_load", "--peers", "10", "--minutes", "5"],
+    ),
+    (
+        "restore vs restic restore, check --read-data vs SHA-256",
+        ["bench.restore", "128", "--files", "400", "--repeat", "1"],
     ),
 ]
 

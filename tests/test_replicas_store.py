@@ -7,11 +7,13 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import storedpb_pb2
+from barterbackup.store.packs import PackWriter
 from barterbackup.store.replicas import (
     DEFAULT_TOTAL_BYTES,
     BadBlob,
@@ -102,6 +104,55 @@ class ReplicaStoreTests(SynchronousTestCase):
         )
         # Every byte counts: blobs, their index entries, the record.
         self.assertGreater(held.stored_bytes, sum(len(d) for d in data) + 30 * 48)
+
+    def test_reads_do_not_wait_for_a_blob_write_in_progress(self) -> None:
+        """The reactor asks has_blob/read_blob while the worker thread writes
+        a batch: the disk write runs outside the store's lock."""
+        data = [os.urandom(1000) for _ in range(4)]
+        old = self.revision(data[:2], 1)
+        self.store.begin(OWNER.onion_pubkey, old.signed)
+        self.store_all(old)
+        new = self.revision(data, 2)
+        self.store.begin(OWNER.onion_pubkey, new.signed)
+        writing, release = threading.Event(), threading.Event()
+        real_append = PackWriter.append
+
+        def slow_append(writer: PackWriter, *args: object) -> int:
+            writing.set()
+            release.wait(30)
+            return real_append(writer, *args)  # type: ignore[arg-type]
+
+        self.patch(PackWriter, "append", slow_append)
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                blobs = [(sha(d), d) for d in data[2:]]
+                self.store.store_blobs(OWNER.onion_pubkey, new.content_id, blobs)  # type: ignore[attr-defined]
+            except BaseException as error:
+                errors.append(error)
+
+        worker = threading.Thread(target=write)
+        worker.start()
+        try:
+            self.assertTrue(writing.wait(30))
+            answered = threading.Event()
+
+            def read() -> None:
+                self.store.has_blob(OWNER.onion_pubkey, sha(data[0]))
+                self.store.read_blob(OWNER.onion_pubkey, sha(data[1]))
+                self.store.held(OWNER.onion_pubkey)
+                answered.set()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            self.assertTrue(answered.wait(30), "a read waited for the write")
+            reader.join()
+        finally:
+            release.set()
+            worker.join()
+        self.assertEqual(errors, [])
+        self.assertTrue(self.store.has_blob(OWNER.onion_pubkey, sha(data[0])))
 
     def test_directory_names_and_records_reveal_nothing(self) -> None:
         revision = self.revision([b"secret-section"], 1)
@@ -293,6 +344,7 @@ from barterbackup._proto import storedpb_pb2
 from barterbackup.store.replicas import ReplicaStore
 from barterbackup.content.crash import crash_point
 from tests.test_replicas_store import NAMES, SEAL, OWNER, live
+from barterbackup.store.packs import PackWriter
 from barterbackup.testing.fakes import BlobDict, make_revision
 root, install_every = Path(sys.argv[1]), int(sys.argv[2])
 def budget(owner):

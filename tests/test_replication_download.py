@@ -193,3 +193,68 @@ class SendBlobsTests(SynchronousTestCase):
             self.assertEqual(piece.sha256, hashlib.sha256(piece.data).digest())
         # A piece that is the whole blob carries the blob's own hash.
         self.assertEqual(pieces[0].sha256, pieces[0].blob)
+
+    def test_the_next_batch_is_read_while_this_one_is_sent(self) -> None:
+        """One read ahead, never more: disk and wire overlap, memory bounded."""
+        blobs = [os.urandom(600 * 1024) for _ in range(5)]
+        by_hash = {hashlib.sha256(b).digest(): b for b in blobs}
+        reads: list[defer.Deferred[Any]] = []
+
+        def blocking(work: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            d.addCallback(lambda _: work())
+            reads.append(d)
+            return d
+
+        waiting: list[defer.Deferred[None]] = []
+        sent: list[Any] = []
+
+        def send(item: Any) -> defer.Deferred[None]:
+            sent.append(item)
+            waiting.append(defer.Deferred())
+            return waiting[-1]
+
+        order = list(by_hash)
+        done = defer.Deferred.fromCoroutine(
+            send_blobs(send, order, by_hash.__getitem__, blocking)
+        )
+        reads[0].callback(None)  # the first batch (two blobs: over 1 MiB)
+        # Sending its first blob, the second batch is already being read.
+        self.assertEqual((len(sent), len(reads)), (1, 2))
+        while not done.called:
+            for read in reads:
+                if not read.called:
+                    read.callback(None)
+            for wait in waiting:
+                if not wait.called:
+                    wait.callback(None)
+        self.successResultOf(done)
+        self.assertEqual([bytes(m.data) for m in sent], [by_hash[h] for h in order])
+        self.assertEqual(len(reads), 3)
+
+    def test_a_send_failing_with_a_read_in_flight_reports_one_error(self) -> None:
+        blobs = [os.urandom(700 * 1024) for _ in range(4)]
+        by_hash = {hashlib.sha256(b).digest(): b for b in blobs}
+        reads: list[defer.Deferred[Any]] = []
+
+        def blocking(work: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            d.addCallback(lambda _: work())
+            reads.append(d)
+            return d
+
+        def send(item: Any) -> defer.Deferred[None]:
+            return defer.fail(ConnectionError("peer went away"))
+
+        def read(blob: bytes) -> bytes:
+            if len(reads) > 1:
+                raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, "gone")
+            return by_hash[blob]
+
+        done = defer.Deferred.fromCoroutine(
+            send_blobs(send, list(by_hash), read, blocking)
+        )
+        reads[0].callback(None)
+        self.failureResultOf(done, ConnectionError)
+        reads[1].callback(None)  # the read ahead fails too: not reported
+        self.assertEqual(self.flushLoggedErrors(), [])

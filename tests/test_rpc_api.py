@@ -87,6 +87,10 @@ CALLS: dict[str, Call] = {
     "SetSchedule": lambda s: s.SetSchedule(pb.SetScheduleRequest(every_seconds=60)),
     "GetSchedule": lambda s: s.GetSchedule(pb.GetScheduleRequest()),
     "BackupNow": lambda s: list(s.BackupNow(pb.BackupNowRequest())),
+    "RestoreFiles": lambda s: list(
+        s.RestoreFiles(pb.RestoreFilesRequest(directory="/nonexistent/restore"))
+    ),
+    "CheckContent": lambda s: list(s.CheckContent(pb.CheckContentRequest())),
 }
 # Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
 NOT_BUILT = {

@@ -160,6 +160,16 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.BackupNowRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.BackupNowResponse.FromString,
                 _registered_method=True)
+        self.RestoreFiles = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/RestoreFiles',
+                request_serializer=clirpc__pb2.RestoreFilesRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.RestoreFilesResponse.FromString,
+                _registered_method=True)
+        self.CheckContent = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/CheckContent',
+                request_serializer=clirpc__pb2.CheckContentRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.CheckContentResponse.FromString,
+                _registered_method=True)
 
 
 class CliRpcServicer:
@@ -350,6 +360,25 @@ class CliRpcServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreFiles(self, request, context):
+        """RestoreFiles writes files of a stored revision under a directory of
+        this machine and streams its progress; the last message carries the
+        outcome. The daemon writes the files itself: no file bytes cross
+        this API.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckContent(self, request, context):
+        """CheckContent verifies this node's own content store, optionally
+        reading every byte and repairing damage from the replicas, and
+        streams its progress; the last message carries the outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CliRpcServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -477,6 +506,16 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.BackupNow,
                     request_deserializer=clirpc__pb2.BackupNowRequest.FromString,
                     response_serializer=clirpc__pb2.BackupNowResponse.SerializeToString,
+            ),
+            'RestoreFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.RestoreFiles,
+                    request_deserializer=clirpc__pb2.RestoreFilesRequest.FromString,
+                    response_serializer=clirpc__pb2.RestoreFilesResponse.SerializeToString,
+            ),
+            'CheckContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.CheckContent,
+                    request_deserializer=clirpc__pb2.CheckContentRequest.FromString,
+                    response_serializer=clirpc__pb2.CheckContentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1155,6 +1194,60 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/BackupNow',
             clirpc__pb2.BackupNowRequest.SerializeToString,
             clirpc__pb2.BackupNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/RestoreFiles',
+            clirpc__pb2.RestoreFilesRequest.SerializeToString,
+            clirpc__pb2.RestoreFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/CheckContent',
+            clirpc__pb2.CheckContentRequest.SerializeToString,
+            clirpc__pb2.CheckContentResponse.FromString,
             options,
             channel_credentials,
             insecure,

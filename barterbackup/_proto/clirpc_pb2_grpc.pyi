@@ -104,6 +104,17 @@ class CliRpcStub:
     """BackupNow runs a backup of the sources at once and streams its
     progress; the last message carries the outcome.
     """
+    RestoreFiles: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.RestoreFilesRequest, _clirpc_pb2.RestoreFilesResponse]
+    """RestoreFiles writes files of a stored revision under a directory of
+    this machine and streams its progress; the last message carries the
+    outcome. The daemon writes the files itself: no file bytes cross
+    this API.
+    """
+    CheckContent: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.CheckContentRequest, _clirpc_pb2.CheckContentResponse]
+    """CheckContent verifies this node's own content store, optionally
+    reading every byte and repairing damage from the replicas, and
+    streams its progress; the last message carries the outcome.
+    """
 
 @_typing.type_check_only
 class CliRpcAsyncStub(CliRpcStub):
@@ -176,6 +187,17 @@ class CliRpcAsyncStub(CliRpcStub):
     BackupNow: _aio.UnaryStreamMultiCallable[_clirpc_pb2.BackupNowRequest, _clirpc_pb2.BackupNowResponse]  # type: ignore[assignment]
     """BackupNow runs a backup of the sources at once and streams its
     progress; the last message carries the outcome.
+    """
+    RestoreFiles: _aio.UnaryStreamMultiCallable[_clirpc_pb2.RestoreFilesRequest, _clirpc_pb2.RestoreFilesResponse]  # type: ignore[assignment]
+    """RestoreFiles writes files of a stored revision under a directory of
+    this machine and streams its progress; the last message carries the
+    outcome. The daemon writes the files itself: no file bytes cross
+    this API.
+    """
+    CheckContent: _aio.UnaryStreamMultiCallable[_clirpc_pb2.CheckContentRequest, _clirpc_pb2.CheckContentResponse]  # type: ignore[assignment]
+    """CheckContent verifies this node's own content store, optionally
+    reading every byte and repairing damage from the replicas, and
+    streams its progress; the last message carries the outcome.
     """
 
 class CliRpcServicer(metaclass=_abc_1.ABCMeta):
@@ -396,6 +418,29 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.BackupNowResponse], _abc.AsyncIterator[_clirpc_pb2.BackupNowResponse]]:
         """BackupNow runs a backup of the sources at once and streams its
         progress; the last message carries the outcome.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreFiles(
+        self,
+        request: _clirpc_pb2.RestoreFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.RestoreFilesResponse], _abc.AsyncIterator[_clirpc_pb2.RestoreFilesResponse]]:
+        """RestoreFiles writes files of a stored revision under a directory of
+        this machine and streams its progress; the last message carries the
+        outcome. The daemon writes the files itself: no file bytes cross
+        this API.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckContent(
+        self,
+        request: _clirpc_pb2.CheckContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.CheckContentResponse], _abc.AsyncIterator[_clirpc_pb2.CheckContentResponse]]:
+        """CheckContent verifies this node's own content store, optionally
+        reading every byte and repairing damage from the replicas, and
+        streams its progress; the last message carries the outcome.
         """
 
 def add_CliRpcServicer_to_server(servicer: CliRpcServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

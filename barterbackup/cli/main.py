@@ -8,18 +8,32 @@ import sys
 from barterbackup import __version__
 from barterbackup.cli import (
     chat,
+    check,
     contracts,
     files,
     peers,
     recover,
     replicate,
+    restore,
     status,
     storage,
     unlock,
 )
 from barterbackup.cli.common import EXIT_FAILED, CliError
 
-GROUPS = (unlock, status, files, peers, storage, replicate, contracts, recover, chat)
+GROUPS = (
+    unlock,
+    status,
+    files,
+    restore,
+    check,
+    peers,
+    storage,
+    replicate,
+    contracts,
+    recover,
+    chat,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,9 @@ Conventions, for every method:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredLock
@@ -32,7 +33,7 @@ from barterbackup.chat import peer_key as chat_keys
 from barterbackup.chat.aead import ChatError
 from barterbackup.chat.service import ChatAttachment, Listener
 from barterbackup.chat.session import NoChatKey
-from barterbackup.content.engine import CommitResult, Update
+from barterbackup.content.engine import CommitResult, RevisionNotKept, Update
 from barterbackup.contracts import errors as contract_errors
 from barterbackup.contracts.book import ContractView
 from barterbackup.contracts.checking import KINDS as CHECK_KINDS
@@ -62,6 +63,15 @@ from barterbackup.node.results import (
 from barterbackup.node.session import NodeEnvironment, UnlockedSession
 from barterbackup.peers.pool import CONNECT_TIMEOUT
 from barterbackup.progress import ProgressReport
+from barterbackup.recovery.relay import ProgressRelay
+from barterbackup.recovery.repair import ContentCheckReport
+from barterbackup.recovery.restore import (
+    RestoreOutcome,
+    Restorer,
+    RestoreRefused,
+    check_selection,
+)
+from barterbackup.revisions import VerifiedRevision
 from barterbackup.store.atomic import make_private_directory
 from barterbackup.store.identity import CorruptIdentity, read_identity, write_identity
 from barterbackup.store.replicas import effective_total_bytes
@@ -72,6 +82,7 @@ if TYPE_CHECKING:
     from barterbackup.content.engine import CommitResult, Update
 
 log = get_logger("barterbackup.node")
+T = TypeVar("T")
 
 MAX_MIN_REPLICAS = 64
 
@@ -87,6 +98,9 @@ class Node(MultiService):
         self._session: UnlockedSession | None = None
         self._unlock_lock = DeferredLock()
         self._update_lock = DeferredLock()
+        # Revisions a restore or a check is reading: garbage collection
+        # keeps their blobs until it ends.
+        self._reading: list[VerifiedRevision] = []
 
     # -- helpers ---------------------------------------------------------
 
@@ -246,7 +260,7 @@ class Node(MultiService):
         Called after each commit; fires with the bytes freed.
         """
         session = self._require_unlocked()
-        keep = session.pusher.revisions_in_flight()
+        keep = [*session.pusher.revisions_in_flight(), *self._reading]
         return self.env.blocking(lambda: session.content.gc(keep))
 
     def revision_committed(self) -> None:
@@ -262,6 +276,79 @@ class Node(MultiService):
             log.failure("garbage collection failed", failure)
 
         self.collect_garbage().addCallbacks(collected, failed)
+
+    # -- restore and check (docs/restore-and-check.md) ----------------------
+
+    def restore_files(
+        self,
+        directory: str,
+        names: Sequence[str],
+        revision: int,
+        overwrite: bool,
+        report: ProgressReport,
+    ) -> Deferred[RestoreOutcome]:
+        """RestoreFiles: write a stored revision's files (all, or those
+        ``names`` select: files or directory prefixes) under ``directory``,
+        an absolute path of this machine; ``revision`` 0 is the current one.
+
+        Fires with the outcome, whose failures (damaged files, unsafe
+        paths) are listed in it rather than raised; a bad directory or
+        selection fails at once and writes nothing.
+        """
+        session = self._require_unlocked()
+        if not directory or not Path(directory).is_absolute():
+            raise errors.InvalidArgument(
+                "the directory to restore into must be an absolute path"
+            )
+        try:
+            selection = check_selection(list(names))
+            verified = session.content.revision(revision)
+        except RestoreRefused as e:
+            raise errors.InvalidArgument(str(e)) from None
+        except RevisionNotKept as e:
+            raise errors.NotFound(str(e)) from None
+        relay = ProgressRelay(self.env.clock, report)
+        restorer = Restorer(
+            session.content,
+            Path(directory),
+            selection,
+            verified.number,
+            overwrite,
+            relay.post,
+        )
+        restoring: Deferred[RestoreOutcome] = self.env.blocking(restorer.run)
+        restoring.addBoth(relay.close)
+        restoring.addErrback(_restore_error)
+        return self._reading_while(verified, restoring)
+
+    def check_content(
+        self, read_data: bool, repair: bool, report: ProgressReport
+    ) -> Deferred[ContentCheckReport]:
+        """CheckContent: verify our own store (with ``read_data``, every
+        byte); with ``repair``, fetch what is damaged back from replicas and
+        check again. Fires with the report; damage is in it, not an error.
+        """
+        session = self._require_unlocked()
+        content = session.content
+        checking: Deferred[ContentCheckReport] = session.repair.check(
+            read_data, repair, report
+        )
+        for number in content.kept_revision_numbers():
+            try:
+                checking = self._reading_while(content.revision(number), checking)
+            except Exception:
+                continue  # the check reports it
+        return checking
+
+    def _reading_while(self, revision: VerifiedRevision, d: Deferred[T]) -> Deferred[T]:
+        """Keep ``revision``'s blobs from garbage collection until ``d`` fires."""
+        self._reading.append(revision)
+
+        def done(result: T) -> T:
+            self._reading.remove(revision)
+            return result
+
+        return d.addBoth(done)
 
     # -- peers -------------------------------------------------------------
 
@@ -678,6 +765,16 @@ def _contract_error(error: Exception) -> Exception:
     if isinstance(error, InvalidTerms):
         return errors.InvalidArgument(text)
     return error
+
+
+def _restore_error(failure: Failure) -> Failure:
+    """A restore that could not start, as the node API's error."""
+    error = failure.value
+    if isinstance(error, RestoreRefused):
+        raise errors.InvalidArgument(str(error))
+    if isinstance(error, RevisionNotKept):
+        raise errors.NotFound(str(error))
+    return failure
 
 
 def _connect_error(address: str, error: Exception) -> errors.NodeError:

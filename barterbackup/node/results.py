@@ -29,6 +29,19 @@ from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
     TransferProgress,
 )
 from barterbackup.contracts.settings import BookSettings
+
+# What restore and check return: the recovery package's records are the
+# node API's records.
+from barterbackup.recovery.check import (  # noqa: F401 (re-exported)
+    CheckOutcome,
+    DamagedBlob,
+    DamagedFile,
+)
+from barterbackup.recovery.repair import ContentCheckReport  # noqa: F401
+from barterbackup.recovery.restore import (  # noqa: F401 (re-exported)
+    FileFailure,
+    RestoreOutcome,
+)
 from barterbackup.transport.onion import OnionDefences
 
 

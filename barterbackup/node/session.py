@@ -32,6 +32,7 @@ from barterbackup.chat.service import ChatService
 from barterbackup.content.crash import crash_point
 from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.contracts.book import ContractBook
+from barterbackup.contracts.entries import IN_FORCE, KEEPING
 from barterbackup.contracts.files import ContractFiles
 from barterbackup.contracts.keeping import StorageGrants
 from barterbackup.contracts.samplecheck import audit_key_of
@@ -44,9 +45,15 @@ from barterbackup.node.results import NodeConfig
 from barterbackup.peers.network import PeerNetwork
 from barterbackup.peers.pool import ConnectionPool
 from barterbackup.peers.records import PeerRecords
+from barterbackup.recovery.repair import ContentRepair, Holder, ReplicaBlobFetcher
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.replicas import ReplicaStore
-from barterbackup.sync.interfaces import Blocking, ReactorTime, run_inline
+from barterbackup.sync.interfaces import (
+    Blocking,
+    PeerConnectionLike,
+    ReactorTime,
+    run_inline,
+)
 from barterbackup.sync.offers import OfferedContent
 from barterbackup.sync.push import Pusher
 from barterbackup.sync.replica import ReplicaService
@@ -212,6 +219,38 @@ class UnlockedSession(MultiService):
             settings=env.contract_settings,
         )
         handler.contracts = self.book
+        # Self-repair: `check --repair`, and reads that meet damage, fetch
+        # damaged blobs back from the peers that keep our content.
+        self.repair = ContentRepair(
+            content,
+            ReplicaBlobFetcher(
+                keys.onion_pubkey, self._repair_holders, self._repair_connection, clock
+            ),
+            clock,
+            env.blocking,
+            current_revision=lambda: content.current.number if content.current else 0,
+        )
+        if hasattr(content, "damage_listener"):  # the swarm's fake engine has none
+            content.damage_listener = self.repair.note_damaged
+
+    def _repair_holders(self) -> list[Holder]:
+        """The peers that may keep our content: their contracts are in force
+        or still keep our data."""
+        return [
+            Holder(entry.peer, entry.ledger.peer_revision)
+            for entry in self.book.entries()
+            if entry.state in IN_FORCE or entry.state in KEEPING
+        ]
+
+    async def _repair_connection(self, peer: bytes) -> PeerConnectionLike:
+        conn = self.pool.connection(peer)
+        if conn is not None:
+            return conn
+        await self.network.ready()
+        dialled: PeerConnectionLike = await self.pool.dial(
+            peer, self.records.endpoint(peer)
+        )
+        return dialled
 
     @classmethod
     async def open(
@@ -279,11 +318,13 @@ class UnlockedSession(MultiService):
     def startService(self) -> None:
         super().startService()
         self.book.start()
+        self.repair.start()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self.repair.stop()
         self.chat.stop()
         await self.book.stop()
         await super().stopService()

@@ -38,8 +38,11 @@ from barterbackup.node.results import (
     ChatKeyResult,
     ChatOverview,
     ChatUpdate,
+    CheckOutcome,
     CheckReport,
+    ContentCheckReport,
     ContractInfo,
+    DamagedFile,
     FileInfo,
     MessageIn,
     MessageStatus,
@@ -48,6 +51,7 @@ from barterbackup.node.results import (
     OfferIn,
     OfferOut,
     PeerInfo,
+    RestoreOutcome,
     SessionClosed,
     SessionOpened,
     StorageReport,
@@ -429,6 +433,37 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         )
         return clirpc_pb2.AnswerContractResponse(contract=_contract(info))
 
+    # -- restore and check (docs/restore-and-check.md) -----------------------
+
+    def RestoreFiles(
+        self, request: clirpc_pb2.RestoreFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.RestoreFilesResponse]:
+        for item in self._operation_stream(
+            context,
+            self._node.restore_files,
+            request.directory,
+            list(request.names),
+            request.revision,
+            request.overwrite,
+        ):
+            if isinstance(item, Finished):
+                yield clirpc_pb2.RestoreFilesResponse(
+                    result=_restore_result(item.value)
+                )
+            else:
+                yield clirpc_pb2.RestoreFilesResponse(progress=item)
+
+    def CheckContent(
+        self, request: clirpc_pb2.CheckContentRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.CheckContentResponse]:
+        for item in self._operation_stream(
+            context, self._node.check_content, request.read_data, request.repair
+        ):
+            if isinstance(item, Finished):
+                yield clirpc_pb2.CheckContentResponse(result=_check_result(item.value))
+            else:
+                yield clirpc_pb2.CheckContentResponse(progress=item)
+
     # Subsystems that later issues build: an honest UNIMPLEMENTED until then.
 
     def RecoverContent(
@@ -726,6 +761,65 @@ def _progress(event: Progress) -> clirpc_pb2.Progress:
         bytes_total=event.bytes_total,
         message=event.message,
         revision=event.revision,
+        files_done=event.files_done,
+        files_total=event.files_total,
+    )
+
+
+def _restore_result(outcome: RestoreOutcome) -> clirpc_pb2.RestoreResult:
+    return clirpc_pb2.RestoreResult(
+        revision=outcome.revision,
+        directory=outcome.directory,
+        files_restored=outcome.files_restored,
+        bytes_restored=outcome.bytes_restored,
+        kept=outcome.kept,
+        kept_count=outcome.kept_count,
+        failed=[
+            clirpc_pb2.FileProblem(
+                name=f.name, reason=f.reason, revision=outcome.revision
+            )
+            for f in outcome.failed
+        ],
+        failed_count=outcome.failed_count,
+        not_found=outcome.not_found,
+    )
+
+
+def _file_problems(files: list[DamagedFile]) -> list[clirpc_pb2.FileProblem]:
+    return [
+        clirpc_pb2.FileProblem(name=f.name, reason=f.reason, revision=f.revision)
+        for f in files
+    ]
+
+
+def _check_result(report: ContentCheckReport) -> clirpc_pb2.CheckContentResult:
+    found: CheckOutcome = report.found
+    final: CheckOutcome = report.final
+    return clirpc_pb2.CheckContentResult(
+        revisions=found.revisions,
+        read_data=found.read_data,
+        tree_nodes=found.tree_nodes,
+        manifest_chunks=found.manifest_chunks,
+        sections=found.sections,
+        section_bytes=found.section_bytes,
+        bytes_read=found.bytes_read,
+        damaged_count=found.damaged_count,
+        damaged=[
+            clirpc_pb2.DamagedBlob(
+                revision=b.revision, kind=b.kind, sha256=b.sha256, problem=b.problem
+            )
+            for b in found.damaged
+        ],
+        damaged_files=_file_problems(found.damaged_files),
+        damaged_files_count=found.damaged_files_count,
+        unlisted=found.unlisted,
+        repair_asked=report.repair_asked,
+        blobs_repaired=report.blobs_repaired,
+        remaining_count=final.damaged_count,
+        remaining_files=_file_problems(final.damaged_files),
+        remaining_files_count=final.damaged_files_count,
+        remaining_unlisted=final.unlisted,
+        notes=report.notes,
     )
 
 

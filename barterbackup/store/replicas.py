@@ -179,6 +179,10 @@ class _Owner:
         self.pending = pending
         self.complete_packs = complete_packs
         self.writer: tuple[int, PackWriter] | None = None
+        # Held while blobs are appended to the writer, outside the store's
+        # lock: the reactor's has_blob and read_blob never wait on a disk
+        # write. Taken before the store's lock, never after.
+        self.write_lock = threading.Lock()
         self.record_bytes = 0
         self.disk_bytes = packs.disk_bytes()
 
@@ -352,37 +356,47 @@ class ReplicaStore:
                 raise BadBlob(f"blob {sha256.hex()[:16]} does not match its hash")
         with self._lock:
             state = self._pending_state(owner, content_id)
-            fresh: list[tuple[bytes, bytes]] = []
-            seen: set[bytes] = set()
-            for sha256, data in blobs:
-                # Stored, or written earlier in this sync: nothing to do.
-                if sha256 in seen or state.packs.claim_or_reserve(sha256, set()):
-                    continue
-                seen.add(sha256)
-                fresh.append((sha256, data))
-            if not fresh:
-                return
-            adding = sum(len(data) + INDEX_ENTRY.size for _, data in fresh)
-            self._refuse_over_budget(
-                owner, state.stored_bytes + adding, "storing these blobs"
-            )
-            if state.writer is None:
-                state.writer = state.packs.new_writer()
-            number, writer = state.writer
+        with state.write_lock:
+            with self._lock:
+                if self._pending_state(owner, content_id) is not state:
+                    raise UnknownRevision("that sync was ended meanwhile")
+                known = state.packs.claim_or_reserve_many(
+                    [sha256 for sha256, _ in blobs], set()
+                )
+                fresh: list[tuple[bytes, bytes]] = []
+                seen: set[bytes] = set()
+                for (sha256, data), stored in zip(blobs, known, strict=True):
+                    # Stored, or written earlier in this sync: nothing to do.
+                    if stored or sha256 in seen:
+                        continue
+                    seen.add(sha256)
+                    fresh.append((sha256, data))
+                if not fresh:
+                    return
+                adding = sum(len(data) + INDEX_ENTRY.size for _, data in fresh)
+                self._refuse_over_budget(
+                    owner, state.stored_bytes + adding, "storing these blobs"
+                )
+                if state.writer is None:
+                    state.writer = state.packs.new_writer()
+                number, writer = state.writer
             first = writer.append(
                 b"".join(data for _, data in fresh),
                 [(sha256, len(data)) for sha256, data in fresh],
             )
-            state.packs.reserve(number, first, [sha256 for sha256, _ in fresh])
-            if writer.size >= self._install_every:
-                self._install(state, offset=100)
+            with self._lock:
+                state.packs.reserve(number, first, [sha256 for sha256, _ in fresh])
+                if writer.size >= self._install_every:
+                    self._install(state, offset=100)
 
     def checkpoint(self, owner: bytes) -> None:
         """Make what an unfinished sync stored durable (it resumes from it)."""
         with self._lock:
             state = self._owners.get(owner)
-            if state is not None:
-                self._install(state, offset=100)
+        if state is None:
+            return
+        with state.write_lock, self._lock:
+            self._install(state, offset=100)
 
     def finish(
         self, owner: bytes, content_id: bytes, live: Callable[[], Iterable[bytes]]
@@ -396,6 +410,9 @@ class ReplicaStore:
         """
         with self._lock:
             state = self._pending_state(owner, content_id)
+        with state.write_lock, self._lock:
+            if self._pending_state(owner, content_id) is not state:
+                raise UnknownRevision("that sync was ended meanwhile")
             self._install(state, offset=103)
             state.held, state.pending = state.pending, None
             state.complete_packs = set(state.packs.pack_ids())
@@ -416,9 +433,13 @@ class ReplicaStore:
     def delete(self, owner: bytes) -> None:
         """Forget everything held for ``owner`` (the record first)."""
         with self._lock:
-            state = self._owners.pop(owner, None)
-            if state is None:
+            state = self._owners.get(owner)
+        if state is None:
+            return
+        with state.write_lock, self._lock:
+            if self._owners.get(owner) is not state:
                 return
+            del self._owners[owner]
             if state.writer is not None:
                 state.packs.release(state.writer[0])
             state.packs.close()
@@ -431,7 +452,9 @@ class ReplicaStore:
     def close(self) -> None:
         """Drop open packs (their blobs are fetched again) and close files."""
         with self._lock:
-            for state in self._owners.values():
+            states = list(self._owners.values())
+        for state in states:
+            with state.write_lock, self._lock:
                 if state.writer is not None:
                     state.packs.release(state.writer[0])
                     state.writer = None

@@ -109,6 +109,7 @@ class RevisionFetcher:
         self._retry: list[_Wanted] = []
         self._to_store: list[tuple[bytes, bytes]] = []
         self._to_store_bytes = 0
+        self._flushing: defer.Deferred[Any] | None = None
         self.bytes_fetched = 0
         self.section_bytes_fetched = 0
         self._reported_bytes = -1
@@ -262,15 +263,30 @@ class RevisionFetcher:
         self._retry.append(wanted)
 
     async def _flush_and_report(self) -> None:
-        await self._flush_store()
+        # The batch is written on the worker thread while the next one
+        # arrives: at most two batches (twice STORE_BATCH_BYTES) are held.
+        await self._wait_flushing()
+        self._start_flush()
         await self._report()
 
     async def _flush_store(self) -> None:
-        if not self._to_store:
-            return
+        """Everything received is in the store (or its failure raised)."""
+        await self._wait_flushing()
+        if self._to_store:
+            self._start_flush()
+            await self._wait_flushing()
+
+    def _start_flush(self) -> None:
         blobs, self._to_store, self._to_store_bytes = self._to_store, [], 0
         owner, content_id = self._owner, self._revision.content_id
-        await self._blocking(lambda: self._store.store_blobs(owner, content_id, blobs))
+        self._flushing = self._blocking(
+            lambda: self._store.store_blobs(owner, content_id, blobs)
+        )
+
+    async def _wait_flushing(self) -> None:
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            await flushing
 
     def _live_blobs(self) -> Iterator[bytes]:
         """Every blob the revision references (read from our own store)."""

@@ -91,15 +91,26 @@ async def send_blobs(
     # A real connection takes DownloadPieces: pieces are then views into
     # the blob, copied once into their frames instead of three times.
     as_pieces = accepts_download_pieces(send)
-    for start in range(0, len(blobs), READ_BATCH_BLOBS):
-        batch = blobs[start : start + READ_BATCH_BLOBS]
-        pending = list(reversed(batch))
-        while pending:
-            read_now: list[tuple[bytes, bytes]] = await blocking(
-                partial(_read_batch, read, pending)
-            )
+    pending = list(reversed(blobs))
+    # The next batch is read on the worker thread while this one is sent:
+    # disk and wire overlap instead of taking turns. At most two batches
+    # (twice READ_BATCH_BYTES) are held at once.
+    reading = blocking(partial(_read_batch, read, pending))
+    try:
+        while True:
+            read_now: list[tuple[bytes, bytes]] = await reading
+            if not pending:
+                break
+            reading = blocking(partial(_read_batch, read, pending))
             for blob, data in read_now:
                 await _send_blob(send, as_pieces, blob, data)
+    except BaseException:
+        # Sending failed (the peer went away): the read ahead is not wanted,
+        # and its own failure, if any, is not worth a second report.
+        reading.addErrback(lambda _failure: None)
+        raise
+    for blob, data in read_now:
+        await _send_blob(send, as_pieces, blob, data)
 
 
 def _read_batch(
@@ -108,7 +119,7 @@ def _read_batch(
     """Read from the end of ``pending`` (popping) about READ_BATCH_BYTES."""
     batch: list[tuple[bytes, bytes]] = []
     size = 0
-    while pending and size < READ_BATCH_BYTES:
+    while pending and size < READ_BATCH_BYTES and len(batch) < READ_BATCH_BLOBS:
         blob = pending[-1]
         data = read(blob)
         pending.pop()

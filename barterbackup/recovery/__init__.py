@@ -1,0 +1,1 @@
+"""Bringing content back: restoring files to disk, checking and repairing the store."""
