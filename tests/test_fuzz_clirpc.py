@@ -126,6 +126,9 @@ def requests(addresses: list[str], sandbox: Path) -> st.SearchStrategy[Any]:
         "onion_addresses[]": st.lists(address, max_size=3),
         "name": st.one_of(st.sampled_from(NAMES), texts()),
         "path": _paths(sandbox),
+        # RestoreFiles and ChatAccept write there: never outside the sandbox
+        # (a relative directory is refused, so those are sent as they are).
+        "directory": _paths(sandbox),
         "password": st.one_of(
             st.sampled_from([f"{PASSWORD_STEM}0", f"{PASSWORD_STEM}9", ""]), texts()
         ),
