@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import nacl.signing
+from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -74,7 +75,7 @@ forged = st.builds(
     ),
     st.booleans(),
 )
-blobs = st.one_of(real, real.flatmap(mutated), forged, st.binary(max_size=300))
+blobs = st.one_of(real, real, real.flatmap(mutated), forged, st.binary(max_size=300))
 
 
 class ContractTermsFuzz(SynchronousTestCase):
@@ -83,18 +84,23 @@ class ContractTermsFuzz(SynchronousTestCase):
         blob=blobs,
         expect=st.sampled_from([None, (PROPOSER_KEY, ACCEPTOR_KEY)]),
     )
+    # Real terms verify, proposed and accepted, with and without the keys.
+    @example(blob=_real((1 << 30, 1 << 20), False), expect=None)
+    @example(blob=_real((1 << 30, 1 << 20), True), expect=(PROPOSER_KEY, ACCEPTOR_KEY))
     def test_terms_verify_exactly_or_are_refused(
         self, blob: bytes, expect: tuple[bytes, bytes] | None
     ) -> None:
         keys: dict[str, Any] = {}
         if expect is not None:
             keys = {"proposer": expect[0], "acceptor": expect[1]}
+        verified = []
         for verify, accepted in ((verify_proposal, False), (verify_signed_terms, True)):
             try:
                 signed = verify(blob, **keys)
             except InvalidTerms as error:
                 self.assertTrue(str(error))
                 continue
+            verified.append(signed)
             # Only small, canonical, validated terms signed by the keys
             # they name, in the state the verifier promises.
             self.assertLessEqual(len(blob), MAX_SIGNED_TERMS_BYTES)
@@ -113,3 +119,5 @@ class ContractTermsFuzz(SynchronousTestCase):
                     (signed.terms.proposer_pubkey, signed.terms.acceptor_pubkey),
                     expect,
                 )
+        # A blob is a proposal or accepted terms, never both.
+        self.assertLessEqual(len(verified), 1)
