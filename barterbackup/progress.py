@@ -21,6 +21,10 @@ class Progress:
     message: str = ""
     # revision is the content revision the event is about, if any.
     revision: int = 0
+    # files_done and files_total count files, for steps that go file by
+    # file (a backup run); files_total 0: not known.
+    files_done: int = 0
+    files_total: int = 0
 
 
 # Long operations take one of these and call it with each event.

@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from google.protobuf.message import Message
+
 from barterbackup._proto import clirpc_pb2
 
 TERMINAL = "terminal"
@@ -310,6 +312,33 @@ class Output:
     def _json(self, value: dict[str, Any]) -> None:
         self._out.write(json.dumps(value, sort_keys=True) + "\n")
         self._out.flush()
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """A protobuf message as a JSON-ready dict: every field, by its proto
+    name, 64-bit integers as numbers (``MessageToDict`` writes them as
+    strings), bytes as hex."""
+    fields: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.type == field.TYPE_MESSAGE:
+            if _is_repeated(field):
+                fields[field.name] = [message_fields(item) for item in value]
+            elif message.HasField(field.name):
+                fields[field.name] = message_fields(value)
+            else:
+                fields[field.name] = None
+        elif field.type == field.TYPE_BYTES:
+            fields[field.name] = (
+                [bytes(v).hex() for v in value] if _is_repeated(field) else value.hex()
+            )
+        else:
+            fields[field.name] = list(value) if _is_repeated(field) else value
+    return fields
+
+
+def _is_repeated(field: Any) -> bool:
+    return bool(field.label == field.LABEL_REPEATED)
 
 
 def _terminal_width(stream: TextIO) -> int:

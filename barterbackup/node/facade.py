@@ -56,6 +56,9 @@ from barterbackup.node.results import (
     NodeStatus,
     Obligation,
     PeerInfo,
+    RunOutcome,
+    ScheduleState,
+    Source,
     StorageReport,
     UnlockResult,
 )
@@ -161,6 +164,9 @@ class Node(MultiService):
             # Nothing has been written or opened: the directory is untouched.
             raise errors.PermissionDenied(str(WrongPassword()))
         session = await UnlockedSession.open(self.env, self.node_dir, keys)
+        session.attach_backups(
+            self.node_dir, self.begin_update, self.revision_committed
+        )
         self._session = session
         session.setServiceParent(self)
         log.info("node {address} unlocked", address=keys.onion_address)
@@ -186,6 +192,10 @@ class Node(MultiService):
             problems.append(f"a contract file was put aside ({path.name}): {reason}")
         for bad in session.replicas.quarantined:
             problems.append(f"a replica was put aside ({bad.path.name}): {bad.reason}")
+        backups = session.backups
+        if backups.load_error:
+            problems.append(f"the source list is invalid: {backups.load_error}")
+        schedule = backups.state()
         return NodeStatus(
             unlocked=True,
             onion_address=session.keys.onion_address,
@@ -202,6 +212,10 @@ class Node(MultiService):
             checks_failed=replication.checks_failed,
             last_check=replication.last_check_at,
             errors=tuple(problems),
+            revision_time=session.content.revision_time(),
+            source_count=len(backups.sources),
+            schedule=schedule,
+            last_backup=schedule.last_outcome,
         )
 
     # -- the file set ----------------------------------------------------
@@ -262,6 +276,46 @@ class Node(MultiService):
             log.failure("garbage collection failed", failure)
 
         self.collect_garbage().addCallbacks(collected, failed)
+
+    # -- backups -----------------------------------------------------------
+
+    def sources(self) -> list[Source]:
+        """The source folders, sorted by name."""
+        return list(self._require_unlocked().backups.sources)
+
+    def add_source(
+        self,
+        path: str,
+        name: str = "",
+        excludes: list[str] | None = None,
+        replace: bool = False,
+    ) -> Deferred[Source]:
+        """Back up the folder ``path`` (absolute, readable by the daemon)
+        under ``name``; durable when the Deferred fires."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(
+            backups.add_source(path, name, list(excludes or ()), replace)
+        )
+
+    def remove_source(self, path: str = "", name: str = "") -> Deferred[Source]:
+        """Stop backing up a folder (named by path or name). Its files stay
+        in the file set as the last run left them."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.remove_source(path, name))
+
+    def set_schedule(self, every_seconds: int) -> Deferred[ScheduleState]:
+        """Back up every ``every_seconds`` (0: off), counted from the end of
+        the last run."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.set_schedule(every_seconds))
+
+    def schedule(self) -> ScheduleState:
+        return self._require_unlocked().backups.state()
+
+    def backup_now(self, report: ProgressReport) -> Deferred[RunOutcome]:
+        """Back up the sources now (or after the run in progress); fires
+        with the run's outcome, failed runs included (``error`` says)."""
+        return self._require_unlocked().backups.backup_now(report)
 
     # -- peers -------------------------------------------------------------
 

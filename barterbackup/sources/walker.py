@@ -93,9 +93,18 @@ class WalkReport:
     skipped: list[SkippedEntry] = field(default_factory=list)
     skipped_count: int = 0
     unavailable_sources: list[str] = field(default_factory=list)
+    # Manifest names (ending in "/") of directories that could not be
+    # opened or listed: like an unavailable source, a run keeps what the
+    # previous revision has under them instead of reading them as deleted.
+    unreadable_directories: list[str] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:
         """Record that ``path`` was left out of the backup because ``reason``."""
+        # A name that is not UTF-8 (surrogate escapes) is shown escaped: the
+        # report goes into protobuf strings.
+        path = path.encode("utf-8", "surrogateescape").decode(
+            "utf-8", "backslashreplace"
+        )
         self.skipped_count += 1
         if len(self.skipped) < MAX_KEPT_SKIPPED:
             self.skipped.append(SkippedEntry(path, reason))
@@ -256,7 +265,9 @@ def walk_root(
                             report.skip(path, str(e))
                             continue
                     opened = _open_directory(name, fd, path, report)
-                    if opened is not None:
+                    if opened is None:
+                        report.unreadable_directories.append(full_name + "/")
+                    else:
                         child_fd, children = opened
                         stack.append(
                             (child_fd, path + "/", relative + "/", iter(children))
