@@ -319,21 +319,23 @@ def message_fields(message: Message) -> dict[str, Any]:
     name, 64-bit integers as numbers (``MessageToDict`` writes them as
     strings), bytes as hex."""
     fields: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        value = getattr(message, field.name)
-        if field.type == field.TYPE_MESSAGE:
-            if _is_repeated(field):
-                fields[field.name] = [message_fields(item) for item in value]
-            elif message.HasField(field.name):
-                fields[field.name] = message_fields(value)
+    for descriptor in message.DESCRIPTOR.fields:
+        value = getattr(message, descriptor.name)
+        if descriptor.type == descriptor.TYPE_MESSAGE:
+            if _is_repeated(descriptor):
+                fields[descriptor.name] = [message_fields(item) for item in value]
+            elif message.HasField(descriptor.name):
+                fields[descriptor.name] = message_fields(value)
             else:
-                fields[field.name] = None
-        elif field.type == field.TYPE_BYTES:
-            fields[field.name] = (
-                [bytes(v).hex() for v in value] if _is_repeated(field) else value.hex()
+                fields[descriptor.name] = None
+        elif descriptor.type == descriptor.TYPE_BYTES:
+            fields[descriptor.name] = (
+                [bytes(v).hex() for v in value]
+                if _is_repeated(descriptor)
+                else value.hex()
             )
         else:
-            fields[field.name] = list(value) if _is_repeated(field) else value
+            fields[descriptor.name] = list(value) if _is_repeated(descriptor) else value
     return fields
 
 
