@@ -339,8 +339,8 @@ def message_fields(message: Message) -> dict[str, Any]:
     return fields
 
 
-def _is_repeated(field: Any) -> bool:
-    return bool(field.label == field.LABEL_REPEATED)
+def _is_repeated(descriptor: Any) -> bool:
+    return bool(descriptor.is_repeated)
 
 
 def _terminal_width(stream: TextIO) -> int:
