@@ -15,8 +15,11 @@ the schedule and the last outcome live in the sealed Metadata.
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from twisted.python.failure import Failure
 from barterbackup import errors
 from barterbackup._proto import storedpb_pb2
 from barterbackup.content.engine import CommitResult, ContentStore
+from barterbackup.content.names import InvalidFileName, validate_name
 from barterbackup.logs import get_logger
 from barterbackup.progress import Progress, ProgressReport
 from barterbackup.sources.config import (
@@ -35,7 +39,13 @@ from barterbackup.sources.config import (
     SourceList,
     new_source,
 )
-from barterbackup.sources.run import RunCancelled, ScanCounts, back_up
+from barterbackup.sources.run import (
+    RunCancelled,
+    ScanCounts,
+    add_paths,
+    back_up,
+    entry_for_file,
+)
 from barterbackup.sources.schedule import (
     BackupScheduler,
     InvalidSchedule,
@@ -45,10 +55,34 @@ from barterbackup.sources.schedule import (
     ScheduleState,
     check_interval,
 )
-from barterbackup.sources.walker import WalkReport
+from barterbackup.sources.walker import FileEntry, WalkReport, WalkRoot, walk_sources
 from barterbackup.store.metadata import MetadataStore
 
 log = get_logger("barterbackup.node.backups")
+
+# AddPaths takes at most this many paths (a shell glob, not a file list).
+MAX_ADD_PATHS = 10_000
+
+
+@dataclass(frozen=True)
+class PathToAdd:
+    """One path of ``files add`` and the (device, inode) the CLI saw there."""
+
+    path: str
+    name: str
+    device: int
+    inode: int
+
+
+@dataclass(frozen=True)
+class AddPathsResult:
+    """What ``files add`` by path did: the commit, and what it skipped."""
+
+    commit: CommitResult
+    files_read: int
+    bytes_read: int
+    warnings: tuple[Any, ...]
+    warning_count: int
 
 
 class Backups(MultiService):
@@ -251,12 +285,145 @@ class Backups(MultiService):
             unavailable_sources=tuple(report.unavailable_sources),
         )
 
+    # -- files add, read by the daemon --------------------------------------
+
+    async def add_paths(
+        self, paths: Sequence[PathToAdd], report: ProgressReport
+    ) -> AddPathsResult:
+        """Add files and folders the daemon reads itself (``files add``).
+
+        Each path must be absolute, and the daemon must see there the file
+        the CLI saw (same device and inode: the same machine and mount
+        namespace) and be able to read it; otherwise PermissionDenied, and
+        the CLI streams the bytes instead. One revision, or none when
+        nothing changed; nothing is removed.
+        """
+        roots, files = self._check_paths(paths)
+        update = await self._begin_update()
+        try:
+            call = self._env.call_from_thread
+            content = self._content
+
+            def relay(event: RunProgress) -> None:
+                call(report, _progress(event))
+
+            def lookup(name: str) -> Any:
+                try:
+                    return content.file_entry(name)
+                except KeyError:
+                    return None
+
+            def work() -> tuple[ScanCounts, WalkReport, CommitResult]:
+                walk_report = WalkReport()
+                try:
+                    counts = add_paths(
+                        update,
+                        roots,
+                        files,
+                        lookup,
+                        walk_report,
+                        progress=relay,
+                        estimate=_measure(roots, files),
+                    )
+                    relay(RunProgress("committing", counts.files_seen))
+                    committed = update.commit()
+                except BaseException:
+                    update.abort()
+                    raise
+                return counts, walk_report, committed
+
+            counts, walk_report, committed = await self._env.blocking(work)
+        finally:
+            update.finish()
+        if committed.changed:
+            self._committed()
+        return AddPathsResult(
+            commit=committed,
+            files_read=counts.files_read,
+            bytes_read=counts.bytes_read,
+            warnings=tuple(walk_report.skipped),
+            warning_count=walk_report.skipped_count,
+        )
+
+    def _check_paths(
+        self, paths: Sequence[PathToAdd]
+    ) -> tuple[list[WalkRoot], list[FileEntry]]:
+        if not paths:
+            raise errors.InvalidArgument("name at least one path to add")
+        if len(paths) > MAX_ADD_PATHS:
+            raise errors.InvalidArgument(f"at most {MAX_ADD_PATHS} paths at once")
+        roots: list[WalkRoot] = []
+        files: list[FileEntry] = []
+        names: set[str] = set()
+        node_dir = os.path.realpath(self._node_dir)
+        for wanted in paths:
+            path = wanted.path
+            if not path.startswith("/") or "\x00" in path:
+                raise errors.InvalidArgument(f"{path!r} is not an absolute path")
+            try:
+                validate_name(wanted.name)
+            except InvalidFileName as error:
+                raise errors.InvalidArgument(str(error)) from None
+            if wanted.name in names:
+                raise errors.InvalidArgument(f"two paths are named {wanted.name!r}")
+            names.add(wanted.name)
+            try:
+                info = os.lstat(path)
+            except OSError as error:
+                raise errors.PermissionDenied(
+                    f"the daemon cannot see {path}: {error.strerror}"
+                ) from None
+            if (info.st_dev, info.st_ino) != (wanted.device, wanted.inode):
+                raise errors.PermissionDenied(
+                    f"the daemon sees another file at {path} (another machine "
+                    "or mount namespace)"
+                )
+            real = os.path.realpath(path)
+            if real == node_dir or real.startswith(node_dir + "/"):
+                raise errors.InvalidArgument(f"{path} is inside the node directory")
+            if stat.S_ISDIR(info.st_mode):
+                if not os.access(path, os.R_OK | os.X_OK):
+                    raise errors.PermissionDenied(f"the daemon cannot read {path}")
+                if "/" in wanted.name:
+                    # A folder's name is its files' first component.
+                    raise errors.InvalidArgument(
+                        f"a folder's name must not contain '/': {wanted.name!r}"
+                    )
+                roots.append(WalkRoot(path, wanted.name))
+            elif stat.S_ISREG(info.st_mode):
+                if not os.access(path, os.R_OK):
+                    raise errors.PermissionDenied(f"the daemon cannot read {path}")
+                try:
+                    files.append(entry_for_file(path, wanted.name))
+                except OSError as error:
+                    raise errors.PermissionDenied(
+                        f"the daemon cannot read {path}: {error.strerror}"
+                    ) from None
+            else:
+                raise errors.InvalidArgument(
+                    f"{path} is not a regular file or a folder"
+                )
+        return roots, files
+
     def _estimate(self) -> tuple[int, int]:
         """(files, bytes) the last good run saw: the totals for progress."""
         last = self.scheduler.state().last_outcome
         if last is None or last.result is None:
             return (0, 0)
         return (last.result.files, last.result.bytes)
+
+
+def _measure(roots: list[WalkRoot], files: list[FileEntry]) -> tuple[int, int]:
+    """(files, bytes) under the paths: one walk of stats first, so the
+    progress of ``files add`` has totals (and an ETA)."""
+    report = WalkReport()
+    count = len(files)
+    size = sum(entry.size for entry in files)
+
+    for entry in walk_sources(roots, report):
+        count += 1
+        size += entry.size
+    return count, size
 
 
 def _progress(event: RunProgress) -> Progress:

@@ -47,6 +47,7 @@ from barterbackup.keys.onion import (
     pubkey_from_onion_address,
 )
 from barterbackup.logs import get_logger
+from barterbackup.node.backups import AddPathsResult, PathToAdd
 from barterbackup.node.results import (
     ChatKeyResult,
     ChatOverview,
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
 log = get_logger("barterbackup.node")
 
 MAX_MIN_REPLICAS = 64
+# StatFiles answers at most this many names a call.
+MAX_STAT_NAMES = 10_000
 
 
 class Node(MultiService):
@@ -311,6 +314,34 @@ class Node(MultiService):
 
     def schedule(self) -> ScheduleState:
         return self._require_unlocked().backups.state()
+
+    def add_paths(
+        self, paths: list[PathToAdd], report: ProgressReport
+    ) -> Deferred[AddPathsResult]:
+        """``files add`` read by the daemon itself (see Backups.add_paths):
+        unchanged files are not read; one revision, or none."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.add_paths(paths, report))
+
+    def stat_files(self, names: list[str]) -> Deferred[tuple[int, list[Any]]]:
+        """The current revision's number and the record of each name (None
+        when absent): what a streaming ``files add`` needs of the files
+        cache to send only changed files."""
+        if len(names) > MAX_STAT_NAMES:
+            raise errors.InvalidArgument(f"at most {MAX_STAT_NAMES} names at once")
+        content = self._require_unlocked().content
+
+        def look_up() -> tuple[int, list[Any]]:
+            current = content.current
+            records: list[Any] = []
+            for name in names:
+                try:
+                    records.append(content.file_entry(name))
+                except (KeyError, ValueError):
+                    records.append(None)
+            return (current.number if current else 0), records
+
+        return self.env.blocking(look_up)
 
     def backup_now(self, report: ProgressReport) -> Deferred[RunOutcome]:
         """Back up the sources now (or after the run in progress); fires

@@ -32,6 +32,7 @@ from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
 from barterbackup.chat.aead import ChatError
 from barterbackup.chat.service import ChatAttachment
 from barterbackup.logs import get_logger
+from barterbackup.node.backups import AddPathsResult, PathToAdd
 from barterbackup.node.facade import FileSetUpdate, Node
 from barterbackup.node.results import (
     ChatEnded,
@@ -79,6 +80,8 @@ POLL_SECONDS = 0.5
 # Chat events waiting for a client that does not read them; beyond this the
 # client is cut off (its unshown messages go back to the node).
 MAX_CHAT_BACKLOG = 1000
+# Skipped entries an AddPaths answer lists (all are counted).
+MAX_REPORTED_WARNINGS = 100
 
 
 class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
@@ -270,6 +273,54 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         if not seen:
             self._abort(context, errors.InvalidArgument("SetFile stream named no file"))
         return written, removed, data_bytes
+
+    def AddPaths(
+        self, request: clirpc_pb2.AddPathsRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.AddPathsResponse]:
+        paths = [PathToAdd(p.path, p.name, p.device, p.inode) for p in request.paths]
+        for item in self._operation_stream(context, self._node.add_paths, paths):
+            if isinstance(item, Finished):
+                added: AddPathsResult = item.value
+                commit = added.commit
+                response = clirpc_pb2.AddPathsResponse(
+                    progress=clirpc_pb2.Progress(phase="done", message=commit.summary),
+                    result=clirpc_pb2.SetFileResponse(
+                        revision=commit.revision.number,
+                        files_written=added.files_read,
+                        files_removed=0,
+                        bytes_written=added.bytes_read,
+                        new_section_bytes=commit.new_section_bytes,
+                        content_length=commit.content_length,
+                        changed=commit.changed,
+                    ),
+                    warning_count=added.warning_count,
+                )
+                for warning in added.warnings[:MAX_REPORTED_WARNINGS]:
+                    response.warnings.add(path=warning.path, reason=warning.reason)
+                yield response
+            else:
+                yield clirpc_pb2.AddPathsResponse(progress=item)
+
+    def StatFiles(
+        self, request: clirpc_pb2.StatFilesRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.StatFilesResponse:
+        names = list(request.names)
+        revision, records = self._on_reactor(context, self._node.stat_files, names)
+        response = clirpc_pb2.StatFilesResponse(revision=revision)
+        for name, record in zip(names, records, strict=True):
+            if record is None:
+                response.files.add(name=name, present=False)
+            else:
+                response.files.add(
+                    name=name,
+                    present=True,
+                    size=record.size,
+                    mtime_ns=record.mtime_ns,
+                    ctime_ns=record.ctime_ns,
+                    inode=record.inode,
+                    device=record.device,
+                )
+        return response
 
     def ConnectPeer(
         self, request: clirpc_pb2.ConnectPeerRequest, context: grpc.ServicerContext
