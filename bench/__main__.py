@@ -31,6 +31,10 @@ FULL = [
     ("spot-check cost and detection", ["bench.contract_checks"]),
     ("spot checks through tree, store and wire", ["bench.contract_wire"]),
     ("one node with 50 contracts checked every minute", ["bench.contract_load"]),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "1024", "--files", "2000"],
+    ),
 ]
 QUICK = [
     (
@@ -59,6 +63,10 @@ QUICK = [
     (
         "one node with 10 contracts checked every minute",
         ["bench.contract_load", "--peers", "10", "--minutes", "5"],
+    ),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "128", "--files", "500"],
     ),
 ]
 
