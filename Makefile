@@ -11,13 +11,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TRIAL_ARGS ?= tests
 
-.PHONY: all venv system-deps rpc check-rpc lint-proto lint typecheck check \
+.PHONY: all venv system-deps bench-deps rpc check-rpc lint-proto lint typecheck check \
 	unit test demo bench bench-scale clean
 
 all: test
 
 system-deps:
 	@PYTHON=$(PYTHON) sh tools/system-deps.sh
+
+bench-deps:
+	@PYTHON=$(PYTHON) sh tools/system-deps.sh bench
 
 $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,12 +60,12 @@ test: system-deps venv check
 demo: system-deps venv
 	$(PY) -m barterbackup.demo
 
-bench: system-deps venv
+bench: bench-deps venv
 	$(PY) -m bench
 
 # bench/scale.py: needs ~21 GiB free under /tmp (or BENCH_SCALE_ARGS=
 # "--workdir DIR"); about half an hour on a 2-core machine.
-bench-scale: venv
+bench-scale: bench-deps venv
 	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 clean:

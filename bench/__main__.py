@@ -18,7 +18,9 @@ import time
 FULL = [
     ("SetFile through the real daemon, daemon RSS", ["bench.daemon_pack", "1024"]),
     ("content packing, memory, incremental cost", ["bench.content_pack", "1024"]),
+    ("section sizes: delta bytes vs packing cost", ["bench.chunking", "1024"]),
     ("delta sync on the wire vs rsync", ["bench.delta", "1024"]),
+    ("full sync over loopback TCP vs SHA-256", ["bench.sync_tcp", "1024"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "32"]),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead"]),
@@ -45,7 +47,12 @@ QUICK = [
         "content packing, memory, incremental cost",
         ["bench.content_pack", "128", "--no-4g"],
     ),
+    (
+        "section sizes: delta bytes vs packing cost",
+        ["bench.chunking", "128", "--repeat", "1", "--sizes", "12/3/64,8/4/64"],
+    ),
     ("delta sync on the wire vs rsync", ["bench.delta", "128"]),
+    ("full sync over loopback TCP vs SHA-256", ["bench.sync_tcp", "128"]),
     ("bbrpc over plain TCP vs a socket copy", ["bench.peer_tcp", "64"]),
     ("replica sync over onions vs raw onion bytes", ["bench.onion_sync", "8"]),
     ("chat AEAD sealing vs SHA-256, per-piece CPU path", ["bench.chat_aead", "32"]),

@@ -812,6 +812,10 @@ class ContentStore:
         """
         with self._lock:
             marks = self._packs.new_marks()
+            # Tree nodes walked, marked exactly: ``marks`` also takes blobs
+            # that only share a partial hash with a live one (mark_many),
+            # which must never make a node look walked.
+            walked = self._packs.new_marks()
             for number in self._kept_revision_numbers():
                 if self._current is not None and number == self._current.number:
                     revision = self._current
@@ -819,31 +823,40 @@ class ContentStore:
                     revision = self._load_revision(number)
                 else:
                     continue
-                self._mark_revision(marks, revision, strict=True)
+                self._mark_revision(marks, walked, revision, strict=True)
             for revision in keep:
-                self._mark_revision(marks, revision, strict=False)
+                self._mark_revision(marks, walked, revision, strict=False)
             update = self._update
             if update is None:
                 return self._packs.sweep(marks)
             with update.claim_lock:
-                for sha256 in update.journal.iter_entry_hashes():
-                    self._packs.mark(marks, sha256)
+                self._packs.mark_many(marks, update.journal.iter_entry_hashes())
                 return self._packs.sweep(marks)
 
     def _mark_revision(
-        self, marks: PackMarks, revision: VerifiedRevision, strict: bool
+        self,
+        marks: PackMarks,
+        walked: PackMarks,
+        revision: VerifiedRevision,
+        strict: bool,
     ) -> None:
         for tree in (revision.sections, revision.manifest):
-            self._mark_tree(marks, tree, revision.number, strict)
+            self._mark_tree(marks, walked, tree, revision.number, strict)
 
     def _mark_tree(
-        self, marks: PackMarks, tree: TreeRoot, number: int, strict: bool
+        self,
+        marks: PackMarks,
+        walked: PackMarks,
+        tree: TreeRoot,
+        number: int,
+        strict: bool,
     ) -> None:
         """Mark every node of ``tree`` and every blob its leaves name.
 
-        A node already marked was walked with its whole subtree (by an
-        earlier tree sharing it), so it is not entered again: the previous
-        revision costs only its differences from the current one. A node
+        A node already in ``walked`` was walked with its whole subtree (by
+        an earlier tree sharing it), so it is not entered again: the
+        previous revision costs only its differences from the current one.
+        Leaf entries are marked in bulk by candidates (mark_many). A node
         that is missing or corrupt raises CorruptContent when ``strict``,
         else only its subtree is skipped (what it names cannot be reached).
         """
@@ -852,11 +865,12 @@ class ContentStore:
         while stack:
             ref = stack.pop()
             try:
-                newly = mark(marks, ref.hash)
+                newly = mark(walked, ref.hash)
                 if newly is None:
                     raise SectionMissing(f"tree node {ref.hash.hex()} is not stored")
                 if not newly:
                     continue
+                mark(marks, ref.hash)
                 node = read_node(self._source, ref)
             except _DAMAGE as error:
                 if strict:
@@ -875,8 +889,13 @@ class ContentStore:
                 continue
             assert isinstance(node, Leaf)
             data = node.data
-            for start in range(HEADER_BYTES + 8, len(data), ENTRY_BYTES):
-                mark(marks, data[start : start + 32])
+            self._packs.mark_many(
+                marks,
+                (
+                    data[start : start + 32]
+                    for start in range(HEADER_BYTES + 8, len(data), ENTRY_BYTES)
+                ),
+            )
 
     def close(self) -> None:
         """Abort an open update and release file descriptors."""

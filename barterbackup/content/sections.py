@@ -1,4 +1,4 @@
-"""Sections: chunking parameters, per-section keys, the content hash.
+"""Sections: chunking parameters and per-section keys.
 
 Each file is cut independently with FastCDC (gear hashing, via pyfastcdc), so
 a section never spans two files and adding a file never re-reads another.
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers import (
     Cipher,
@@ -23,21 +22,20 @@ from cryptography.hazmat.primitives.ciphers import (
     modes,
 )
 
-# Chosen by measurement (docs/storage-format.md, bench/content_pack.py): for
-# 160 scattered 64 KiB edits in 1 GiB of random data, new-section bytes /
-# changed bytes was 1.34 at these sizes (mean section ~17 KiB), 1.45 at
-# 16/4/64 KiB, 1.93 at 32/8/128 KiB, 1.25 at 8/4/64 KiB (but 1.6x the
-# sections, so more per-section cost and a bigger table). pyfastcdc rounds
-# the mask bits to log2(avg) and uses avg as the "normal size" switch point
-# of normalized chunking, so 12 KiB is a valid, not a power-of-two, choice.
-SECTION_AVERAGE_BYTES = 12 * 1024
-SECTION_MIN_BYTES = 3 * 1024
+# Chosen by measurement for the delta goal (python -m bench.chunking; the
+# table is in docs/storage-format.md): after 160 scattered 64 KiB edits
+# and a new 1 MiB file in 1 GiB, new sections plus new tree nodes and
+# manifest chunks are 1.28x the changed bytes at 8/4/64 KiB (mean section
+# ~10.6 KiB), against 1.39x at 12/3/64 (over the 1.3 goal before the wire
+# protocol's own bytes). The price: 1.58x the sections, so ~37 % more CPU
+# per packed byte and a bigger blob index (6 bytes a blob).
+SECTION_AVERAGE_BYTES = 8 * 1024
+SECTION_MIN_BYTES = 4 * 1024
 SECTION_MAX_BYTES = 64 * 1024
 # Normalized chunking level 1 (the FastCDC paper's and fastcdc-rs' default).
 NORMALIZED_CHUNKING = 1
 
 SECTION_KEY_LABEL = b"barterbackup v1 section key\x00"
-CONTENT_SHA256_LABEL = b"barterbackup v1 content sha256\x00"
 ZERO_NONCE = bytes(16)
 # Modes are immutable: one CTR object serves every section cipher.
 _ZERO_NONCE_CTR = modes.CTR(ZERO_NONCE)
@@ -124,12 +122,3 @@ class SectionKeyDeriver:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
-
-
-def content_sha256(table: Iterable[tuple[int, bytes]]) -> bytes:
-    """SHA-256(label ‖ for each section: u64be length ‖ ciphertext sha256)."""
-    digest = hashlib.sha256(CONTENT_SHA256_LABEL)
-    for length, sha256 in table:
-        digest.update(struct.pack(">Q", length))
-        digest.update(sha256)
-    return digest.digest()

@@ -147,11 +147,13 @@ class _StoredIndex:
         # Per shard, fragment << 32 | ordinal packed in an array: 8 bytes a
         # new entry while merging (tuples took ~70: 5 MB for a full pack).
         new: dict[int, array[int]] = {}
+        split = self._split
         for sha256 in hashes:
-            values = new.get(sha256[0])
+            shard, fragment = split(sha256)
+            values = new.get(shard)
             if values is None:
-                values = new[sha256[0]] = array("Q")
-            values.append((sha256[1] << 8 | sha256[2]) << 32 | ordinal)
+                values = new[shard] = array("Q")
+            values.append(fragment << 32 | ordinal)
             ordinal += 1
         for shard, values in new.items():
             self._merge(shard, sorted(values))
@@ -203,6 +205,32 @@ class _StoredIndex:
                     found.append(number << _ENTRY_BITS | entry)
             position += 1
         return found
+
+    def new_marks(self) -> PackMarks:
+        packs = {
+            number: (base, count)
+            for base, (number, count) in zip(self._bases, self._packs, strict=True)
+        }
+        return PackMarks(packs, self._next_ordinal)
+
+    def mark_candidates(
+        self, marks: PackMarks, hashes: Iterable[bytes | memoryview]
+    ) -> None:
+        """Mark every entry sharing the partial hash of each of ``hashes``
+        (ordinals past the marks are packs installed since: kept anyway)."""
+        split, shards, bits = self._split, self._shards, marks.bits
+        limit, bisect_left = marks.ordinals, bisect.bisect_left
+        for sha256 in hashes:
+            shard_number, fragment = split(sha256)
+            shard = shards[shard_number]
+            fragments = shard.fragments
+            position = bisect_left(fragments, fragment)
+            size = len(fragments)
+            while position < size and fragments[position] == fragment:
+                ordinal = shard.ordinals[position]
+                if ordinal < limit:
+                    bits[ordinal >> 3] |= 1 << (ordinal & 7)
+                position += 1
 
     def drop_packs(self, numbers: set[int]) -> None:
         """Forget every entry of the packs ``numbers``."""
@@ -806,15 +834,7 @@ class PackStore:
         installed or collected in between (the caller's lock ensures it).
         """
         with self._lock:
-            return PackMarks(
-                {
-                    number: (self._pack_path(number).with_suffix(INDEX_SUFFIX))
-                    .stat()
-                    .st_size
-                    // INDEX_ENTRY.size
-                    for number in self._pack_ids
-                }
-            )
+            return self._index.new_marks()
 
     def mark(self, marks: PackMarks, sha256: bytes) -> bool | None:
         """Mark a stored blob live: True if newly marked, False if it was
@@ -824,6 +844,14 @@ class PackStore:
             if location is None or location < 0:
                 return None
             return marks.set(location >> _ENTRY_BITS, location & _ENTRY_MASK)
+
+    def mark_many(self, marks: PackMarks, hashes: Iterable[bytes]) -> None:
+        """Mark blobs live by their index candidates, without reading the
+        pack indexes to confirm them: a blob that only shares 24 bits of a
+        live hash is kept too (safe, and rare). For leaves and journals,
+        never for tree nodes (whose "already marked" must be exact)."""
+        with self._lock:
+            self._index.mark_candidates(marks, hashes)
 
     def sweep(self, marks: PackMarks) -> int:
         """Drop every stored blob not marked; return the bytes freed.
@@ -836,39 +864,47 @@ class PackStore:
 
 
 class PackMarks:
-    """Live marks for garbage collection: a bit per index entry of each pack.
+    """Live marks for garbage collection: a bit per indexed entry.
 
-    1.2 million blobs (20 GiB of sections and their tree) take ~150 KB,
-    where a set of their hashes took ~130 MB.
+    Bits are indexed by the stored index's ordinals (each pack's entries
+    are consecutive from its base), so a blob found in the index is marked
+    without mapping it to its pack. 2.2 million blobs (20 GiB of sections
+    and their trees) take ~270 KB, where a set of their hashes took ~250 MB.
     """
 
-    def __init__(self, entry_counts: dict[int, int]) -> None:
-        self._counts = dict(entry_counts)
-        self._bits = {
-            number: bytearray(-(-count // 8)) for number, count in entry_counts.items()
-        }
+    def __init__(self, packs: dict[int, tuple[int, int]], ordinals: int) -> None:
+        # Pack number → (base ordinal, entry count), for the packs marked.
+        self._packs = dict(packs)
+        self.ordinals = ordinals
+        self.bits = bytearray(-(-ordinals // 8))
 
     def set(self, pack: int, entry: int) -> bool:
         """Mark one entry; False if it already was."""
-        bits = self._bits.get(pack)
-        if bits is None:
+        known = self._packs.get(pack)
+        if known is None:
             return False  # installed after the marks were made: kept anyway
-        byte, bit = entry >> 3, 1 << (entry & 7)
-        if bits[byte] & bit:
+        ordinal = known[0] + entry
+        byte, bit = ordinal >> 3, 1 << (ordinal & 7)
+        if self.bits[byte] & bit:
             return False
-        bits[byte] |= bit
+        self.bits[byte] |= bit
         return True
+
+    def _range(self, base: int, count: int) -> int:
+        value = int.from_bytes(self.bits[base >> 3 : (base + count + 7) >> 3], "little")
+        return (value >> (base & 7)) & ((1 << count) - 1)
 
     def fully_marked(self) -> list[int]:
         """The packs every entry of which is marked (popcount, in C)."""
         return [
             number
-            for number, bits in self._bits.items()
-            if int.from_bytes(bits, "little").bit_count() == self._counts[number]
+            for number, (base, count) in self._packs.items()
+            if self._range(base, count).bit_count() == count
         ]
 
     def is_marked(self, pack: int, sha256: bytes, entry: int) -> bool:
-        bits = self._bits.get(pack)
-        if bits is None:
+        known = self._packs.get(pack)
+        if known is None:
             return True
-        return bool(bits[entry >> 3] & (1 << (entry & 7)))
+        ordinal = known[0] + entry
+        return bool(self.bits[ordinal >> 3] & (1 << (ordinal & 7)))
