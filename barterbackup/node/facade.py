@@ -459,7 +459,7 @@ class Node(MultiService):
         await session.network.ready()
         hint = endpoint or session.records.endpoint(pubkey)
         session.records.remember(
-            pubkey, int(self.env.now()), endpoint=hint, share=share
+            pubkey, int(self.env.now()), endpoint=hint, share=share, known_by_user=True
         )
         try:
             await session.pool.dial(pubkey, hint)
