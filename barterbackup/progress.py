@@ -21,8 +21,8 @@ class Progress:
     message: str = ""
     # revision is the content revision the event is about, if any.
     revision: int = 0
-    # files_done and files_total count files, for operations on files
-    # (files_total 0: not known).
+    # files_done and files_total count files, for operations that go file
+    # by file (a backup run, a restore); files_total 0: not known.
     files_done: int = 0
     files_total: int = 0
 

@@ -37,6 +37,10 @@ FULL = [
         "restore vs restic restore, check --read-data vs SHA-256",
         ["bench.restore", "1024", "--files", "2000"],
     ),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "1024", "--files", "2000"],
+    ),
 ]
 QUICK = [
     (
@@ -74,6 +78,10 @@ QUICK = [
     (
         "restore vs restic restore, check --read-data vs SHA-256",
         ["bench.restore", "128", "--files", "400", "--repeat", "1"],
+    ),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "128", "--files", "500"],
     ),
 ]
 

@@ -534,6 +534,209 @@ class SetFileResponse(_message.Message):
 Global___SetFileResponse: _TypeAlias = SetFileResponse  # noqa: Y015
 
 @_typing.final
+class AddPathsRequest(_message.Message):
+    """AddPathsRequest names files and folders for the daemon to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedCompositeFieldContainer[Global___PathToAdd]:
+        """paths are the files and folders to add, with their names."""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[Global___PathToAdd] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPathsRequest: _TypeAlias = AddPathsRequest  # noqa: Y015
+
+@_typing.final
+class PathToAdd(_message.Message):
+    """PathToAdd is one file or folder to add.
+
+    The daemon reads the path only when it sees the file the client saw
+    (same device and inode); otherwise the call fails with
+    PERMISSION_DENIED and the client streams the bytes with SetFile.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the absolute path of the file or folder."""
+    name: _builtins.str
+    """name is its name in the file set; a folder's files are named
+    name/relative/path.
+    """
+    device: _builtins.int
+    """device is the device number of the path as the client sees it."""
+    inode: _builtins.int
+    """inode is the inode number of the path as the client sees it."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        device: _builtins.int = ...,
+        inode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "inode", b"inode", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PathToAdd: _TypeAlias = PathToAdd  # noqa: Y015
+
+@_typing.final
+class AddPathsResponse(_message.Message):
+    """AddPathsResponse is a progress event, or the last message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    warning_count: _builtins.int
+    """warning_count is how many entries were skipped."""
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """progress is how far reading the paths has come."""
+
+    @_builtins.property
+    def result(self) -> Global___SetFileResponse:
+        """result is the revision made or kept, set on the last message."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupWarning]:
+        """warnings are the first entries skipped, set on the last message."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___SetFileResponse | None = ...,
+        warnings: _abc.Iterable[Global___BackupWarning] | None = ...,
+        warning_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "warning_count", b"warning_count", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPathsResponse: _TypeAlias = AddPathsResponse  # noqa: Y015
+
+@_typing.final
+class StatFilesRequest(_message.Message):
+    """StatFilesRequest names files of the file set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names are the files to look up, at most 10000."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFilesRequest: _TypeAlias = StatFilesRequest  # noqa: Y015
+
+@_typing.final
+class StatFilesResponse(_message.Message):
+    """StatFilesResponse tells what the current revision holds of each name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the number of the current revision."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStat]:
+        """files are the named files, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___FileStat] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFilesResponse: _TypeAlias = StatFilesResponse  # noqa: Y015
+
+@_typing.final
+class FileStat(_message.Message):
+    """FileStat is what the files cache records of one file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    CTIME_NS_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the file's name."""
+    present: _builtins.bool
+    """present is false when the current revision has no such file."""
+    size: _builtins.int
+    """size is the file's size in bytes."""
+    mtime_ns: _builtins.int
+    """mtime_ns is the file's modification time in Unix nanoseconds."""
+    ctime_ns: _builtins.int
+    """ctime_ns is the file's status change time in Unix nanoseconds."""
+    inode: _builtins.int
+    """inode is the file's inode number."""
+    device: _builtins.int
+    """device is the number of the device that held the file."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        present: _builtins.bool = ...,
+        size: _builtins.int = ...,
+        mtime_ns: _builtins.int = ...,
+        ctime_ns: _builtins.int = ...,
+        inode: _builtins.int = ...,
+        device: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ctime_ns", b"ctime_ns", "device", b"device", "inode", b"inode", "mtime_ns", b"mtime_ns", "name", b"name", "present", b"present", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileStat: _TypeAlias = FileStat  # noqa: Y015
+
+@_typing.final
 class GetFileRequest(_message.Message):
     """GetFileRequest names the file to read."""
 

@@ -49,6 +49,15 @@ class CliRpcStub:
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]
     """GetFile streams one file of the current revision back."""
+    AddPaths: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.AddPathsRequest, _clirpc_pb2.AddPathsResponse]
+    """AddPaths adds files and folders that the daemon reads itself (the
+    CLI on the same machine); files unchanged since the current
+    revision are not read again. It commits one revision, or none.
+    """
+    StatFiles: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.StatFilesRequest, _clirpc_pb2.StatFilesResponse]
+    """StatFiles reports what the files cache holds for named files, so a
+    client that streams bytes with SetFile sends only what changed.
+    """
     ListFiles: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]
     """ListFiles streams the names of the files of the current revision.
 
@@ -133,6 +142,15 @@ class CliRpcAsyncStub(CliRpcStub):
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _aio.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]  # type: ignore[assignment]
     """GetFile streams one file of the current revision back."""
+    AddPaths: _aio.UnaryStreamMultiCallable[_clirpc_pb2.AddPathsRequest, _clirpc_pb2.AddPathsResponse]  # type: ignore[assignment]
+    """AddPaths adds files and folders that the daemon reads itself (the
+    CLI on the same machine); files unchanged since the current
+    revision are not read again. It commits one revision, or none.
+    """
+    StatFiles: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.StatFilesRequest, _clirpc_pb2.StatFilesResponse]  # type: ignore[assignment]
+    """StatFiles reports what the files cache holds for named files, so a
+    client that streams bytes with SetFile sends only what changed.
+    """
     ListFiles: _aio.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]  # type: ignore[assignment]
     """ListFiles streams the names of the files of the current revision.
 
@@ -250,6 +268,27 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.GetFileResponse], _abc.AsyncIterator[_clirpc_pb2.GetFileResponse]]:
         """GetFile streams one file of the current revision back."""
+
+    @_abc_1.abstractmethod
+    def AddPaths(
+        self,
+        request: _clirpc_pb2.AddPathsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.AddPathsResponse], _abc.AsyncIterator[_clirpc_pb2.AddPathsResponse]]:
+        """AddPaths adds files and folders that the daemon reads itself (the
+        CLI on the same machine); files unchanged since the current
+        revision are not read again. It commits one revision, or none.
+        """
+
+    @_abc_1.abstractmethod
+    def StatFiles(
+        self,
+        request: _clirpc_pb2.StatFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.StatFilesResponse, _abc.Awaitable[_clirpc_pb2.StatFilesResponse]]:
+        """StatFiles reports what the files cache holds for named files, so a
+        client that streams bytes with SetFile sends only what changed.
+        """
 
     @_abc_1.abstractmethod
     def ListFiles(

@@ -7,6 +7,7 @@ import sys
 
 from barterbackup import __version__
 from barterbackup.cli import (
+    backup,
     chat,
     check,
     contracts,
@@ -15,6 +16,8 @@ from barterbackup.cli import (
     recover,
     replicate,
     restore,
+    schedule,
+    sources,
     status,
     storage,
     unlock,
@@ -24,6 +27,9 @@ from barterbackup.cli.common import EXIT_FAILED, CliError
 GROUPS = (
     unlock,
     status,
+    sources,
+    schedule,
+    backup,
     files,
     restore,
     check,
@@ -42,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mutual backup over Tor: talk to your barterbackup node.",
         epilog=(
             "Exit status: 0 success, 1 the operation failed, 2 usage error, "
-            "3 the daemon is not running or not accessible."
+            "3 the daemon is not running or not accessible, 4 (status --check) "
+            "the data is at risk."
         ),
     )
     parser.add_argument("--version", action="version", version=__version__)

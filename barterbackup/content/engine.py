@@ -549,6 +549,17 @@ class ContentStore:
         """The committed revision (None before the first commit)."""
         return self._current
 
+    def revision_time(self) -> float:
+        """When the current revision was committed, in Unix seconds (its
+        signed root file's mtime; 0 before the first commit)."""
+        current = self._current
+        if current is None:
+            return 0.0
+        try:
+            return self._revision_path(current.number).stat().st_mtime
+        except OSError:
+            return 0.0
+
     @property
     def file_count(self) -> int:
         """Files in the current revision (from its name index: no read)."""

@@ -48,6 +48,7 @@ from barterbackup.keys.onion import (
     pubkey_from_onion_address,
 )
 from barterbackup.logs import get_logger
+from barterbackup.node.backups import AddPathsResult, PathToAdd
 from barterbackup.node.results import (
     ChatKeyResult,
     ChatOverview,
@@ -57,6 +58,9 @@ from barterbackup.node.results import (
     NodeStatus,
     Obligation,
     PeerInfo,
+    RunOutcome,
+    ScheduleState,
+    Source,
     StorageReport,
     UnlockResult,
 )
@@ -85,6 +89,8 @@ log = get_logger("barterbackup.node")
 T = TypeVar("T")
 
 MAX_MIN_REPLICAS = 64
+# StatFiles answers at most this many names a call.
+MAX_STAT_NAMES = 10_000
 
 
 class Node(MultiService):
@@ -175,6 +181,9 @@ class Node(MultiService):
             # Nothing has been written or opened: the directory is untouched.
             raise errors.PermissionDenied(str(WrongPassword()))
         session = await UnlockedSession.open(self.env, self.node_dir, keys)
+        session.attach_backups(
+            self.node_dir, self.begin_update, self.revision_committed
+        )
         self._session = session
         session.setServiceParent(self)
         log.info("node {address} unlocked", address=keys.onion_address)
@@ -200,6 +209,10 @@ class Node(MultiService):
             problems.append(f"a contract file was put aside ({path.name}): {reason}")
         for bad in session.replicas.quarantined:
             problems.append(f"a replica was put aside ({bad.path.name}): {bad.reason}")
+        backups = session.backups
+        if backups.load_error:
+            problems.append(f"the source list is invalid: {backups.load_error}")
+        schedule = backups.state()
         return NodeStatus(
             unlocked=True,
             onion_address=session.keys.onion_address,
@@ -216,6 +229,10 @@ class Node(MultiService):
             checks_failed=replication.checks_failed,
             last_check=replication.last_check_at,
             errors=tuple(problems),
+            revision_time=session.content.revision_time(),
+            source_count=len(backups.sources),
+            schedule=schedule,
+            last_backup=schedule.last_outcome,
         )
 
     # -- the file set ----------------------------------------------------
@@ -350,6 +367,74 @@ class Node(MultiService):
 
         return d.addBoth(done)
 
+    # -- backups -----------------------------------------------------------
+
+    def sources(self) -> list[Source]:
+        """The source folders, sorted by name."""
+        return list(self._require_unlocked().backups.sources)
+
+    def add_source(
+        self,
+        path: str,
+        name: str = "",
+        excludes: list[str] | None = None,
+        replace: bool = False,
+    ) -> Deferred[Source]:
+        """Back up the folder ``path`` (absolute, readable by the daemon)
+        under ``name``; durable when the Deferred fires."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(
+            backups.add_source(path, name, list(excludes or ()), replace)
+        )
+
+    def remove_source(self, path: str = "", name: str = "") -> Deferred[Source]:
+        """Stop backing up a folder (named by path or name). Its files stay
+        in the file set as the last run left them."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.remove_source(path, name))
+
+    def set_schedule(self, every_seconds: int) -> Deferred[ScheduleState]:
+        """Back up every ``every_seconds`` (0: off), counted from the end of
+        the last run."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.set_schedule(every_seconds))
+
+    def schedule(self) -> ScheduleState:
+        return self._require_unlocked().backups.state()
+
+    def add_paths(
+        self, paths: list[PathToAdd], report: ProgressReport
+    ) -> Deferred[AddPathsResult]:
+        """``files add`` read by the daemon itself (see Backups.add_paths):
+        unchanged files are not read; one revision, or none."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.add_paths(paths, report))
+
+    def stat_files(self, names: list[str]) -> Deferred[tuple[int, list[Any]]]:
+        """The current revision's number and the record of each name (None
+        when absent): what a streaming ``files add`` needs of the files
+        cache to send only changed files."""
+        if len(names) > MAX_STAT_NAMES:
+            raise errors.InvalidArgument(f"at most {MAX_STAT_NAMES} names at once")
+        content = self._require_unlocked().content
+
+        def look_up() -> tuple[int, list[Any]]:
+            current = content.current
+            records: list[Any] = []
+            for name in names:
+                try:
+                    records.append(content.file_entry(name))
+                except (KeyError, ValueError):
+                    records.append(None)
+            return (current.number if current else 0), records
+
+        return self.env.blocking(look_up)
+
+    def backup_now(self, report: ProgressReport) -> Deferred[RunOutcome]:
+        """Back up the sources now (or after the run in progress); fires
+        with the run's outcome, failed runs included (``error`` says)."""
+        return self._require_unlocked().backups.backup_now(report)
+
     # -- peers -------------------------------------------------------------
 
     def connect_peer(
@@ -374,7 +459,7 @@ class Node(MultiService):
         await session.network.ready()
         hint = endpoint or session.records.endpoint(pubkey)
         session.records.remember(
-            pubkey, int(self.env.now()), endpoint=hint, share=share
+            pubkey, int(self.env.now()), endpoint=hint, share=share, known_by_user=True
         )
         try:
             await session.pool.dial(pubkey, hint)

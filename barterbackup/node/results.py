@@ -42,6 +42,15 @@ from barterbackup.recovery.restore import (  # noqa: F401 (re-exported)
     FileFailure,
     RestoreOutcome,
 )
+
+# A backup run's outcome, the schedule's state and a source folder: the
+# sources package's records are the node API's records.
+from barterbackup.sources.config import Source  # noqa: F401 (re-exported)
+from barterbackup.sources.schedule import (  # noqa: F401 (re-exported)
+    RunOutcome,
+    RunResult,
+    ScheduleState,
+)
 from barterbackup.transport.onion import OnionDefences
 
 
@@ -99,6 +108,13 @@ class NodeStatus:
     last_check: float = 0.0
     # Problems that need the user's attention, one sentence each.
     errors: tuple[str, ...] = ()
+    # When the current revision was committed (Unix seconds, 0: none).
+    revision_time: float = 0.0
+    # The backups: how many source folders, the schedule (None while
+    # locked) and the most recent run's outcome.
+    source_count: int = 0
+    schedule: ScheduleState | None = None
+    last_backup: RunOutcome | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ from barterbackup.transport.tcp import PlainTcpTransport
 
 if TYPE_CHECKING:
     from barterbackup.content.engine import ContentStore
+    from barterbackup.node.backups import Backups
 
 log = get_logger("barterbackup.node")
 
@@ -112,6 +113,11 @@ class NodeEnvironment:
     # random_bytes draws secrets and nonces (chat keys, session nonces,
     # offer ids): the OS's random source except on the no-network swarm.
     random_bytes: Callable[[int], bytes] = os.urandom
+    # call_from_thread hands a call from a worker thread to the reactor
+    # thread (a backup run's progress); a direct call where work is inline.
+    call_from_thread: Callable[..., object] = field(
+        default=lambda function, *args: function(*args)
+    )
 
 
 def _no_transport() -> Transport:
@@ -149,6 +155,7 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
         blocking=blocking,
         make_transport=make_transport,
         contract_settings=config.contract_settings or BookSettings(),
+        call_from_thread=reactor.callFromThread,
     )
 
 
@@ -314,6 +321,23 @@ class UnlockedSession(MultiService):
             await env.blocking(content.close)
             raise
         return session
+
+    def attach_backups(
+        self,
+        node_dir: Path,
+        begin_update: Callable[[], Deferred[Any]],
+        committed: Callable[[], None],
+    ) -> Backups:
+        """Source folders, the schedule and the runs (a child service: they
+        start and stop with the session). The node gives its update lock
+        (``begin_update``) and what follows a commit (``committed``)."""
+        from barterbackup.node.backups import Backups
+
+        self.backups = Backups(
+            self.env, node_dir, self.metadata, self.content, begin_update, committed
+        )
+        self.backups.setServiceParent(self)
+        return self.backups
 
     def startService(self) -> None:
         super().startService()

@@ -386,8 +386,8 @@ class ReplicaStore:
             )
             with self._lock:
                 state.packs.reserve(number, first, [sha256 for sha256, _ in fresh])
-                if writer.size >= self._install_every:
-                    self._install(state, offset=100)
+            if writer.size >= self._install_every:
+                self._install(state, offset=100)
 
     def checkpoint(self, owner: bytes) -> None:
         """Make what an unfinished sync stored durable (it resumes from it)."""
@@ -395,7 +395,7 @@ class ReplicaStore:
             state = self._owners.get(owner)
         if state is None:
             return
-        with state.write_lock, self._lock:
+        with state.write_lock:
             self._install(state, offset=100)
 
     def finish(
@@ -410,13 +410,17 @@ class ReplicaStore:
         """
         with self._lock:
             state = self._pending_state(owner, content_id)
-        with state.write_lock, self._lock:
-            if self._pending_state(owner, content_id) is not state:
-                raise UnknownRevision("that sync was ended meanwhile")
+        # The disk work (the last pack's fsync, walking the tree, the sweep)
+        # runs under the owner's write lock only: the reactor's reads of
+        # this and every other replica go on meanwhile.
+        with state.write_lock:
             self._install(state, offset=103)
-            state.held, state.pending = state.pending, None
-            state.complete_packs = set(state.packs.pack_ids())
-            self._write_record(state)
+            with self._lock:
+                if self._pending_state(owner, content_id) is not state:
+                    raise UnknownRevision("that sync was ended meanwhile")
+                state.held, state.pending = state.pending, None
+                state.complete_packs = set(state.packs.pack_ids())
+                self._write_record(state)
             self._crash_point(107)
             # Marks, a bit per index entry, not a set of every hash: a
             # 20 GiB replica's 1.2 million blobs cost ~150 KB, not ~130 MB.
@@ -425,10 +429,11 @@ class ReplicaStore:
                 state.packs.mark(marks, sha256)
             state.packs.sweep(marks)
             self._crash_point(108)
-            state.disk_bytes = state.packs.disk_bytes()
-            held = self.held(owner)
-            assert held is not None
-            return held
+            with self._lock:
+                state.disk_bytes = state.packs.disk_bytes()
+                held = self.held(owner)
+        assert held is not None
+        return held
 
     def delete(self, owner: bytes) -> None:
         """Forget everything held for ``owner`` (the record first)."""
@@ -471,15 +476,20 @@ class ReplicaStore:
         return state
 
     def _install(self, state: _Owner, offset: int) -> None:
-        if state.writer is None:
-            return
-        number, _ = state.writer
-        state.writer = None
+        """Install the owner's open pack. The caller holds its write lock;
+        the fsyncs run outside the store's lock (the writer stays counted
+        in ``stored_bytes`` until the installed pack is)."""
+        with self._lock:
+            if state.writer is None:
+                return
+            number, _ = state.writer
         self._crash_point(offset + 1)
         state.packs.install_all(
             [number], lambda point: self._crash_point(offset + point)
         )
-        state.disk_bytes = state.packs.disk_bytes()
+        with self._lock:
+            state.writer = None
+            state.disk_bytes = state.packs.disk_bytes()
 
     def _refuse_over_budget(self, owner: bytes, needed: int, what: str) -> None:
         """NoContract or QuotaExceeded unless ``owner`` may hold ``needed``
