@@ -46,7 +46,10 @@ def prepare_socket_directory(directory: Path, owned: bool) -> Path:
     this user and closed to everyone else, or the daemon refuses it (a
     ``--socket /tmp/x.sock`` must not chmod /tmp).
     """
-    directory = Path(directory)
+    # Checked and created as one lexical path: "new/../open" does not
+    # exist (no "new"), yet creating it made "new" and then chmodded the
+    # existing "open" (``--socket /tmp/none/../x.sock`` closed /tmp).
+    directory = Path(os.path.normpath(directory))
     try:
         if not directory.exists() or owned:
             return make_private_directory(directory)
@@ -95,7 +98,9 @@ class CliRpcServer(Service):
         # when it is the node directory's own (NODE/rpc).
         self._reactor = reactor
         self._node = node
-        self.socket_path = Path(socket_path)
+        # The socket goes where its directory was checked (see
+        # prepare_socket_directory: one lexical path, ".." resolved).
+        self.socket_path = Path(os.path.normpath(socket_path))
         self._server: grpc.Server | None = None
 
     def startService(self) -> None:
