@@ -164,6 +164,9 @@ class SocketDirectoryFuzz(SynchronousTestCase):
     )
     @example(parts=["file", "x"], owned=False)
     @example(parts=["secret"], owned=False)
+    # Found by fuzzing: "new/../open" did not exist, so it was created:
+    # "new" made, then the existing "open" chmodded to 0700.
+    @example(parts=["new", "..", "open"], owned=False)
     def test_only_a_private_directory_is_used_and_nothing_else_changes(
         self, parts: list[str], owned: bool
     ) -> None:
