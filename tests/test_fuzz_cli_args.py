@@ -55,14 +55,20 @@ def _commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
 COMMANDS = _commands()
 
 
+# What a shell can pass: anything but NUL (execve cannot carry it).
+ARGUMENT_TEXT = texts().filter(lambda text: "\x00" not in text)
+HOSTILE_ARGUMENTS = [text for text in HOSTILE_TEXT if "\x00" not in text]
+
+
 def _value(action: argparse.Action) -> st.SearchStrategy[str]:
     if action.choices is not None:
-        return st.one_of(st.sampled_from([str(c) for c in action.choices]), texts())
+        choices = [str(c) for c in action.choices]
+        return st.one_of(st.sampled_from(choices), ARGUMENT_TEXT)
     if action.type is parse_size:
-        return st.one_of(st.sampled_from(SIZES), texts())
+        return st.one_of(st.sampled_from(SIZES), ARGUMENT_TEXT)
     if action.type in (int, float):
-        return st.one_of(st.sampled_from(NUMBERS), texts())
-    return st.one_of(st.sampled_from(HOSTILE_TEXT), texts())
+        return st.one_of(st.sampled_from(NUMBERS), ARGUMENT_TEXT)
+    return st.one_of(st.sampled_from(HOSTILE_ARGUMENTS), ARGUMENT_TEXT)
 
 
 @functools.cache
