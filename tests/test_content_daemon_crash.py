@@ -15,7 +15,7 @@ import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import clirpc_pb2
-from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.keys.derive import derive_node_keys
 from barterbackup.store.atomic import TEMP_SUFFIX
 from barterbackup.testing.daemon import DaemonProcess
