@@ -208,6 +208,13 @@ class ErrorTextTests(SynchronousTestCase):
         )
         self.assertLessEqual(len(error.message), 600)
         self.assertFalse(any(ord(c) < 32 or c == "\u202e" for c in error.message))
+        # The line and paragraph separators break a log line too.
+        split = PeerCallError.from_error(
+            bbrpc_pb2.Error(
+                code=bbrpc_pb2.ERROR_CODE_NOT_FOUND, message="a\u2028b\u2029c"
+            )
+        )
+        self.assertEqual(split.message, "a\\u2028b\\u2029c")
 
 
 class AdmissionTests(SynchronousTestCase):
