@@ -13,9 +13,9 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.testing.stores import open_content_store
 from tests.backup_crash_child import MASTER
 

@@ -392,7 +392,7 @@ import sys
 from pathlib import Path
 from barterbackup._proto import storedpb_pb2
 from barterbackup.store.replicas import ReplicaStore
-from barterbackup.content.crash import crash_point
+from barterbackup.store.crash import crash_point
 from tests.test_replicas_store import NAMES, SEAL, OWNER, live
 from barterbackup.store.packs import PackWriter
 from barterbackup.testing.fakes import BlobDict, make_revision

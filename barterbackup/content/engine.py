@@ -32,7 +32,6 @@ from pathlib import Path
 from barterbackup._proto import storedpb_pb2
 from barterbackup.content.blobs import CommitSink, PackSource
 from barterbackup.content.commit import NotInPreviousRevision, OldRevision, merge
-from barterbackup.content.crash import crash_point
 from barterbackup.content.journal import PendingFile, UpdateJournal
 from barterbackup.content.manifest import (
     FileRecord,
@@ -79,6 +78,7 @@ from barterbackup.store.atomic import (
     make_private_directory,
     remove_leftovers,
 )
+from barterbackup.store.crash import crash_point
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.packs import (
     PackMarks,

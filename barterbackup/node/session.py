@@ -29,7 +29,6 @@ from barterbackup import paths
 from barterbackup.chat.offers import OfferRefused
 from barterbackup.chat.outbox import Outbox, OutboxCorrupt
 from barterbackup.chat.service import ChatService
-from barterbackup.content.crash import crash_point
 from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.contracts.book import ContractBook
 from barterbackup.contracts.entries import IN_FORCE, KEEPING
@@ -46,6 +45,7 @@ from barterbackup.peers.network import PeerNetwork
 from barterbackup.peers.pool import ConnectionPool
 from barterbackup.peers.records import PeerRecords
 from barterbackup.recovery.repair import ContentRepair, Holder, ReplicaBlobFetcher
+from barterbackup.store.crash import crash_point
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.replicas import ReplicaStore
 from barterbackup.sync.interfaces import (
