@@ -70,7 +70,7 @@ __all__ = [
     "without_fsync",
 ]
 
-CI_EXAMPLES = 120
+CI_EXAMPLES = 80
 LONG_EXAMPLES = 20_000
 LONG_CHUNK = 1_000
 # Even the most expensive target runs this many examples in CI.
