@@ -3,6 +3,8 @@
 #   make test   - lint, codegen drift check, type check, the whole trial suite
 #   make bench  - benchmarks printing ratios measured in the same run
 #   make bench-scale - the 20 GiB and 1,000,000-file runs (~21 GiB free disk)
+#   make fuzz   - the long fuzz campaign (BARTERBACKUP_FUZZ_EXAMPLES per
+#                 target, default 20000; BARTERBACKUP_FUZZ_SECONDS caps each)
 #   make rpc    - regenerate barterbackup/_proto from proto/
 
 PYTHON ?= python3
@@ -12,7 +14,7 @@ STAMP := $(VENV)/.installed
 TRIAL_ARGS ?= tests
 
 .PHONY: all venv system-deps bench-deps rpc check-rpc lint-proto lint typecheck check \
-	unit test demo bench bench-scale clean
+	unit test fuzz demo bench bench-scale clean
 
 all: test
 
@@ -56,6 +58,9 @@ unit: venv
 
 test: system-deps venv check
 	$(PY) tools/trial_summary.py -j2 tests
+
+fuzz: venv
+	$(PY) tools/fuzz.py
 
 demo: system-deps venv
 	$(PY) -m barterbackup.demo

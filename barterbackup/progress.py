@@ -25,6 +25,10 @@ class Progress:
     # left, when the operation knows them (recovery), else 0.
     bytes_per_second: float = 0.0
     eta_seconds: float = 0.0
+    # files_done and files_total count files, for operations that go file
+    # by file (a backup run, a restore); files_total 0: not known.
+    files_done: int = 0
+    files_total: int = 0
 
 
 # Long operations take one of these and call it with each event.

@@ -94,9 +94,14 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        node_dir = Path(self["node-dir"] or paths.default_node_dir()).expanduser()
-        self["node-dir"] = node_dir.resolve()
-        socket = Path(self["socket"]).expanduser() if self["socket"] else None
+        try:
+            node_dir = Path(self["node-dir"] or paths.default_node_dir()).expanduser()
+            self["node-dir"] = node_dir.resolve()
+            socket = Path(self["socket"]).expanduser() if self["socket"] else None
+        except (RuntimeError, OSError) as e:
+            # "~nosuchuser/x", a symbolic link loop: a usage error, not a
+            # traceback.
+            raise usage.UsageError(f"bad --node-dir or --socket: {e}") from None
         self["socket"] = socket or paths.default_socket_path(self["node-dir"])
         try:
             check_socket_path(self["socket"])

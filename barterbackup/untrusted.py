@@ -7,8 +7,10 @@ from __future__ import annotations
 import unicodedata
 
 # Control (Cc), format (Cf: bidirectional overrides, zero-width), surrogate,
-# private-use and unassigned characters are shown escaped.
-_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+# private-use and unassigned characters are shown escaped, and so are the
+# line and paragraph separators (Zl, Zp: U+2028, U+2029), which break a log
+# line as a newline does.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def printable(text: str, limit: int = 500) -> str:

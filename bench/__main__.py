@@ -37,6 +37,14 @@ FULL = [
     ("spot-check cost and detection", ["bench.contract_checks"]),
     ("spot checks through tree, store and wire", ["bench.contract_wire"]),
     ("one node with 50 contracts checked every minute", ["bench.contract_load"]),
+    (
+        "restore vs restic restore, check --read-data vs SHA-256",
+        ["bench.restore", "1024", "--files", "2000"],
+    ),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "1024", "--files", "2000"],
+    ),
 ]
 QUICK = [
     (
@@ -74,6 +82,14 @@ QUICK = [
     (
         "one node with 10 contracts checked every minute",
         ["bench.contract_load", "--peers", "10", "--minutes", "5"],
+    ),
+    (
+        "restore vs restic restore, check --read-data vs SHA-256",
+        ["bench.restore", "128", "--files", "400", "--repeat", "1"],
+    ),
+    (
+        "backups through the daemon vs restic and SHA-256",
+        ["bench.backup", "128", "--files", "500"],
     ),
 ]
 

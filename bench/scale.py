@@ -19,9 +19,10 @@ GiB for the small files; ``--workdir`` (default: a new directory under
 /tmp) needs ~21 GiB free. Everything is deleted at the end unless
 ``--keep``.
 
-The replication half of the issue's scale figures (owner and replica RSS
-over TCP) builds on ``pack_node``: it packs either workload into a node
-directory a daemon unlocks with ``PASSWORD`` and returns that directory.
+Each packed node is then replicated over loopback TCP (bench.scale_sync:
+owner and replica in two processes at once, each its own peak RSS), and
+read back file by file (goal for all of them: ≤ 200 MiB). The replica
+needs as much disk again as the owner (~42 GiB free in all by default).
 
     .venv/bin/python -m bench.scale [--size-gib 20] [--files 1000000]
         [--workdir DIR] [--keep] [--skip-mixed] [--skip-files]
@@ -46,6 +47,8 @@ from barterbackup.keys.derive import derive_node_keys
 from barterbackup.store.identity import write_identity
 from barterbackup.testing.stores import open_content_store
 from bench.content_data import file_chunks, file_set
+from bench.scale_sync import push_node, serve_replica
+from bench.sync_rig import run_on_reactor
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -61,6 +64,10 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measured() -> dict[str, float]:
+    return {"peak_rss_mib": peak_rss_mib(), "cpu_seconds": cpu_seconds()}
 
 
 def cpu_seconds() -> float:
@@ -174,12 +181,46 @@ def in_child(*arguments: str) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, "-m", "bench.scale", "--child", *arguments],
         cwd=REPOSITORY,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"bench.scale {arguments[0]} failed ({completed.returncode}):\n"
+            f"{completed.stderr[-4000:]}"
+        )
     figures: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
     return figures
+
+
+def replicate(node_dir: Path, replica_dir: Path) -> tuple[dict[str, Any], ...]:
+    """Owner and replica children at once; (owner figures, replica figures)."""
+    port_file = replica_dir.with_suffix(".port")
+    replica = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bench.scale", "--child", "replica"),
+            *(str(replica_dir), str(port_file)),
+        ],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists() or not port_file.read_text():
+            if replica.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the replica process did not start listening")
+            time.sleep(0.2)
+        owner = in_child("push", str(node_dir), port_file.read_text())
+        out, _ = replica.communicate(timeout=600)
+    finally:
+        if replica.poll() is None:
+            replica.kill()
+            replica.wait()
+    if replica.returncode != 0:
+        raise RuntimeError(f"the replica process failed ({replica.returncode})")
+    shutil.rmtree(replica_dir, ignore_errors=True)
+    return owner, json.loads(out.strip().splitlines()[-1])
 
 
 def run(
@@ -190,11 +231,18 @@ def run(
         for label, amount in (("mixed_1gib", GIB), ("mixed_large", size)):
             node_dir = workdir / label
             figures[label] = in_child("pack", str(node_dir), "mixed", str(amount))
+            figures[f"{label}_push"], figures[f"{label}_replica"] = replicate(
+                node_dir, workdir / f"{label}-replica"
+            )
+            figures[f"{label}_read"] = in_child("read", str(node_dir))
             if not keep:
                 shutil.rmtree(node_dir, ignore_errors=True)
     if small:
         node_dir = workdir / "files"
         figures["files_add"] = in_child("pack", str(node_dir), "files", str(files))
+        figures["files_push"], figures["files_replica"] = replicate(
+            node_dir, workdir / "files-replica"
+        )
         figures["files_list"] = in_child("list", str(node_dir))
         figures["files_read"] = in_child("read", str(node_dir))
         if not keep:
@@ -225,14 +273,31 @@ def print_table(figures: dict[str, Any]) -> None:
             )
         ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
         rows.append(("  RSS large / 1 GiB (goal <= 1.2, <= 200 MiB)", f"{ratio:.2f}"))
+        for step, label in (
+            ("push", "replicate over TCP: owner"),
+            ("replica", "replicate over TCP: replica"),
+            ("read", "read back, every file"),
+        ):
+            one, big = figures[f"mixed_1gib_{step}"], figures[f"mixed_large_{step}"]
+            rate = big.get("bytes", large["bytes"]) / big["seconds"] / 1e6
+            row(f"{label} (large set)", big, f", {rate:.0f} MB/s")
+            rows.append(
+                (
+                    f"  RSS large / 1 GiB, {step} (goal <= 1.2)",
+                    f"{big['peak_rss_mib'] / one['peak_rss_mib']:.2f}",
+                )
+            )
     for key, label in (
         ("files_add", "add small files (one update)"),
+        ("files_push", "replicate them over TCP: owner"),
+        ("files_replica", "replicate them over TCP: replica"),
         ("files_list", "list them (streamed)"),
         ("files_read", "read each back by name"),
     ):
         if key in figures:
             f = figures[key]
-            row(f"{label}: {f['files']} files", f, " (goal <= 200 MiB)")
+            count = f.get("files", figures["files_add"]["files"])
+            row(f"{label}: {count} files", f, " (goal <= 200 MiB)")
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -254,6 +319,14 @@ def main() -> None:
         step, node_dir, *rest = args.child
         if step == "pack":
             result = pack_node(Path(node_dir), rest[0], int(rest[1]))
+        elif step == "replica":
+            result = run_on_reactor(
+                serve_replica, Path(node_dir), Path(rest[0]), measured
+            )
+        elif step == "push":
+            result = run_on_reactor(
+                push_node, Path(node_dir), node_keys(), int(rest[0]), measured
+            )
         elif step == "list":
             result = list_node(Path(node_dir))
         else:

@@ -15,6 +15,7 @@ from barterbackup.bbrpc.channel import PeerLimits
 from barterbackup.bbrpc.connection import PeerConnection
 from barterbackup.bbrpc.framing import encode_frame
 from barterbackup.bbrpc.handshake import Role
+from barterbackup.bbrpc.outbox import OutboxLedger
 from barterbackup.testing.link import Direction, PeerLink, connected_pair, keys_for_test
 
 ALICE = keys_for_test(1)
@@ -91,6 +92,72 @@ class AmplificationTests(SynchronousTestCase):
         self.successResultOf(closed)
 
 
+class GlobalOutboxTests(SynchronousTestCase):
+    """Many non-readers, each under its own cap, cannot add up without end:
+    past the process's limit the largest holder is dropped."""
+
+    def test_the_largest_non_reader_is_dropped_at_the_global_limit(self) -> None:
+        ledger = OutboxLedger(limit=2 * MIB)
+        limits = PeerLimits(outbox_pause_bytes=10**9, max_outbox_bytes=10**9)
+        pairs = [
+            connected_pair(
+                Clock(),
+                ALICE,
+                BOB,
+                object(),
+                object(),
+                limits=limits,
+                auto=False,
+                server_ledger=ledger,
+            )
+            for _ in range(4)
+        ]
+        honest_client, _, honest_link = connected_pair(
+            Clock(), ALICE, BOB, object(), object(), server_ledger=ledger
+        )
+        piece = (b"\0" * 4, b"x" * (100 * KIB))
+        # Three non-readers queue ~300 KiB each, a fourth keeps going.
+        for _, server, _ in pairs[:3]:
+            for _ in range(4):
+                server.send_parts(piece)
+        greedy = pairs[3][1]
+        closed = greedy.when_closed()
+        for _ in range(30):
+            if pairs[3][2].server_transport.disconnecting:
+                break
+            greedy.send_parts(piece)
+        self.assertTrue(pairs[3][2].server_transport.disconnecting)
+        for _, _, link in pairs[:3]:
+            self.assertFalse(link.server_transport.disconnecting)
+        self.assertLessEqual(ledger.total, ledger.limit)
+        pairs[3][2].pump()
+        self.successResultOf(closed)
+        self.assertEqual(ledger.held_by(greedy), 0)
+        # An honest peer that reads keeps being answered meanwhile.
+        self.successResultOf(honest_client.ping())
+        self.assertFalse(honest_link.closed)
+
+    def test_a_closed_connection_holds_nothing(self) -> None:
+        ledger = OutboxLedger(limit=10 * MIB)
+        limits = PeerLimits(outbox_pause_bytes=10**9, max_outbox_bytes=10**9)
+        _, server, link = connected_pair(
+            Clock(),
+            ALICE,
+            BOB,
+            object(),
+            object(),
+            limits=limits,
+            auto=False,
+            server_ledger=ledger,
+        )
+        for _ in range(5):
+            server.send_parts((b"\0" * 4, b"x" * (100 * KIB)))
+        self.assertGreater(ledger.total, 0)
+        link.disconnect()
+        link.pump()
+        self.assertEqual(ledger.total, 0)
+
+
 class AuthThenFrameTests(SynchronousTestCase):
     def test_a_large_frame_right_behind_auth_in_one_read_is_accepted(self) -> None:
         clock = Clock()
@@ -141,6 +208,13 @@ class ErrorTextTests(SynchronousTestCase):
         )
         self.assertLessEqual(len(error.message), 600)
         self.assertFalse(any(ord(c) < 32 or c == "\u202e" for c in error.message))
+        # The line and paragraph separators break a log line too.
+        split = PeerCallError.from_error(
+            bbrpc_pb2.Error(
+                code=bbrpc_pb2.ERROR_CODE_NOT_FOUND, message="a\u2028b\u2029c"
+            )
+        )
+        self.assertEqual(split.message, "a\\u2028b\\u2029c")
 
 
 class AdmissionTests(SynchronousTestCase):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.testing.stores import open_content_store
 from barterbackup.tree import iter_nodes
 from tests.content_crash_child import MASTER, file_set

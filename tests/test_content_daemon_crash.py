@@ -15,9 +15,9 @@ import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import clirpc_pb2
-from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.keys.derive import derive_node_keys
 from barterbackup.store.atomic import TEMP_SUFFIX
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.testing.daemon import DaemonProcess
 from barterbackup.testing.stores import open_content_store
 from tests.content_crash_child import file_set

@@ -11,6 +11,7 @@ from barterbackup import errors
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.contracts import digestcheck
+from barterbackup.contracts.policy import ProposerStanding
 from barterbackup.progress import Progress
 from barterbackup.sync.push import push_revision
 from tests.contract_swarm import HOUR, MIB, ContractSwarmCase
@@ -112,6 +113,44 @@ class NegotiationTests(ContractSwarmCase):
         self.swarm.advance(1)
         self.assertEqual(self.state(c, b), "ended")
         self.assertEqual(self.contract(c, b).detail, "not now")
+
+    def test_a_waiting_proposal_leaves_no_peer_record(self) -> None:
+        """Under manual, a stranger's proposal waits without a record: it is
+        not redialled, nor a candidate for our own proposals."""
+        a, b, _ = self.swarm.nodes
+        self.swarm.connect(a, b)  # B's user never connected to A.
+        self.swarm.wait(b.node.set_storage_config(acceptance_policy="manual"))
+        self.write(a)
+        self.assertEqual(self.propose(a, b).state, "proposed")
+        self.assertEqual(self.state(b, a), "proposed")
+        self.assertIsNone(b.session.records.get(a.pubkey))
+        # Approved by B's user: now recorded, as a peer the user chose.
+        pending = self.contract(b, a)
+        self.swarm.wait(b.node.answer_contract(pending.contract_id, True))
+        record = b.session.records.get(a.pubkey)
+        assert record is not None
+        self.assertTrue(record.known_by_user)
+
+    def test_a_contract_under_open_does_not_make_a_stranger_known(self) -> None:
+        """The open policy's rules for strangers (keep as much as you ask,
+        a small cap until vetted) hold for every proposal until our user
+        chooses the peer, not only the first."""
+        a, b, _ = self.swarm.nodes
+        self.swarm.connect(a, b)
+        self.swarm.wait(b.node.set_storage_config(acceptance_policy="open"))
+        self.write(a)
+        self.assertEqual(
+            self.propose(a, b, ours=8 * MIB, theirs=8 * MIB).state, "active"
+        )
+        record = b.session.records.get(a.pubkey)
+        assert record is not None  # recorded: B keeps A's data, A keeps B's
+        self.assertFalse(record.known_by_user)
+        self.assertFalse(ProposerStanding.of(record).known)
+        # B's user connects to A: from now on A is known.
+        self.swarm.connect(b, a)
+        record = b.session.records.get(a.pubkey)
+        assert record is not None
+        self.assertTrue(ProposerStanding.of(record).known)
 
     def test_crossed_proposals_leave_one_contract(self) -> None:
         a, b, _ = self.swarm.nodes

@@ -157,13 +157,17 @@ class DecisionTests(SynchronousTestCase):
 class StandingTests(SynchronousTestCase):
     def test_from_peer_record(self) -> None:
         self.assertEqual(
-            p.ProposerStanding.of(None, known=False),
+            p.ProposerStanding.of(None),
             p.ProposerStanding(known=False, vetted=False, audit_score=1.0),
         )
         peer = storedpb_pb2.Peer()
         for index in range(scores.VETTING_CHECKS):
             peer = scores.with_check_result(peer, passed=True, at=NOW + index)
-        standing = p.ProposerStanding.of(peer, known=True)
+        # A record alone (made for a contract, or by passed checks) is not
+        # a peer our user chose.
+        self.assertFalse(p.ProposerStanding.of(peer).known)
+        peer.known_by_user = True
+        standing = p.ProposerStanding.of(peer)
         self.assertTrue(standing.vetted)
         self.assertTrue(standing.known)
         self.assertGreater(standing.audit_score, 0.99)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from barterbackup.content.crash import CRASH_ENVIRONMENT_VARIABLE
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX

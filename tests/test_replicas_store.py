@@ -154,6 +154,56 @@ class ReplicaStoreTests(SynchronousTestCase):
         self.assertEqual(errors, [])
         self.assertTrue(self.store.has_blob(OWNER.onion_pubkey, sha(data[0])))
 
+    def test_reads_do_not_wait_for_a_finish_walking_the_tree(self) -> None:
+        """finish's tree walk, sweep and pack fsync run outside the store's
+        lock: the reactor keeps answering for this and other owners."""
+        data = [os.urandom(1000) for _ in range(4)]
+        other = self.revision(data[:1], 1, key=OTHER)
+        self.store.begin(OTHER.onion_pubkey, other.signed)  # type: ignore[attr-defined]
+        self.store_all(other, owner=OTHER.onion_pubkey)
+        revision = self.revision(data, 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)  # type: ignore[attr-defined]
+        blobs = [(h, self.blobs[h]) for h in live(revision, self.blobs)]
+        self.store.store_blobs(OWNER.onion_pubkey, revision.content_id, blobs)  # type: ignore[attr-defined]
+        walking, release = threading.Event(), threading.Event()
+
+        def slow_live() -> list[bytes]:
+            walking.set()
+            release.wait(30)
+            return live(revision, self.blobs)
+
+        errors: list[BaseException] = []
+
+        def finish() -> None:
+            try:
+                self.store.finish(OWNER.onion_pubkey, revision.content_id, slow_live)  # type: ignore[attr-defined]
+            except BaseException as error:
+                errors.append(error)
+
+        worker = threading.Thread(target=finish)
+        worker.start()
+        try:
+            self.assertTrue(walking.wait(30))
+            answered = threading.Event()
+
+            def read() -> None:
+                self.store.read_blob(OTHER.onion_pubkey, sha(data[0]))
+                self.store.has_blob(OWNER.onion_pubkey, sha(data[0]))
+                self.store.held(OWNER.onion_pubkey)
+                answered.set()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            self.assertTrue(answered.wait(30), "a read waited for finish")
+            reader.join()
+        finally:
+            release.set()
+            worker.join()
+        self.assertEqual(errors, [])
+        held = self.store.held(OWNER.onion_pubkey)
+        assert held is not None and held.held is not None
+        self.assertEqual(held.held.content_id, revision.content_id)  # type: ignore[attr-defined]
+
     def test_directory_names_and_records_reveal_nothing(self) -> None:
         revision = self.revision([b"secret-section"], 1)
         self.store.begin(OWNER.onion_pubkey, revision.signed)
@@ -342,7 +392,7 @@ import sys
 from pathlib import Path
 from barterbackup._proto import storedpb_pb2
 from barterbackup.store.replicas import ReplicaStore
-from barterbackup.content.crash import crash_point
+from barterbackup.store.crash import crash_point
 from tests.test_replicas_store import NAMES, SEAL, OWNER, live
 from barterbackup.store.packs import PackWriter
 from barterbackup.testing.fakes import BlobDict, make_revision

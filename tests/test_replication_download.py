@@ -87,6 +87,13 @@ class DownloadTests(SynchronousTestCase):
             list(zip(self.blobs(2, 0), [self.data[2], self.data[0]], strict=True)),
         )
 
+    def test_a_blob_named_many_times_is_sent_once(self) -> None:
+        self.offer()
+        asked = self.blobs(1) * 1000 + self.blobs(0) + self.blobs(1)
+        d, items = self.download(self.replica_to_owner, self.request(blobs=asked))
+        self.successResultOf(d)
+        self.assertEqual([i.blob for i in items], self.blobs(1, 0))
+
     def test_tree_nodes_are_blobs_too(self) -> None:
         self.offer()
         root = self.revision.sections.hash

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError, PeerConnectionLost
+from barterbackup.sync import fetch
 from barterbackup.sync.push import (
     PUSH_STALL_SECONDS,
     PushFailed,
@@ -74,6 +75,30 @@ class SyncTests(SynchronousTestCase):
         self.assertGreater(len(self.progress), 3)
         # The root, then the leaves with nothing else to ask, then sections.
         self.assertLessEqual(len(self.link.replica_calls), 4)
+
+    def test_sections_to_fetch_are_kept_to_a_bounded_backlog(self) -> None:
+        """A large revision's leaves are not all fetched before its sections:
+        the list of sections waiting to be asked for stays bounded."""
+        self.patch(fetch, "MAX_SECTION_BACKLOG", 256)
+        most = [0]
+        real_found = fetch.RevisionFetcher._found_node
+
+        def watching_found(
+            fetcher: Any, plan: Any, node_hash: bytes, data: bytes
+        ) -> None:
+            real_found(fetcher, plan, node_hash, data)
+            most[0] = max(most[0], len(fetcher._sections))
+
+        self.patch(fetch.RevisionFetcher, "_found_node", watching_found)
+        data = sections(3000, 40)
+        _, d = self.push(data)
+        self.assertTrue(self.successResultOf(d).complete)
+        for blob in (data[0], data[1500], data[-1]):
+            self.assertEqual(self.stored(blob), blob)
+        # At most the backlog plus what the leaves of one round bring.
+        self.assertGreater(most[0], 0)
+        self.assertLessEqual(most[0], 256 + fetch.LEAF_MAX_ENTRIES * 4)
+        self.assertLess(most[0], 3000)
 
     def test_delta_sync_transfers_changed_sections_and_paths_only(self) -> None:
         data = sections(400, 20_000)

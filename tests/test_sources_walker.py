@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from barterbackup.content.manifest import sort_key
 from barterbackup.sources.excludes import compile_excludes
 from barterbackup.sources.walker import (
     MAX_KEPT_SKIPPED,
@@ -27,8 +28,8 @@ from tests.gitignore_reference import GitReference, git_available
 from tests.util import short_tempdir
 
 
-def utf8_sorted(names: list[str]) -> list[str]:
-    return sorted(names, key=lambda name: name.encode("utf-8"))
+def manifest_sorted(names: list[str]) -> list[str]:
+    return sorted(names, key=sort_key)
 
 
 def write_files(root: Path, names: list[str]) -> None:
@@ -46,8 +47,8 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-# Components chosen to make a DFS over plainly sorted entries go wrong:
-# "-" and "." sort before "/", "0" after it, and multi-byte characters.
+# Components chosen to tell component order from byte order: "-" and "."
+# sort before "/", "0" after it, and multi-byte characters.
 COMPONENTS = ["a", "a-c", "a.b", "a0", "b", "A", "é", "日本", "a b", "~", "a_"]
 
 
@@ -76,12 +77,13 @@ class OrderTests(SynchronousTestCase):
     def fresh(self) -> Path:
         return Path(tempfile.mkdtemp(dir=self.base))
 
-    def test_byte_order_not_dfs_order(self) -> None:
+    def test_manifest_order_not_byte_order(self) -> None:
+        # Bytewise "a-c/x" < "a/b"; the manifest compares components.
         root = self.fresh()
         write_files(root, ["a/b", "a-c/x", "a.txt", "a0", "b"])
         self.assertEqual(
             names_of([WalkRoot(str(root), "src")]),
-            ["src/a-c/x", "src/a.txt", "src/a/b", "src/a0", "src/b"],
+            ["src/a/b", "src/a-c/x", "src/a.txt", "src/a0", "src/b"],
         )
 
     @settings(
@@ -91,7 +93,7 @@ class OrderTests(SynchronousTestCase):
     def test_walk_is_sorted_names(self, files: list[str]) -> None:
         root = self.fresh()
         write_files(root, files)
-        expected = utf8_sorted([f"docs/{f}" for f in files])
+        expected = manifest_sorted([f"docs/{f}" for f in files])
         self.assertEqual(names_of([WalkRoot(str(root), "docs")]), expected)
 
     @settings(
@@ -113,7 +115,7 @@ class OrderTests(SynchronousTestCase):
             write_files(root, files)
             roots.append(WalkRoot(str(root), prefix))
             expected += [f"{prefix}/{f}" for f in files]
-        self.assertEqual(names_of(roots), utf8_sorted(expected))
+        self.assertEqual(names_of(roots), manifest_sorted(expected))
 
     def test_prefixes_must_be_distinct_single_names(self) -> None:
         root = str(self.fresh())

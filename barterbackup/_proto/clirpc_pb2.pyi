@@ -540,6 +540,209 @@ class SetFileResponse(_message.Message):
 Global___SetFileResponse: _TypeAlias = SetFileResponse  # noqa: Y015
 
 @_typing.final
+class AddPathsRequest(_message.Message):
+    """AddPathsRequest names files and folders for the daemon to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedCompositeFieldContainer[Global___PathToAdd]:
+        """paths are the files and folders to add, with their names."""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[Global___PathToAdd] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPathsRequest: _TypeAlias = AddPathsRequest  # noqa: Y015
+
+@_typing.final
+class PathToAdd(_message.Message):
+    """PathToAdd is one file or folder to add.
+
+    The daemon reads the path only when it sees the file the client saw
+    (same device and inode); otherwise the call fails with
+    PERMISSION_DENIED and the client streams the bytes with SetFile.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is the absolute path of the file or folder."""
+    name: _builtins.str
+    """name is its name in the file set; a folder's files are named
+    name/relative/path.
+    """
+    device: _builtins.int
+    """device is the device number of the path as the client sees it."""
+    inode: _builtins.int
+    """inode is the inode number of the path as the client sees it."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+        device: _builtins.int = ...,
+        inode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "inode", b"inode", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PathToAdd: _TypeAlias = PathToAdd  # noqa: Y015
+
+@_typing.final
+class AddPathsResponse(_message.Message):
+    """AddPathsResponse is a progress event, or the last message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
+    warning_count: _builtins.int
+    """warning_count is how many entries were skipped."""
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """progress is how far reading the paths has come."""
+
+    @_builtins.property
+    def result(self) -> Global___SetFileResponse:
+        """result is the revision made or kept, set on the last message."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupWarning]:
+        """warnings are the first entries skipped, set on the last message."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___SetFileResponse | None = ...,
+        warnings: _abc.Iterable[Global___BackupWarning] | None = ...,
+        warning_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result", "warning_count", b"warning_count", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPathsResponse: _TypeAlias = AddPathsResponse  # noqa: Y015
+
+@_typing.final
+class StatFilesRequest(_message.Message):
+    """StatFilesRequest names files of the file set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names are the files to look up, at most 10000."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFilesRequest: _TypeAlias = StatFilesRequest  # noqa: Y015
+
+@_typing.final
+class StatFilesResponse(_message.Message):
+    """StatFilesResponse tells what the current revision holds of each name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the number of the current revision."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileStat]:
+        """files are the named files, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___FileStat] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFilesResponse: _TypeAlias = StatFilesResponse  # noqa: Y015
+
+@_typing.final
+class FileStat(_message.Message):
+    """FileStat is what the files cache records of one file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    CTIME_NS_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the file's name."""
+    present: _builtins.bool
+    """present is false when the current revision has no such file."""
+    size: _builtins.int
+    """size is the file's size in bytes."""
+    mtime_ns: _builtins.int
+    """mtime_ns is the file's modification time in Unix nanoseconds."""
+    ctime_ns: _builtins.int
+    """ctime_ns is the file's status change time in Unix nanoseconds."""
+    inode: _builtins.int
+    """inode is the file's inode number."""
+    device: _builtins.int
+    """device is the number of the device that held the file."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        present: _builtins.bool = ...,
+        size: _builtins.int = ...,
+        mtime_ns: _builtins.int = ...,
+        ctime_ns: _builtins.int = ...,
+        inode: _builtins.int = ...,
+        device: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ctime_ns", b"ctime_ns", "device", b"device", "inode", b"inode", "mtime_ns", b"mtime_ns", "name", b"name", "present", b"present", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileStat: _TypeAlias = FileStat  # noqa: Y015
+
+@_typing.final
 class GetFileRequest(_message.Message):
     """GetFileRequest names the file to read."""
 
@@ -2544,3 +2747,379 @@ class BackupWarning(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackupWarning: _TypeAlias = BackupWarning  # noqa: Y015
+
+@_typing.final
+class RestoreFilesRequest(_message.Message):
+    """RestoreFilesRequest names what to restore, and where."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    directory: _builtins.str
+    """directory is the absolute path of the directory to restore into;
+    it is created if it does not exist.
+    """
+    revision: _builtins.int
+    """revision is the stored revision to restore, or 0 for the current
+    one.
+    """
+    overwrite: _builtins.bool
+    """overwrite is true to replace files that exist in the directory;
+    otherwise they are kept and listed.
+    """
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """names are the files or directory prefixes to restore; empty means
+        every file.
+        """
+
+    def __init__(
+        self,
+        *,
+        directory: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        revision: _builtins.int = ...,
+        overwrite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "names", b"names", "overwrite", b"overwrite", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreFilesRequest: _TypeAlias = RestoreFilesRequest  # noqa: Y015
+
+@_typing.final
+class RestoreFilesResponse(_message.Message):
+    """RestoreFilesResponse is a progress event of a restore, or its outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """progress is how far the restore has come."""
+
+    @_builtins.property
+    def result(self) -> Global___RestoreResult:
+        """result is the outcome, set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___RestoreResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreFilesResponse: _TypeAlias = RestoreFilesResponse  # noqa: Y015
+
+@_typing.final
+class RestoreResult(_message.Message):
+    """RestoreResult is what one restore did.
+
+    The lists hold at most 1000 names each; the counts are complete.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    FILES_RESTORED_FIELD_NUMBER: _builtins.int
+    BYTES_RESTORED_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    KEPT_COUNT_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    FAILED_COUNT_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the revision restored."""
+    directory: _builtins.str
+    """directory is the directory restored into."""
+    files_restored: _builtins.int
+    """files_restored is how many files were written."""
+    bytes_restored: _builtins.int
+    """bytes_restored is how many bytes those files hold."""
+    kept_count: _builtins.int
+    """kept_count is how many existing files were kept."""
+    failed_count: _builtins.int
+    """failed_count is how many files could not be restored."""
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """kept are existing files left as they were (no overwrite asked)."""
+
+    @_builtins.property
+    def failed(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileProblem]:
+        """failed are the files that could not be restored, with the reasons."""
+
+    @_builtins.property
+    def not_found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """not_found are the requested names that matched no file."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        directory: _builtins.str = ...,
+        files_restored: _builtins.int = ...,
+        bytes_restored: _builtins.int = ...,
+        kept: _abc.Iterable[_builtins.str] | None = ...,
+        kept_count: _builtins.int = ...,
+        failed: _abc.Iterable[Global___FileProblem] | None = ...,
+        failed_count: _builtins.int = ...,
+        not_found: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_restored", b"bytes_restored", "directory", b"directory", "failed", b"failed", "failed_count", b"failed_count", "files_restored", b"files_restored", "kept", b"kept", "kept_count", b"kept_count", "not_found", b"not_found", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreResult: _TypeAlias = RestoreResult  # noqa: Y015
+
+@_typing.final
+class FileProblem(_message.Message):
+    """FileProblem is one file that is damaged or could not be restored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the file's name in the file set."""
+    reason: _builtins.str
+    """reason says what is wrong, naming the damaged part."""
+    revision: _builtins.int
+    """revision is the revision the file belongs to."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileProblem: _TypeAlias = FileProblem  # noqa: Y015
+
+@_typing.final
+class CheckContentRequest(_message.Message):
+    """CheckContentRequest says how thoroughly to check."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_DATA_FIELD_NUMBER: _builtins.int
+    REPAIR_FIELD_NUMBER: _builtins.int
+    read_data: _builtins.bool
+    """read_data is true to read every byte of every section and check its
+    hash, not only that the section is stored with the right length.
+    """
+    repair: _builtins.bool
+    """repair is true to fetch damaged or missing blobs back from the
+    replicas and check again.
+    """
+    def __init__(
+        self,
+        *,
+        read_data: _builtins.bool = ...,
+        repair: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_data", b"read_data", "repair", b"repair"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckContentRequest: _TypeAlias = CheckContentRequest  # noqa: Y015
+
+@_typing.final
+class CheckContentResponse(_message.Message):
+    """CheckContentResponse is a progress event of a check, or its outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """progress is how far the check has come."""
+
+    @_builtins.property
+    def result(self) -> Global___CheckContentResult:
+        """result is the outcome, set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___CheckContentResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckContentResponse: _TypeAlias = CheckContentResponse  # noqa: Y015
+
+@_typing.final
+class CheckContentResult(_message.Message):
+    """CheckContentResult is what a check found and, with repair, what is left.
+
+    The lists hold at most 1000 entries each; the counts are complete.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    READ_DATA_FIELD_NUMBER: _builtins.int
+    TREE_NODES_FIELD_NUMBER: _builtins.int
+    MANIFEST_CHUNKS_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
+    SECTION_BYTES_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
+    DAMAGED_COUNT_FIELD_NUMBER: _builtins.int
+    DAMAGED_FIELD_NUMBER: _builtins.int
+    DAMAGED_FILES_FIELD_NUMBER: _builtins.int
+    DAMAGED_FILES_COUNT_FIELD_NUMBER: _builtins.int
+    UNLISTED_FIELD_NUMBER: _builtins.int
+    REPAIR_ASKED_FIELD_NUMBER: _builtins.int
+    BLOBS_REPAIRED_FIELD_NUMBER: _builtins.int
+    REMAINING_COUNT_FIELD_NUMBER: _builtins.int
+    REMAINING_FILES_FIELD_NUMBER: _builtins.int
+    REMAINING_FILES_COUNT_FIELD_NUMBER: _builtins.int
+    REMAINING_UNLISTED_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    read_data: _builtins.bool
+    """read_data is true when every section's bytes were read."""
+    tree_nodes: _builtins.int
+    """tree_nodes is how many tree nodes were read and verified."""
+    manifest_chunks: _builtins.int
+    """manifest_chunks is how many manifest chunks were read and verified."""
+    sections: _builtins.int
+    """sections is how many section references were checked."""
+    section_bytes: _builtins.int
+    """section_bytes is how many bytes those sections hold."""
+    bytes_read: _builtins.int
+    """bytes_read is how many section bytes were read (with read_data)."""
+    damaged_count: _builtins.int
+    """damaged_count is how many damaged blobs the check found."""
+    damaged_files_count: _builtins.int
+    """damaged_files_count is how many files the damage hits."""
+    repair_asked: _builtins.bool
+    """repair_asked is true when the request asked for a repair."""
+    blobs_repaired: _builtins.int
+    """blobs_repaired is how many blobs were fetched back from replicas."""
+    remaining_count: _builtins.int
+    """remaining_count is how many damaged blobs are left after the repair
+    (without repair, damaged_count).
+    """
+    remaining_files_count: _builtins.int
+    """remaining_files_count is how many files are still damaged."""
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """revisions are the stored revisions that were checked, newest first."""
+
+    @_builtins.property
+    def damaged(self) -> _containers.RepeatedCompositeFieldContainer[Global___DamagedBlob]:
+        """damaged are the damaged blobs the check found."""
+
+    @_builtins.property
+    def damaged_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileProblem]:
+        """damaged_files are the files those blobs damage."""
+
+    @_builtins.property
+    def unlisted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unlisted is damage whose files cannot be named, one sentence each."""
+
+    @_builtins.property
+    def remaining_files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileProblem]:
+        """remaining_files are the files still damaged after the repair."""
+
+    @_builtins.property
+    def remaining_unlisted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """remaining_unlisted is damage left whose files cannot be named."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """notes say why replicas could not give something back."""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[_builtins.int] | None = ...,
+        read_data: _builtins.bool = ...,
+        tree_nodes: _builtins.int = ...,
+        manifest_chunks: _builtins.int = ...,
+        sections: _builtins.int = ...,
+        section_bytes: _builtins.int = ...,
+        bytes_read: _builtins.int = ...,
+        damaged_count: _builtins.int = ...,
+        damaged: _abc.Iterable[Global___DamagedBlob] | None = ...,
+        damaged_files: _abc.Iterable[Global___FileProblem] | None = ...,
+        damaged_files_count: _builtins.int = ...,
+        unlisted: _abc.Iterable[_builtins.str] | None = ...,
+        repair_asked: _builtins.bool = ...,
+        blobs_repaired: _builtins.int = ...,
+        remaining_count: _builtins.int = ...,
+        remaining_files: _abc.Iterable[Global___FileProblem] | None = ...,
+        remaining_files_count: _builtins.int = ...,
+        remaining_unlisted: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_repaired", b"blobs_repaired", "bytes_read", b"bytes_read", "damaged", b"damaged", "damaged_count", b"damaged_count", "damaged_files", b"damaged_files", "damaged_files_count", b"damaged_files_count", "manifest_chunks", b"manifest_chunks", "notes", b"notes", "read_data", b"read_data", "remaining_count", b"remaining_count", "remaining_files", b"remaining_files", "remaining_files_count", b"remaining_files_count", "remaining_unlisted", b"remaining_unlisted", "repair_asked", b"repair_asked", "revisions", b"revisions", "section_bytes", b"section_bytes", "sections", b"sections", "tree_nodes", b"tree_nodes", "unlisted", b"unlisted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckContentResult: _TypeAlias = CheckContentResult  # noqa: Y015
+
+@_typing.final
+class DamagedBlob(_message.Message):
+    """DamagedBlob is one stored blob that is missing or bad."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """revision is the revision whose tree references the blob."""
+    kind: _builtins.str
+    """kind is "section", "section tree node", "manifest chunk", "manifest
+    tree node" or "revision file".
+    """
+    sha256: _builtins.bytes
+    """sha256 is the blob's hash, or empty for a revision file."""
+    problem: _builtins.str
+    """problem says what is wrong with it."""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        sha256: _builtins.bytes = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "problem", b"problem", "revision", b"revision", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DamagedBlob: _TypeAlias = DamagedBlob  # noqa: Y015

@@ -65,6 +65,16 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.GetFileRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.GetFileResponse.FromString,
                 _registered_method=True)
+        self.AddPaths = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/AddPaths',
+                request_serializer=clirpc__pb2.AddPathsRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.AddPathsResponse.FromString,
+                _registered_method=True)
+        self.StatFiles = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/StatFiles',
+                request_serializer=clirpc__pb2.StatFilesRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.StatFilesResponse.FromString,
+                _registered_method=True)
         self.ListFiles = channel.unary_stream(
                 '/barterbackup.clirpc.CliRpc/ListFiles',
                 request_serializer=clirpc__pb2.ListFilesRequest.SerializeToString,
@@ -160,6 +170,16 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.BackupNowRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.BackupNowResponse.FromString,
                 _registered_method=True)
+        self.RestoreFiles = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/RestoreFiles',
+                request_serializer=clirpc__pb2.RestoreFilesRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.RestoreFilesResponse.FromString,
+                _registered_method=True)
+        self.CheckContent = channel.unary_stream(
+                '/barterbackup.clirpc.CliRpc/CheckContent',
+                request_serializer=clirpc__pb2.CheckContentRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.CheckContentResponse.FromString,
+                _registered_method=True)
 
 
 class CliRpcServicer:
@@ -203,6 +223,23 @@ class CliRpcServicer:
 
     def GetFile(self, request, context):
         """GetFile streams one file of the current revision back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPaths(self, request, context):
+        """AddPaths adds files and folders that the daemon reads itself (the
+        CLI on the same machine); files unchanged since the current
+        revision are not read again. It commits one revision, or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatFiles(self, request, context):
+        """StatFiles reports what the files cache holds for named files, so a
+        client that streams bytes with SetFile sends only what changed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -350,6 +387,25 @@ class CliRpcServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreFiles(self, request, context):
+        """RestoreFiles writes files of a stored revision under a directory of
+        this machine and streams its progress; the last message carries the
+        outcome. The daemon writes the files itself: no file bytes cross
+        this API.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckContent(self, request, context):
+        """CheckContent verifies this node's own content store, optionally
+        reading every byte and repairing damage from the replicas, and
+        streams its progress; the last message carries the outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CliRpcServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +438,16 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.GetFile,
                     request_deserializer=clirpc__pb2.GetFileRequest.FromString,
                     response_serializer=clirpc__pb2.GetFileResponse.SerializeToString,
+            ),
+            'AddPaths': grpc.unary_stream_rpc_method_handler(
+                    servicer.AddPaths,
+                    request_deserializer=clirpc__pb2.AddPathsRequest.FromString,
+                    response_serializer=clirpc__pb2.AddPathsResponse.SerializeToString,
+            ),
+            'StatFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatFiles,
+                    request_deserializer=clirpc__pb2.StatFilesRequest.FromString,
+                    response_serializer=clirpc__pb2.StatFilesResponse.SerializeToString,
             ),
             'ListFiles': grpc.unary_stream_rpc_method_handler(
                     servicer.ListFiles,
@@ -477,6 +543,16 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.BackupNow,
                     request_deserializer=clirpc__pb2.BackupNowRequest.FromString,
                     response_serializer=clirpc__pb2.BackupNowResponse.SerializeToString,
+            ),
+            'RestoreFiles': grpc.unary_stream_rpc_method_handler(
+                    servicer.RestoreFiles,
+                    request_deserializer=clirpc__pb2.RestoreFilesRequest.FromString,
+                    response_serializer=clirpc__pb2.RestoreFilesResponse.SerializeToString,
+            ),
+            'CheckContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.CheckContent,
+                    request_deserializer=clirpc__pb2.CheckContentRequest.FromString,
+                    response_serializer=clirpc__pb2.CheckContentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -642,6 +718,60 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/GetFile',
             clirpc__pb2.GetFileRequest.SerializeToString,
             clirpc__pb2.GetFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPaths(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/AddPaths',
+            clirpc__pb2.AddPathsRequest.SerializeToString,
+            clirpc__pb2.AddPathsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/StatFiles',
+            clirpc__pb2.StatFilesRequest.SerializeToString,
+            clirpc__pb2.StatFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1155,6 +1285,60 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/BackupNow',
             clirpc__pb2.BackupNowRequest.SerializeToString,
             clirpc__pb2.BackupNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/RestoreFiles',
+            clirpc__pb2.RestoreFilesRequest.SerializeToString,
+            clirpc__pb2.RestoreFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/CheckContent',
+            clirpc__pb2.CheckContentRequest.SerializeToString,
+            clirpc__pb2.CheckContentResponse.FromString,
             options,
             channel_credentials,
             insecure,

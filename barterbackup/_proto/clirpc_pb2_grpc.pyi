@@ -49,6 +49,15 @@ class CliRpcStub:
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]
     """GetFile streams one file of the current revision back."""
+    AddPaths: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.AddPathsRequest, _clirpc_pb2.AddPathsResponse]
+    """AddPaths adds files and folders that the daemon reads itself (the
+    CLI on the same machine); files unchanged since the current
+    revision are not read again. It commits one revision, or none.
+    """
+    StatFiles: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.StatFilesRequest, _clirpc_pb2.StatFilesResponse]
+    """StatFiles reports what the files cache holds for named files, so a
+    client that streams bytes with SetFile sends only what changed.
+    """
     ListFiles: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]
     """ListFiles streams the names of the files of the current revision.
 
@@ -104,6 +113,17 @@ class CliRpcStub:
     """BackupNow runs a backup of the sources at once and streams its
     progress; the last message carries the outcome.
     """
+    RestoreFiles: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.RestoreFilesRequest, _clirpc_pb2.RestoreFilesResponse]
+    """RestoreFiles writes files of a stored revision under a directory of
+    this machine and streams its progress; the last message carries the
+    outcome. The daemon writes the files itself: no file bytes cross
+    this API.
+    """
+    CheckContent: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.CheckContentRequest, _clirpc_pb2.CheckContentResponse]
+    """CheckContent verifies this node's own content store, optionally
+    reading every byte and repairing damage from the replicas, and
+    streams its progress; the last message carries the outcome.
+    """
 
 @_typing.type_check_only
 class CliRpcAsyncStub(CliRpcStub):
@@ -122,6 +142,15 @@ class CliRpcAsyncStub(CliRpcStub):
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _aio.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]  # type: ignore[assignment]
     """GetFile streams one file of the current revision back."""
+    AddPaths: _aio.UnaryStreamMultiCallable[_clirpc_pb2.AddPathsRequest, _clirpc_pb2.AddPathsResponse]  # type: ignore[assignment]
+    """AddPaths adds files and folders that the daemon reads itself (the
+    CLI on the same machine); files unchanged since the current
+    revision are not read again. It commits one revision, or none.
+    """
+    StatFiles: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.StatFilesRequest, _clirpc_pb2.StatFilesResponse]  # type: ignore[assignment]
+    """StatFiles reports what the files cache holds for named files, so a
+    client that streams bytes with SetFile sends only what changed.
+    """
     ListFiles: _aio.UnaryStreamMultiCallable[_clirpc_pb2.ListFilesRequest, _clirpc_pb2.ListFilesResponse]  # type: ignore[assignment]
     """ListFiles streams the names of the files of the current revision.
 
@@ -177,6 +206,17 @@ class CliRpcAsyncStub(CliRpcStub):
     """BackupNow runs a backup of the sources at once and streams its
     progress; the last message carries the outcome.
     """
+    RestoreFiles: _aio.UnaryStreamMultiCallable[_clirpc_pb2.RestoreFilesRequest, _clirpc_pb2.RestoreFilesResponse]  # type: ignore[assignment]
+    """RestoreFiles writes files of a stored revision under a directory of
+    this machine and streams its progress; the last message carries the
+    outcome. The daemon writes the files itself: no file bytes cross
+    this API.
+    """
+    CheckContent: _aio.UnaryStreamMultiCallable[_clirpc_pb2.CheckContentRequest, _clirpc_pb2.CheckContentResponse]  # type: ignore[assignment]
+    """CheckContent verifies this node's own content store, optionally
+    reading every byte and repairing damage from the replicas, and
+    streams its progress; the last message carries the outcome.
+    """
 
 class CliRpcServicer(metaclass=_abc_1.ABCMeta):
     """CliRpc is the service the CLI calls on its own node."""
@@ -228,6 +268,27 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.GetFileResponse], _abc.AsyncIterator[_clirpc_pb2.GetFileResponse]]:
         """GetFile streams one file of the current revision back."""
+
+    @_abc_1.abstractmethod
+    def AddPaths(
+        self,
+        request: _clirpc_pb2.AddPathsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.AddPathsResponse], _abc.AsyncIterator[_clirpc_pb2.AddPathsResponse]]:
+        """AddPaths adds files and folders that the daemon reads itself (the
+        CLI on the same machine); files unchanged since the current
+        revision are not read again. It commits one revision, or none.
+        """
+
+    @_abc_1.abstractmethod
+    def StatFiles(
+        self,
+        request: _clirpc_pb2.StatFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.StatFilesResponse, _abc.Awaitable[_clirpc_pb2.StatFilesResponse]]:
+        """StatFiles reports what the files cache holds for named files, so a
+        client that streams bytes with SetFile sends only what changed.
+        """
 
     @_abc_1.abstractmethod
     def ListFiles(
@@ -396,6 +457,29 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.BackupNowResponse], _abc.AsyncIterator[_clirpc_pb2.BackupNowResponse]]:
         """BackupNow runs a backup of the sources at once and streams its
         progress; the last message carries the outcome.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreFiles(
+        self,
+        request: _clirpc_pb2.RestoreFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.RestoreFilesResponse], _abc.AsyncIterator[_clirpc_pb2.RestoreFilesResponse]]:
+        """RestoreFiles writes files of a stored revision under a directory of
+        this machine and streams its progress; the last message carries the
+        outcome. The daemon writes the files itself: no file bytes cross
+        this API.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckContent(
+        self,
+        request: _clirpc_pb2.CheckContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clirpc_pb2.CheckContentResponse], _abc.AsyncIterator[_clirpc_pb2.CheckContentResponse]]:
+        """CheckContent verifies this node's own content store, optionally
+        reading every byte and repairing damage from the replicas, and
+        streams its progress; the last message carries the outcome.
         """
 
 def add_CliRpcServicer_to_server(servicer: CliRpcServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0estoredpb.proto\x12\x15\x62\x61rterbackup.storedpb\"\x8c\x02\n\x0cRevisionRoot\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0cowner_pubkey\x18\x02 \x01(\x0c\x12\x0e\n\x06number\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_length\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x30\n\x08sections\x18\x06 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\x12\x30\n\x08manifest\x18\x07 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\x12\x32\n\nnode_state\x18\x08 \x01(\x0b\x32\x1e.barterbackup.storedpb.BlobRef\")\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\"\xac\x02\n\tNodeState\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12*\n\x05peers\x18\x02 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x36\n\tcontracts\x18\x03 \x03(\x0b\x32#.barterbackup.storedpb.ContractFile\x12\x35\n\x07storage\x18\x04 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x05 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x06 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\"T\n\x07TreeRef\x12\x11\n\troot_hash\x18\x01 \x01(\x0c\x12\r\n\x05level\x18\x02 \x01(\r\x12\x13\n\x0b\x65ntry_count\x18\x03 \x01(\x04\x12\x12\n\nbyte_count\x18\x04 \x01(\x04\"-\n\nSignedRoot\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xf6\x02\n\x08Metadata\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x12\n\ncontent_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12*\n\x05peers\x18\x05 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x35\n\x07storage\x18\x06 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x07 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\x12;\n\x0blast_backup\x18\t \x01(\x0b\x32&.barterbackup.storedpb.BackupRunRecord\"\xff\x02\n\x04Peer\x12\x14\n\x0conion_pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x65\x61\x64_key\x18\x02 \x01(\x0c\x12\x12\n\nfirst_seen\x18\x03 \x01(\x03\x12\x11\n\tlast_seen\x18\x04 \x01(\x03\x12\x13\n\x0b\x61udit_score\x18\x05 \x01(\x01\x12\x14\n\x0cuptime_score\x18\x06 \x01(\x01\x12\x15\n\rchecks_passed\x18\x07 \x01(\x04\x12\x15\n\rchecks_failed\x18\x08 \x01(\x04\x12\x19\n\x11share_in_exchange\x18\t \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x15\n\rheld_revision\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\r\x12\x13\n\x0b\x61udit_alpha\x18\r \x01(\x01\x12\x12\n\naudit_beta\x18\x0e \x01(\x01\x12\x15\n\rlast_check_at\x18\x0f \x01(\x01\x12;\n\x0euptime_windows\x18\x10 \x03(\x0b\x32#.barterbackup.storedpb.UptimeWindow\"=\n\x0cUptimeWindow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\x03\x12\x0e\n\x06probes\x18\x02 \x01(\r\x12\x10\n\x08\x61nswered\x18\x03 \x01(\r\"\x81\x01\n\rStorageConfig\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x19\n\x0cmin_replicas\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x11\x61\x63\x63\x65ptance_policy\x18\x04 \x01(\tB\x0f\n\r_min_replicasJ\x04\x08\x02\x10\x03R\x0eper_peer_bytes\"\\\n\rReplicaRecord\x12\x14\n\x0cowner_pubkey\x18\x01 \x01(\x0c\x12\x0c\n\x04held\x18\x02 \x01(\x0c\x12\x0f\n\x07pending\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63omplete_packs\x18\x04 \x03(\t\"<\n\x0cSourceConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65xcludes\x18\x03 \x03(\t\"\'\n\x0e\x42\x61\x63kupSchedule\x12\x15\n\revery_seconds\x18\x01 \x01(\x04\"\xb0\x02\n\x0f\x42\x61\x63kupRunRecord\x12\x12\n\nstarted_at\x18\x01 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x02 \x01(\x03\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x11\n\tcommitted\x18\x05 \x01(\x08\x12\r\n\x05\x66iles\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x12\n\nread_bytes\x18\x08 \x01(\x04\x12\x11\n\tnew_bytes\x18\t \x01(\x04\x12\x15\n\rwarning_count\x18\n \x01(\x04\x12\x36\n\x08warnings\x18\x0b \x03(\x0b\x32$.barterbackup.storedpb.BackupWarning\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x1b\n\x13unavailable_sources\x18\r \x03(\t\"-\n\rBackupWarning\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xea\x01\n\rContractTerms\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x17\n\x0fproposer_pubkey\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61\x63\x63\x65ptor_pubkey\x18\x03 \x01(\x0c\x12\x1c\n\x14\x61\x63\x63\x65ptor_keeps_bytes\x18\x04 \x01(\x04\x12\x1c\n\x14proposer_keeps_bytes\x18\x05 \x01(\x04\x12\x38\n\x0c\x63heck_policy\x18\x06 \x01(\x0b\x32\".barterbackup.storedpb.CheckPolicy\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\x12\r\n\x05nonce\x18\x08 \x01(\x0c\"Y\n\x0b\x43heckPolicy\x12\x18\n\x10interval_seconds\x18\x01 \x01(\r\x12\x0f\n\x07samples\x18\x02 \x01(\r\x12\x1f\n\x17\x61nswer_deadline_seconds\x18\x03 \x01(\r\"\\\n\x13SignedContractTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x1a\n\x12proposer_signature\x18\x02 \x01(\x0c\x12\x1a\n\x12\x61\x63\x63\x65ptor_signature\x18\x03 \x01(\x0c\"\xa5\x03\n\x0e\x43ontractRecord\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0csigned_terms\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\x12\x39\n\x07syncing\x18\x04 \x01(\x0b\x32&.barterbackup.storedpb.ContractSyncingH\x00\x12\x37\n\x06\x61\x63tive\x18\x05 \x01(\x0b\x32%.barterbackup.storedpb.ContractActiveH\x00\x12\x39\n\x07suspect\x18\x06 \x01(\x0b\x32&.barterbackup.storedpb.ContractSuspectH\x00\x12\x37\n\x06\x62roken\x18\x07 \x01(\x0b\x32%.barterbackup.storedpb.ContractBrokenH\x00\x12\x37\n\x06\x65nding\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.ContractEndingH\x00\x12\x35\n\x05\x65nded\x18\t \x01(\x0b\x32$.barterbackup.storedpb.ContractEndedH\x00\x42\x06\n\x04\x64\x61ta\" \n\x0f\x43ontractSyncing\x12\r\n\x05since\x18\x01 \x01(\x01\"\x1f\n\x0e\x43ontractActive\x12\r\n\x05since\x18\x01 \x01(\x01\"~\n\x0f\x43ontractSuspect\x12\r\n\x05since\x18\x01 \x01(\x01\x12\x12\n\nunanswered\x18\x02 \x01(\r\x12\x1e\n\x11unreachable_since\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nneeds_sync\x18\x04 \x01(\x08\x42\x14\n\x12_unreachable_since\"~\n\x0e\x43ontractBroken\x12\x38\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32).barterbackup.storedpb.ContractBreakCause\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x13\n\x0bgrace_until\x18\x04 \x01(\x01\"R\n\x0e\x43ontractEnding\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x62y_us\x18\x02 \x01(\x08\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x12\n\nkeep_until\x18\x04 \x01(\x01\".\n\rContractEnded\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x01\"|\n\x0c\x43ontractFile\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.barterbackup.storedpb.ContractRecord\x12\x35\n\x06ledger\x18\x02 \x01(\x0b\x32%.barterbackup.storedpb.ContractLedger\"\xeb\x01\n\x0e\x43ontractLedger\x12\x15\n\rlast_check_at\x18\x01 \x01(\x01\x12\x19\n\x11last_check_passed\x18\x02 \x01(\x08\x12\x14\n\x0clast_verdict\x18\x03 \x01(\t\x12\x15\n\rsample_checks\x18\x04 \x01(\x04\x12\x19\n\x11sample_content_id\x18\x05 \x01(\x0c\x12\x36\n\x07notices\x18\x06 \x03(\x0b\x32%.barterbackup.storedpb.ContractNotice\x12\x15\n\rpeer_revision\x18\x07 \x01(\x04\x12\x10\n\x08released\x18\x08 \x01(\x08\"m\n\x0e\x43ontractNotice\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).barterbackup.storedpb.ContractNoticeKind\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nkeep_until\x18\x03 \x01(\x01*\x88\x01\n\x12\x43ontractBreakCause\x12$\n CONTRACT_BREAK_CAUSE_UNSPECIFIED\x10\x00\x12&\n\"CONTRACT_BREAK_CAUSE_FAILED_CHECKS\x10\x01\x12$\n CONTRACT_BREAK_CAUSE_UNREACHABLE\x10\x02*\x9f\x01\n\x12\x43ontractNoticeKind\x12$\n CONTRACT_NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONTRACT_NOTICE_KIND_ENDING\x10\x01\x12\x1f\n\x1b\x43ONTRACT_NOTICE_KIND_BROKEN\x10\x02\x12!\n\x1d\x43ONTRACT_NOTICE_KIND_RELEASED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0estoredpb.proto\x12\x15\x62\x61rterbackup.storedpb\"\x8c\x02\n\x0cRevisionRoot\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0cowner_pubkey\x18\x02 \x01(\x0c\x12\x0e\n\x06number\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_length\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x30\n\x08sections\x18\x06 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\x12\x30\n\x08manifest\x18\x07 \x01(\x0b\x32\x1e.barterbackup.storedpb.TreeRef\x12\x32\n\nnode_state\x18\x08 \x01(\x0b\x32\x1e.barterbackup.storedpb.BlobRef\")\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\x04\"\xac\x02\n\tNodeState\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12*\n\x05peers\x18\x02 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x36\n\tcontracts\x18\x03 \x03(\x0b\x32#.barterbackup.storedpb.ContractFile\x12\x35\n\x07storage\x18\x04 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x05 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x06 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\"T\n\x07TreeRef\x12\x11\n\troot_hash\x18\x01 \x01(\x0c\x12\r\n\x05level\x18\x02 \x01(\r\x12\x13\n\x0b\x65ntry_count\x18\x03 \x01(\x04\x12\x12\n\nbyte_count\x18\x04 \x01(\x04\"-\n\nSignedRoot\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xf6\x02\n\x08Metadata\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x12\n\ncontent_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\x0c\x12*\n\x05peers\x18\x05 \x03(\x0b\x32\x1b.barterbackup.storedpb.Peer\x12\x35\n\x07storage\x18\x06 \x01(\x0b\x32$.barterbackup.storedpb.StorageConfig\x12\x34\n\x07sources\x18\x07 \x03(\x0b\x32#.barterbackup.storedpb.SourceConfig\x12>\n\x0f\x62\x61\x63kup_schedule\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.BackupSchedule\x12;\n\x0blast_backup\x18\t \x01(\x0b\x32&.barterbackup.storedpb.BackupRunRecord\"\x96\x03\n\x04Peer\x12\x14\n\x0conion_pubkey\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x65\x61\x64_key\x18\x02 \x01(\x0c\x12\x12\n\nfirst_seen\x18\x03 \x01(\x03\x12\x11\n\tlast_seen\x18\x04 \x01(\x03\x12\x13\n\x0b\x61udit_score\x18\x05 \x01(\x01\x12\x14\n\x0cuptime_score\x18\x06 \x01(\x01\x12\x15\n\rchecks_passed\x18\x07 \x01(\x04\x12\x15\n\rchecks_failed\x18\x08 \x01(\x04\x12\x19\n\x11share_in_exchange\x18\t \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x15\n\rheld_revision\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\r\x12\x13\n\x0b\x61udit_alpha\x18\r \x01(\x01\x12\x12\n\naudit_beta\x18\x0e \x01(\x01\x12\x15\n\rlast_check_at\x18\x0f \x01(\x01\x12;\n\x0euptime_windows\x18\x10 \x03(\x0b\x32#.barterbackup.storedpb.UptimeWindow\x12\x15\n\rknown_by_user\x18\x11 \x01(\x08\"=\n\x0cUptimeWindow\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\x03\x12\x0e\n\x06probes\x18\x02 \x01(\r\x12\x10\n\x08\x61nswered\x18\x03 \x01(\r\"\x81\x01\n\rStorageConfig\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x19\n\x0cmin_replicas\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x19\n\x11\x61\x63\x63\x65ptance_policy\x18\x04 \x01(\tB\x0f\n\r_min_replicasJ\x04\x08\x02\x10\x03R\x0eper_peer_bytes\"\\\n\rReplicaRecord\x12\x14\n\x0cowner_pubkey\x18\x01 \x01(\x0c\x12\x0c\n\x04held\x18\x02 \x01(\x0c\x12\x0f\n\x07pending\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63omplete_packs\x18\x04 \x03(\t\"<\n\x0cSourceConfig\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65xcludes\x18\x03 \x03(\t\"\'\n\x0e\x42\x61\x63kupSchedule\x12\x15\n\revery_seconds\x18\x01 \x01(\x04\"\xb0\x02\n\x0f\x42\x61\x63kupRunRecord\x12\x12\n\nstarted_at\x18\x01 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x02 \x01(\x03\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x11\n\tcommitted\x18\x05 \x01(\x08\x12\r\n\x05\x66iles\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x12\n\nread_bytes\x18\x08 \x01(\x04\x12\x11\n\tnew_bytes\x18\t \x01(\x04\x12\x15\n\rwarning_count\x18\n \x01(\x04\x12\x36\n\x08warnings\x18\x0b \x03(\x0b\x32$.barterbackup.storedpb.BackupWarning\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x1b\n\x13unavailable_sources\x18\r \x03(\t\"-\n\rBackupWarning\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xea\x01\n\rContractTerms\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x17\n\x0fproposer_pubkey\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61\x63\x63\x65ptor_pubkey\x18\x03 \x01(\x0c\x12\x1c\n\x14\x61\x63\x63\x65ptor_keeps_bytes\x18\x04 \x01(\x04\x12\x1c\n\x14proposer_keeps_bytes\x18\x05 \x01(\x04\x12\x38\n\x0c\x63heck_policy\x18\x06 \x01(\x0b\x32\".barterbackup.storedpb.CheckPolicy\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\x12\r\n\x05nonce\x18\x08 \x01(\x0c\"Y\n\x0b\x43heckPolicy\x12\x18\n\x10interval_seconds\x18\x01 \x01(\r\x12\x0f\n\x07samples\x18\x02 \x01(\r\x12\x1f\n\x17\x61nswer_deadline_seconds\x18\x03 \x01(\r\"\\\n\x13SignedContractTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x1a\n\x12proposer_signature\x18\x02 \x01(\x0c\x12\x1a\n\x12\x61\x63\x63\x65ptor_signature\x18\x03 \x01(\x0c\"\xa5\x03\n\x0e\x43ontractRecord\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\x14\n\x0csigned_terms\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\x12\x39\n\x07syncing\x18\x04 \x01(\x0b\x32&.barterbackup.storedpb.ContractSyncingH\x00\x12\x37\n\x06\x61\x63tive\x18\x05 \x01(\x0b\x32%.barterbackup.storedpb.ContractActiveH\x00\x12\x39\n\x07suspect\x18\x06 \x01(\x0b\x32&.barterbackup.storedpb.ContractSuspectH\x00\x12\x37\n\x06\x62roken\x18\x07 \x01(\x0b\x32%.barterbackup.storedpb.ContractBrokenH\x00\x12\x37\n\x06\x65nding\x18\x08 \x01(\x0b\x32%.barterbackup.storedpb.ContractEndingH\x00\x12\x35\n\x05\x65nded\x18\t \x01(\x0b\x32$.barterbackup.storedpb.ContractEndedH\x00\x42\x06\n\x04\x64\x61ta\" \n\x0f\x43ontractSyncing\x12\r\n\x05since\x18\x01 \x01(\x01\"\x1f\n\x0e\x43ontractActive\x12\r\n\x05since\x18\x01 \x01(\x01\"~\n\x0f\x43ontractSuspect\x12\r\n\x05since\x18\x01 \x01(\x01\x12\x12\n\nunanswered\x18\x02 \x01(\r\x12\x1e\n\x11unreachable_since\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nneeds_sync\x18\x04 \x01(\x08\x42\x14\n\x12_unreachable_since\"~\n\x0e\x43ontractBroken\x12\x38\n\x05\x63\x61use\x18\x01 \x01(\x0e\x32).barterbackup.storedpb.ContractBreakCause\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x13\n\x0bgrace_until\x18\x04 \x01(\x01\"R\n\x0e\x43ontractEnding\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x62y_us\x18\x02 \x01(\x08\x12\r\n\x05since\x18\x03 \x01(\x01\x12\x12\n\nkeep_until\x18\x04 \x01(\x01\".\n\rContractEnded\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\x01\"|\n\x0c\x43ontractFile\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.barterbackup.storedpb.ContractRecord\x12\x35\n\x06ledger\x18\x02 \x01(\x0b\x32%.barterbackup.storedpb.ContractLedger\"\xeb\x01\n\x0e\x43ontractLedger\x12\x15\n\rlast_check_at\x18\x01 \x01(\x01\x12\x19\n\x11last_check_passed\x18\x02 \x01(\x08\x12\x14\n\x0clast_verdict\x18\x03 \x01(\t\x12\x15\n\rsample_checks\x18\x04 \x01(\x04\x12\x19\n\x11sample_content_id\x18\x05 \x01(\x0c\x12\x36\n\x07notices\x18\x06 \x03(\x0b\x32%.barterbackup.storedpb.ContractNotice\x12\x15\n\rpeer_revision\x18\x07 \x01(\x04\x12\x10\n\x08released\x18\x08 \x01(\x08\"m\n\x0e\x43ontractNotice\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).barterbackup.storedpb.ContractNoticeKind\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nkeep_until\x18\x03 \x01(\x01*\x88\x01\n\x12\x43ontractBreakCause\x12$\n CONTRACT_BREAK_CAUSE_UNSPECIFIED\x10\x00\x12&\n\"CONTRACT_BREAK_CAUSE_FAILED_CHECKS\x10\x01\x12$\n CONTRACT_BREAK_CAUSE_UNREACHABLE\x10\x02*\x9f\x01\n\x12\x43ontractNoticeKind\x12$\n CONTRACT_NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONTRACT_NOTICE_KIND_ENDING\x10\x01\x12\x1f\n\x1b\x43ONTRACT_NOTICE_KIND_BROKEN\x10\x02\x12!\n\x1d\x43ONTRACT_NOTICE_KIND_RELEASED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storedpb_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTRACTBREAKCAUSE']._serialized_start=4077
-  _globals['_CONTRACTBREAKCAUSE']._serialized_end=4213
-  _globals['_CONTRACTNOTICEKIND']._serialized_start=4216
-  _globals['_CONTRACTNOTICEKIND']._serialized_end=4375
+  _globals['_CONTRACTBREAKCAUSE']._serialized_start=4100
+  _globals['_CONTRACTBREAKCAUSE']._serialized_end=4236
+  _globals['_CONTRACTNOTICEKIND']._serialized_start=4239
+  _globals['_CONTRACTNOTICEKIND']._serialized_end=4398
   _globals['_REVISIONROOT']._serialized_start=42
   _globals['_REVISIONROOT']._serialized_end=310
   _globals['_BLOBREF']._serialized_start=312
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATA']._serialized_start=792
   _globals['_METADATA']._serialized_end=1166
   _globals['_PEER']._serialized_start=1169
-  _globals['_PEER']._serialized_end=1552
-  _globals['_UPTIMEWINDOW']._serialized_start=1554
-  _globals['_UPTIMEWINDOW']._serialized_end=1615
-  _globals['_STORAGECONFIG']._serialized_start=1618
-  _globals['_STORAGECONFIG']._serialized_end=1747
-  _globals['_REPLICARECORD']._serialized_start=1749
-  _globals['_REPLICARECORD']._serialized_end=1841
-  _globals['_SOURCECONFIG']._serialized_start=1843
-  _globals['_SOURCECONFIG']._serialized_end=1903
-  _globals['_BACKUPSCHEDULE']._serialized_start=1905
-  _globals['_BACKUPSCHEDULE']._serialized_end=1944
-  _globals['_BACKUPRUNRECORD']._serialized_start=1947
-  _globals['_BACKUPRUNRECORD']._serialized_end=2251
-  _globals['_BACKUPWARNING']._serialized_start=2253
-  _globals['_BACKUPWARNING']._serialized_end=2298
-  _globals['_CONTRACTTERMS']._serialized_start=2301
-  _globals['_CONTRACTTERMS']._serialized_end=2535
-  _globals['_CHECKPOLICY']._serialized_start=2537
-  _globals['_CHECKPOLICY']._serialized_end=2626
-  _globals['_SIGNEDCONTRACTTERMS']._serialized_start=2628
-  _globals['_SIGNEDCONTRACTTERMS']._serialized_end=2720
-  _globals['_CONTRACTRECORD']._serialized_start=2723
-  _globals['_CONTRACTRECORD']._serialized_end=3144
-  _globals['_CONTRACTSYNCING']._serialized_start=3146
-  _globals['_CONTRACTSYNCING']._serialized_end=3178
-  _globals['_CONTRACTACTIVE']._serialized_start=3180
-  _globals['_CONTRACTACTIVE']._serialized_end=3211
-  _globals['_CONTRACTSUSPECT']._serialized_start=3213
-  _globals['_CONTRACTSUSPECT']._serialized_end=3339
-  _globals['_CONTRACTBROKEN']._serialized_start=3341
-  _globals['_CONTRACTBROKEN']._serialized_end=3467
-  _globals['_CONTRACTENDING']._serialized_start=3469
-  _globals['_CONTRACTENDING']._serialized_end=3551
-  _globals['_CONTRACTENDED']._serialized_start=3553
-  _globals['_CONTRACTENDED']._serialized_end=3599
-  _globals['_CONTRACTFILE']._serialized_start=3601
-  _globals['_CONTRACTFILE']._serialized_end=3725
-  _globals['_CONTRACTLEDGER']._serialized_start=3728
-  _globals['_CONTRACTLEDGER']._serialized_end=3963
-  _globals['_CONTRACTNOTICE']._serialized_start=3965
-  _globals['_CONTRACTNOTICE']._serialized_end=4074
+  _globals['_PEER']._serialized_end=1575
+  _globals['_UPTIMEWINDOW']._serialized_start=1577
+  _globals['_UPTIMEWINDOW']._serialized_end=1638
+  _globals['_STORAGECONFIG']._serialized_start=1641
+  _globals['_STORAGECONFIG']._serialized_end=1770
+  _globals['_REPLICARECORD']._serialized_start=1772
+  _globals['_REPLICARECORD']._serialized_end=1864
+  _globals['_SOURCECONFIG']._serialized_start=1866
+  _globals['_SOURCECONFIG']._serialized_end=1926
+  _globals['_BACKUPSCHEDULE']._serialized_start=1928
+  _globals['_BACKUPSCHEDULE']._serialized_end=1967
+  _globals['_BACKUPRUNRECORD']._serialized_start=1970
+  _globals['_BACKUPRUNRECORD']._serialized_end=2274
+  _globals['_BACKUPWARNING']._serialized_start=2276
+  _globals['_BACKUPWARNING']._serialized_end=2321
+  _globals['_CONTRACTTERMS']._serialized_start=2324
+  _globals['_CONTRACTTERMS']._serialized_end=2558
+  _globals['_CHECKPOLICY']._serialized_start=2560
+  _globals['_CHECKPOLICY']._serialized_end=2649
+  _globals['_SIGNEDCONTRACTTERMS']._serialized_start=2651
+  _globals['_SIGNEDCONTRACTTERMS']._serialized_end=2743
+  _globals['_CONTRACTRECORD']._serialized_start=2746
+  _globals['_CONTRACTRECORD']._serialized_end=3167
+  _globals['_CONTRACTSYNCING']._serialized_start=3169
+  _globals['_CONTRACTSYNCING']._serialized_end=3201
+  _globals['_CONTRACTACTIVE']._serialized_start=3203
+  _globals['_CONTRACTACTIVE']._serialized_end=3234
+  _globals['_CONTRACTSUSPECT']._serialized_start=3236
+  _globals['_CONTRACTSUSPECT']._serialized_end=3362
+  _globals['_CONTRACTBROKEN']._serialized_start=3364
+  _globals['_CONTRACTBROKEN']._serialized_end=3490
+  _globals['_CONTRACTENDING']._serialized_start=3492
+  _globals['_CONTRACTENDING']._serialized_end=3574
+  _globals['_CONTRACTENDED']._serialized_start=3576
+  _globals['_CONTRACTENDED']._serialized_end=3622
+  _globals['_CONTRACTFILE']._serialized_start=3624
+  _globals['_CONTRACTFILE']._serialized_end=3748
+  _globals['_CONTRACTLEDGER']._serialized_start=3751
+  _globals['_CONTRACTLEDGER']._serialized_end=3986
+  _globals['_CONTRACTNOTICE']._serialized_start=3988
+  _globals['_CONTRACTNOTICE']._serialized_end=4097
 # @@protoc_insertion_point(module_scope)

@@ -387,6 +387,7 @@ class Peer(_message.Message):
     AUDIT_BETA_FIELD_NUMBER: _builtins.int
     LAST_CHECK_AT_FIELD_NUMBER: _builtins.int
     UPTIME_WINDOWS_FIELD_NUMBER: _builtins.int
+    KNOWN_BY_USER_FIELD_NUMBER: _builtins.int
     onion_pubkey: _builtins.bytes
     """onion_pubkey is the peer's 32-byte Ed25519 onion identity key."""
     aead_key: _builtins.bytes
@@ -426,6 +427,14 @@ class Peer(_message.Message):
     """last_check_at is when the peer last answered or failed a check, in
     Unix seconds, or 0 before the first.
     """
+    known_by_user: _builtins.bool
+    """known_by_user is true when this node's user connected to the peer
+    or approved a contract with it.
+
+    The acceptance policy "known" admits only such peers, and under
+    "open" only they skip the rules for peers this node does not know.
+    A record made for a contract alone leaves it false.
+    """
     @_builtins.property
     def uptime_windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UptimeWindow]:
         """uptime_windows are the reachability probes of the last 30 days.
@@ -453,10 +462,11 @@ class Peer(_message.Message):
         audit_beta: _builtins.float = ...,
         last_check_at: _builtins.float = ...,
         uptime_windows: _abc.Iterable[Global___UptimeWindow] | None = ...,
+        known_by_user: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "audit_alpha", b"audit_alpha", "audit_beta", b"audit_beta", "audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "last_check_at", b"last_check_at", "last_seen", b"last_seen", "onion_pubkey", b"onion_pubkey", "rtt_ms", b"rtt_ms", "share_in_exchange", b"share_in_exchange", "uptime_score", b"uptime_score", "uptime_windows", b"uptime_windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aead_key", b"aead_key", "audit_alpha", b"audit_alpha", "audit_beta", b"audit_beta", "audit_score", b"audit_score", "checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "endpoint", b"endpoint", "first_seen", b"first_seen", "held_revision", b"held_revision", "known_by_user", b"known_by_user", "last_check_at", b"last_check_at", "last_seen", b"last_seen", "onion_pubkey", b"onion_pubkey", "rtt_ms", b"rtt_ms", "share_in_exchange", b"share_in_exchange", "uptime_score", b"uptime_score", "uptime_windows", b"uptime_windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,7 @@ from barterbackup.bbrpc.framing import FrameDecoder, FrameError, encode_payload
 from barterbackup.bbrpc.handshake import HandshakeFailed, Role
 from barterbackup.bbrpc.inbound import InboundCalls
 from barterbackup.bbrpc.outbound import OutboundCalls, OutgoingStream, not_authenticated
+from barterbackup.bbrpc.outbox import SHARED_LEDGER, OutboxLedger
 from barterbackup.keys import onion
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
@@ -78,6 +79,7 @@ class PeerConnection(Protocol):
         role: Role,
         dialed_address: str = "",
         limits: PeerLimits | None = None,
+        outbox_ledger: OutboxLedger | None = None,
     ) -> None:
         if role is Role.CLIENT:
             dialed_address = onion.normalize_onion_address(dialed_address)
@@ -96,6 +98,9 @@ class PeerConnection(Protocol):
         self._our_hello = b""
         self._peer_hello = b""
         self._failure_reason: str | None = None
+        # Set once we abort: frames already read are then not handled (the
+        # transport calls connectionLost only later).
+        self._aborted = False
         # None until the handshake ends; then this connection or the Failure.
         self._handshake_outcome: PeerConnection | Failure | None = None
         self._handshake_waiters: list[Deferred[PeerConnection]] = []
@@ -116,6 +121,7 @@ class PeerConnection(Protocol):
         self.writes_paused = False
         self._outbox: deque[tuple[bytes, ...]] = deque()
         self._outbox_bytes = 0
+        self._ledger = outbox_ledger or SHARED_LEDGER
         self._reading_paused = False
         # Stream items waiting for the transport's write buffer to drain,
         # with the call each belongs to.
@@ -246,7 +252,7 @@ class PeerConnection(Protocol):
         self.send_envelope(bbrpc_pb2.Envelope(call_id=HANDSHAKE_CALL_ID, hello=hello))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
         try:
             self._decoder.add(data)
@@ -261,8 +267,7 @@ class PeerConnection(Protocol):
         for timer in (self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._clear_outbox()
         if not was_authenticated and self._handshake_outcome is None:
             why = self._failure_reason or "connection closed during the handshake"
             self._end_handshake(Failure(HandshakeFailed(why)))
@@ -283,7 +288,9 @@ class PeerConnection(Protocol):
         # Queued answers first, in order; then the waiting stream senders.
         while self._outbox and not self.writes_paused:
             parts = self._outbox.popleft()
-            self._outbox_bytes -= sum(len(p) for p in parts)
+            size = sum(len(p) for p in parts)
+            self._outbox_bytes -= size
+            self._ledger.remove(self, size)
             self._transport().writeSequence(parts)
         self._update_reading()
         while self._write_waiters and self.writable:
@@ -328,7 +335,11 @@ class PeerConnection(Protocol):
             return
         self._dispatching = True
         try:
-            while not self._delivery_paused and self._state is not _State.closed:
+            while (
+                not self._delivery_paused
+                and self._state is not _State.closed
+                and not self._aborted
+            ):
                 try:
                     envelope = self._decoder.next()
                 except FrameError as e:
@@ -480,15 +491,33 @@ class PeerConnection(Protocol):
         if self.writable:
             self._transport().writeSequence(parts)
             return
+        size = sum(len(p) for p in parts)
         self._outbox.append(parts)
-        self._outbox_bytes += sum(len(p) for p in parts)
+        self._outbox_bytes += size
         if self._outbox_bytes > self.limits.max_outbox_bytes:
             self._drop(
                 f"it does not read our answers ({self._outbox_bytes} bytes "
                 f"queued, at most {self.limits.max_outbox_bytes})"
             )
             return
+        self._ledger.add(self, size)  # may drop us, or another non-reader
+        if not self._outbox:
+            return  # dropped: the ledger cleared our outbox
         self._update_reading()
+
+    def drop_for_outbox(self, total: int, limit: int) -> None:
+        """The process holds too many unread answers and ours are the most
+        (OutboxLedger): drop this connection."""
+        self._drop(
+            f"it does not read our answers ({self._outbox_bytes} bytes queued; "
+            f"{total} for all peers, at most {limit}, and this peer's are "
+            "the most)"
+        )
+
+    def _clear_outbox(self) -> None:
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self._ledger.release(self)
 
     def send_frame(self, frame: bytes) -> None:
         """Write a stream item framed as one bytes object (only when
@@ -533,7 +562,7 @@ class PeerConnection(Protocol):
 
     def _drop(self, why: str) -> None:
         """Drop a connection whose peer misbehaved; log why (no secrets)."""
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
         if self._state is not _State.authenticated and self._failure_reason is None:
             self._failure_reason = why
@@ -546,10 +575,10 @@ class PeerConnection(Protocol):
         self._abort()
 
     def _abort(self) -> None:
-        if self._state is _State.closed:
+        if self._state is _State.closed or self._aborted:
             return
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._aborted = True
+        self._clear_outbox()
         self._transport().abortConnection()
 
     def _peer_name(self) -> str:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -41,9 +42,15 @@ class CliError(Exception):
 
 
 def socket_path(args: argparse.Namespace) -> Path:
-    if args.socket:
-        return Path(args.socket).expanduser()
-    node_dir = Path(args.node_dir).expanduser() if args.node_dir else default_node_dir()
+    try:
+        if args.socket:
+            return Path(args.socket).expanduser()
+        node_dir = (
+            Path(args.node_dir).expanduser() if args.node_dir else default_node_dir()
+        )
+    except RuntimeError as e:
+        # expanduser of "~nosuchuser/x": a usage error, not a traceback.
+        raise CliError(f"bad --node-dir or --socket: {e}", EXIT_USAGE) from None
     return default_socket_path(node_dir)
 
 
@@ -106,6 +113,8 @@ def print_json(value: object, out: TextIO | None = None) -> None:
     (out or sys.stdout).write("\n")
 
 
+# Sizes travel as uint64.
+MAX_SIZE = 2**64 - 1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -135,9 +144,20 @@ def parse_size(text: str) -> int:
     unit = (match.group(2) or "").lower() if match else None
     if not match or unit not in _UNITS:
         raise argparse.ArgumentTypeError(
-            f"not a size: {text!r} (examples: 4096, 500M, 10GiB)"
+            f"not a size: {_quoted(text)} (examples: 4096, 500M, 10GiB)"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    # Exact: float() of 400 digits is infinity (OverflowError, which
+    # argparse does not catch), and 1e20 does not fit the uint64 it becomes.
+    size = int(Fraction(match.group(1)) * _UNITS[unit])
+    if size > MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"a size is at most {MAX_SIZE} bytes, not {_quoted(text)}"
+        )
+    return size
+
+
+def _quoted(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
 
 
 def human_size(n: int) -> str:

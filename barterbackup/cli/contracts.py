@@ -25,6 +25,12 @@ from barterbackup.cli.common import (
     stub,
     to_dict,
 )
+from barterbackup.cli.output import (
+    Output,
+    add_output_arguments,
+    message_fields,
+    report_progress_events,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -51,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="how much of the peer's content we keep",
     )
-    propose.add_argument("--json", action="store_true", help="print the contract")
+    add_output_arguments(propose)
     propose.set_defaults(run=run_propose)
     check = sub.add_parser("check", help="spot-check peers now")
     check.add_argument("peers", nargs="*", metavar="ONION")
@@ -150,14 +156,12 @@ def run_propose(args: argparse.Namespace) -> int:
                 final.append(response.contract)
             yield response.progress
 
-    rpc(lambda: show_progress_stream(events(), "contract", quiet_json=args.json))
+    out = Output.for_args(args)
+    rpc(lambda: report_progress_events(events(), out, "contract"))
     if not final:
         raise CliError("the daemon ended the proposal without an answer")
     contract = final[-1]
-    if args.json:
-        print_json(to_dict(contract))
-    else:
-        print("\n".join(describe(contract)))
+    out.result(message_fields(contract), "\n".join(describe(contract)))
     return 0
 
 

@@ -7,23 +7,30 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from barterbackup._proto import clirpc_pb2
 from barterbackup.cli.common import (
     CliError,
-    ProgressBar,
     human_size,
     rpc,
+    rpc_error,
     stub,
     write_output_file,
 )
+from barterbackup.cli.output import Output, add_output_arguments, message_fields
 
 # SetFile data messages carry this much. 4 MiB messages measured no clear
 # speed gain but ~30 MiB more daemon RSS while streaming (gRPC buffers).
 SEND_CHUNK = 1024 * 1024
+# StatFiles names per call (the daemon's bound).
+STAT_BATCH = 10_000
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +43,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Add files, or whole directories (walked recursively), to the "
             "file set. A directory's files are named DIRNAME/relative/path. "
-            "Symbolic links and special files are skipped with a warning."
+            "Symbolic links and special files are skipped with a warning. "
+            "Files unchanged since the current revision (same size, mtime, "
+            "ctime, inode and device) are not read again. On the daemon's "
+            "machine the daemon reads the paths itself; when it cannot (other "
+            "user, other machine, or --stream) the bytes are sent."
         ),
     )
     add.add_argument("paths", nargs="+", metavar="PATH")
@@ -46,6 +57,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="name in the file set (only with a single PATH)",
     )
+    add.add_argument(
+        "--stream",
+        action="store_true",
+        help="send the bytes even if the daemon could read the paths itself",
+    )
+    add_output_arguments(add)
     add.set_defaults(run=run_add)
 
     get = sub.add_parser("get", help="read a file back from the current revision")
@@ -53,6 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     get.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE (default: stdout)"
     )
+    add_output_arguments(get)
     get.set_defaults(run=run_get)
 
     remove = sub.add_parser("rm", help="remove files from the file set")
@@ -75,7 +93,9 @@ class LocalFile:
         return self.info.st_size
 
 
-def collect(paths: list[str], as_name: str | None) -> list[LocalFile]:
+def collect(
+    paths: list[str], as_name: str | None, warn: Callable[[str], None]
+) -> list[LocalFile]:
     """The regular files under ``paths`` with their file-set names."""
     if as_name and len(paths) != 1:
         raise CliError("--as works with a single PATH")
@@ -90,11 +110,11 @@ def collect(paths: list[str], as_name: str | None) -> list[LocalFile]:
         if stat.S_ISREG(info.st_mode):
             _add(found, LocalFile(top, top_name, info))
         elif stat.S_ISDIR(info.st_mode):
-            for path, relative in _walk(top):
+            for path, relative in _walk(top, warn):
                 name = f"{top_name}/{relative}" if top_name else relative
                 _add(found, LocalFile(path, name, path.lstat()))
         else:
-            print(f"skipping {raw}: not a regular file or directory", file=sys.stderr)
+            warn(f"skipping {raw}: not a regular file or directory")
     return [found[name] for name in sorted(found)]
 
 
@@ -107,7 +127,7 @@ def _add(found: dict[str, LocalFile], local: LocalFile) -> None:
     found[local.name] = local
 
 
-def _walk(top: Path) -> Iterator[tuple[Path, str]]:
+def _walk(top: Path, warn: Callable[[str], None]) -> Iterator[tuple[Path, str]]:
     def fail(error: OSError) -> None:
         raise CliError(f"cannot read {error.filename}: {error.strerror}")
 
@@ -116,16 +136,16 @@ def _walk(top: Path) -> Iterator[tuple[Path, str]]:
         for filename in sorted(filenames):
             path = Path(directory) / filename
             if not stat.S_ISREG(path.lstat().st_mode):
-                print(f"skipping {path}: not a regular file", file=sys.stderr)
+                warn(f"skipping {path}: not a regular file")
                 continue
             yield path, path.relative_to(top).as_posix()
 
 
 def _requests(
-    files: list[LocalFile], progress: ProgressBar
+    files: list[LocalFile], out: Output, total: int
 ) -> Iterator[clirpc_pb2.SetFileRequest]:
     sent = 0
-    for local in files:
+    for number, local in enumerate(files):
         info = local.info
         yield clirpc_pb2.SetFileRequest(
             header=clirpc_pb2.FileHeader(
@@ -146,22 +166,143 @@ def _requests(
         with handle:
             while chunk := handle.read(SEND_CHUNK):
                 sent += len(chunk)
-                progress.update(sent)
+                out.progress(
+                    sent,
+                    total,
+                    phase="sending",
+                    label="files add",
+                    files_done=number,
+                    files_total=len(files),
+                )
                 yield clirpc_pb2.SetFileRequest(data=chunk)
 
 
-def run_add(args: argparse.Namespace) -> int:
-    files = collect(args.paths, args.as_name)
+@dataclass(frozen=True)
+class TopPath:
+    """A PATH of ``files add`` as this process sees it."""
+
+    path: str
+    name: str
+    info: os.stat_result
+
+
+def _top_paths(paths: list[str], as_name: str | None) -> list[TopPath]:
+    if as_name and len(paths) != 1:
+        raise CliError("--as works with a single PATH")
+    tops = []
+    for raw in paths:
+        absolute = os.path.abspath(os.path.expanduser(raw))
+        try:
+            info = os.lstat(absolute)
+        except OSError as e:
+            raise CliError(f"cannot read {raw}: {e.strerror}") from None
+        tops.append(TopPath(absolute, as_name or Path(absolute).resolve().name, info))
+    return tops
+
+
+def _daemon_can_try(tops: list[TopPath]) -> bool:
+    """Whether the daemon may read these itself: files and folders only, a
+    folder's name one component (its files' first)."""
+    for top in tops:
+        if stat.S_ISDIR(top.info.st_mode):
+            if not top.name or "/" in top.name:
+                return False
+        elif not stat.S_ISREG(top.info.st_mode):
+            return False
+    return len({top.name for top in tops}) == len(tops)
+
+
+def _added_by_daemon(
+    client: Any, tops: list[TopPath], out: Output
+) -> clirpc_pb2.AddPathsResponse | None:
+    """AddPaths; None when the daemon cannot read the paths (then stream)."""
+    request = clirpc_pb2.AddPathsRequest(
+        paths=[
+            clirpc_pb2.PathToAdd(
+                path=top.path,
+                name=top.name,
+                device=top.info.st_dev,
+                inode=top.info.st_ino,
+            )
+            for top in tops
+        ]
+    )
+    try:
+        for response in client.AddPaths(request):
+            if response.HasField("result"):
+                return response
+            event = response.progress
+            out.progress(
+                event.bytes_done,
+                event.bytes_total,
+                phase=event.phase,
+                label="files add",
+                files_done=event.files_done,
+                files_total=event.files_total,
+                message=event.message,
+            )
+    except grpc.RpcError as e:
+        if e.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNIMPLEMENTED,
+        ):
+            out.message(f"{e.details()}; sending the bytes instead")
+            return None
+        raise rpc_error(e) from None
+    raise CliError("the daemon ended AddPaths without a result")
+
+
+def _changed_only(client: Any, files: list[LocalFile]) -> tuple[list[LocalFile], int]:
+    """The files whose stat differs from the daemon's files cache, and the
+    current revision."""
+    changed: list[LocalFile] = []
+    revision = 0
+    for start in range(0, len(files), STAT_BATCH):
+        batch = files[start : start + STAT_BATCH]
+        response = rpc(partial(client.StatFiles, _stat_request(batch)))
+        revision = response.revision
+        for local, known in zip(batch, response.files, strict=True):
+            info = local.info
+            if not (
+                known.present
+                and (
+                    known.size,
+                    known.mtime_ns,
+                    known.ctime_ns,
+                    known.inode,
+                    known.device,
+                )
+                == (
+                    info.st_size,
+                    info.st_mtime_ns,
+                    info.st_ctime_ns,
+                    info.st_ino,
+                    info.st_dev,
+                )
+            ):
+                changed.append(local)
+    return changed, revision
+
+
+def _stat_request(batch: list[LocalFile]) -> clirpc_pb2.StatFilesRequest:
+    return clirpc_pb2.StatFilesRequest(names=[f.name for f in batch])
+
+
+def _streamed(
+    client: Any, args: argparse.Namespace, out: Output
+) -> tuple[clirpc_pb2.SetFileResponse, int]:
+    files = collect(args.paths, args.as_name, lambda text: out.message(text, "warning"))
     if not files:
         raise CliError("no regular files to add")
-    client = stub(args)
-    total = sum(f.size for f in files)
-    progress = ProgressBar("adding", total)
+    changed, revision = _changed_only(client, files)
+    if not changed:
+        return clirpc_pb2.SetFileResponse(revision=revision, changed=False), 0
+    total = sum(f.size for f in changed)
     failure: list[CliError] = []
 
     def guarded() -> Iterator[clirpc_pb2.SetFileRequest]:
         try:
-            yield from _requests(files, progress)
+            yield from _requests(changed, out, total)
         except CliError as e:
             failure.append(e)
             raise
@@ -172,14 +313,35 @@ def run_add(args: argparse.Namespace) -> int:
         if failure:
             raise failure[0] from None
         raise
-    progress.finish()
+    return response, 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    out = Output.for_args(args)
+    tops = _top_paths(args.paths, args.as_name)
+    client = stub(args)
+    answer = None
+    if not args.stream and _daemon_can_try(tops):
+        answer = _added_by_daemon(client, tops, out)
+    if answer is not None:
+        response, warnings = answer.result, answer.warning_count
+        out.finish()
+        for warning in answer.warnings:
+            out.message(f"skipped {warning.path}: {warning.reason}", "warning")
+    else:
+        response, warnings = _streamed(client, args, out)
+        out.finish()
+    fields = message_fields(response)
+    fields["warning_count"] = warnings
+    fields["read_by_daemon"] = answer is not None
     if not response.changed:
-        print(f"no changes; revision {response.revision} kept")
+        out.result(fields, f"no changes; revision {response.revision} kept")
         return 0
-    print(
+    out.result(
+        fields,
         f"revision {response.revision}: {response.files_written} file(s), "
         f"{human_size(response.bytes_written)} added, "
-        f"{human_size(response.new_section_bytes)} of new sections stored"
+        f"{human_size(response.new_section_bytes)} of new sections stored",
     )
     return 0
 
@@ -188,28 +350,30 @@ def run_get(args: argparse.Namespace) -> int:
     client = stub(args)
     responses = client.GetFile(clirpc_pb2.GetFileRequest(name=args.name))
     if args.output:
-        progress = ProgressBar(f"reading {args.name}")
+        out = Output.for_args(args)
+        done = 0
+        total = 0
 
         def chunks() -> Iterator[bytes]:
-            done = 0
+            nonlocal done, total
             for response in responses:
                 if response.size:
-                    progress.total = response.size
+                    total = response.size
                 done += len(response.data)
-                progress.update(done)
+                out.progress(done, total, phase="reading", label=args.name)
                 yield response.data
 
         # Written to a temp file first: a failed read leaves no partial file.
         rpc(lambda: write_output_file(Path(args.output), chunks()))
-        progress.finish()
+        out.result({"name": args.name, "path": args.output, "bytes": done})
         return 0
 
-    out = sys.stdout.buffer
+    stdout = sys.stdout.buffer
 
     def copy() -> None:
         for response in responses:
-            out.write(response.data)
-        out.flush()
+            stdout.write(response.data)
+        stdout.flush()
 
     rpc(copy)
     return 0

@@ -7,19 +7,39 @@ import sys
 
 from barterbackup import __version__
 from barterbackup.cli import (
+    backup,
     chat,
+    check,
     contracts,
     files,
     peers,
     recover,
     replicate,
+    restore,
+    schedule,
+    sources,
     status,
     storage,
     unlock,
 )
 from barterbackup.cli.common import EXIT_FAILED, CliError
 
-GROUPS = (unlock, status, files, peers, storage, replicate, contracts, recover, chat)
+GROUPS = (
+    unlock,
+    status,
+    sources,
+    schedule,
+    backup,
+    files,
+    restore,
+    check,
+    peers,
+    storage,
+    replicate,
+    contracts,
+    recover,
+    chat,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mutual backup over Tor: talk to your barterbackup node.",
         epilog=(
             "Exit status: 0 success, 1 the operation failed, 2 usage error, "
-            "3 the daemon is not running or not accessible."
+            "3 the daemon is not running or not accessible, 4 (status --check) "
+            "the data is at risk."
         ),
     )
     parser.add_argument("--version", action="version", version=__version__)

@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from google.protobuf.message import Message
+
 from barterbackup._proto import clirpc_pb2
 
 TERMINAL = "terminal"
@@ -310,6 +312,35 @@ class Output:
     def _json(self, value: dict[str, Any]) -> None:
         self._out.write(json.dumps(value, sort_keys=True) + "\n")
         self._out.flush()
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """A protobuf message as a JSON-ready dict: every field, by its proto
+    name, 64-bit integers as numbers (``MessageToDict`` writes them as
+    strings), bytes as hex."""
+    fields: dict[str, Any] = {}
+    for descriptor in message.DESCRIPTOR.fields:
+        value = getattr(message, descriptor.name)
+        if descriptor.type == descriptor.TYPE_MESSAGE:
+            if _is_repeated(descriptor):
+                fields[descriptor.name] = [message_fields(item) for item in value]
+            elif message.HasField(descriptor.name):
+                fields[descriptor.name] = message_fields(value)
+            else:
+                fields[descriptor.name] = None
+        elif descriptor.type == descriptor.TYPE_BYTES:
+            fields[descriptor.name] = (
+                [bytes(v).hex() for v in value]
+                if _is_repeated(descriptor)
+                else value.hex()
+            )
+        else:
+            fields[descriptor.name] = list(value) if _is_repeated(descriptor) else value
+    return fields
+
+
+def _is_repeated(descriptor: Any) -> bool:
+    return bool(descriptor.is_repeated)
 
 
 def _terminal_width(stream: TextIO) -> int:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 
 from barterbackup._proto import clirpc_pb2
-from barterbackup.cli.common import (
-    CliError,
-    human_size,
-    print_json,
-    rpc,
-    show_progress_stream,
-    stub,
-    to_dict,
+from barterbackup.cli.common import CliError, human_size, rpc, stub
+from barterbackup.cli.output import (
+    Output,
+    add_output_arguments,
+    message_fields,
+    report_progress_events,
 )
 
 
@@ -33,31 +31,33 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="ONION",
         help="default: every peer under a contract in force",
     )
-    replicate.add_argument("--json", action="store_true", help="print events as JSON")
+    add_output_arguments(replicate)
     replicate.set_defaults(run=run_replicate)
 
 
 def run_replicate(args: argparse.Namespace) -> int:
     client = stub(args)
+    out = Output.for_args(args)
     request = clirpc_pb2.ReplicateContentRequest(onion_addresses=args.peers)
     events = rpc(
-        lambda: show_progress_stream(
-            (r.progress for r in client.ReplicateContent(request)),
-            "replicating",
-            quiet_json=args.json,
+        lambda: report_progress_events(
+            (r.progress for r in client.ReplicateContent(request)), out, "replicating"
         )
     )
-    if args.json:
-        print_json([to_dict(e) for e in events])
     finals = [e for e in events if e.phase in ("done", "failed")]
-    for event in finals if not args.json else []:
+    lines = []
+    for event in finals:
         if event.phase == "done":
-            print(
+            lines.append(
                 f"{event.peer}: holds revision {event.revision} "
                 f"({human_size(event.bytes_total)}; {event.message})"
             )
         else:
-            print(f"{event.peer}: FAILED: {event.message}")
-    if any(e.phase == "failed" for e in finals):
+            lines.append(f"{event.peer}: FAILED: {event.message}")
+    failed = any(e.phase == "failed" for e in finals)
+    out.result(
+        {"peers": [message_fields(e) for e in finals]}, "\n".join(lines), ok=not failed
+    )
+    if failed:
         raise CliError("some peers under contract do not hold the revision yet")
     return 0

@@ -12,6 +12,7 @@ import argparse
 import time
 
 from barterbackup._proto import clirpc_pb2
+from barterbackup.cli.backup import summary
 from barterbackup.cli.common import (
     human_size,
     human_time,
@@ -20,6 +21,7 @@ from barterbackup.cli.common import (
     stub,
     to_dict,
 )
+from barterbackup.cli.schedule import describe as describe_schedule
 from barterbackup.cli.status_line import EXIT_AT_RISK, safety_from_status, status_line
 
 
@@ -53,7 +55,10 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
     print("state:     unlocked")
     print(f"onion:     {status.onion_address}")
-    print(f"revision:  {status.revision}")
+    revision = f"revision:  {status.revision}"
+    if status.revision_time:
+        revision += f" (committed {human_time(status.revision_time)})"
+    print(revision)
     print(f"files:     {status.file_count}")
     print(f"content:   {human_size(status.content_length)}")
     print(f"transport: {status.transport} {status.peer_endpoint}".rstrip())
@@ -69,6 +74,13 @@ def run_status(args: argparse.Namespace) -> int:
         print(
             f"checks:    {status.checks_passed} passed, {status.checks_failed} "
             f"failed; last {human_time(status.last_check)}"
+        )
+    print(f"sources:   {status.source_count} folder(s)")
+    print(f"schedule:  {describe_schedule(status.schedule, time.time())}")
+    if status.HasField("last_backup") and status.last_backup.finished_at:
+        run = status.last_backup
+        print(
+            f"last run:  {human_time(run.finished_at)}, {run.trigger}: {summary(run)}"
         )
     for error in status.errors:
         print(f"problem:   {error}")

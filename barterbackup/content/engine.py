@@ -32,7 +32,6 @@ from pathlib import Path
 from barterbackup._proto import storedpb_pb2
 from barterbackup.content.blobs import CommitSink, PackSource
 from barterbackup.content.commit import NotInPreviousRevision, OldRevision, merge
-from barterbackup.content.crash import crash_point
 from barterbackup.content.journal import PendingFile, UpdateJournal
 from barterbackup.content.manifest import (
     FileRecord,
@@ -67,6 +66,7 @@ from barterbackup.content.sections import SectionKeyDeriver, section_encryptor
 from barterbackup.keys.derive import NodeKeys
 from barterbackup.logs import get_logger
 from barterbackup.revisions import (
+    MAX_SIGNED_ROOT_BYTES,
     InvalidRevision,
     VerifiedRevision,
     new_root,
@@ -79,6 +79,7 @@ from barterbackup.store.atomic import (
     make_private_directory,
     remove_leftovers,
 )
+from barterbackup.store.crash import crash_point
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.packs import (
     PackMarks,
@@ -108,6 +109,8 @@ __all__ = [
     "FileWriter",
     "IncompleteRevision",
     "InvalidFileName",
+    "ManifestChunk",
+    "RevisionNotKept",
     "SectionMissing",
     "Update",
     "UpdateInProgress",
@@ -148,6 +151,30 @@ class _LockedCache:
 
 class CorruptContent(Exception):
     """Stored content fails its checks; the message names what is bad."""
+
+
+class RevisionNotKept(LookupError):
+    """The revision asked for is not (or no longer) stored here."""
+
+
+@dataclass(frozen=True)
+class ManifestChunk:
+    """One chunk of a revision's manifest, as a check or a restore sees it.
+
+    ``records`` are the chunk's files with their first sections; a chunk
+    that cannot be read has none and ``error`` says why, while the name
+    index still tells which files it held: those from ``first_name`` on,
+    with the sections [first_section, stop_section).
+    """
+
+    number: int
+    first_name: str
+    first_section: int
+    stop_section: int
+    records: tuple[PlacedRecord, ...] = ()
+    error: str = ""
+    # blob is the damaged blob's hash when the error names one.
+    blob: bytes = b""
 
 
 class FileNotInSet(KeyError):
@@ -391,6 +418,9 @@ class ContentStore:
         self.metadata = metadata
         # Set by the node's session: what every commit seals into its root.
         self.node_state: NodeStateSource | None = None
+        # Told the hash of every stored blob a read finds damaged (any
+        # thread): the node repairs it from a replica in the background.
+        self.damage_listener: Callable[[bytes], None] | None = None
         self._current: VerifiedRevision | None = None
         self._names: NameIndex | None = None
         self._reader: ManifestReader | None = None
@@ -423,7 +453,11 @@ class ContentStore:
     def _load_revision(self, number: int) -> VerifiedRevision:
         path = self._revision_path(number)
         try:
-            verified = verify_root(path.read_bytes(), self._keys.onion_pubkey)
+            with path.open("rb") as handle:
+                # One byte past the bound is enough for verify_root to
+                # refuse it: a file grown to 2**40 bytes is never read whole.
+                signed = handle.read(MAX_SIGNED_ROOT_BYTES + 1)
+            verified = verify_root(signed, self._keys.onion_pubkey)
         except FileNotFoundError:
             raise CorruptContent(f"revision file {path} is missing") from None
         except InvalidRevision as error:
@@ -438,7 +472,8 @@ class ContentStore:
         pointer = self._dir / "current"
         number = 0
         if pointer.exists():
-            text = pointer.read_bytes()
+            with pointer.open("rb") as handle:
+                text = handle.read(21)  # a number of at most 20 digits
             if not text.isdigit() or len(text) > 20:
                 raise CorruptContent(f"revision pointer {pointer} is not a number")
             number = int(text)
@@ -464,7 +499,12 @@ class ContentStore:
         """The revision's name index; rebuilt from the manifest if damaged."""
         path = self._names_path(verified.number)
         try:
-            names = read_name_index(path, self._name_index_key, verified.content_id)
+            names = read_name_index(
+                path,
+                self._name_index_key,
+                verified.content_id,
+                verified.manifest.entry_count,
+            )
             if names.index.chunk_count != verified.manifest.entry_count:
                 raise InvalidNameIndex(f"name index {path} is not this revision's")
             return names
@@ -527,6 +567,17 @@ class ContentStore:
         """The committed revision (None before the first commit)."""
         return self._current
 
+    def revision_time(self) -> float:
+        """When the current revision was committed, in Unix seconds (its
+        signed root file's mtime; 0 before the first commit)."""
+        current = self._current
+        if current is None:
+            return 0.0
+        try:
+            return self._revision_path(current.number).stat().st_mtime
+        except OSError:
+            return 0.0
+
     @property
     def file_count(self) -> int:
         """Files in the current revision (from its name index: no read)."""
@@ -544,9 +595,27 @@ class ContentStore:
         try:
             return self._packs.read(sha256)
         except SectionCorrupt as error:
+            self._note_damage(error)
             raise CorruptContent(str(error)) from None
         except OSError as error:
             raise CorruptContent(f"blob {sha256.hex()}: {error}") from None
+
+    def _note_damage(self, error: BaseException, missing_too: bool = False) -> None:
+        """Tell the damage listener which blob ``error`` is about.
+
+        A missing blob counts only where our own tree names it
+        (``missing_too``): a peer may ask for any hash.
+        """
+        listener = self.damage_listener
+        sha256 = getattr(error, "sha256", b"")
+        if listener is None or not sha256:
+            return
+        if isinstance(error, SectionMissing) and not missing_too:
+            return
+        try:
+            listener(sha256)
+        except Exception:
+            log.failure("the damage listener failed")
 
     def has_blob(self, sha256: bytes) -> bool:
         return self._packs.has(sha256)
@@ -596,6 +665,7 @@ class ContentStore:
         except ManifestError as error:
             raise InvalidFileName(str(error)) from None
         except _DAMAGE as error:
+            self._note_damage(error, missing_too=True)
             raise CorruptContent(
                 f"manifest of revision {self._current.number}: {error}"
             ) from None
@@ -660,9 +730,123 @@ class ContentStore:
                     yield plain
                 where = f"file {name!r}: section tree"
         except _DAMAGE as error:
+            self._note_damage(error, missing_too=True)
             raise CorruptContent(f"{where}: {error}") from None
         if total != placed.record.size:
             raise CorruptContent(f"file {name!r}: sections do not add up to its size")
+
+    # -- stored revisions, for restoring and checking ----------------------
+
+    def kept_revision_numbers(self) -> list[int]:
+        """The revisions stored here, newest first: the current one and the
+        one before it, if its file is still there."""
+        with self._lock:
+            return [
+                number
+                for number in self._kept_revision_numbers()
+                if self._revision_path(number).exists()
+            ]
+
+    def revision(self, number: int = 0) -> VerifiedRevision:
+        """A stored revision by number (0: the current one), verified.
+
+        RevisionNotKept if it is not stored (any more); CorruptContent if
+        its file fails its checks.
+        """
+        with self._lock:
+            if self._current is None:
+                raise RevisionNotKept("no revision yet: add files first")
+            if number in (0, self._current.number):
+                return self._current
+            if number not in self.kept_revision_numbers():
+                kept = ", ".join(str(n) for n in self.kept_revision_numbers())
+                raise RevisionNotKept(
+                    f"revision {number} is not stored here (stored: {kept})"
+                )
+            return self._load_revision(number)
+
+    def manifest_chunks(self, revision: VerifiedRevision) -> Iterator[ManifestChunk]:
+        """Every chunk of ``revision``'s manifest in order, each read and
+        verified on its own: a damaged chunk is reported and the next ones
+        are still read (the name index says where each starts)."""
+        with self._lock:
+            index = self._index_of(revision)
+        if index is None:
+            yield ManifestChunk(
+                0,
+                "",
+                0,
+                revision.section_count,
+                error=f"the manifest of revision {revision.number} cannot be "
+                "read, nor its name index: no file of it can be listed",
+            )
+            return
+        reader = self._manifest_reader(revision, index)
+        count = index.chunk_count
+        for number in range(count):
+            first = index.first_sections[number]
+            stop = (
+                index.first_sections[number + 1]
+                if number + 1 < count
+                else revision.section_count
+            )
+            first_name = index.first_keys[number].replace(b"\x00", b"/")
+            name = first_name.decode("utf-8", "replace")
+            try:
+                records = []
+                position = first
+                for record, _ in reader.chunk_records(number):
+                    records.append(PlacedRecord(record, position))
+                    position += record.section_count
+            except (*_DAMAGE, IndexError) as error:
+                yield ManifestChunk(
+                    number,
+                    name,
+                    first,
+                    stop,
+                    error=f"manifest chunk {number} of revision "
+                    f"{revision.number}: {error}",
+                    blob=getattr(error, "sha256", b""),
+                )
+                continue
+            yield ManifestChunk(number, name, first, stop, tuple(records))
+
+    def _index_of(self, revision: VerifiedRevision) -> ManifestIndex | None:
+        """The revision's name index (locked): the current one's in memory,
+        another's from its file, else rebuilt by reading the manifest;
+        None when the manifest cannot be read either."""
+        if self._current is not None and revision.number == self._current.number:
+            assert self._names is not None
+            return self._names.index
+        path = self._names_path(revision.number)
+        try:
+            names = read_name_index(path, self._name_index_key, revision.content_id)
+            if names.index.chunk_count == revision.manifest.entry_count:
+                return names.index
+        except InvalidNameIndex:
+            pass
+        try:
+            return self._manifest_reader(revision, None).index()
+        except (*_DAMAGE, CorruptContent):
+            return None
+
+    def read_placed(
+        self, revision: VerifiedRevision, placed: PlacedRecord
+    ) -> Iterator[bytes]:
+        """``read_file`` for a record of any stored revision (from
+        ``manifest_chunks``): the same verified reads."""
+        return self._read_sections(placed.record.name, revision.sections, placed)
+
+    @property
+    def packs(self) -> PackStore:
+        """The pack store (a check reads its index and pack sizes)."""
+        return self._packs
+
+    def replace_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store verified copies of damaged or missing blobs (a repair),
+        dropping the damaged copies; see ``PackStore.replace_blobs``."""
+        with self._lock:
+            return self._packs.replace_blobs(blobs)
 
     # -- updating ---------------------------------------------------------
 

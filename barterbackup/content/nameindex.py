@@ -107,11 +107,31 @@ def write_name_index(
     atomic_write(path, sealed)
 
 
-def read_name_index(path: Path, key: bytes, content_id: bytes) -> NameIndex:
+def max_name_index_bytes(chunk_count: int) -> int:
+    """The most a sealed index of ``chunk_count`` chunks can take."""
+    sealing = 12 + 16  # nonce and tag
+    return sealing + _HEADER.size + chunk_count * (_CHUNK.size + 0xFFFF)
+
+
+def read_name_index(
+    path: Path, key: bytes, content_id: bytes, chunk_count: int | None = None
+) -> NameIndex:
     """The index of the revision ``content_id``; InvalidNameIndex if it is
-    missing or fails any check."""
+    missing or fails any check.
+
+    With ``chunk_count`` (the signed manifest's), a file longer than an
+    index of that many chunks can be is refused unread: one grown to 2**40
+    bytes must not be read into memory (it is rebuilt instead).
+    """
     try:
-        sealed = path.read_bytes()
+        with path.open("rb") as handle:
+            if chunk_count is None:
+                sealed = handle.read()
+            else:
+                most = max_name_index_bytes(chunk_count)
+                sealed = handle.read(most + 1)
+                if len(sealed) > most:
+                    raise InvalidNameIndex(f"name index {path} is too large")
     except FileNotFoundError:
         raise InvalidNameIndex(f"name index {path} is missing") from None
     try:

@@ -409,7 +409,7 @@ class ContractBook:
             timings=self.settings.timings,
         )
 
-    def _create(self, signed: SignedTerms) -> ContractEntry:
+    def _create(self, signed: SignedTerms, record_peer: bool = True) -> ContractEntry:
         contract = Contract(signed, self.our_pubkey)
         core = self._core(contract)
         machine = new_contract(core)
@@ -419,7 +419,8 @@ class ContractBook:
         self._entries[contract.contract_id] = entry
         self._write(entry)
         # A peer we have a contract with is recorded (and so redialled).
-        self._records.remember(contract.peer_pubkey, int(self._now()))
+        if record_peer:
+            self._records.remember(contract.peer_pubkey, int(self._now()))
         return entry
 
     def _safely(self, entry: ContractEntry, event: Event, what: str) -> None:
@@ -798,9 +799,7 @@ class ContractBook:
             our_pubkey=self.our_pubkey,
             budget=self.budget(),
             policy=self.acceptance_policy(),
-            proposer=policies.ProposerStanding.of(
-                self._records.get(peer), peer in self._records
-            ),
+            proposer=policies.ProposerStanding.of(self._records.get(peer)),
             now=self._now(),
         )
         if isinstance(decision, policies.Refuse):
@@ -821,7 +820,9 @@ class ContractBook:
                     policies.RefusalCode.DECLINED,
                     "too many proposals wait for this node's user; try later",
                 )
-            entry = self._create(proposal)
+            # Not recorded (nor redialled) while it waits: a stranger's
+            # proposal leaves no peer record unless our user approves it.
+            entry = self._create(proposal, record_peer=False)
             return bbrpc_pb2.ProposeContractResponse(
                 pending=bbrpc_pb2.ContractPending(reason=decision.reason)
             )
@@ -1013,6 +1014,8 @@ class ContractBook:
                 entry.contract.signed, self._keys.signing_key
             )
             entry.core.contract = Contract(accepted, self.our_pubkey)
+            # Our user chose this peer: recorded (it was not while waiting).
+            self._records.remember(entry.peer, int(self._now()), known_by_user=True)
             self.feed(cid, lambda m: m.accepted(), "accepted")
             answer.accepted_terms = accepted.encode()
         else:

@@ -73,12 +73,14 @@ class ProposerStanding:
     audit_score: float
 
     @classmethod
-    def of(cls, peer: storedpb_pb2.Peer | None, known: bool) -> ProposerStanding:
-        """From the peer's record (None for a peer never seen)."""
+    def of(cls, peer: storedpb_pb2.Peer | None) -> ProposerStanding:
+        """From the peer's record (None for a peer never seen). Known means
+        our user chose the peer, not merely that a record exists: a record
+        made for a contract alone does not make a stranger known."""
         if peer is None:
-            return cls(known=known, vetted=False, audit_score=scores.NEW_PEER.score)
+            return cls(known=False, vetted=False, audit_score=scores.NEW_PEER.score)
         return cls(
-            known=known,
+            known=peer.known_by_user,
             vetted=scores.is_vetted(peer),
             audit_score=scores.audit_reputation_of(peer).score,
         )

@@ -18,9 +18,9 @@ Conventions, for every method:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -33,7 +33,7 @@ from barterbackup.chat import peer_key as chat_keys
 from barterbackup.chat.aead import ChatError
 from barterbackup.chat.service import ChatAttachment, Listener
 from barterbackup.chat.session import NoChatKey
-from barterbackup.content.engine import CommitResult, Update
+from barterbackup.content.engine import CommitResult, RevisionNotKept, Update
 from barterbackup.contracts import errors as contract_errors
 from barterbackup.contracts.book import ContractView
 from barterbackup.contracts.checking import KINDS as CHECK_KINDS
@@ -48,6 +48,7 @@ from barterbackup.keys.onion import (
     pubkey_from_onion_address,
 )
 from barterbackup.logs import get_logger
+from barterbackup.node.backups import AddPathsResult, PathToAdd
 from barterbackup.node.results import (
     ChatKeyResult,
     ChatOverview,
@@ -57,6 +58,9 @@ from barterbackup.node.results import (
     NodeStatus,
     Obligation,
     PeerInfo,
+    RunOutcome,
+    ScheduleState,
+    Source,
     StorageReport,
     UnlockResult,
 )
@@ -64,6 +68,15 @@ from barterbackup.node.session import NodeEnvironment, UnlockedSession
 from barterbackup.peers.pool import CONNECT_TIMEOUT
 from barterbackup.progress import ProgressReport, ignore_progress
 from barterbackup.recovery.recoverer import RecoveryFailed, RecoveryResult
+from barterbackup.recovery.relay import ProgressRelay
+from barterbackup.recovery.repair import ContentCheckReport
+from barterbackup.recovery.restore import (
+    RestoreOutcome,
+    Restorer,
+    RestoreRefused,
+    check_selection,
+)
+from barterbackup.revisions import VerifiedRevision
 from barterbackup.store.atomic import (
     atomic_delete,
     atomic_write,
@@ -78,6 +91,7 @@ if TYPE_CHECKING:
     from barterbackup.content.engine import CommitResult, Update
 
 log = get_logger("barterbackup.node")
+T = TypeVar("T")
 
 MAX_MIN_REPLICAS = 64
 RECOVERY_MARKER = "recovering"
@@ -87,6 +101,10 @@ def recovery_marker(node_dir: Path) -> Path:
     """The file that says an automatic recovery is unfinished (resumed at
     the next unlock)."""
     return Path(node_dir) / RECOVERY_MARKER
+
+
+# StatFiles answers at most this many names a call.
+MAX_STAT_NAMES = 10_000
 
 
 class Node(MultiService):
@@ -100,6 +118,9 @@ class Node(MultiService):
         self._session: UnlockedSession | None = None
         self._unlock_lock = DeferredLock()
         self._update_lock = DeferredLock()
+        # Revisions a restore or a check is reading: garbage collection
+        # keeps their blobs until it ends.
+        self._reading: list[VerifiedRevision] = []
 
     # -- helpers ---------------------------------------------------------
 
@@ -174,6 +195,9 @@ class Node(MultiService):
             # Nothing has been written or opened: the directory is untouched.
             raise errors.PermissionDenied(str(WrongPassword()))
         session = await UnlockedSession.open(self.env, self.node_dir, keys)
+        session.attach_backups(
+            self.node_dir, self.begin_update, self.revision_committed
+        )
         self._session = session
         session.recovery_host.after_install = self._recovery_installed
         session.setServiceParent(self)
@@ -252,6 +276,10 @@ class Node(MultiService):
             problems.append(f"a contract file was put aside ({path.name}): {reason}")
         for bad in session.replicas.quarantined:
             problems.append(f"a replica was put aside ({bad.path.name}): {bad.reason}")
+        backups = session.backups
+        if backups.load_error:
+            problems.append(f"the source list is invalid: {backups.load_error}")
+        schedule = backups.state()
         return NodeStatus(
             unlocked=True,
             onion_address=session.keys.onion_address,
@@ -269,6 +297,10 @@ class Node(MultiService):
             last_check=replication.last_check_at,
             errors=tuple(problems),
             recovery=session.recovery.status(),
+            revision_time=session.content.revision_time(),
+            source_count=len(backups.sources),
+            schedule=schedule,
+            last_backup=schedule.last_outcome,
         )
 
     # -- the file set ----------------------------------------------------
@@ -317,7 +349,7 @@ class Node(MultiService):
             # The blobs a recovery fetched are referenced by no revision of
             # ours until it installs one: collecting now would drop them.
             return succeed(0)
-        keep = session.pusher.revisions_in_flight()
+        keep = [*session.pusher.revisions_in_flight(), *self._reading]
         return self.env.blocking(lambda: session.content.gc(keep))
 
     def revision_committed(self) -> None:
@@ -341,6 +373,147 @@ class Node(MultiService):
             log.failure("garbage collection failed", failure)
 
         self.collect_garbage().addCallbacks(collected, failed)
+
+    # -- restore and check (docs/restore-and-check.md) ----------------------
+
+    def restore_files(
+        self,
+        directory: str,
+        names: Sequence[str],
+        revision: int,
+        overwrite: bool,
+        report: ProgressReport,
+    ) -> Deferred[RestoreOutcome]:
+        """RestoreFiles: write a stored revision's files (all, or those
+        ``names`` select: files or directory prefixes) under ``directory``,
+        an absolute path of this machine; ``revision`` 0 is the current one.
+
+        Fires with the outcome, whose failures (damaged files, unsafe
+        paths) are listed in it rather than raised; a bad directory or
+        selection fails at once and writes nothing.
+        """
+        session = self._require_unlocked()
+        if not directory or not Path(directory).is_absolute():
+            raise errors.InvalidArgument(
+                "the directory to restore into must be an absolute path"
+            )
+        try:
+            selection = check_selection(list(names))
+            verified = session.content.revision(revision)
+        except RestoreRefused as e:
+            raise errors.InvalidArgument(str(e)) from None
+        except RevisionNotKept as e:
+            raise errors.NotFound(str(e)) from None
+        relay = ProgressRelay(self.env.clock, report)
+        restorer = Restorer(
+            session.content,
+            Path(directory),
+            selection,
+            verified.number,
+            overwrite,
+            relay.post,
+        )
+        restoring: Deferred[RestoreOutcome] = self.env.blocking(restorer.run)
+        restoring.addBoth(relay.close)
+        restoring.addErrback(_restore_error)
+        return self._reading_while(verified, restoring)
+
+    def check_content(
+        self, read_data: bool, repair: bool, report: ProgressReport
+    ) -> Deferred[ContentCheckReport]:
+        """CheckContent: verify our own store (with ``read_data``, every
+        byte); with ``repair``, fetch what is damaged back from replicas and
+        check again. Fires with the report; damage is in it, not an error.
+        """
+        session = self._require_unlocked()
+        content = session.content
+        checking: Deferred[ContentCheckReport] = session.repair.check(
+            read_data, repair, report
+        )
+        for number in content.kept_revision_numbers():
+            try:
+                checking = self._reading_while(content.revision(number), checking)
+            except Exception:
+                continue  # the check reports it
+        return checking
+
+    def _reading_while(self, revision: VerifiedRevision, d: Deferred[T]) -> Deferred[T]:
+        """Keep ``revision``'s blobs from garbage collection until ``d`` fires."""
+        self._reading.append(revision)
+
+        def done(result: T) -> T:
+            self._reading.remove(revision)
+            return result
+
+        return d.addBoth(done)
+
+    # -- backups -----------------------------------------------------------
+
+    def sources(self) -> list[Source]:
+        """The source folders, sorted by name."""
+        return list(self._require_unlocked().backups.sources)
+
+    def add_source(
+        self,
+        path: str,
+        name: str = "",
+        excludes: list[str] | None = None,
+        replace: bool = False,
+    ) -> Deferred[Source]:
+        """Back up the folder ``path`` (absolute, readable by the daemon)
+        under ``name``; durable when the Deferred fires."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(
+            backups.add_source(path, name, list(excludes or ()), replace)
+        )
+
+    def remove_source(self, path: str = "", name: str = "") -> Deferred[Source]:
+        """Stop backing up a folder (named by path or name). Its files stay
+        in the file set as the last run left them."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.remove_source(path, name))
+
+    def set_schedule(self, every_seconds: int) -> Deferred[ScheduleState]:
+        """Back up every ``every_seconds`` (0: off), counted from the end of
+        the last run."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.set_schedule(every_seconds))
+
+    def schedule(self) -> ScheduleState:
+        return self._require_unlocked().backups.state()
+
+    def add_paths(
+        self, paths: list[PathToAdd], report: ProgressReport
+    ) -> Deferred[AddPathsResult]:
+        """``files add`` read by the daemon itself (see Backups.add_paths):
+        unchanged files are not read; one revision, or none."""
+        backups = self._require_unlocked().backups
+        return Deferred.fromCoroutine(backups.add_paths(paths, report))
+
+    def stat_files(self, names: list[str]) -> Deferred[tuple[int, list[Any]]]:
+        """The current revision's number and the record of each name (None
+        when absent): what a streaming ``files add`` needs of the files
+        cache to send only changed files."""
+        if len(names) > MAX_STAT_NAMES:
+            raise errors.InvalidArgument(f"at most {MAX_STAT_NAMES} names at once")
+        content = self._require_unlocked().content
+
+        def look_up() -> tuple[int, list[Any]]:
+            current = content.current
+            records: list[Any] = []
+            for name in names:
+                try:
+                    records.append(content.file_entry(name))
+                except (KeyError, ValueError):
+                    records.append(None)
+            return (current.number if current else 0), records
+
+        return self.env.blocking(look_up)
+
+    def backup_now(self, report: ProgressReport) -> Deferred[RunOutcome]:
+        """Back up the sources now (or after the run in progress); fires
+        with the run's outcome, failed runs included (``error`` says)."""
+        return self._require_unlocked().backups.backup_now(report)
 
     # -- peers -------------------------------------------------------------
 
@@ -366,7 +539,7 @@ class Node(MultiService):
         await session.network.ready()
         hint = endpoint or session.records.endpoint(pubkey)
         session.records.remember(
-            pubkey, int(self.env.now()), endpoint=hint, share=share
+            pubkey, int(self.env.now()), endpoint=hint, share=share, known_by_user=True
         )
         try:
             await session.pool.dial(pubkey, hint)
@@ -757,6 +930,16 @@ def _contract_error(error: Exception) -> Exception:
     if isinstance(error, InvalidTerms):
         return errors.InvalidArgument(text)
     return error
+
+
+def _restore_error(failure: Failure) -> Failure:
+    """A restore that could not start, as the node API's error."""
+    error = failure.value
+    if isinstance(error, RestoreRefused):
+        raise errors.InvalidArgument(str(error))
+    if isinstance(error, RevisionNotKept):
+        raise errors.NotFound(str(error))
+    return failure
 
 
 def _connect_error(address: str, error: Exception) -> errors.NodeError:

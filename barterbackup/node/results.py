@@ -30,6 +30,28 @@ from barterbackup.chat.updates import (  # noqa: F401 (re-exported)
 )
 from barterbackup.contracts.settings import BookSettings
 from barterbackup.progress import Progress
+
+# What restore and check return: the recovery package's records are the
+# node API's records.
+from barterbackup.recovery.check import (  # noqa: F401 (re-exported)
+    CheckOutcome,
+    DamagedBlob,
+    DamagedFile,
+)
+from barterbackup.recovery.repair import ContentCheckReport  # noqa: F401
+from barterbackup.recovery.restore import (  # noqa: F401 (re-exported)
+    FileFailure,
+    RestoreOutcome,
+)
+
+# A backup run's outcome, the schedule's state and a source folder: the
+# sources package's records are the node API's records.
+from barterbackup.sources.config import Source  # noqa: F401 (re-exported)
+from barterbackup.sources.schedule import (  # noqa: F401 (re-exported)
+    RunOutcome,
+    RunResult,
+    ScheduleState,
+)
 from barterbackup.transport.onion import OnionDefences
 
 
@@ -89,6 +111,13 @@ class NodeStatus:
     errors: tuple[str, ...] = ()
     # The recovery in progress (its last overall progress), if one runs.
     recovery: Progress | None = None
+    # When the current revision was committed (Unix seconds, 0: none).
+    revision_time: float = 0.0
+    # The backups: how many source folders, the schedule (None while
+    # locked) and the most recent run's outcome.
+    source_count: int = 0
+    schedule: ScheduleState | None = None
+    last_backup: RunOutcome | None = None
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from barterbackup import paths
 from barterbackup.chat.offers import OfferRefused
 from barterbackup.chat.outbox import Outbox, OutboxCorrupt
 from barterbackup.chat.service import ChatService
-from barterbackup.content.crash import crash_point
 from barterbackup.content.engine import ContentStore, FileNotInSet
 from barterbackup.contracts.book import ContractBook
+from barterbackup.contracts.entries import IN_FORCE, KEEPING
 from barterbackup.contracts.files import ContractFiles
 from barterbackup.contracts.keeping import StorageGrants
 from barterbackup.contracts.samplecheck import audit_key_of
@@ -47,9 +47,16 @@ from barterbackup.peers.pool import ConnectionPool
 from barterbackup.peers.records import PeerRecords
 from barterbackup.recovery.contact import OwnerContacts
 from barterbackup.recovery.recoverer import Recovery
+from barterbackup.recovery.repair import ContentRepair, Holder, ReplicaBlobFetcher
+from barterbackup.store.crash import crash_point
 from barterbackup.store.metadata import MetadataStore
 from barterbackup.store.replicas import ReplicaStore
-from barterbackup.sync.interfaces import Blocking, ReactorTime, run_inline
+from barterbackup.sync.interfaces import (
+    Blocking,
+    PeerConnectionLike,
+    ReactorTime,
+    run_inline,
+)
 from barterbackup.sync.offers import OfferedContent
 from barterbackup.sync.push import Pusher
 from barterbackup.sync.replica import ReplicaService
@@ -59,6 +66,7 @@ from barterbackup.transport.tcp import PlainTcpTransport
 
 if TYPE_CHECKING:
     from barterbackup.content.engine import ContentStore
+    from barterbackup.node.backups import Backups
 
 log = get_logger("barterbackup.node")
 
@@ -111,6 +119,11 @@ class NodeEnvironment:
     # recovery_window is how long a recovery collects replicas' offers
     # after the first one (docs/recovery.md).
     recovery_window: float = 30.0
+    # call_from_thread hands a call from a worker thread to the reactor
+    # thread (a backup run's progress); a direct call where work is inline.
+    call_from_thread: Callable[..., object] = field(
+        default=lambda function, *args: function(*args)
+    )
 
 
 def _no_transport() -> Transport:
@@ -148,6 +161,7 @@ def production_environment(reactor: Any, config: NodeConfig) -> NodeEnvironment:
         blocking=blocking,
         make_transport=make_transport,
         contract_settings=config.contract_settings or BookSettings(),
+        call_from_thread=reactor.callFromThread,
     )
 
 
@@ -231,6 +245,20 @@ class UnlockedSession(MultiService):
             clock, env.rng, self._owners_to_contact, self.pool
         )
 
+        # Self-repair: `check --repair`, and reads that meet damage, fetch
+        # damaged blobs back from the peers that keep our content.
+        self.repair = ContentRepair(
+            content,
+            ReplicaBlobFetcher(
+                keys.onion_pubkey, self._repair_holders, self._repair_connection, clock
+            ),
+            clock,
+            env.blocking,
+            current_revision=lambda: content.current.number if content.current else 0,
+        )
+        if hasattr(content, "damage_listener"):  # the swarm's fake engine has none
+            content.damage_listener = self.repair.note_damaged
+
     def _owners_to_contact(self) -> list[bytes]:
         """Owners whose replica we hold under a contract (never others)."""
         return [
@@ -238,6 +266,25 @@ class UnlockedSession(MultiService):
             for owner in self.replicas.owners()
             if self.replicas.held(owner) is not None and self.book.grants.keeps(owner)
         ]
+
+    def _repair_holders(self) -> list[Holder]:
+        """The peers that may keep our content: their contracts are in force
+        or still keep our data."""
+        return [
+            Holder(entry.peer, entry.ledger.peer_revision)
+            for entry in self.book.entries()
+            if entry.state in IN_FORCE or entry.state in KEEPING
+        ]
+
+    async def _repair_connection(self, peer: bytes) -> PeerConnectionLike:
+        conn = self.pool.connection(peer)
+        if conn is not None:
+            return conn
+        await self.network.ready()
+        dialled: PeerConnectionLike = await self.pool.dial(
+            peer, self.records.endpoint(peer)
+        )
+        return dialled
 
     @classmethod
     async def open(
@@ -302,6 +349,23 @@ class UnlockedSession(MultiService):
             raise
         return session
 
+    def attach_backups(
+        self,
+        node_dir: Path,
+        begin_update: Callable[[], Deferred[Any]],
+        committed: Callable[[], None],
+    ) -> Backups:
+        """Source folders, the schedule and the runs (a child service: they
+        start and stop with the session). The node gives its update lock
+        (``begin_update``) and what follows a commit (``committed``)."""
+        from barterbackup.node.backups import Backups
+
+        self.backups = Backups(
+            self.env, node_dir, self.metadata, self.content, begin_update, committed
+        )
+        self.backups.setServiceParent(self)
+        return self.backups
+
     def startService(self) -> None:
         super().startService()
         self.book.start()
@@ -310,11 +374,13 @@ class UnlockedSession(MultiService):
         ready = self.network.ready()
         ready.addCallback(lambda _: self.owner_contacts.start())
         ready.addErrback(lambda _: None)  # status reports the network's failure
+        self.repair.start()
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self.repair.stop()
         self.chat.stop()
         self.owner_contacts.stop()
         self.state_keeper.stop()

@@ -102,8 +102,13 @@ class PeerRecords:
         share: bool | None = None,
         rtt_ms: int | None = None,
         held_revision: int | None = None,
+        known_by_user: bool = False,
     ) -> storedpb_pb2.Peer:
-        """Create or update a peer's record; the write follows shortly."""
+        """Create or update a peer's record; the write follows shortly.
+
+        ``known_by_user`` marks the peer as one our user chose (connected
+        to, or approved a contract with); it is never cleared here.
+        """
         record = self._records.get(pubkey)
         if record is None:
             record = storedpb_pb2.Peer(onion_pubkey=pubkey, first_seen=now)
@@ -118,6 +123,8 @@ class PeerRecords:
             record.rtt_ms = rtt_ms
         if held_revision is not None:
             record.held_revision = held_revision
+        if known_by_user:
+            record.known_by_user = True
         self._schedule_write()
         return record
 

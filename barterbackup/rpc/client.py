@@ -30,7 +30,7 @@ class DaemonUnreachable(Exception):
 def check_reachable(socket_path: Path) -> None:
     """Raise DaemonUnreachable with a precise reason, or return."""
     path = Path(socket_path)
-    if not path.parent.exists():
+    if not _exists(path.parent):
         raise DaemonUnreachable(
             f"no daemon socket at {path}: is the daemon running? Start it "
             f"with `twistd -n barterbackup --node-dir {path.parent.parent}`"
@@ -40,7 +40,7 @@ def check_reachable(socket_path: Path) -> None:
             f"cannot access {path.parent}: it belongs to another user "
             "(the CLI must run as the daemon's user)"
         )
-    if not path.exists():
+    if not _exists(path):
         raise DaemonUnreachable(
             f"no daemon socket at {path}: is the daemon running? Start it "
             f"with `twistd -n barterbackup --node-dir {path.parent.parent}`"
@@ -59,6 +59,15 @@ def check_reachable(socket_path: Path) -> None:
         ) from None
     finally:
         probe.close()
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as e:  # a name too long, a parent we may not search
+        raise DaemonUnreachable(
+            f"cannot use the socket path {path}: {e.strerror}"
+        ) from None
 
 
 def connect(socket_path: Path) -> tuple[grpc.Channel, clirpc_pb2_grpc.CliRpcStub]:

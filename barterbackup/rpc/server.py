@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,22 @@ def prepare_socket_directory(directory: Path, owned: bool) -> Path:
     this user and closed to everyone else, or the daemon refuses it (a
     ``--socket /tmp/x.sock`` must not chmod /tmp).
     """
-    directory = Path(directory)
-    if not directory.exists() or owned:
-        return make_private_directory(directory)
-    info = directory.stat()
+    # Checked and created as one lexical path: "new/../open" does not
+    # exist (no "new"), yet creating it made "new" and then chmodded the
+    # existing "open" (``--socket /tmp/none/../x.sock`` closed /tmp).
+    directory = Path(os.path.normpath(directory))
+    try:
+        if not directory.exists() or owned:
+            return make_private_directory(directory)
+        info = directory.stat()
+    except OSError as e:
+        # A file where a directory must be, a parent we may not enter, a
+        # name too long.
+        raise SocketPathError(
+            f"cannot use {directory} for the socket: {e.strerror}"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SocketPathError(f"{directory} is not a directory")
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise SocketPathError(
             f"{directory} is open to other users (or not yours): put the socket "
@@ -85,7 +98,9 @@ class CliRpcServer(Service):
         # when it is the node directory's own (NODE/rpc).
         self._reactor = reactor
         self._node = node
-        self.socket_path = Path(socket_path)
+        # The socket goes where its directory was checked (see
+        # prepare_socket_directory: one lexical path, ".." resolved).
+        self.socket_path = Path(os.path.normpath(socket_path))
         self._server: grpc.Server | None = None
 
     def startService(self) -> None:

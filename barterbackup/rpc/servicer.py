@@ -32,14 +32,18 @@ from barterbackup._proto import clirpc_pb2, clirpc_pb2_grpc
 from barterbackup.chat.aead import ChatError
 from barterbackup.chat.service import ChatAttachment
 from barterbackup.logs import get_logger
+from barterbackup.node.backups import AddPathsResult, PathToAdd
 from barterbackup.node.facade import FileSetUpdate, Node
 from barterbackup.node.results import (
     ChatEnded,
     ChatKeyResult,
     ChatOverview,
     ChatUpdate,
+    CheckOutcome,
     CheckReport,
+    ContentCheckReport,
     ContractInfo,
+    DamagedFile,
     FileInfo,
     MessageIn,
     MessageStatus,
@@ -48,8 +52,12 @@ from barterbackup.node.results import (
     OfferIn,
     OfferOut,
     PeerInfo,
+    RestoreOutcome,
+    RunOutcome,
+    ScheduleState,
     SessionClosed,
     SessionOpened,
+    Source,
     StorageReport,
     TransferProgress,
 )
@@ -76,6 +84,8 @@ POLL_SECONDS = 0.5
 # Chat events waiting for a client that does not read them; beyond this the
 # client is cut off (its unshown messages go back to the node).
 MAX_CHAT_BACKLOG = 1000
+# Skipped entries an AddPaths answer lists (all are counted).
+MAX_REPORTED_WARNINGS = 100
 
 
 class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
@@ -137,7 +147,7 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         self, request: clirpc_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.GetStatusResponse:
         status: NodeStatus = self._on_reactor(context, self._node.status)
-        return clirpc_pb2.GetStatusResponse(
+        response = clirpc_pb2.GetStatusResponse(
             unlocked=status.unlocked,
             onion_address=status.onion_address,
             revision=status.revision,
@@ -155,7 +165,14 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             last_check=int(status.last_check),
             errors=list(status.errors),
             recovery=_progress(status.recovery) if status.recovery else None,
+            revision_time=int(status.revision_time),
+            source_count=status.source_count,
         )
+        if status.schedule is not None:
+            response.schedule.CopyFrom(_schedule_info(status.schedule))
+        if status.last_backup is not None:
+            response.last_backup.CopyFrom(_run_info(status.last_backup))
+        return response
 
     def ListFiles(
         self, request: clirpc_pb2.ListFilesRequest, context: grpc.ServicerContext
@@ -261,6 +278,54 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         if not seen:
             self._abort(context, errors.InvalidArgument("SetFile stream named no file"))
         return written, removed, data_bytes
+
+    def AddPaths(
+        self, request: clirpc_pb2.AddPathsRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.AddPathsResponse]:
+        paths = [PathToAdd(p.path, p.name, p.device, p.inode) for p in request.paths]
+        for item in self._operation_stream(context, self._node.add_paths, paths):
+            if isinstance(item, Finished):
+                added: AddPathsResult = item.value
+                commit = added.commit
+                response = clirpc_pb2.AddPathsResponse(
+                    progress=clirpc_pb2.Progress(phase="done", message=commit.summary),
+                    result=clirpc_pb2.SetFileResponse(
+                        revision=commit.revision.number,
+                        files_written=added.files_read,
+                        files_removed=0,
+                        bytes_written=added.bytes_read,
+                        new_section_bytes=commit.new_section_bytes,
+                        content_length=commit.content_length,
+                        changed=commit.changed,
+                    ),
+                    warning_count=added.warning_count,
+                )
+                for warning in added.warnings[:MAX_REPORTED_WARNINGS]:
+                    response.warnings.add(path=warning.path, reason=warning.reason)
+                yield response
+            else:
+                yield clirpc_pb2.AddPathsResponse(progress=item)
+
+    def StatFiles(
+        self, request: clirpc_pb2.StatFilesRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.StatFilesResponse:
+        names = list(request.names)
+        revision, records = self._on_reactor(context, self._node.stat_files, names)
+        response = clirpc_pb2.StatFilesResponse(revision=revision)
+        for name, record in zip(names, records, strict=True):
+            if record is None:
+                response.files.add(name=name, present=False)
+            else:
+                response.files.add(
+                    name=name,
+                    present=True,
+                    size=record.size,
+                    mtime_ns=record.mtime_ns,
+                    ctime_ns=record.ctime_ns,
+                    inode=record.inode,
+                    device=record.device,
+                )
+        return response
 
     def ConnectPeer(
         self, request: clirpc_pb2.ConnectPeerRequest, context: grpc.ServicerContext
@@ -430,6 +495,37 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         )
         return clirpc_pb2.AnswerContractResponse(contract=_contract(info))
 
+    # -- restore and check (docs/restore-and-check.md) -----------------------
+
+    def RestoreFiles(
+        self, request: clirpc_pb2.RestoreFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.RestoreFilesResponse]:
+        for item in self._operation_stream(
+            context,
+            self._node.restore_files,
+            request.directory,
+            list(request.names),
+            request.revision,
+            request.overwrite,
+        ):
+            if isinstance(item, Finished):
+                yield clirpc_pb2.RestoreFilesResponse(
+                    result=_restore_result(item.value)
+                )
+            else:
+                yield clirpc_pb2.RestoreFilesResponse(progress=item)
+
+    def CheckContent(
+        self, request: clirpc_pb2.CheckContentRequest, context: grpc.ServicerContext
+    ) -> Iterator[clirpc_pb2.CheckContentResponse]:
+        for item in self._operation_stream(
+            context, self._node.check_content, request.read_data, request.repair
+        ):
+            if isinstance(item, Finished):
+                yield clirpc_pb2.CheckContentResponse(result=_check_result(item.value))
+            else:
+                yield clirpc_pb2.CheckContentResponse(progress=item)
+
     def RecoverContent(
         self, request: clirpc_pb2.RecoverContentRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.RecoverContentResponse]:
@@ -550,38 +646,67 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             # side notices and leaves the chat.
             return
 
-    # Scheduled backups (issue 12): the messages are defined, the lead wires
-    # them to barterbackup.sources.
+    # -- backups -----------------------------------------------------------
 
     def AddSource(
         self, request: clirpc_pb2.AddSourceRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.AddSourceResponse:
-        self._not_built(context, "AddSource", "backups")
+        source = self._on_reactor(
+            context,
+            self._node.add_source,
+            request.path,
+            request.name,
+            list(request.excludes),
+            request.replace,
+        )
+        return clirpc_pb2.AddSourceResponse(source=_source_info(source))
 
     def ListSources(
         self, request: clirpc_pb2.ListSourcesRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.ListSourcesResponse:
-        self._not_built(context, "ListSources", "backups")
+        sources = self._on_reactor(context, self._node.sources)
+        return clirpc_pb2.ListSourcesResponse(
+            sources=[_source_info(s) for s in sources]
+        )
 
     def RemoveSource(
         self, request: clirpc_pb2.RemoveSourceRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.RemoveSourceResponse:
-        self._not_built(context, "RemoveSource", "backups")
+        gone = self._on_reactor(
+            context, self._node.remove_source, request.path, request.name
+        )
+        return clirpc_pb2.RemoveSourceResponse(removed=_source_info(gone))
 
     def SetSchedule(
         self, request: clirpc_pb2.SetScheduleRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.SetScheduleResponse:
-        self._not_built(context, "SetSchedule", "backups")
+        state = self._on_reactor(
+            context, self._node.set_schedule, request.every_seconds
+        )
+        return clirpc_pb2.SetScheduleResponse(schedule=_schedule_info(state))
 
     def GetSchedule(
         self, request: clirpc_pb2.GetScheduleRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.GetScheduleResponse:
-        self._not_built(context, "GetSchedule", "backups")
+        state = self._on_reactor(context, self._node.schedule)
+        return clirpc_pb2.GetScheduleResponse(schedule=_schedule_info(state))
 
     def BackupNow(
         self, request: clirpc_pb2.BackupNowRequest, context: grpc.ServicerContext
     ) -> Iterator[clirpc_pb2.BackupNowResponse]:
-        self._not_built(context, "BackupNow", "backups")
+        for item in self._operation_stream(context, self._node.backup_now):
+            if isinstance(item, Finished):
+                outcome: RunOutcome = item.value
+                yield clirpc_pb2.BackupNowResponse(
+                    progress=clirpc_pb2.Progress(
+                        phase="failed" if outcome.error else "done",
+                        message=outcome.describe(),
+                        revision=outcome.result.revision if outcome.result else 0,
+                    ),
+                    result=_run_info(outcome),
+                )
+            else:
+                yield clirpc_pb2.BackupNowResponse(progress=item)
 
     def _not_built(
         self, context: grpc.ServicerContext, method: str, subsystem: str
@@ -730,6 +855,65 @@ def _progress(event: Progress) -> clirpc_pb2.Progress:
         revision=event.revision,
         bytes_per_second=event.bytes_per_second,
         eta_seconds=event.eta_seconds,
+        files_done=event.files_done,
+        files_total=event.files_total,
+    )
+
+
+def _restore_result(outcome: RestoreOutcome) -> clirpc_pb2.RestoreResult:
+    return clirpc_pb2.RestoreResult(
+        revision=outcome.revision,
+        directory=outcome.directory,
+        files_restored=outcome.files_restored,
+        bytes_restored=outcome.bytes_restored,
+        kept=outcome.kept,
+        kept_count=outcome.kept_count,
+        failed=[
+            clirpc_pb2.FileProblem(
+                name=f.name, reason=f.reason, revision=outcome.revision
+            )
+            for f in outcome.failed
+        ],
+        failed_count=outcome.failed_count,
+        not_found=outcome.not_found,
+    )
+
+
+def _file_problems(files: list[DamagedFile]) -> list[clirpc_pb2.FileProblem]:
+    return [
+        clirpc_pb2.FileProblem(name=f.name, reason=f.reason, revision=f.revision)
+        for f in files
+    ]
+
+
+def _check_result(report: ContentCheckReport) -> clirpc_pb2.CheckContentResult:
+    found: CheckOutcome = report.found
+    final: CheckOutcome = report.final
+    return clirpc_pb2.CheckContentResult(
+        revisions=found.revisions,
+        read_data=found.read_data,
+        tree_nodes=found.tree_nodes,
+        manifest_chunks=found.manifest_chunks,
+        sections=found.sections,
+        section_bytes=found.section_bytes,
+        bytes_read=found.bytes_read,
+        damaged_count=found.damaged_count,
+        damaged=[
+            clirpc_pb2.DamagedBlob(
+                revision=b.revision, kind=b.kind, sha256=b.sha256, problem=b.problem
+            )
+            for b in found.damaged
+        ],
+        damaged_files=_file_problems(found.damaged_files),
+        damaged_files_count=found.damaged_files_count,
+        unlisted=found.unlisted,
+        repair_asked=report.repair_asked,
+        blobs_repaired=report.blobs_repaired,
+        remaining_count=final.damaged_count,
+        remaining_files=_file_problems(final.damaged_files),
+        remaining_files_count=final.damaged_files_count,
+        remaining_unlisted=final.unlisted,
+        notes=report.notes,
     )
 
 
@@ -805,6 +989,29 @@ def _storage(report: StorageReport) -> clirpc_pb2.GetStorageConfigResponse:
             state=obligation.state,
         )
     return response
+
+
+def _source_info(source: Source) -> clirpc_pb2.SourceInfo:
+    return clirpc_pb2.SourceInfo(
+        path=source.path, name=source.name, excludes=list(source.excludes)
+    )
+
+
+def _schedule_info(state: ScheduleState) -> clirpc_pb2.ScheduleInfo:
+    return clirpc_pb2.ScheduleInfo(
+        every_seconds=state.every_seconds,
+        next_run=int(state.next_run) if state.next_run is not None else 0,
+        running=state.running,
+        run_queued=state.run_queued,
+    )
+
+
+def _run_info(outcome: RunOutcome) -> clirpc_pb2.BackupRunInfo:
+    record = outcome.to_record()
+    info = clirpc_pb2.BackupRunInfo()
+    # The stored record and the message have the same fields and numbers.
+    info.ParseFromString(record.SerializeToString())
+    return info
 
 
 def _check_unlocked(node: Node) -> None:

@@ -33,6 +33,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succ
 from twisted.python.failure import Failure
 
 from barterbackup._proto import storedpb_pb2
+from barterbackup.errors import NodeError
 from barterbackup.logs import get_logger
 from barterbackup.sources.walker import SkippedEntry
 
@@ -409,6 +410,10 @@ class BackupScheduler(Service):
         if isinstance(result, Failure):
             if result.check(CancelledError):
                 error = "cancelled: the daemon stopped"
+            elif result.check(NodeError):
+                # Told to the user in so many words (no sources yet…): the
+                # outcome says it; a traceback in the log would not help.
+                error = result.getErrorMessage()
             else:
                 error = result.getErrorMessage() or repr(result.value)
                 log.failure("backup run failed", result)

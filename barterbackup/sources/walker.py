@@ -1,19 +1,20 @@
 """Walk source folders in the exact order of the manifest.
 
 A file of a source folder is named ``PREFIX/relative/path`` and the walk
-yields every file of every source sorted by the UTF-8 bytes of that name,
-which is the order of the manifest: a backup run merge-joins the walk with
-the previous manifest in one pass.
+yields every file of every source in the order of the manifest
+(``content.manifest.sort_key``: path components compared one by one, so
+``a/b`` < ``a-b``): a backup run merge-joins the walk with the previous
+manifest in one pass.
 
-A depth-first walk over sorted directory entries is not that order
-(``a-c`` sorts before ``a/b`` bytewise, but a DFS would visit ``a/`` first
-when ``a`` < ``a-c``), so each directory's children are sorted by
-``name + "/"`` for directories and ``name`` for files: every name under
-directory ``d`` starts with ``d/``, which then falls exactly where the whole
-subtree belongs. Sources are merged the same way, by ``PREFIX + "/"``.
-Python compares strings by code point, and code point order is UTF-8 byte
-order; names that are not valid UTF-8 (surrogate escapes) are refused by
-``validate_name`` and never yielded, so they cannot break the order.
+That order is exactly a depth-first walk over each directory's entries
+sorted by name: every name under directory ``d`` starts with the component
+``d``, and a component that is a proper prefix of another sorts first, as
+the separator sorts below every character. (Sorting by whole UTF-8 names
+would not do: ``a-c`` < ``a/b`` bytewise, but ``a/b`` comes first in the
+manifest.) Sources are merged the same way, by prefix. Python compares
+strings by code point, and code point order is UTF-8 byte order; names that
+are not valid UTF-8 (surrogate escapes) are refused by ``validate_name`` and
+never yielded, so they cannot break the order.
 
 Cost per file: the ``scandir`` entry (name and type come with the listing)
 and one ``lstat``; excluded entries are never stat'ed, excluded directories
@@ -92,9 +93,18 @@ class WalkReport:
     skipped: list[SkippedEntry] = field(default_factory=list)
     skipped_count: int = 0
     unavailable_sources: list[str] = field(default_factory=list)
+    # Manifest names (ending in "/") of directories that could not be
+    # opened or listed: like an unavailable source, a run keeps what the
+    # previous revision has under them instead of reading them as deleted.
+    unreadable_directories: list[str] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:
         """Record that ``path`` was left out of the backup because ``reason``."""
+        # A name that is not UTF-8 (surrogate escapes) is shown escaped: the
+        # report goes into protobuf strings.
+        path = path.encode("utf-8", "surrogateescape").decode(
+            "utf-8", "backslashreplace"
+        )
         self.skipped_count += 1
         if len(self.skipped) < MAX_KEPT_SKIPPED:
             self.skipped.append(SkippedEntry(path, reason))
@@ -148,7 +158,7 @@ def _list_directory(fd: int) -> list[_Child]:
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             is_dir = False  # the lstat below reports what it is
-        children.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+        children.append((entry.name, entry, is_dir))
     children.sort(key=_by_key)
     return children
 
@@ -197,7 +207,7 @@ def walk_root(
     report: WalkReport,
     skip_directories: frozenset[tuple[int, int]] = frozenset(),
 ) -> Iterator[FileEntry]:
-    """The files of one source folder, sorted by manifest name.
+    """The files of one source folder, in manifest order.
 
     ``skip_directories`` holds (device, inode) pairs of directories never
     entered (the node directory, when a source contains it).
@@ -255,7 +265,9 @@ def walk_root(
                             report.skip(path, str(e))
                             continue
                     opened = _open_directory(name, fd, path, report)
-                    if opened is not None:
+                    if opened is None:
+                        report.unreadable_directories.append(full_name + "/")
+                    else:
                         child_fd, children = opened
                         stack.append(
                             (child_fd, path + "/", relative + "/", iter(children))
@@ -310,12 +322,12 @@ def walk_sources(
     report: WalkReport,
     skip_directories: Collection[str] = (),
 ) -> Iterator[FileEntry]:
-    """The files of every source, in one sequence sorted by manifest name.
+    """The files of every source, in one sequence in manifest order.
 
     The prefixes must be distinct single names (``sources.config`` checks
     it); ``skip_directories`` are paths of directories never entered.
     """
-    ordered = sorted(roots, key=lambda root: root.name + "/")
+    ordered = sorted(roots, key=lambda root: root.name)
     names = [root.name for root in ordered]
     if len(set(names)) != len(names):
         raise ValueError(f"source names are not unique: {names}")

@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from barterbackup.store.crash import crash_point
+
 TEMP_SUFFIX = ".tmp-bb"
 
 
@@ -20,6 +22,14 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Crash points of every atomic write (store/crash.py): the new bytes are
+# durable in the temp file but not renamed; renamed but the directory not
+# synced. Metadata, contract files, identity and replica records all write
+# this way.
+ATOMIC_BEFORE_RENAME = 201
+ATOMIC_BEFORE_DIRECTORY_SYNC = 202
 
 
 def temp_path_for(path: Path) -> Path:
@@ -40,10 +50,12 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int = 0o600) -
                     handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point(ATOMIC_BEFORE_RENAME)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    crash_point(ATOMIC_BEFORE_DIRECTORY_SYNC)
     fsync_directory(path.parent)
 
 

@@ -14,6 +14,9 @@ from barterbackup.store.atomic import atomic_write
 
 IDENTITY_FILENAME = "identity"
 FORMAT_LINE = "barterbackup-node 1"
+# The file is the format line and an address (~83 bytes): anything much
+# longer is not ours, and is refused without reading it whole.
+MAX_IDENTITY_BYTES = 1024
 
 
 class CorruptIdentity(ValueError):
@@ -28,9 +31,12 @@ def read_identity(node_dir: Path) -> str | None:
     """The onion address this node directory belongs to, or None if new."""
     path = identity_path(node_dir)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_IDENTITY_BYTES + 1)
     except FileNotFoundError:
         return None
+    if len(data) > MAX_IDENTITY_BYTES:
+        raise CorruptIdentity(f"{path} is not a barterbackup identity file")
     try:
         lines = data.decode("ascii").splitlines()
     except UnicodeDecodeError:

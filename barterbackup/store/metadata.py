@@ -21,6 +21,9 @@ from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
 
 # Associated data: a sealed Metadata cannot be passed off as another record.
 METADATA_AD = b"barterbackup v1 metadata\x00"
+# Peers, sources and settings take kilobytes; a file far past this is
+# damaged, and is refused without being read into memory.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 
 class MetadataError(SealedRecordError):
@@ -39,10 +42,15 @@ class MetadataStore:
     def _load(self) -> storedpb_pb2.Metadata:
         if self._cached is None:
             try:
-                sealed = self.path.read_bytes()
+                with self.path.open("rb") as handle:
+                    # Read at most one byte past the bound: a file grown to
+                    # 2**40 bytes must not be read whole to learn it is bad.
+                    sealed = handle.read(MAX_METADATA_BYTES + 1)
             except FileNotFoundError:
                 self._cached = storedpb_pb2.Metadata()
                 return self._cached
+            if len(sealed) > MAX_METADATA_BYTES:
+                raise MetadataError(f"metadata file {self.path} is too large")
             try:
                 plain = open_sealed(
                     self._key, sealed, METADATA_AD, f"metadata file {self.path}"
@@ -76,7 +84,14 @@ class MetadataStore:
             updated.CopyFrom(self._load())
             change(updated)
             plain = updated.SerializeToString(deterministic=True)
-            atomic_write(self.path, seal(self._key, plain, METADATA_AD))
+            sealed = seal(self._key, plain, METADATA_AD)
+            if len(sealed) > MAX_METADATA_BYTES:
+                # Written, it would lock the node out at its next unlock.
+                raise MetadataError(
+                    f"metadata would take {len(sealed)} bytes, more than "
+                    f"{MAX_METADATA_BYTES}: not written"
+                )
+            atomic_write(self.path, sealed)
             self._cached = updated
             result = storedpb_pb2.Metadata()
             result.CopyFrom(updated)

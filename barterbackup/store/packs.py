@@ -63,11 +63,23 @@ _ENTRY_MASK = (1 << _ENTRY_BITS) - 1
 
 
 class SectionCorrupt(Exception):
-    """A stored section does not match its hash (or cannot be read)."""
+    """A stored section does not match its hash (or cannot be read).
+
+    ``sha256`` is the blob's hash when one blob is at fault (empty for a
+    damaged pack index): what a repair fetches back.
+    """
+
+    def __init__(self, message: str, sha256: bytes = b"") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 class SectionMissing(LookupError):
-    """No stored section has this hash."""
+    """No stored section has this hash (``sha256``, when known)."""
+
+    def __init__(self, message: str, sha256: bytes = b"") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 _SHARD_BITS = 8
@@ -272,6 +284,10 @@ class _StoredIndex:
             shard.close()
 
 
+def _no_crash_point(number: int) -> None:
+    """No crash points outside a commit."""
+
+
 def _prefix(sha256: bytes) -> int:
     return int.from_bytes(sha256[:8], "big")
 
@@ -350,6 +366,39 @@ class PackWriter:
         self.close_index()
         self.temp_path.unlink(missing_ok=True)
         self.temp_index_path.unlink(missing_ok=True)
+
+
+def _check_extent(
+    pack_fd: int, offset: int, length: int, sha256: bytes, pack_path: Path
+) -> None:
+    """SectionCorrupt unless [offset, offset + length) lies inside the pack.
+
+    A damaged index entry may claim a length of 2**40: checked first, so
+    reading it allocates nothing (pread would try to, or fail untyped).
+    """
+    if offset + length > os.fstat(pack_fd).st_size:
+        raise SectionCorrupt(
+            f"section {sha256.hex()}: its index entry points past the end "
+            f"of {pack_path}"
+        )
+
+
+def _read_index(index_path: Path, pack_path: Path) -> bytes:
+    """An index file's bytes, sized before they are read.
+
+    Every entry but one (the empty blob, stored once) names at least one
+    byte of its pack, so an index longer than one entry per pack byte (and
+    one more) is damaged: refused before it is read, so an index grown to
+    2**40 bytes allocates nothing (read whole, it was a MemoryError).
+    """
+    with index_path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        most = INDEX_ENTRY.size * (pack_path.stat().st_size + 1)
+        if size > most:
+            raise SectionCorrupt(
+                f"pack index {index_path} is longer than its pack can need"
+            )
+        return handle.read()
 
 
 def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
@@ -466,9 +515,10 @@ class PackStore:
                 atomic_delete(pack_path)
         for index_path in sorted(directory.glob(f"*{INDEX_SUFFIX}")):
             pack_id = index_path.name[: -len(INDEX_SUFFIX)]
-            if not (directory / f"{pack_id}{PACK_SUFFIX}").exists():
+            pack_path = directory / f"{pack_id}{PACK_SUFFIX}"
+            if not pack_path.exists():
                 raise SectionCorrupt(f"pack index {index_path} has no pack file")
-            self._register_pack(pack_id, index_path.read_bytes())
+            self._register_pack(pack_id, _read_index(index_path, pack_path))
 
     # -- the index --------------------------------------------------------
 
@@ -574,6 +624,82 @@ class PackStore:
             if location is None or location < 0:
                 return None
             return self._pack_ids[location >> _ENTRY_BITS]
+
+    def extent(self, sha256: bytes) -> tuple[str, int, int] | None:
+        """Where an installed blob lies, from the index alone (nothing of
+        the pack is read): (pack id, offset, length), or None if it is not
+        stored. A check compares these with the tree and the pack's size."""
+        with self._lock:
+            for location in self._index.candidates(sha256):
+                found, offset, length = self._entry_at(location)
+                if found == sha256:
+                    return self._pack_ids[location >> _ENTRY_BITS], offset, length
+            return None
+
+    def pack_size(self, pack_id: str) -> int:
+        """The size of an installed pack file; OSError if it is gone."""
+        return (self.directory / f"{pack_id}{PACK_SUFFIX}").stat().st_size
+
+    def replace_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> int:
+        """Install good copies of damaged or missing blobs, and drop every
+        other copy of them from the indexes; returns how many were stored.
+
+        Each blob must hash to its name (checked again here: ValueError,
+        nothing written). The copies go to a new pack, installed like a
+        commit's; only then are the old entries dropped, from each pack's
+        index (rewritten; a pack left with no entry is deleted). Reads find
+        the oldest entry of a hash first, so the bad copy has to go for the
+        good one to be read; its bytes stay in the pack as garbage until gc
+        repacks it. A crash in between leaves both entries: the next check
+        finds the bad one again and the next repair drops it.
+        """
+        wanted = dict(blobs)
+        for sha256, data in wanted.items():
+            if hashlib.sha256(data).digest() != sha256:
+                raise ValueError(f"blob {sha256.hex()} does not match its hash")
+        if not wanted:
+            return 0
+        number, writer = self.new_writer()
+        try:
+            writer.append(
+                b"".join(wanted.values()),
+                [(sha256, len(data)) for sha256, data in wanted.items()],
+            )
+            self.install_all([number], _no_crash_point)
+        except BaseException:
+            self.release(number)
+            raise
+        with self._lock:
+            dead: dict[int, set[int]] = {}
+            for sha256 in wanted:
+                for location in self._index.candidates(sha256):
+                    pack = location >> _ENTRY_BITS
+                    if self._pack_ids[pack] == writer.pack_id:
+                        continue
+                    if self._entry_at(location)[0] == sha256:
+                        dead.setdefault(pack, set()).add(location & _ENTRY_MASK)
+            for pack, entries in dead.items():
+                self._drop_entries(pack, entries)
+        return len(wanted)
+
+    def _drop_entries(self, number: int, dead: set[int]) -> None:
+        """Rewrite a pack's index without the entries ``dead`` (a pack with
+        nothing left is deleted, index first). Locked."""
+        pack_id = self._pack_ids[number]
+        index_path = self.directory / f"{pack_id}{INDEX_SUFFIX}"
+        entries = list(INDEX_ENTRY.iter_unpack(index_path.read_bytes()))
+        kept = [entry for at, entry in enumerate(entries) if at not in dead]
+        self._forget(number)
+        try:
+            if kept:
+                raw = b"".join(INDEX_ENTRY.pack(*entry) for entry in kept)
+                atomic_write(index_path, raw)
+                self._register_pack(pack_id, raw)
+            else:
+                atomic_delete(index_path)
+                atomic_delete(self.directory / f"{pack_id}{PACK_SUFFIX}")
+        finally:
+            self._rebuild({number}, [])
 
     def pack_ids(self) -> list[str]:
         """Every installed pack's id."""
@@ -705,19 +831,20 @@ class PackStore:
         with self._lock:
             location = self._locate(sha256)
             if location is None or location < 0:
-                raise SectionMissing(f"section {sha256.hex()} is not stored")
+                raise SectionMissing(f"section {sha256.hex()} is not stored", sha256)
             number = location >> _ENTRY_BITS
             _, offset, length = self._entry_at(location)
             pack_fd, _ = self._pack_fds(number)
-            pack_id = self._pack_ids[number]
+            pack_path = self._pack_path(number)
             # Read under the lock: the descriptor may be closed (least
             # recently used, or by gc) as soon as the lock is released.
+            _check_extent(pack_fd, offset, length, sha256, pack_path)
             data = os.pread(pack_fd, length, offset)
         self.bytes_read += len(data)
         if len(data) != length or hashlib.sha256(data).digest() != sha256:
-            pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
             raise SectionCorrupt(
-                f"section {sha256.hex()} in {pack_path} does not match its hash"
+                f"section {sha256.hex()} in {pack_path} does not match its hash",
+                sha256,
             )
         return data
 
@@ -782,6 +909,7 @@ class PackStore:
             fd = os.open(pack_path, os.O_RDONLY)
             try:
                 for sha256, offset, length in kept:
+                    _check_extent(fd, offset, length, sha256, pack_path)
                     data = os.pread(fd, length, offset)
                     if hashlib.sha256(data).digest() != sha256:
                         raise SectionCorrupt(
@@ -853,6 +981,80 @@ class PackStore:
         with self._lock:
             self._index.mark_candidates(marks, hashes)
 
+    def marked_bytes(self, marks: PackMarks) -> int:
+        """The bytes of every marked blob (what ``verify_marked`` reads at
+        least), from the indexes."""
+        with self._lock:
+            pack_ids = {
+                n: self._pack_ids[n] for n in marks.packs() if n in self._pack_ids
+            }
+        total = 0
+        for number, pack_id in pack_ids.items():
+            try:
+                raw = (self.directory / f"{pack_id}{INDEX_SUFFIX}").read_bytes()
+            except FileNotFoundError:
+                continue
+            for entry_number, (sha256, _, length) in enumerate(
+                INDEX_ENTRY.iter_unpack(raw)
+            ):
+                if marks.is_marked(number, sha256, entry_number):
+                    total += length
+        return total
+
+    def verify_marked(
+        self,
+        marks: PackMarks,
+        on_bytes: Callable[[int], None] = lambda count: None,
+    ) -> dict[bytes, str]:
+        """Read every marked blob and check its SHA-256; the bad ones, with
+        what is wrong (``check --read-data``).
+
+        Packs are read in order in large runs of consecutive entries (not a
+        lookup and a read per blob), without the store's lock: a pack that
+        garbage collection removed meanwhile is skipped (its blobs moved,
+        or are no longer needed). ``on_bytes`` is told of the bytes read.
+        """
+        with self._lock:
+            packs = [
+                (number, self._pack_ids[number])
+                for number in sorted(marks.packs())
+                if number in self._pack_ids
+            ]
+        bad: dict[bytes, str] = {}
+        for number, pack_id in packs:
+            pack_path = self.directory / f"{pack_id}{PACK_SUFFIX}"
+            try:
+                raw = (self.directory / f"{pack_id}{INDEX_SUFFIX}").read_bytes()
+                fd = os.open(pack_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                for run in _marked_runs(raw, marks, number):
+                    self._verify_run(fd, pack_path, run, bad, on_bytes)
+            finally:
+                os.close(fd)
+        return bad
+
+    @staticmethod
+    def _verify_run(
+        fd: int,
+        pack_path: Path,
+        run: list[tuple[bytes, int, int]],
+        bad: dict[bytes, str],
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        start = run[0][1]
+        end = run[-1][1] + run[-1][2]
+        data = os.pread(fd, end - start, start)
+        view = memoryview(data)
+        for sha256, offset, length in run:
+            blob = view[offset - start : offset - start + length]
+            if len(blob) != length:
+                bad[sha256] = f"lies past the end of {pack_path.name}"
+            elif hashlib.sha256(blob).digest() != sha256:
+                bad[sha256] = "does not match its hash"
+        on_bytes(len(data))
+
     def sweep(self, marks: PackMarks) -> int:
         """Drop every stored blob not marked; return the bytes freed.
 
@@ -861,6 +1063,36 @@ class PackStore:
         """
         with self._lock:
             return self._collect(marks.is_marked, marks.fully_marked())
+
+
+# ``verify_marked`` reads at most about this much at once.
+VERIFY_READ_BYTES = 8 * 1024 * 1024
+
+
+def _marked_runs(
+    raw: bytes, marks: PackMarks, number: int
+) -> Iterable[list[tuple[bytes, int, int]]]:
+    """The marked entries of a pack index, in runs of entries that lie close
+    together in the pack (one read each, at most about VERIFY_READ_BYTES)."""
+    run: list[tuple[bytes, int, int]] = []
+    for entry_number, (sha256, offset, length) in enumerate(
+        INDEX_ENTRY.iter_unpack(raw)
+    ):
+        if not marks.is_marked(number, sha256, entry_number):
+            continue
+        if run:
+            run_start = run[0][1]
+            run_end = run[-1][1] + run[-1][2]
+            if (
+                offset < run_end
+                or offset - run_end > 64 * 1024
+                or offset + length - run_start > VERIFY_READ_BYTES
+            ):
+                yield run
+                run = []
+        run.append((sha256, offset, length))
+    if run:
+        yield run
 
 
 class PackMarks:
@@ -889,6 +1121,10 @@ class PackMarks:
             return False
         self.bits[byte] |= bit
         return True
+
+    def packs(self) -> list[int]:
+        """The packs these marks cover."""
+        return list(self._packs)
 
     def _range(self, base: int, count: int) -> int:
         value = int.from_bytes(self.bits[base >> 3 : (base + count + 7) >> 3], "little")

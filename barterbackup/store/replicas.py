@@ -388,8 +388,8 @@ class ReplicaStore:
             )
             with self._lock:
                 state.packs.reserve(number, first, [sha256 for sha256, _ in fresh])
-                if writer.size >= self._install_every:
-                    self._install(state, offset=100)
+            if writer.size >= self._install_every:
+                self._install(state, offset=100)
 
     def checkpoint(self, owner: bytes) -> None:
         """Make what an unfinished sync stored durable (it resumes from it)."""
@@ -397,7 +397,7 @@ class ReplicaStore:
             state = self._owners.get(owner)
         if state is None:
             return
-        with state.write_lock, self._lock:
+        with state.write_lock:
             self._install(state, offset=100)
 
     def finish(
@@ -412,13 +412,17 @@ class ReplicaStore:
         """
         with self._lock:
             state = self._pending_state(owner, content_id)
-        with state.write_lock, self._lock:
-            if self._pending_state(owner, content_id) is not state:
-                raise UnknownRevision("that sync was ended meanwhile")
+        # The disk work (the last pack's fsync, walking the tree, the sweep)
+        # runs under the owner's write lock only: the reactor's reads of
+        # this and every other replica go on meanwhile.
+        with state.write_lock:
             self._install(state, offset=103)
-            state.held, state.pending = state.pending, None
-            state.complete_packs = set(state.packs.pack_ids())
-            self._write_record(state)
+            with self._lock:
+                if self._pending_state(owner, content_id) is not state:
+                    raise UnknownRevision("that sync was ended meanwhile")
+                state.held, state.pending = state.pending, None
+                state.complete_packs = set(state.packs.pack_ids())
+                self._write_record(state)
             self._crash_point(107)
             # Marks, a bit per index entry, not a set of every hash: a
             # 20 GiB replica's 1.2 million blobs cost ~150 KB, not ~130 MB.
@@ -427,10 +431,11 @@ class ReplicaStore:
                 state.packs.mark(marks, sha256)
             state.packs.sweep(marks)
             self._crash_point(108)
-            state.disk_bytes = state.packs.disk_bytes()
-            held = self.held(owner)
-            assert held is not None
-            return held
+            with self._lock:
+                state.disk_bytes = state.packs.disk_bytes()
+                held = self.held(owner)
+        assert held is not None
+        return held
 
     def delete(self, owner: bytes) -> None:
         """Forget everything held for ``owner`` (the record first)."""
@@ -473,15 +478,20 @@ class ReplicaStore:
         return state
 
     def _install(self, state: _Owner, offset: int) -> None:
-        if state.writer is None:
-            return
-        number, _ = state.writer
-        state.writer = None
+        """Install the owner's open pack. The caller holds its write lock;
+        the fsyncs run outside the store's lock (the writer stays counted
+        in ``stored_bytes`` until the installed pack is)."""
+        with self._lock:
+            if state.writer is None:
+                return
+            number, _ = state.writer
         self._crash_point(offset + 1)
         state.packs.install_all(
             [number], lambda point: self._crash_point(offset + point)
         )
-        state.disk_bytes = state.packs.disk_bytes()
+        with self._lock:
+            state.writer = None
+            state.disk_bytes = state.packs.disk_bytes()
 
     def _refuse_over_budget(self, owner: bytes, needed: int, what: str) -> None:
         """NoContract or QuotaExceeded unless ``owner`` may hold ``needed``
@@ -533,11 +543,14 @@ class ReplicaStore:
         remove_leftovers(directory)
         path = directory / RECORD_FILENAME
         try:
-            sealed = path.read_bytes()
+            with path.open("rb") as handle:
+                # Sized before reading: a record damaged to 2**40 bytes must
+                # not be read into memory to find out it is too large.
+                if os.fstat(handle.fileno()).st_size > MAX_RECORD_BYTES:
+                    raise ReplicaRecordError(f"{where}: its record is too large")
+                sealed = handle.read()
         except FileNotFoundError:
             raise ReplicaRecordError(f"{where} has no record") from None
-        if len(sealed) > MAX_RECORD_BYTES:
-            raise ReplicaRecordError(f"{where}: its record is too large")
         record = self._open_record(sealed, directory, where)
         owner = bytes(record.owner_pubkey)
         if len(owner) != 32 or self._owner_id(owner) != directory.name:

@@ -33,6 +33,7 @@ from barterbackup.sync.interfaces import (
 from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST, PIECE_BYTES
 from barterbackup.tree import (
     MAX_SECTION_BYTES,
+    SECTION_TREE_SHAPE,
     InvalidNode,
     NodeSource,
     SyncPlan,
@@ -48,6 +49,12 @@ PROGRESS_EVERY_SECONDS = 0.5
 # little work in flight and request frames stay small.
 BATCH_MAX_BLOBS = min(1024, MAX_BLOBS_PER_REQUEST)
 BATCH_MAX_BYTES = 32 * MIB
+# Sections found in fetched leaves and not asked for yet are kept to about
+# this many: past it a round asks for sections, not more tree nodes, so the
+# backlog (~200 bytes each) stays small however large the revision (a
+# 20 GiB sync held 2.3 million of them, ~500 MB, when nodes came first).
+MAX_SECTION_BACKLOG = 8192
+LEAF_MAX_ENTRIES = SECTION_TREE_SHAPE.leaf_max
 # Verified blobs are handed to the store in writes of about this much.
 STORE_BATCH_BYTES = 4 * MIB
 FETCH_ATTEMPTS = 2
@@ -169,8 +176,15 @@ class RevisionFetcher:
         for wanted in self._retry:
             self._add(work, wanted)
         self._retry = []
+        # Each leaf asked for may add up to leaf_max sections when it comes.
+        nodes_left = (MAX_SECTION_BACKLOG - len(self._sections)) // LEAF_MAX_ENTRIES
         for plan in self._plans:
-            while len(work.wanted) < BATCH_MAX_BLOBS and work.bytes < BATCH_MAX_BYTES:
+            while (
+                len(work.wanted) < BATCH_MAX_BLOBS
+                and work.bytes < BATCH_MAX_BYTES
+                and nodes_left > 0
+            ):
+                nodes_left -= 1
                 ref = plan.next_node()
                 if ref is None:
                     break

@@ -141,6 +141,10 @@ class FakeContentEngine:
     def list_files(self) -> list[str]:
         return sorted(self._state.files)
 
+    def revision_time(self) -> float:
+        """The engine's commit time; the fake keeps none (status shows no age)."""
+        return 0.0
+
     def file_entry(self, name: str) -> _FileEntry:
         return _FileEntry(len(self._state.files[name]))
 

@@ -28,6 +28,7 @@ from barterbackup.bbrpc.channel import PeerLimits
 from barterbackup.bbrpc.connection import PeerConnection, ReactorTime
 from barterbackup.bbrpc.framing import FrameDecoder, encode_frame
 from barterbackup.bbrpc.handshake import Role
+from barterbackup.bbrpc.outbox import OutboxLedger
 from barterbackup.keys.derive import NodeKeys, node_keys_from_master
 
 # Frames a tamper hook sees may be up to the authenticated limit.
@@ -246,8 +247,10 @@ def connected_pair(
     limits: PeerLimits | None = None,
     high_water: int = 65536,
     auto: bool = True,
+    server_ledger: OutboxLedger | None = None,
 ) -> tuple[PeerConnection, PeerConnection, PeerLink]:
-    """A client and a server connection joined by a PeerLink, handshake run."""
+    """A client and a server connection joined by a PeerLink, handshake run
+    (the server's queued answers count in ``server_ledger`` if given)."""
     client = PeerConnection(
         clock,
         client_keys,
@@ -257,7 +260,12 @@ def connected_pair(
         limits=limits,
     )
     server = PeerConnection(
-        clock, server_keys, server_handler, Role.SERVER, limits=limits
+        clock,
+        server_keys,
+        server_handler,
+        Role.SERVER,
+        limits=limits,
+        outbox_ledger=server_ledger,
     )
     link = PeerLink(client, server, high_water, auto)
     link.pump()

@@ -307,6 +307,18 @@ class Swarm:
             result.raiseException()
         return result
 
+    def wait_failure(self, d: Deferred[Any], seconds: float = 0.0) -> Failure:
+        """The failure ``d`` fails with (AssertionError if it succeeds)."""
+        try:
+            result = self.wait(d, seconds)
+        except AssertionError:
+            raise
+        except Exception:
+            failures: list[Failure] = []
+            d.addErrback(failures.append)
+            return failures[0] if failures else Failure()
+        raise AssertionError(f"succeeded with {result!r}")
+
     def stop(self) -> None:
         for member in self.nodes:
             if member.node.running:
