@@ -11,10 +11,10 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.content.engine import ContentStore
 from barterbackup.keys.derive import node_keys_from_master
 from barterbackup.store.atomic import TEMP_SUFFIX
+from barterbackup.store.crash import CRASH_ENVIRONMENT_VARIABLE
 from barterbackup.sync.fetch import live_blobs
 from barterbackup.testing.stores import open_content_store
 from tests.content_crash_child import MASTER, commit, file_set
