@@ -23,18 +23,6 @@ class NodeLocked(NodeError):
         super().__init__("node is locked: run `barterbackup unlock` first")
 
 
-class NotBuiltYet(NodeError):
-    """A method whose subsystem this version of the node does not have."""
-
-    status = "UNIMPLEMENTED"
-
-    def __init__(self, method: str, subsystem: str) -> None:
-        super().__init__(
-            f"{method} is not available in this version of barterbackup: "
-            f"the {subsystem} subsystem is not built yet"
-        )
-
-
 class InvalidArgument(NodeError):
     status = "INVALID_ARGUMENT"
 

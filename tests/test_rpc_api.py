@@ -106,9 +106,6 @@ CALLS: dict[str, Call] = {
     ),
     "CheckContent": lambda s: list(s.CheckContent(pb.CheckContentRequest())),
 }
-# Subsystems of later issues: an honest UNIMPLEMENTED once unlocked.
-# Every method is built (RecoverContent was the last, issue 10).
-NOT_BUILT: set[str] = set()
 
 
 def every_clirpc_method() -> set[str]:
@@ -221,18 +218,9 @@ class UnlockedNodeTests(RpcTestCase):
         self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED)
         self.assertEqual(details, "wrong password")
 
-    async def test_unbuilt_subsystems_answer_unimplemented(self) -> None:
-        await self.unlock()
-        for name in sorted(NOT_BUILT):
-            code, details = await self.status_of(CALLS[name])
-            self.assertEqual(code, grpc.StatusCode.UNIMPLEMENTED, name)
-            self.assertIn("not built yet", details)
-
     async def test_built_methods_do_not_answer_unimplemented(self) -> None:
         await self.unlock()
         for name, fn in sorted(CALLS.items()):
-            if name in NOT_BUILT:
-                continue
             code, details = await self.status_of(fn)
             self.assertNotIn(
                 code,

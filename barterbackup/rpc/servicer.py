@@ -708,14 +708,6 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
             else:
                 yield clirpc_pb2.BackupNowResponse(progress=item)
 
-    def _not_built(
-        self, context: grpc.ServicerContext, method: str, subsystem: str
-    ) -> NoReturn:
-        # Locked beats unimplemented: every method but Unlock says "locked"
-        # first, so scripts see one consistent precondition.
-        self._on_reactor(context, _check_unlocked, self._node)
-        self._abort(context, errors.NotBuiltYet(method, subsystem))
-
 
 def _chat_act(attachment: ChatAttachment, action: clirpc_pb2.ChatAction) -> None:
     """One user action, on the reactor thread."""
@@ -1012,11 +1004,6 @@ def _run_info(outcome: RunOutcome) -> clirpc_pb2.BackupRunInfo:
     # The stored record and the message have the same fields and numbers.
     info.ParseFromString(record.SerializeToString())
     return info
-
-
-def _check_unlocked(node: Node) -> None:
-    if not node.is_unlocked:
-        raise errors.NodeLocked()
 
 
 def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
