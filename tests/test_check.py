@@ -130,6 +130,26 @@ class CheckTests(CheckCase):
         self.assertEqual(self.damaged_names(outcome), [(1, name)])
         self.assertIn("past the end of pack", outcome.damaged[0].problem)
 
+    def test_an_index_entry_claiming_a_huge_length_is_read_no_further(
+        self,
+    ) -> None:
+        """Found by tests/test_bit_flips.py: read_data read the run the entry
+        claimed (2**40 bytes) and raised MemoryError."""
+        name = "dir1/file005.bin"
+        sha256 = damage.section_hashes(self.store, name)[0]
+        for index_path in self.store.packs.directory.glob("*.idx"):
+            raw = bytearray(index_path.read_bytes())
+            for position in range(0, len(raw), INDEX_ENTRY.size):
+                entry_hash, offset, _ = INDEX_ENTRY.unpack_from(raw, position)
+                if entry_hash == sha256:
+                    INDEX_ENTRY.pack_into(raw, position, entry_hash, offset, 2**40)
+                    index_path.write_bytes(bytes(raw))
+        self.reopen()
+        outcome = self.check(read_data=True)
+        self.assertFalse(outcome.ok)
+        self.assertIn(sha256, [b.sha256 for b in outcome.damaged])
+        self.assertIn((1, name), self.damaged_names(outcome))
+
     def test_a_damaged_tree_node_names_every_file_under_it(self) -> None:
         revision = self.store.current
         assert revision is not None

@@ -22,17 +22,21 @@ recovered node lost the replicas it kept.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from barterbackup._proto import bbrpc_pb2, storedpb_pb2
 from barterbackup.bbrpc.errors import PeerCallError
-from barterbackup.content.engine import UpdateInProgress
+from barterbackup.content.engine import ContentStore, UpdateInProgress
+from barterbackup.contracts.book import ContractBook
 from barterbackup.contracts.entries import IN_FORCE, KEEPING
+from barterbackup.keys import NodeKeys
 from barterbackup.keys.onion import onion_address_from_pubkey
 from barterbackup.logs import get_logger
+from barterbackup.peers.pool import ConnectionPool
+from barterbackup.peers.records import PeerRecords
 from barterbackup.recovery.nodestate import (
     LABEL_NODE_STATE,
     NODE_STATE_KEY_BYTES,
@@ -40,10 +44,25 @@ from barterbackup.recovery.nodestate import (
     seal_node_state,
 )
 from barterbackup.revisions import VerifiedRevision
+from barterbackup.store.metadata import MetadataStore
 from barterbackup.sync.interfaces import PeerConnectionLike
 
-if TYPE_CHECKING:
-    from barterbackup.node.session import UnlockedSession
+
+class UnlockedSession(Protocol):
+    """What this module uses of ``node.session.UnlockedSession`` (named here
+    so the session, which builds these objects, is not imported back)."""
+
+    keys: NodeKeys
+    book: ContractBook
+    records: PeerRecords
+    metadata: MetadataStore
+    content: ContentStore
+    pool: ConnectionPool
+    # The session's NodeEnvironment and Recovery: typed Any, as node.session
+    # (which imports this module) defines the one and holds the other.
+    env: Any
+    recovery: Any
+
 
 log = get_logger("barterbackup.node")
 

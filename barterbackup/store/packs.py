@@ -1044,8 +1044,10 @@ class PackStore:
         on_bytes: Callable[[int], None],
     ) -> None:
         start = run[0][1]
-        end = run[-1][1] + run[-1][2]
-        data = os.pread(fd, end - start, start)
+        # A damaged index entry may claim 2**40 bytes: never read past the
+        # pack (the entry is then reported as lying past its end).
+        end = min(run[-1][1] + run[-1][2], os.fstat(fd).st_size)
+        data = os.pread(fd, max(0, end - start), start)
         view = memoryview(data)
         for sha256, offset, length in run:
             blob = view[offset - start : offset - start + length]
