@@ -126,7 +126,11 @@ class FuzzPlan:
         while remaining > 0:
             size = min(chunk, remaining)
             yield (
-                settings(max_examples=size, print_blob=True, **common),
+                # derandomize stated: under CI=true Hypothesis's default
+                # profile derandomizes, and a long run wants fresh seeds.
+                settings(
+                    max_examples=size, derandomize=False, print_blob=True, **common
+                ),
                 self.first_seed + index,
             )
             remaining -= size
