@@ -321,6 +321,19 @@ class ReplicaStoreTests(SynchronousTestCase):
         )
         self.assertEqual(reopened.read_blob(OWNER.onion_pubkey, sha(b"kept")), b"kept")
 
+    def test_the_same_name_quarantined_twice_keeps_both(self) -> None:
+        """Two stray entries of one name (in one second, or across restarts)
+        do not collide in quarantine: the second no longer failed the open."""
+        self.store.close()
+        for content in (b"first", b"second"):
+            (self.root / "stray").mkdir()
+            (self.root / "stray" / "f").write_bytes(content)
+            reopened = self.open()
+            reopened.close()
+        kept = sorted((self.root / "quarantine").iterdir())
+        self.assertEqual([p.name for p in kept], ["stray.1", "stray.2"])
+        self.assertEqual([(p / "f").read_bytes() for p in kept], [b"first", b"second"])
+
     def test_a_tampered_record_is_quarantined(self) -> None:
         revision = self.revision([b"x"], 1)
         self.store.begin(OWNER.onion_pubkey, revision.signed)

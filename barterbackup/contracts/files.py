@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from barterbackup.store.atomic import (
     fsync_directory,
     make_private_directory,
     remove_leftovers,
+    unused_path,
 )
 from barterbackup.store.sealed import SealedRecordError, open_sealed, seal
 from barterbackup.sync.interfaces import Blocking, run_inline
@@ -134,7 +134,7 @@ class ContractFiles:
 
     def _quarantine(self, path: Path, reason: str) -> None:
         quarantine = make_private_directory(self.directory / QUARANTINE_DIRNAME)
-        target = quarantine / f"{path.name}.{int(time.time())}"
+        target = unused_path(quarantine, path.name)
         os.replace(path, target)
         fsync_directory(self.directory)
         self.quarantined.append((target, reason))

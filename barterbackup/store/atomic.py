@@ -69,6 +69,17 @@ def atomic_delete(path: Path) -> None:
     fsync_directory(path.parent)
 
 
+def unused_path(directory: Path, name: str) -> Path:
+    """``directory/name.N`` for the smallest N not taken: where a damaged
+    entry goes in a quarantine directory (two in one second, or the same
+    name again after a restart, never collide; the entry's mtime says
+    when)."""
+    number = 1
+    while (candidate := Path(directory) / f"{name}.{number}").exists():
+        number += 1
+    return candidate
+
+
 def make_private_directory(path: Path) -> Path:
     """Create ``path`` (and parents) readable by the owner only."""
     path = Path(path)

@@ -45,7 +45,6 @@ import hmac
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from barterbackup.store.atomic import (
     fsync_directory,
     make_private_directory,
     remove_leftovers,
+    unused_path,
 )
 from barterbackup.store.packs import (
     INDEX_ENTRY,
@@ -587,7 +587,7 @@ class ReplicaStore:
 
     def _quarantine(self, directory: Path, reason: str) -> None:
         quarantine = make_private_directory(self._root / QUARANTINE_DIRNAME)
-        target = quarantine / f"{directory.name}.{int(time.time())}"
+        target = unused_path(quarantine, directory.name)
         os.replace(directory, target)
         fsync_directory(self._root)
         self.quarantined.append(Quarantined(target, reason))
