@@ -365,6 +365,59 @@ def sync_pair(base: Path, clock: task.Clock) -> SyncLink:
     return SyncLink(SyncPeer(base / "o", clock, 1), SyncPeer(base / "r", clock, 2))
 
 
+class CancelledWorkTests(SynchronousTestCase):
+    """A cancelled SetContentRevision's disk work still runs on the worker
+    thread; a delete sent right after must not run before it (and then be
+    undone by it: a pending record left after the owner asked to delete)."""
+
+    def test_a_delete_after_a_cancel_waits_for_the_work_still_running(
+        self,
+    ) -> None:
+        clock = task.Clock()
+        base = Path(self.mktemp())
+        owner = SyncPeer(base / "owner", clock, 1)
+        replica = SyncPeer(base / "replica", clock, 2)
+        queued: list[tuple[Any, defer.Deferred[Any]]] = []
+
+        def later(work: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            queued.append((work, d))
+            return d
+
+        service = replica.handler._replica
+        service._blocking = later
+        link = SyncLink(owner, replica)
+        revision = owner.content.commit(sections(3, 1000))
+        pushing = link.to_replica.call_stream(
+            "set_content_revision_request",
+            bbrpc_pb2.SetContentRevisionRequest(signed_root=revision.signed),
+            lambda item: None,
+        )
+        self.assertEqual(len(queued), 1)  # the replica's begin, on the thread
+        pushing.cancel()
+        self.failureResultOf(pushing, defer.CancelledError)
+        deleting = link.to_replica.call_stream(
+            "set_content_revision_request",
+            bbrpc_pb2.SetContentRevisionRequest(delete=True),
+            lambda item: None,
+        )
+        failure = self.failureResultOf(deleting, PeerCallError)
+        self.assertEqual(failure.value.code, bbrpc_pb2.ERROR_CODE_BUSY)
+        work, d = queued.pop()
+        d.callback(work())  # the begin finishes: a pending record
+        # Now idle: the delete runs, and nothing is left.
+        deleting = link.to_replica.call_stream(
+            "set_content_revision_request",
+            bbrpc_pb2.SetContentRevisionRequest(delete=True),
+            lambda item: None,
+        )
+        work, d = queued.pop()
+        d.callback(work())
+        self.successResultOf(deleting)
+        self.assertIsNone(replica.replicas.held(owner.pubkey))
+        self.assertEqual(replica.replicas.owners(), [])
+
+
 class ProgressRateTests(SynchronousTestCase):
     def test_progress_by_time_when_sections_are_small(self) -> None:
         clock = task.Clock()

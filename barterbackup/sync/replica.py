@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet import defer
+
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import ErrorCode, PeerCallError
 from barterbackup.revisions import InvalidRevision, VerifiedRevision
@@ -66,6 +68,11 @@ class ReplicaService:
         self._clock = clock
         self._blocking = blocking
         self._syncing: set[bytes] = set()
+        # Disk work of each owner's call still running on the worker thread.
+        # A cancelled call's thread work cannot be stopped: the owner stays
+        # "syncing" until it is done, so a delete that follows the cancel
+        # cannot run before (and be undone by) the begin still running.
+        self._in_thread: dict[bytes, set[defer.Deferred[Any]]] = {}
 
     def get_content_revision(
         self, conn: PeerConnectionLike
@@ -99,20 +106,60 @@ class ReplicaService:
                 bbrpc_pb2.ERROR_CODE_BUSY, "a sync of your content is already running"
             )
         self._syncing.add(owner)
+        blocking = self._tracked(owner)
         try:
             if request.delete:
-                await self._blocking(lambda: self._replicas.delete(owner))
+                await blocking(lambda: self._replicas.delete(owner))
                 await send(bbrpc_pb2.SetContentRevisionResponse(complete=True))
                 return
-            await self._store(conn, owner, bytes(request.signed_root), send)
+            await self._store(conn, owner, bytes(request.signed_root), send, blocking)
         finally:
+            self._release_when_idle(owner)
+
+    def _tracked(self, owner: bytes) -> Blocking[Any]:
+        """``blocking`` for one owner's call: each piece of work is awaited
+        through a Deferred of its own, so cancelling the call does not make
+        the work look finished while its thread still runs."""
+        running = self._in_thread.setdefault(owner, set())
+
+        def run(work: Callable[[], Any]) -> defer.Deferred[Any]:
+            inner = self._blocking(work)
+            running.add(inner)
+            outer: defer.Deferred[Any] = defer.Deferred()
+
+            def finished(result: Any) -> None:
+                running.discard(inner)
+                if not outer.called:
+                    outer.callback(result)  # a Failure errbacks
+                if not running and owner not in self._syncing:
+                    self._in_thread.pop(owner, None)
+
+            inner.addBoth(finished)
+            return outer
+
+        return run
+
+    def _release_when_idle(self, owner: bytes) -> None:
+        running = self._in_thread.get(owner)
+        if not running:
+            self._in_thread.pop(owner, None)
             self._syncing.discard(owner)
+            return
+        # Cancelled with work still on the thread: busy until it ends.
+        pending = list(running)
+        done = defer.DeferredList(pending, consumeErrors=True)
+        done.addBoth(lambda _: self._release_when_idle(owner))
 
     async def _store(
-        self, conn: PeerConnectionLike, owner: bytes, signed: bytes, send: Send
+        self,
+        conn: PeerConnectionLike,
+        owner: bytes,
+        signed: bytes,
+        send: Send,
+        blocking: Blocking[Any],
     ) -> None:
         try:
-            revision = await self._blocking(lambda: self._replicas.begin(owner, signed))
+            revision = await blocking(lambda: self._replicas.begin(owner, signed))
             held = self._replicas.held(owner)
             if held is not None and held.held is not None:
                 if held.held.content_id == revision.content_id:
@@ -120,7 +167,7 @@ class ReplicaService:
                     await send(_complete(revision))
                     return
             fetcher = RevisionFetcher(
-                conn, self._replicas, owner, revision, send, self._clock, self._blocking
+                conn, self._replicas, owner, revision, send, self._clock, blocking
             )
             await fetcher.run()
         except PeerCallError as error:
