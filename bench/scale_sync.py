@@ -61,7 +61,6 @@ async def serve_replica(
     port = await endpoint.listen(factory)
     port_file.write_text(str(port.getHost().port))
     began = time.monotonic()
-    done: Any = None
 
     def check() -> None:
         # Done once a revision is held and the owner has hung up (it does
@@ -77,8 +76,7 @@ async def serve_replica(
 
     poll = LoopingCall(check)
     poll.clock = reactor
-    done = poll.start(0.5)
-    await done
+    await poll.start(0.5)
     stored = replicas.used_bytes
     await port.stopListening()
     replicas.close()

@@ -12,22 +12,16 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup.cli.status_line import EXIT_AT_RISK
-from barterbackup.testing.daemon import BIN, DaemonProcess
+from barterbackup.testing.daemon import BIN
 from tests.passwords import STRONG
-from tests.util import short_tempdir
+from tests.util import short_tempdir, tcp_daemon
 
 
 class CliBackupTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
         self.node_dir = self.tmp / "node"
-        self.daemon = DaemonProcess(
-            self.node_dir,
-            log_path=self.tmp / "daemon.log",
-            extra_args=["--transport", "tcp"],
-        )
-        self.daemon.start()
-        self.addCleanup(self.daemon.kill)
+        self.daemon = tcp_daemon(self, self.node_dir)
         self.folder = self.tmp / "Documents"
         (self.folder / "notes").mkdir(parents=True)
         for index in range(30):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.testing.daemon import DaemonProcess
 from tests.passwords import OTHER_STRONG, STRONG
-from tests.util import short_tempdir
+from tests.util import short_tempdir, tcp_daemon
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -50,13 +49,7 @@ class CliDaemonTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
         self.node_dir = self.tmp / "node"
-        self.daemon = DaemonProcess(
-            self.node_dir,
-            log_path=self.tmp / "daemon.log",
-            extra_args=["--transport", "tcp"],
-        )
-        self.daemon.start()
-        self.addCleanup(self.daemon.kill)
+        self.daemon = tcp_daemon(self, self.node_dir)
         self.password_file = self.tmp / "password"
         self.password_file.write_text(STRONG + "\n")
 

@@ -10,9 +10,9 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from barterbackup.testing.daemon import BIN, DaemonProcess
+from barterbackup.testing.daemon import BIN
 from tests.passwords import STRONG
-from tests.util import short_tempdir
+from tests.util import short_tempdir, tcp_daemon
 
 MTIME_NS = 1_650_000_000_000_000_000
 
@@ -21,13 +21,7 @@ class CliRestoreCheckTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
         self.node_dir = self.tmp / "node"
-        self.daemon = DaemonProcess(
-            self.node_dir,
-            log_path=self.tmp / "daemon.log",
-            extra_args=["--transport", "tcp"],
-        )
-        self.daemon.start()
-        self.addCleanup(self.daemon.kill)
+        self.daemon = tcp_daemon(self, self.node_dir)
         password = self.tmp / "password"
         password.write_text(STRONG + "\n")
         self.cli("unlock", "--create", "--password-file", str(password), ok=True)

@@ -29,10 +29,9 @@ from barterbackup.bbrpc.factory import connect_peer
 from barterbackup.bbrpc.framing import encode_frame
 from barterbackup.contracts import terms
 from barterbackup.keys.onion import pubkey_from_onion_address
-from barterbackup.testing.daemon import DaemonProcess
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
-from tests.util import PASSWORDS, short_tempdir
+from tests.util import PASSWORDS, short_tempdir, tcp_daemon
 
 HALF_OPEN = 200
 IDENTITIES = 24
@@ -64,13 +63,7 @@ class HostileDaemonTests(TestCase):
 
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
-        self.daemon = DaemonProcess(
-            self.tmp / "node",
-            log_path=self.tmp / "daemon.log",
-            extra_args=["--transport", "tcp"],
-        )
-        self.daemon.start()
-        self.addCleanup(self.daemon.kill)
+        self.daemon = tcp_daemon(self, self.tmp / "node")
         password = self.tmp / "password"
         password.write_text(PASSWORDS[0] + "\n")
         self.daemon.cli(

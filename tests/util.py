@@ -17,6 +17,7 @@ from barterbackup.node.facade import Node
 from barterbackup.node.results import NodeConfig
 from barterbackup.node.session import production_environment
 from barterbackup.progress import Progress
+from barterbackup.testing.daemon import DaemonProcess
 from barterbackup.testing.fakeengine import FakeContentEngine
 
 if TYPE_CHECKING:
@@ -32,6 +33,19 @@ def short_tempdir(case: SynchronousTestCase) -> Path:
     path = Path(tempfile.mkdtemp(prefix="bb-"))
     case.addCleanup(shutil.rmtree, path, True)
     return path
+
+
+def tcp_daemon(case: SynchronousTestCase, node_dir: Path) -> DaemonProcess:
+    """A real daemon on plain TCP (loopback) for ``node_dir``, started and
+    killed after the test; its log beside the node directory."""
+    daemon = DaemonProcess(
+        node_dir,
+        log_path=node_dir.with_name(f"{node_dir.name}.log"),
+        extra_args=["--transport", "tcp"],
+    )
+    daemon.start()
+    case.addCleanup(daemon.kill)
+    return daemon
 
 
 def start_node(reactor: Any, config: NodeConfig, content: str = "real") -> Node:

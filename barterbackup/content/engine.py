@@ -447,6 +447,18 @@ class ContentStore:
     def _revision_path(self, number: int) -> Path:
         return self._revisions_dir / f"{number:020d}.rev"
 
+    def _publish(self, verified: VerifiedRevision, names: NameIndex) -> None:
+        """Write a new revision's name index, root and pointer (crash points
+        4 and 5 between them; the pointer is the commit point)."""
+        number = verified.number
+        write_name_index(
+            self._names_path(number), self._name_index_key, verified.content_id, names
+        )
+        crash_point(4)
+        atomic_write(self._revision_path(number), verified.signed)
+        crash_point(5)
+        atomic_write(self._dir / "current", str(number).encode("ascii"))
+
     def _names_path(self, number: int) -> Path:
         return self._revisions_dir / f"{number:020d}.names"
 
@@ -953,16 +965,7 @@ class ContentStore:
             self._packs.install_all([n for n, _ in worker.writers], crash_point)
             worker.writers.clear()
             names = NameIndex(summary.file_count, summary.index)
-            write_name_index(
-                self._names_path(number),
-                self._name_index_key,
-                verified.content_id,
-                names,
-            )
-            crash_point(4)
-            atomic_write(self._revision_path(number), verified.signed)
-            crash_point(5)
-            atomic_write(self._dir / "current", str(number).encode("ascii"))
+            self._publish(verified, names)
             # Committed: the packs filled during the update are the
             # revision's now, whatever fails next (an abort must not touch
             # them).
@@ -1046,16 +1049,7 @@ class ContentStore:
                 self._packs.release(writer_number)
                 raise
             names = self._names
-            write_name_index(
-                self._names_path(number),
-                self._name_index_key,
-                verified.content_id,
-                names,
-            )
-            crash_point(4)
-            atomic_write(self._revision_path(number), verified.signed)
-            crash_point(5)
-            atomic_write(self._dir / "current", str(number).encode("ascii"))
+            self._publish(verified, names)
             crash_point(6)
             self._install_current(verified, names)
             self._record_in_metadata(verified)

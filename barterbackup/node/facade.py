@@ -236,7 +236,7 @@ class Node(MultiService):
         the recovery running); fires with the RecoveryResult once the
         revision is installed as current (docs/recovery.md)."""
         session = self._require_unlocked()
-        peers = [self._peer_key(address) for address in from_peers]
+        peers = [self._peer_pubkey(address) for address in from_peers]
         current = session.content.current
         if current is not None and revision and revision <= current.number:
             raise errors.InvalidArgument(
@@ -529,13 +529,7 @@ class Node(MultiService):
         self, onion_address: str, endpoint: str, share: bool
     ) -> PeerInfo:
         session = self._require_unlocked()
-        try:
-            address = normalize_onion_address(onion_address)
-        except InvalidOnionAddress as e:
-            raise errors.InvalidArgument(str(e)) from None
-        if address == session.keys.onion_address:
-            raise errors.InvalidArgument("that is this node's own onion address")
-        pubkey = pubkey_from_onion_address(address)
+        pubkey = self._peer_pubkey(onion_address)
         await session.network.ready()
         hint = endpoint or session.records.endpoint(pubkey)
         session.records.remember(
@@ -546,7 +540,7 @@ class Node(MultiService):
         except DestinationRefused as e:
             raise errors.InvalidArgument(str(e)) from None
         except Exception as e:
-            raise _connect_error(address, e) from None
+            raise _connect_error(onion_address_from_pubkey(pubkey), e) from None
         return self._peer_info(pubkey)
 
     def peers(self) -> list[PeerInfo]:
@@ -765,7 +759,7 @@ class Node(MultiService):
         goes; fires with the contract (refusals fail with the peer's reason).
         """
         session = self._require_unlocked()
-        pubkey = self._peer_key(onion_address)
+        pubkey = self._peer_pubkey(onion_address)
 
         async def run() -> ContractInfo:
             await session.network.ready()
@@ -843,7 +837,7 @@ class Node(MultiService):
             raise errors.InvalidArgument("name either a contract id or a peer")
         if contract_id and len(contract_id) != 32:
             raise errors.InvalidArgument("a contract id is 32 bytes (64 hex digits)")
-        peer = self._peer_key(onion_address) if onion_address else b""
+        peer = self._peer_pubkey(onion_address) if onion_address else b""
         try:
             return session.book.find(contract_id, peer)
         except Exception as error:
@@ -851,16 +845,6 @@ class Node(MultiService):
 
     def _info(self, entry: ContractEntry) -> ContractInfo:
         return _contract_info(self._require_unlocked().book.view(entry))
-
-    def _peer_key(self, onion_address: str) -> bytes:
-        session = self._require_unlocked()
-        try:
-            address = normalize_onion_address(onion_address)
-        except InvalidOnionAddress as e:
-            raise errors.InvalidArgument(str(e)) from None
-        if address == session.keys.onion_address:
-            raise errors.InvalidArgument("that is this node's own onion address")
-        return pubkey_from_onion_address(address)
 
     # -- replication -------------------------------------------------------
 
@@ -875,7 +859,7 @@ class Node(MultiService):
         current = session.content.current
         if current is None:
             raise errors.FailedPrecondition("no content yet: add files first")
-        peers = [self._peer_key(address) for address in onion_addresses]
+        peers = [self._peer_pubkey(address) for address in onion_addresses]
         book = session.book
         under_contract = {e.peer for e in book.entries() if e.in_force}
         for pubkey in peers:

@@ -50,9 +50,10 @@ PROGRESS_EVERY_SECONDS = 0.5
 BATCH_MAX_BLOBS = min(1024, MAX_BLOBS_PER_REQUEST)
 BATCH_MAX_BYTES = 32 * MIB
 # Sections found in fetched leaves and not asked for yet are kept to about
-# this many: past it a round asks for sections, not more tree nodes, so the
-# backlog (~200 bytes each) stays small however large the revision (a
-# 20 GiB sync held 2.3 million of them, ~500 MB, when nodes came first).
+# this many: a round asks for no more leaves than could bring the backlog
+# past it (LEAF_MAX_ENTRIES each), so it stays small (~200 bytes a section)
+# however large the revision (a 20 GiB sync held 2.3 million of them,
+# ~500 MB, when every leaf came first).
 MAX_SECTION_BACKLOG = 8192
 LEAF_MAX_ENTRIES = SECTION_TREE_SHAPE.leaf_max
 # Verified blobs are handed to the store in writes of about this much.
