@@ -38,6 +38,7 @@ from barterbackup.keys.onion import pubkey_from_onion_address
 from barterbackup.sync.serve import PIECE_BYTES
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
+from barterbackup.tree.nodes import MAX_SECTION_BYTES
 from tests.util import PASSWORDS, short_tempdir, tcp_daemon
 
 HALF_OPEN = 200
@@ -295,12 +296,19 @@ class HonestReplicationUnderAttackTests(DaemonUnderAttack):
     def setUp(self) -> None:
         super().setUp()
         alice = self.daemon
-        alice.cli("storage", "set", "--total", "256MiB", "--policy", "open", check=True)
+        # The contract between Alice and Bob is the one proposed below, not
+        # one the node forms by itself (min replicas 0).
+        alice.cli(
+            "storage", "set", "--total", "256MiB", "--policy", "open",
+            "--min-replicas", "0", check=True,
+        )  # fmt: skip
         self.bob = tcp_daemon(self, self.tmp / "bob")
         password = self.tmp / "bob.password"
         password.write_text(PASSWORDS[1] + "\n")
         self.bob.cli("unlock", "--create", "--password-file", str(password), check=True)
-        self.bob.cli("storage", "set", "--total", "256MiB", check=True)
+        self.bob.cli(
+            "storage", "set", "--total", "256MiB", "--min-replicas", "0", check=True
+        )  # fmt: skip
         bob_status = self.bob.stub().GetStatus(clirpc_pb2.GetStatusRequest())
         self.bob_address = bob_status.onion_address
         # Friends connect both ways (the default policy of Bob: known peers).
@@ -363,6 +371,8 @@ class HonestReplicationUnderAttackTests(DaemonUnderAttack):
             bbrpc_pb2.SetContentRevisionRequest(signed_root=revision.signed),
             lambda item: None,
         )
+        if index == 0:
+            await self.push_over_its_grant(conn, keys)
         # Its data back, 32 times at once; it takes the first piece that
         # arrives and then stops reading, mid-stream, for good.
         hashes = [hashlib.sha256(s).digest() for s in sections]
@@ -375,6 +385,23 @@ class HonestReplicationUnderAttackTests(DaemonUnderAttack):
             )
             download.addErrback(lambda failure: None)  # ends when we abort
         return conn
+
+    async def push_over_its_grant(self, conn: Any, keys: Any) -> None:
+        """A revision larger than the contract grants is refused before a
+        byte of it is fetched; the revision held stays."""
+        blobs = BlobDict()
+        sections = [os.urandom(MAX_SECTION_BYTES) for _ in range(5)]
+        too_large = make_revision(keys.signing_key, sections, 2, blobs)
+        try:
+            await conn.call_stream(
+                "set_content_revision_request",
+                bbrpc_pb2.SetContentRevisionRequest(signed_root=too_large.signed),
+                lambda item: None,
+            )
+        except PeerCallError as error:
+            self.assertEqual(error.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED, error)
+        else:
+            self.fail("a revision over the contract's grant was taken")
 
     def replicate_both_ways(self) -> list[str]:
         """Each honest daemon backs up new files and pushes them to the
@@ -450,6 +477,11 @@ class HonestReplicationUnderAttackTests(DaemonUnderAttack):
         self.assertEqual(len(attackers_held), CONTRACTED_ATTACKERS, obligations)
         for held in attackers_held:
             self.assertLessEqual(int(held["stored_bytes"]), int(held["granted_bytes"]))
+            # Each holds its first revision (the one over its grant refused).
+            self.assertEqual(int(held["revision"]), 1, held)
+        # On disk, the replicas directory holds no more than the grants.
+        granted = sum(int(o["granted_bytes"]) for o in obligations)
+        self.assertLessEqual(disk_bytes(self.daemon.node_dir / "replicas"), granted)
         print(
             f"\nhonest replication under attack: RSS {before:.0f} -> {during:.0f} "
             f"MiB, status worst {max(times) * 1000:.0f} ms over {len(times)} calls"
