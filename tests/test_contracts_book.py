@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import defer
+
 from barterbackup import errors
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
@@ -14,7 +16,7 @@ from barterbackup.contracts import digestcheck
 from barterbackup.contracts.policy import ProposerStanding
 from barterbackup.progress import Progress
 from barterbackup.sync.push import push_revision
-from tests.contract_swarm import HOUR, MIB, ContractSwarmCase
+from tests.contract_swarm import HOUR, MIB, SETTINGS, ContractSwarmCase
 
 
 def call_error(d: Any, case: ContractSwarmCase) -> PeerCallError:
@@ -552,6 +554,37 @@ class LifecycleTests(ContractSwarmCase):
         self.swarm.advance(5)
         self.assertEqual(self.contract(a, b).peer_revision, 2)
         self.assertTrue(self.check(a, b).passed)
+
+    def test_a_dial_failing_after_the_node_stopped_changes_nothing(self) -> None:
+        """The peer went away; the probe's dial is still in flight when the
+        node stops, and fails after: the contract is not made suspect, and
+        no outage timer is left behind (it once was, on real Tor)."""
+        a, b, _ = self.swarm.nodes
+        self.friends(a, b)
+        self.write(a)
+        self.propose(a, b)
+        dialling: list[defer.Deferred[Any]] = []
+
+        def dial(peer: bytes) -> defer.Deferred[Any]:
+            dialling.append(defer.Deferred())
+            return dialling[-1]
+
+        self.patch(a.session.pool, "dial", dial)
+        self.swarm.stop_node(b)
+        self.swarm.advance(SETTINGS.probe_delay_seconds + 1)
+        self.assertTrue(dialling)
+        before = self.state(a, b)
+        self.swarm.stop_node(a)
+        for pending in dialling:
+            pending.errback(ConnectionRefusedError("gone"))
+        self.assertEqual(
+            [c for c in self.swarm.clock.getDelayedCalls() if "outage" in repr(c)],
+            [],
+        )
+        # What was saved at the stop is what the restart reads.
+        self.assertNotEqual(before, "suspect")
+        stored = a.book.entries()[0].state
+        self.assertEqual(stored, before)
 
     def test_status_says_under_replicated(self) -> None:
         a, b, _ = self.swarm.nodes

@@ -322,7 +322,9 @@ class SendBlobsTests(SynchronousTestCase):
         # Held at most: the batch being sent and the one read ahead.
         self.assertEqual(holder.most, 4 * 600 * 1024)
 
-    def test_a_send_failing_with_a_read_in_flight_reports_one_error(self) -> None:
+    def _fail_with_a_read_in_flight(self, read_ahead_fails: bool) -> None:
+        """The send fails while the next batch is being read: one error
+        reported, and nothing held, whether that read then fails or not."""
         blobs = [os.urandom(700 * 1024) for _ in range(4)]
         by_hash = {hashlib.sha256(b).digest(): b for b in blobs}
         reads: list[defer.Deferred[Any]] = []
@@ -337,7 +339,7 @@ class SendBlobsTests(SynchronousTestCase):
             return defer.fail(ConnectionError("peer went away"))
 
         def read(blob: bytes) -> bytes:
-            if len(reads) > 1:
+            if read_ahead_fails and len(reads) > 1:
                 raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, "gone")
             return by_hash[blob]
 
@@ -348,28 +350,12 @@ class SendBlobsTests(SynchronousTestCase):
         reads[0].callback(None)
         self.failureResultOf(done, ConnectionError)
         self.assertEqual(holder.held, 0)
-        reads[1].callback(None)  # the read ahead fails too: not reported
+        reads[1].callback(None)  # the read ahead ends after the failure
         self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(holder.held, 0)
+
+    def test_a_send_failing_with_a_read_in_flight_reports_one_error(self) -> None:
+        self._fail_with_a_read_in_flight(read_ahead_fails=True)
 
     def test_a_read_ahead_arriving_after_a_failure_is_not_held(self) -> None:
-        blobs = [os.urandom(700 * 1024) for _ in range(4)]
-        by_hash = {hashlib.sha256(b).digest(): b for b in blobs}
-        reads: list[defer.Deferred[Any]] = []
-
-        def blocking(work: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            d.addCallback(lambda _: work())
-            reads.append(d)
-            return d
-
-        def send(item: Any) -> defer.Deferred[None]:
-            return defer.fail(ConnectionError("peer went away"))
-
-        holder = CountingConn(b"")
-        done = defer.Deferred.fromCoroutine(
-            send_blobs(send, list(by_hash), by_hash.__getitem__, blocking, holder)
-        )
-        reads[0].callback(None)
-        self.failureResultOf(done, ConnectionError)
-        reads[1].callback(None)  # read after the failure: dropped, not held
-        self.assertEqual(holder.held, 0)
+        self._fail_with_a_read_in_flight(read_ahead_fails=False)

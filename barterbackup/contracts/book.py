@@ -424,6 +424,16 @@ class ContractBook:
         return entry
 
     def _safely(self, entry: ContractEntry, event: Event, what: str) -> None:
+        if self._stopped:
+            # Stopping wrote every record and cancelled every timer: an
+            # event now (a dial failing as the node shuts down) would change
+            # a state nobody saves and set a timer nobody cancels.
+            log.debug(
+                "contract {id}: {what} after the book stopped, ignored",
+                id=entry.contract_id.hex()[:16],
+                what=what,
+            )
+            return
         try:
             event(entry.machine)
         except NoTransition:
