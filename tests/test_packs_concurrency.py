@@ -9,6 +9,9 @@ Every read of a live blob must return exactly its bytes — never EBADF,
 never SectionMissing or SectionCorrupt, never other bytes — and
 ``verify_marked`` running meanwhile must report no damage.
 
+The same for the replica store's serving path (``read_blob``, what a
+Download reads) while the owner's revision is replaced and deleted.
+
 Bounded: a fixed number of rounds; the readers stop when they end (and
 after at most a fixed number of reads). No sleeps.
 """
@@ -21,10 +24,15 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from barterbackup.store.packs import PackStore
+from barterbackup.store.replicas import ReplicaStore, UnknownRevision
+from barterbackup.testing.fakes import BlobDict, make_revision
+from barterbackup.testing.link import keys_for_test
+from tests.test_replicas_store import NAMES, SEAL, Budget, live
 
 LIVE_BLOBS = 48
 ROUNDS = 24
@@ -170,3 +178,108 @@ class PackGcWhileReadingTests(SynchronousTestCase):
         self.assertEqual(readers.failures, [])
         self.assertTrue(outcomes)
         self.assertEqual([bad for bad in outcomes if bad], [])
+
+
+class ReplicaReadsWhileReplacedTests(SynchronousTestCase):
+    """A Download's reads (``ReplicaStore.read_blob``) while the owner's
+    revision is replaced by another and deleted: each read gives the blob's
+    bytes or UnknownRevision (it is no longer held), nothing else."""
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.store = ReplicaStore.open(self.root, Budget(), NAMES, SEAL)
+        self.addCleanup(self.store.close)
+        self.owner = keys_for_test(1)
+        self.blobs = BlobDict()
+        self.rng = random.Random(7)
+
+    def store_revision(self, sections: list[bytes], number: int) -> Any:
+        revision = make_revision(self.owner.signing_key, sections, number, self.blobs)
+        owner = self.owner.onion_pubkey
+        self.store.begin(owner, revision.signed)
+        hashes = live(revision, self.blobs)
+        self.store.store_blobs(
+            owner, revision.content_id, [(h, self.blobs[h]) for h in hashes]
+        )
+        self.store.finish(owner, revision.content_id, lambda: hashes)
+        return revision
+
+    def sections(self, count: int) -> list[bytes]:
+        return [self.rng.randbytes(self.rng.randrange(1, 9000)) for _ in range(count)]
+
+    def test_reads_while_the_revision_is_replaced_and_deleted(self) -> None:
+        kept = self.sections(LIVE_BLOBS)
+        wanted = {hashlib.sha256(s).digest(): s for s in kept}
+        self.store_revision(kept + self.sections(LIVE_BLOBS), 1)
+        owner = self.owner.onion_pubkey
+
+        def gone(sha256: bytes, error: BaseException) -> bool:
+            return isinstance(error, UnknownRevision)
+
+        fds = open_fds()
+        number = 1
+        with Readers(
+            lambda sha256: self.store.read_blob(owner, sha256), wanted, gone
+        ) as readers:
+            for round_number in range(ROUNDS):
+                number += 1
+                # Replaced: the new revision shares ``kept``; finishing it
+                # sweeps the rest of the old one (a repack under the reads).
+                self.store_revision(kept + self.sections(LIVE_BLOBS), number)
+                if round_number % 3 == 2:
+                    self.store.delete(owner)
+                    number = 1
+                    self.store_revision(kept + self.sections(LIVE_BLOBS), number)
+        self.assertEqual(readers.failures, [])
+        self.assertGreater(readers.reads, ROUNDS)
+        for sha256, data in wanted.items():
+            self.assertEqual(self.store.read_blob(owner, sha256), data)
+        self.store.close()
+        self.assertLessEqual(open_fds(), fds)
+
+    def read_across(self, between: Callable[[], object]) -> BaseException | bytes:
+        """``read_blob`` of a stored blob, with ``between`` run after it took
+        the owner's packs and before it reads them: its outcome."""
+        section = self.sections(1)[0]
+        self.store_revision([section], 1)
+        owner = self.owner.onion_pubkey
+        reading, go = threading.Event(), threading.Event()
+        real_read = PackStore.read
+
+        def paused_read(packs: PackStore, sha256: bytes) -> bytes:
+            reading.set()
+            go.wait(10)
+            return real_read(packs, sha256)
+
+        self.patch(PackStore, "read", paused_read)
+        outcome: list[BaseException | bytes] = []
+
+        def read() -> None:
+            try:
+                outcome.append(
+                    self.store.read_blob(owner, hashlib.sha256(section).digest())
+                )
+            except BaseException as error:
+                outcome.append(error)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        self.assertTrue(reading.wait(10))
+        between()
+        go.set()
+        reader.join()
+        return outcome[0]
+
+    def test_a_read_overtaken_by_a_delete_finds_nothing(self) -> None:
+        fds = open_fds()
+        outcome = self.read_across(lambda: self.store.delete(self.owner.onion_pubkey))
+        self.assertIs(type(outcome), UnknownRevision)
+        self.assertLessEqual(open_fds(), fds)
+
+    def test_a_read_overtaken_by_closing_opens_no_file(self) -> None:
+        """A Download still reading while the node stops: the closed store
+        reopens no pack (its descriptors would never be closed again)."""
+        fds = open_fds()
+        outcome = self.read_across(self.store.close)
+        self.assertIs(type(outcome), UnknownRevision)
+        self.assertLessEqual(open_fds(), fds)
