@@ -24,12 +24,18 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from barterbackup._proto import bbrpc_pb2
+from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.store.packs import PackStore
 from barterbackup.store.replicas import ReplicaStore, UnknownRevision
+from barterbackup.sync.offers import OfferedContent
+from barterbackup.sync.serve import ContentServer
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
 from tests.test_replicas_store import NAMES, SEAL, Budget, live
@@ -283,3 +289,44 @@ class ReplicaReadsWhileReplacedTests(SynchronousTestCase):
         outcome = self.read_across(self.store.close)
         self.assertIs(type(outcome), UnknownRevision)
         self.assertLessEqual(open_fds(), fds)
+
+    def test_a_download_overtaken_by_a_delete_ends_not_found(self) -> None:
+        """The serving path (sync.serve): the owner's replica is deleted
+        while a Download of it reads a blob (after the call took the
+        owner's packs, before it read them); the call ends NOT_FOUND, not
+        with an internal error."""
+        # Read batches of about 1 MiB: (1, 2), (3, 4) read ahead while the
+        # first is sent, then (5), read after a piece went out.
+        sections = [self.rng.randbytes(700_000) for _ in range(5)]
+        revision = self.store_revision(sections, 1)
+        owner = self.owner.onion_pubkey
+        sent: list[Any] = []
+        real_read = PackStore.read
+
+        def read_overtaken(packs: PackStore, sha256: bytes) -> bytes:
+            if sent and self.store.held(owner) is not None:
+                self.store.delete(owner)
+            return real_read(packs, sha256)
+
+        self.patch(PackStore, "read", read_overtaken)
+
+        def send(item: Any) -> Deferred[None]:
+            sent.append(item)
+            return succeed(None)
+
+        server = ContentServer(None, self.store, OfferedContent())
+        conn = SimpleNamespace(peer_pubkey=owner, peer_onion_address="")
+        request = bbrpc_pb2.DownloadRequest(
+            content_id=revision.content_id,
+            blobs=[hashlib.sha256(s).digest() for s in sections],
+        )
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(server.download(conn, request, send))
+        )
+        failure.trap(PeerCallError)
+        self.assertEqual(failure.value.code, bbrpc_pb2.ERROR_CODE_NOT_FOUND)
+        # What was read before the delete went out; the last blob did not.
+        self.assertEqual(
+            [hashlib.sha256(item.data).digest() for item in sent],
+            list(request.blobs)[:4],
+        )
