@@ -97,9 +97,18 @@ class DaemonLimitEdgeTests(TestCase):
             "unlock", "--create", "--password-file", str(password), check=True
         )
         # Contracts with anyone (within the unvetted cap): the owner below
-        # is a stranger that gets storage by proposing.
+        # is a stranger that gets storage by proposing. None formed by the
+        # daemon itself (min replicas 0) to race that proposal.
         self.daemon.cli(
-            "storage", "set", "--total", "64MiB", "--policy", "open", check=True
+            "storage",
+            "set",
+            "--total",
+            "64MiB",
+            "--policy",
+            "open",
+            "--min-replicas",
+            "0",
+            check=True,
         )
         status = self.daemon.stub().GetStatus(clirpc_pb2.GetStatusRequest())
         self.address = status.onion_address

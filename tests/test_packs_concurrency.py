@@ -24,7 +24,6 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -112,6 +111,14 @@ class Readers:
         self.done.set()
         for thread in self.threads:
             thread.join()
+
+
+class Caller:
+    """The authenticated connection a Download comes on (as serve sees it)."""
+
+    def __init__(self, peer_pubkey: bytes) -> None:
+        self.peer_pubkey = peer_pubkey
+        self.peer_onion_address = ""
 
 
 class PackGcWhileReadingTests(SynchronousTestCase):
@@ -315,7 +322,7 @@ class ReplicaReadsWhileReplacedTests(SynchronousTestCase):
             return succeed(None)
 
         server = ContentServer(None, self.store, OfferedContent())
-        conn = SimpleNamespace(peer_pubkey=owner, peer_onion_address="")
+        conn = Caller(owner)
         request = bbrpc_pb2.DownloadRequest(
             content_id=revision.content_id,
             blobs=[hashlib.sha256(s).digest() for s in sections],
