@@ -139,6 +139,8 @@ class RawPeer:
         hello_length: int = 0,
         before_body: Callable[[], object] = lambda: None,
         after_auth: bytes = b"",
+        server_hello: bbrpc_pb2.Hello | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         """Authenticate as ``keys`` to ``server_address``.
 
@@ -146,10 +148,15 @@ class RawPeer:
         (sent as its header first, then — after ``before_body`` ran — its
         body). ``after_auth`` is written
         in the same ``send`` as our Auth (finding 12 of issue 13: a large
-        frame right behind the Auth).
+        frame right behind the Auth). ``server_hello``: the server's Hello,
+        if it was read already. ``clock_offset`` moves our Hello's
+        timestamp from now.
         """
-        server_hello = self.receive_hello()
-        hello = handshake.new_hello(keys, os.urandom(32), time.time(), server_address)
+        if server_hello is None:
+            server_hello = self.receive_hello()
+        hello = handshake.new_hello(
+            keys, os.urandom(32), time.time() + clock_offset, server_address
+        )
         envelope = bbrpc_pb2.Envelope(call_id=0, hello=hello)
         payload = (
             padded(envelope, hello_length)

@@ -10,10 +10,10 @@ sequence; afterwards it still answers the CLI's ``status`` within a second
 and a fresh honest peer authenticates and pings.
 
 Not covered here: ``handshake_timeout`` (30 s; the daemon has no option to
-shorten it, and waiting for it would triple this module's time — the
-in-memory tests in tests/test_bbrpc_connection.py drive it with a
-``task.Clock``), ``idle_timeout`` (600 s, likewise) and ``max_connections``
-(512 authenticated connections).
+shorten it, and waiting for it would double this module's time — the
+in-memory tests in tests/test_bbrpc_handshake.py drive it with a
+``task.Clock``), ``idle_timeout`` (600 s, likewise), and the outbox bounds
+(tests/test_hostile_daemon.py: peers that ask and never read).
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from barterbackup._proto import bbrpc_pb2, clirpc_pb2
+from barterbackup.bbrpc import handshake
 from barterbackup.bbrpc.channel import PeerLimits
 from barterbackup.bbrpc.factory import AdmissionLimits, connect_peer
 from barterbackup.contracts import terms
+from barterbackup.keys.derive import NodeKeys, node_keys_from_master
 from barterbackup.keys.onion import pubkey_from_onion_address
 from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST
 from barterbackup.testing.fakes import BlobDict, make_revision
@@ -47,8 +49,10 @@ DOCUMENTED = {
     "max_frame_length": 1024 * 1024 + 64 * 1024,
     "max_concurrent_calls": 32,
     "max_ping_payload": 64,
+    "max_clock_skew": 600.0,
     "max_handshaking": 64,
     "max_handshaking_per_source": 16,
+    "max_connections": 512,
     "blobs_per_download": 4096,
 }
 LIMITS = PeerLimits()
@@ -59,6 +63,11 @@ STATUS_WITHIN_SECONDS = 1.0
 SECTION_BYTES = 1024 * 1024
 # Distinct loopback addresses: the admission limits count per source.
 SOURCES = [f"127.0.0.{n}" for n in range(2, 2 + ADMISSION.max_handshaking // 16 + 1)]
+
+
+def identity(number: int) -> NodeKeys:
+    """Distinct cheap node keys for ``number`` (beyond keys_for_test's 256)."""
+    return node_keys_from_master(number.to_bytes(4, "big") + b"limits" * 4 + b"..")
 
 
 def ping_frame(call_id: int, payload: bytes = b"p", length: int = 0) -> bytes:
@@ -77,8 +86,10 @@ class DocumentedLimitsTests(SynchronousTestCase):
                 "max_frame_length": LIMITS.max_frame_length,
                 "max_concurrent_calls": LIMITS.max_concurrent_calls,
                 "max_ping_payload": LIMITS.max_ping_payload,
+                "max_clock_skew": LIMITS.max_clock_skew,
                 "max_handshaking": ADMISSION.max_handshaking,
                 "max_handshaking_per_source": ADMISSION.max_handshaking_per_source,
+                "max_connections": ADMISSION.max_connections,
                 "blobs_per_download": MAX_BLOBS_PER_REQUEST,
             },
             DOCUMENTED,
@@ -176,6 +187,28 @@ class DaemonLimitEdgeTests(TestCase):
 
         peer.send_bytes(struct.pack(">I", limit + 1))
         self.assertTrue(peer.closed_by_peer())
+
+    def clock_skew_edges(self) -> None:
+        """max_clock_skew: a Hello dated 10 s inside it is taken, one dated
+        10 s outside it drops the connection (10 s either side, as both
+        clocks tick while the frame travels)."""
+        skew = LIMITS.max_clock_skew
+        for sign in (1, -1):
+            inside = self.connect()
+            inside.handshake(
+                identity(600), self.address, clock_offset=sign * (skew - 10)
+            )
+            self.assertEqual(inside.ping(b"on time"), b"on time")
+            outside = self.connect()
+            outside.receive_hello()
+            hello = handshake.new_hello(
+                identity(601),
+                os.urandom(32),
+                time.time() + sign * (skew + 10),
+                self.address,
+            )
+            outside.send(bbrpc_pb2.Envelope(call_id=0, hello=hello))
+            self.assertTrue(outside.closed_by_peer())
 
     def ping_edges(self) -> None:
         """max_ping_payload: 64 bytes answered, 65 dropped."""
@@ -297,11 +330,47 @@ class DaemonLimitEdgeTests(TestCase):
         self.assertTrue(self.connect(SOURCES[-1]).closed_by_peer())
         return waiting
 
+    def connection_edges(self) -> None:
+        """max_connections: that many connections, each authenticated under
+        its own identity, are admitted and live; the next is closed at
+        once. Then every one closes, and the daemon admits again."""
+        # What the daemon computes from the open-file limit it inherits
+        # (the test process's): 512 unless that limit is small.
+        limit = AdmissionLimits.for_this_process().max_connections
+        held = []
+        for number in range(limit):
+            peer = self.connect()
+            peer.handshake(identity(number), self.address)
+            # Answered only once the daemon took our Auth: at most one
+            # connection of ours is ever in its handshake.
+            self.assertEqual(peer.ping(b"in"), b"in")
+            held.append(peer)
+        self.assertTrue(self.connect().closed_by_peer())
+        self.assertEqual(held[0].ping(b"still"), b"still")
+        for peer in held:
+            peer.close()
+        self.admitted("127.0.0.1").close()
+
+    def admitted(self, source: str) -> RawPeer:
+        """A connection the daemon admits (its Hello comes), once it has
+        seen the ones closed before close: a bounded number of tries, each a
+        round trip through its reactor."""
+        for _ in range(50):
+            peer = self.connect(source)
+            try:
+                self.server_hello = peer.receive_hello()
+            except PeerClosed:
+                continue
+            return peer
+        self.fail(f"the daemon still refuses connections from {source}")
+
     def edges(self) -> None:
         """Every edge in sequence (on a worker thread: plain sockets)."""
+        self.connection_edges()
         self.handshake_frame_edges()
         self.frame_edges()
         self.ping_edges()
+        self.clock_skew_edges()
         owner, content_id, blob, section = self.become_owner()
         self.download_bound_edges(owner, content_id, blob, section)
         self.concurrent_call_edges(owner, content_id, blob, section)
@@ -310,17 +379,10 @@ class DaemonLimitEdgeTests(TestCase):
 
     def honest_after(self) -> None:
         """A fresh peer authenticates and pings once the daemon has seen the
-        half-open connections close (a bounded number of tries from a fresh
-        source; each is a round trip through the daemon's reactor)."""
-        for _ in range(50):
-            peer = self.connect(SOURCES[-1])
-            try:
-                peer.handshake(keys_for_test(15), self.address)
-            except PeerClosed:
-                continue
-            self.assertEqual(peer.ping(b"honest"), b"honest")
-            return
-        self.fail("the daemon still refuses connections after the half-open closed")
+        half-open connections close."""
+        peer = self.admitted(SOURCES[-1])
+        peer.handshake(keys_for_test(15), self.address, server_hello=self.server_hello)
+        self.assertEqual(peer.ping(b"honest"), b"honest")
 
     async def test_each_limit_at_and_over_its_edge(self) -> None:
         await deferToThread(self.edges)
@@ -329,9 +391,12 @@ class DaemonLimitEdgeTests(TestCase):
             f"frame of {LIMITS.max_handshake_frame_length + 1} bytes exceeds",
             f"frame of {LIMITS.max_frame_length + 1} bytes exceeds",
             f"ping payload of {LIMITS.max_ping_payload + 1} bytes",
-            f"{ADMISSION.max_handshaking_per_source} handshakes from one source",
+            "s off ours (limit ±600 s)",
+            # Refusals are logged once (then every 1000th): the first was
+            # the connection over max_connections.
+            "refusing inbound connections (",
         ):
-            self.assertIn(reason, log)
+            self.assertTrue(reason in log, f"the daemon's log lacks {reason!r}")
         began = time.monotonic()
         self.daemon.stub().GetStatus(clirpc_pb2.GetStatusRequest(), timeout=5)
         self.assertLess(time.monotonic() - began, STATUS_WITHIN_SECONDS)
