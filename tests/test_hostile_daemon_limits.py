@@ -58,11 +58,16 @@ DOCUMENTED = {
 LIMITS = PeerLimits()
 ADMISSION = AdmissionLimits()
 STATUS_WITHIN_SECONDS = 1.0
-# The owner's one section: large enough that 32 Downloads of it cannot all
-# be written into the socket buffers before the daemon reads the 33rd.
+# The owner's one section: one whole Download piece.
 SECTION_BYTES = 1024 * 1024
-# Distinct loopback addresses: the admission limits count per source.
-SOURCES = [f"127.0.0.{n}" for n in range(2, 2 + ADMISSION.max_handshaking // 16 + 1)]
+# Distinct loopback addresses (the admission limits count per source): enough
+# to fill max_handshaking from full sources, and one more.
+SOURCES = [
+    f"127.0.0.{n}"
+    for n in range(
+        2, 3 + ADMISSION.max_handshaking // ADMISSION.max_handshaking_per_source
+    )
+]
 
 
 def identity(number: int) -> NodeKeys:
@@ -298,9 +303,10 @@ class DaemonLimitEdgeTests(TestCase):
             owner.request("download_request", request)
             for _ in range(LIMITS.max_concurrent_calls + 1)
         ]
-        # One write: the daemon reads all 33 before any Download has read
-        # its blob on the worker thread, so the first 32 are open when the
-        # 33rd arrives.
+        # One write: the daemon decodes all 33 in one go. Each Download then
+        # waits for its blob read on the worker thread or for its turn (a
+        # connection is served two at a time), so the first 32 are all open
+        # when the 33rd is decoded.
         owner.send_bytes(b"".join(frame for _, frame in calls))
         answers = owner.answers({call_id for call_id, _ in calls})
         *served, (busy_id, _) = calls
@@ -349,19 +355,18 @@ class DaemonLimitEdgeTests(TestCase):
         self.assertEqual(held[0].ping(b"still"), b"still")
         for peer in held:
             peer.close()
-        self.admitted("127.0.0.1").close()
+        self.admitted("127.0.0.1")[0].close()
 
-    def admitted(self, source: str) -> RawPeer:
-        """A connection the daemon admits (its Hello comes), once it has
-        seen the ones closed before close: a bounded number of tries, each a
-        round trip through its reactor."""
+    def admitted(self, source: str) -> tuple[RawPeer, bbrpc_pb2.Hello]:
+        """A connection the daemon admits, and the Hello it sent, once it
+        has seen the ones closed before close: a bounded number of tries,
+        each a round trip through its reactor."""
         for _ in range(50):
             peer = self.connect(source)
             try:
-                self.server_hello = peer.receive_hello()
+                return peer, peer.receive_hello()
             except PeerClosed:
                 continue
-            return peer
         self.fail(f"the daemon still refuses connections from {source}")
 
     def edges(self) -> None:
@@ -380,8 +385,8 @@ class DaemonLimitEdgeTests(TestCase):
     def honest_after(self) -> None:
         """A fresh peer authenticates and pings once the daemon has seen the
         half-open connections close."""
-        peer = self.admitted(SOURCES[-1])
-        peer.handshake(keys_for_test(15), self.address, server_hello=self.server_hello)
+        peer, hello = self.admitted(SOURCES[-1])
+        peer.handshake(keys_for_test(15), self.address, server_hello=hello)
         self.assertEqual(peer.ping(b"honest"), b"honest")
 
     async def test_each_limit_at_and_over_its_edge(self) -> None:
@@ -400,6 +405,7 @@ class DaemonLimitEdgeTests(TestCase):
         began = time.monotonic()
         self.daemon.stub().GetStatus(clirpc_pb2.GetStatusRequest(), timeout=5)
         self.assertLess(time.monotonic() - began, STATUS_WITHIN_SECONDS)
+        self.daemon.cli("status", check=True)  # the real command, too
         await deferToThread(self.honest_after)
         endpoint = TCP4ClientEndpoint(reactor, self.host, self.port)
         conn = await connect_peer(
