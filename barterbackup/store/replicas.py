@@ -455,8 +455,9 @@ class ReplicaStore:
         """Forget everything held for ``owner``.
 
         Under the store's lock only the directory is renamed aside (the
-        commit point: its name no longer says whom it was for); its files
-        are removed after, outside the lock. Removing a 1 GiB replica took
+        commit point: open no longer loads it, and the owner's directory
+        name is free for a new sync); its files are removed after, outside
+        the lock. Removing a 1 GiB replica took
         over a second, and every query of every replica — the reactor's
         too — waited for it. A crash before the removal ends leaves the
         renamed directory, which the next open removes.
