@@ -34,6 +34,7 @@ FULL = [
     ),
     ("source walk of 1 M files vs find, walk RSS", ["bench.walk", "1000000"]),
     ("exclude patterns vs git check-ignore (and pathspec)", ["bench.excludes_git"]),
+    ("replica delete vs the other replicas' queries", ["bench.replica_delete"]),
     ("spot-check cost and detection", ["bench.contract_checks"]),
     ("spot checks through tree, store and wire", ["bench.contract_wire"]),
     ("one node with 50 contracts checked every minute", ["bench.contract_load"]),
@@ -76,6 +77,10 @@ QUICK = [
     (
         "exclude patterns vs git check-ignore (and pathspec)",
         ["bench.excludes_git", "50"],
+    ),
+    (
+        "replica delete vs the other replicas' queries",
+        ["bench.replica_delete", "64"],
     ),
     ("spot-check cost and detection", ["bench.contract_checks", "--quick"]),
     ("spot checks through tree, store and wire", ["bench.contract_wire", "--quick"]),

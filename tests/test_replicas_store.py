@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -387,6 +388,79 @@ class ReplicaStoreTests(SynchronousTestCase):
         self.assertIsNone(self.store.held(OWNER.onion_pubkey))
         self.assertEqual(list(self.root.iterdir()), [])
         self.assertEqual(self.store.used_bytes, 0)
+
+    def test_queries_do_not_wait_for_a_delete_to_remove_files(self) -> None:
+        """Deleting a large replica removes its files outside the store's
+        lock: another owner's queries (the reactor's), and the same owner
+        storing again, go on meanwhile."""
+        kept = self.revision([b"k" * 100], 1, OTHER)
+        self.store.begin(OTHER.onion_pubkey, kept.signed)
+        self.store_all(kept, OTHER.onion_pubkey)
+        doomed = self.revision([b"d" * 100], 1)
+        self.store.begin(OWNER.onion_pubkey, doomed.signed)
+        self.store_all(doomed)
+        removing, release = threading.Event(), threading.Event()
+        real_rmtree = shutil.rmtree
+
+        def slow_rmtree(path: object, *args: object, **kwargs: object) -> None:
+            removing.set()
+            release.wait(30)
+            real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        self.patch(shutil, "rmtree", slow_rmtree)
+        deleting = threading.Thread(
+            target=self.store.delete, args=(OWNER.onion_pubkey,)
+        )
+        deleting.start()
+        try:
+            self.assertTrue(removing.wait(30))
+            answered = threading.Event()
+
+            def query() -> None:
+                self.store.held(OTHER.onion_pubkey)
+                self.store.read_blob(OTHER.onion_pubkey, sha(b"k" * 100))
+                self.assertIsNone(self.store.held(OWNER.onion_pubkey))
+                answered.set()
+
+            querying = threading.Thread(target=query)
+            querying.start()
+            self.assertTrue(answered.wait(30), "a query waited for the delete")
+            querying.join()
+            again = self.revision([b"a" * 100], 1)
+            self.store.begin(OWNER.onion_pubkey, again.signed)
+            self.store_all(again)
+        finally:
+            release.set()
+            deleting.join()
+        self.assertEqual(
+            self.store.read_blob(OWNER.onion_pubkey, sha(b"a" * 100)), b"a" * 100
+        )
+        reopened = self.open()
+        self.assertEqual(reopened.quarantined, [])
+        held = reopened.held(OWNER.onion_pubkey)
+        assert held is not None and held.held is not None
+        self.assertEqual(held.held.content_id, again.content_id)  # type: ignore[attr-defined]
+
+    def test_a_delete_cut_short_is_finished_at_open(self) -> None:
+        """A crash after the rename (the commit point) and before the files
+        are gone: the next open removes them; nothing is quarantined."""
+        revision = self.revision([b"x" * 100], 1)
+        self.store.begin(OWNER.onion_pubkey, revision.signed)
+        self.store_all(revision)
+
+        def crash(path: object, *args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt("killed while removing")
+
+        crashing = self.patch(shutil, "rmtree", crash)
+        with self.assertRaises(KeyboardInterrupt):
+            self.store.delete(OWNER.onion_pubkey)
+        [left] = self.root.iterdir()
+        self.assertTrue(left.name.startswith(".deleting-"), left)
+        crashing.restore()
+        reopened = self.open()
+        self.assertIsNone(reopened.held(OWNER.onion_pubkey))
+        self.assertEqual(reopened.quarantined, [])
+        self.assertEqual(list(self.root.iterdir()), [])
 
     def test_default_total(self) -> None:
         self.assertEqual(

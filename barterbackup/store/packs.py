@@ -82,6 +82,16 @@ class SectionMissing(LookupError):
         self.sha256 = sha256
 
 
+class PackStoreClosed(SectionMissing):
+    """The store was closed (its owner's replica deleted, the node
+    stopping): it reads nothing any more.
+
+    A reader that took the store just before it closed gets this, never a
+    descriptor reopened behind ``close`` (which nothing would close again)
+    nor the FileNotFoundError of packs deleted meanwhile.
+    """
+
+
 _SHARD_BITS = 8
 _SHARDS = 1 << _SHARD_BITS
 _ORDINAL_LIMIT = 2**32 - 1
@@ -507,6 +517,8 @@ class PackStore:
         self._fds: dict[int, tuple[int, int]] = {}
         self._writers: dict[int, PackWriter] = {}
         self._next_writer_number = 0
+        # Set by ``close``, under the lock: no descriptor is opened after.
+        self._closed = False
         self.bytes_read = 0
         for pack_path in directory.glob(f"*{PACK_SUFFIX}"):
             if not (directory / f"{pack_path.stem}{INDEX_SUFFIX}").exists():
@@ -598,6 +610,8 @@ class PackStore:
         return self.directory / f"{self._pack_ids[number]}{PACK_SUFFIX}"
 
     def _pack_fds(self, number: int) -> tuple[int, int]:
+        if self._closed:
+            raise PackStoreClosed(f"the packs in {self.directory} are closed")
         fds = self._fds.pop(number, None)
         if fds is None:
             pack_path = self._pack_path(number)
@@ -931,7 +945,11 @@ class PackStore:
         return self._register_pack(writer.pack_id, raw)
 
     def close(self) -> None:
+        """Close every descriptor, for good: later reads raise
+        PackStoreClosed (a replica's store is closed before its files are
+        deleted, while a Download may still be reading it)."""
         with self._lock:
+            self._closed = True
             for pack_fd, index_fd in self._fds.values():
                 os.close(pack_fd)
                 os.close(index_fd)

@@ -30,6 +30,8 @@ Crash safety (numbered points for the kill -9 tests, ``crash_point``):
   no held revision needs (108). A crash before 107 leaves the old ``held``
   intact and the fetched blobs stored for the resumed sync; after it, the
   new revision is held and unneeded blobs go at the next finish or delete.
+* ``delete`` renames the owner's directory aside (the commit point), then
+  removes it; open removes a renamed directory a crash left.
 * Open removes temp files and packs without an index (never referenced).
 
 Quotas count every byte a peer makes us keep: its packs, their indexes and
@@ -76,6 +78,9 @@ DEFAULT_TOTAL_BYTES = 1 * GIB
 RECORD_FILENAME = "record.sealed"
 PACKS_DIRNAME = "packs"
 QUARANTINE_DIRNAME = "quarantine"
+# An owner directory being deleted is renamed to this prefix and its name
+# (owner ids are hex: no owner's directory starts with it).
+DELETING_PREFIX = ".deleting-"
 RECORD_AD = b"barterbackup v2 replica record\x00"
 MAX_RECORD_BYTES = 1024 * 1024
 # Install the open pack once it holds this much: an interrupted sync loses
@@ -245,6 +250,15 @@ class ReplicaStore:
         )
         for directory in sorted(root.iterdir()):
             if directory.name == QUARANTINE_DIRNAME:
+                continue
+            if directory.name.startswith(DELETING_PREFIX):
+                # A delete the process did not finish: its commit point (the
+                # rename) was passed, so what is left goes.
+                if directory.is_dir() and not directory.is_symlink():
+                    shutil.rmtree(directory)
+                else:
+                    directory.unlink()
+                fsync_directory(root)
                 continue
             try:
                 if not directory.is_dir() or directory.is_symlink():
@@ -438,22 +452,32 @@ class ReplicaStore:
         return held
 
     def delete(self, owner: bytes) -> None:
-        """Forget everything held for ``owner`` (the record first)."""
+        """Forget everything held for ``owner``.
+
+        Under the store's lock only the directory is renamed aside (the
+        commit point: open no longer loads it, and the owner's directory
+        name is free for a new sync); its files are removed after, outside
+        the lock. Removing a 1 GiB replica took
+        over a second, and every query of every replica — the reactor's
+        too — waited for it. A crash before the removal ends leaves the
+        renamed directory, which the next open removes.
+        """
         with self._lock:
             state = self._owners.get(owner)
         if state is None:
             return
-        with state.write_lock, self._lock:
-            if self._owners.get(owner) is not state:
-                return
-            del self._owners[owner]
-            if state.writer is not None:
-                state.packs.release(state.writer[0])
-            state.packs.close()
-            record = state.directory / RECORD_FILENAME
-            record.unlink(missing_ok=True)
-            fsync_directory(state.directory)
-            shutil.rmtree(state.directory)
+        with state.write_lock:
+            with self._lock:
+                if self._owners.get(owner) is not state:
+                    return
+                del self._owners[owner]
+                if state.writer is not None:
+                    state.packs.release(state.writer[0])
+                state.packs.close()
+                doomed = unused_path(self._root, DELETING_PREFIX + state.directory.name)
+                os.replace(state.directory, doomed)
+            fsync_directory(self._root)
+            shutil.rmtree(doomed)
             fsync_directory(self._root)
 
     def close(self) -> None:
