@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from barterbackup._proto import bbrpc_pb2
@@ -156,10 +157,27 @@ class HostileRecoveryTests(RecoveryCase):
         self.assertIn(reasons[0], told[0])
         bob = next(p for p in alice.node.peers() if p.onion_address == self.bob.address)
         self.assertEqual(bob.checks_failed, 1)
-        # Carol's true bytes, every one: the files and the store as a whole.
+        # Carol's true bytes, every one: the files, the store as a whole,
+        # and the files a restore writes to disk.
         self.assert_files(alice, self.files)
         report = self.swarm.wait(alice.node.check_content(True, False, lambda e: None))
         self.assertTrue(report.ok, report.final)
+        self.assert_restored(alice)
+
+    def assert_restored(self, member: SwarmNode) -> None:
+        target = Path(self.mktemp()).absolute()
+        target.mkdir()
+        outcome = self.swarm.wait(
+            member.node.restore_files(str(target), [], 0, False, lambda e: None), 60
+        )
+        self.assertEqual(outcome.failed, [])
+        self.assertEqual(outcome.files_restored, len(self.files))
+        on_disk = {
+            str(path.relative_to(target)): path.read_bytes()
+            for path in target.rglob("*")
+            if path.is_file()
+        }
+        self.assertEqual(on_disk, self.files)
 
     def test_flipped_bytes_in_sections(self) -> None:
         self.back_up_twice()
@@ -212,6 +230,7 @@ class HostileRecoveryTests(RecoveryCase):
         self.settle(300)
         self.assertEqual(alice.node.status().revision, revision)
         self.assert_files(alice, self.files)
+        self.assert_restored(alice)
 
 
 class HostileRepairTests(RepairSwarmCase):
