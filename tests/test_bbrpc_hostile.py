@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -155,6 +156,57 @@ class GlobalOutboxTests(SynchronousTestCase):
         self.assertGreater(ledger.total, 0)
         link.disconnect()
         link.pump()
+        self.assertEqual(ledger.total, 0)
+
+
+class EndlessStreams:
+    """Serves every Download with 600 KiB items until the stream fails."""
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    def download(self, conn: Any, request: Any, send: Any) -> Deferred[None]:
+        async def stream() -> None:
+            while True:
+                await send(bbrpc_pb2.DownloadResponse(data=b"d" * (600 * KIB)))
+                self.items += 1
+
+        return Deferred.fromCoroutine(stream())
+
+
+class WaitingStreamItemsTests(SynchronousTestCase):
+    """Stream items waiting for a peer that does not read count in the
+    process's ledger: many streams of a non-reader cannot add up past it."""
+
+    def test_a_non_reader_with_many_streams_is_dropped_at_the_global_limit(
+        self,
+    ) -> None:
+        ledger = OutboxLedger(limit=2 * MIB)
+        handler = EndlessStreams()
+        _, server, link = connected_pair(
+            Clock(), ALICE, BOB, object(), handler, auto=False, server_ledger=ledger
+        )
+        closed = server.when_closed()
+        for number in range(8):
+            request = bbrpc_pb2.Envelope(
+                call_id=2 * number + 1,
+                download_request=bbrpc_pb2.DownloadRequest(content_id=b"c"),
+            )
+            link.client_transport.write(encode_frame(request))
+            link._move(
+                Direction.to_server,
+                link.client_transport,
+                link.server_transport,
+                server,
+            )
+            if link.server_transport.disconnecting:
+                break
+        # One item went into the transport's buffer; the next ones wait,
+        # each counted, until the ledger's limit drops the connection.
+        self.assertTrue(link.server_transport.disconnecting)
+        self.assertLessEqual(number, 5)
+        link.disconnect()  # the abort: nothing more is delivered
+        self.successResultOf(closed)
         self.assertEqual(ledger.total, 0)
 
 

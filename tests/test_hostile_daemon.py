@@ -1,15 +1,21 @@
-"""Hostile peers against a real daemon (issue 13's hostile-peer suite, on
+"""Hostile peers against real daemons (issue 13's hostile-peer suite, on
 real sockets): half-open connections, many fresh identities that ask and
-never read, floods of calls, oversized frames and pings — all at once.
+never read, floods of calls, oversized frames and pings — all at once; and
+the same while peers *under contract* turn hostile (they store within their
+budget, then download it back over and over and never read) as two honest
+daemons replicate to each other through the attacked one.
 
 Throughout, the daemon answers the CLI's ``status`` within a second, an
-honest peer that reads what it asks is answered, the daemon's resident
-memory grows by less than the documented bounds allow, and nothing of the
-attackers is kept on disk (no contract, no storage; no peer record).
+honest peer that reads what it asks is answered and its replication
+completes both ways, the daemon's resident memory grows by less than the
+documented bounds allow, and nothing of the attackers is kept on disk
+beyond their contracts' budgets (strangers: nothing at all, no record).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import struct
@@ -29,8 +35,10 @@ from barterbackup.bbrpc.factory import connect_peer
 from barterbackup.bbrpc.framing import encode_frame
 from barterbackup.contracts import terms
 from barterbackup.keys.onion import pubkey_from_onion_address
+from barterbackup.sync.serve import PIECE_BYTES
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
+from barterbackup.tree.nodes import MAX_SECTION_BYTES
 from tests.util import PASSWORDS, short_tempdir, tcp_daemon
 
 HALF_OPEN = 200
@@ -58,7 +66,9 @@ def disk_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-class HostileDaemonTests(TestCase):
+class DaemonUnderAttack(TestCase):
+    """A real daemon on TCP, unlocked, and the attacks run against it."""
+
     timeout = 240
 
     def setUp(self) -> None:
@@ -101,12 +111,12 @@ class HostileDaemonTests(TestCase):
             sock.sendall(payload)
             self.sockets.append(sock)
 
-    async def non_reader(self, index: int) -> Any:
+    async def non_reader(self, index: int, storing: bool) -> Any:
         """A fresh identity: authenticates, then asks and never reads."""
         keys = keys_for_test(100 + index)
         endpoint = TCP4ClientEndpoint(reactor, self.host, self.port)
         conn = await connect_peer(reactor, endpoint, keys, self.address, object())
-        if index < STORING_IDENTITIES:
+        if storing:
             await self.try_to_store(conn, keys)
         assert conn.transport is not None
         conn.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -171,6 +181,26 @@ class HostileDaemonTests(TestCase):
         assert answer is not None
         return time.monotonic() - began
 
+    async def strangers_attack(self, storing: int = STORING_IDENTITIES) -> list[Any]:
+        """Every stranger's attack at once: fresh identities (the first
+        ``storing`` of them try to store) that ask and never read, half-open
+        connections, oversized frames."""
+        attackers: list[Any] = []
+        # Fresh identities, 8 handshakes at a time (the daemon admits
+        # 16 at once from one address, docs/wire-protocol.md §4).
+        for first in range(0, IDENTITIES, 8):
+            attackers += await defer.gatherResults(
+                [
+                    defer.Deferred.fromCoroutine(self.non_reader(i, i < storing))
+                    for i in range(first, min(first + 8, IDENTITIES))
+                ]
+            )
+        await deferToThread(self.half_open)
+        await deferToThread(self.oversized)
+        return attackers
+
+
+class HostileDaemonTests(DaemonUnderAttack):
     async def test_attacks_at_once_leave_the_daemon_responsive_and_bounded(
         self,
     ) -> None:
@@ -181,17 +211,7 @@ class HostileDaemonTests(TestCase):
         honest = await defer.Deferred.fromCoroutine(self.honest_connection())
         attackers: list[Any] = []
         try:
-            # Fresh identities, 8 handshakes at a time (the daemon admits
-            # 16 at once from one address, docs/wire-protocol.md §4).
-            for first in range(0, IDENTITIES, 8):
-                attackers += await defer.gatherResults(
-                    [
-                        defer.Deferred.fromCoroutine(self.non_reader(i))
-                        for i in range(first, min(first + 8, IDENTITIES))
-                    ]
-                )
-            await deferToThread(self.half_open)
-            await deferToThread(self.oversized)
+            attackers = await self.strangers_attack()
             # Let the daemon answer into the attackers' closed windows.
             await deferToThread(time.sleep, 3)
             rtt = await defer.Deferred.fromCoroutine(self.honest(honest))
@@ -219,4 +239,250 @@ class HostileDaemonTests(TestCase):
             f"\nhostile daemon: RSS {before:.0f} -> {during:.0f} MiB, "
             f"status worst {max(times) * 1000:.0f} ms over {len(times)} calls, "
             f"honest ping {rtt * 1000:.0f} ms"
+        )
+
+
+# Peers under contract that turn hostile, and what each stores and then
+# asks back without reading: 4 sections of 1 MiB, 32 Downloads of all four
+# (the most calls a connection may have open, docs/wire-protocol.md §4).
+CONTRACTED_ATTACKERS = 4
+ATTACKER_SECTIONS = 4
+ATTACKER_SECTION_BYTES = 2**20
+DOWNLOADS_EACH = 32
+# What they would make the daemon hold unbounded (each Download of 4 MiB
+# read whole, finding 4): 4 * 32 * 4 MiB = 512 MiB; the bound is the
+# per-connection outbox (3 MiB + 64 KiB) and the global 64 MiB (§4).
+CONTRACT_BYTES = 16 * 2**20
+HONEST_FILES_BYTES = 6 * 2**20
+
+
+class ServesItsBlobs:
+    """The handler of an owner that pushes a revision: it answers the
+    replica's ``Download`` with its blobs, in pieces (docs/wire-protocol.md
+    §7), like an honest owner; the attack comes after."""
+
+    def __init__(self, blobs: BlobDict) -> None:
+        self.blobs = blobs
+
+    def download(self, conn: Any, request: Any, send: Any) -> defer.Deferred[None]:
+        async def stream() -> None:
+            for sha256 in dict.fromkeys(bytes(b) for b in request.blobs):
+                if sha256 not in self.blobs:
+                    continue
+                blob = self.blobs[sha256]
+                for offset in range(0, max(len(blob), 1), PIECE_BYTES):
+                    data = blob[offset : offset + PIECE_BYTES]
+                    await send(
+                        bbrpc_pb2.DownloadResponse(
+                            blob=sha256,
+                            offset=offset,
+                            data=data,
+                            sha256=hashlib.sha256(data).digest(),
+                            blob_length=len(blob),
+                        )
+                    )
+
+        return defer.Deferred.fromCoroutine(stream())
+
+
+class HonestReplicationUnderAttackTests(DaemonUnderAttack):
+    """Alice (the attacked daemon, acceptance policy ``open``) and Bob (a
+    second real daemon) hold reciprocal contracts; while strangers and
+    contracted peers attack Alice, both replicate to each other and Alice
+    spot-checks Bob."""
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        super().setUp()
+        alice = self.daemon
+        # The contract between Alice and Bob is the one proposed below, not
+        # one the node forms by itself (min replicas 0).
+        alice.cli(
+            "storage", "set", "--total", "256MiB", "--policy", "open",
+            "--min-replicas", "0", check=True,
+        )  # fmt: skip
+        self.bob = tcp_daemon(self, self.tmp / "bob")
+        password = self.tmp / "bob.password"
+        password.write_text(PASSWORDS[1] + "\n")
+        self.bob.cli("unlock", "--create", "--password-file", str(password), check=True)
+        self.bob.cli(
+            "storage", "set", "--total", "256MiB", "--min-replicas", "0", check=True
+        )  # fmt: skip
+        bob_status = self.bob.stub().GetStatus(clirpc_pb2.GetStatusRequest())
+        self.bob_address = bob_status.onion_address
+        # Friends connect both ways (the default policy of Bob: known peers).
+        alice.cli(
+            "peers", "connect", self.bob_address,
+            "--endpoint", bob_status.peer_endpoint, check=True,
+        )  # fmt: skip
+        self.bob.cli(
+            "peers", "connect", self.address,
+            "--endpoint", f"tcp:{self.host}:{self.port}", check=True,
+        )  # fmt: skip
+        for daemon, name in ((alice, "alice"), (self.bob, "bob")):
+            self.add_files(daemon, name, 0)
+        alice.cli(
+            "contracts", "propose", self.bob_address,
+            "--ours", "64MiB", "--theirs", "64MiB", check=True, timeout=120,
+        )  # fmt: skip
+
+    def add_files(self, daemon: Any, name: str, round_: int) -> None:
+        """New random files for ``daemon`` to back up (incompressible)."""
+        folder = self.tmp / f"{name}-files-{round_}"
+        folder.mkdir()
+        for number in range(6):
+            (folder / f"file-{number}.bin").write_bytes(
+                os.urandom(HONEST_FILES_BYTES // 6)
+            )
+        daemon.cli("files", "add", str(folder), check=True, timeout=120)
+
+    async def contracted_attacker(self, index: int) -> Any:
+        """A peer that makes a contract with Alice, stores within it, then
+        downloads its data back 32 times at once and never reads."""
+        keys = keys_for_test(200 + index)
+        blobs = BlobDict()
+        sections = [
+            os.urandom(ATTACKER_SECTION_BYTES) for _ in range(ATTACKER_SECTIONS)
+        ]
+        revision = make_revision(keys.signing_key, sections, 1, blobs)
+        endpoint = TCP4ClientEndpoint(reactor, self.host, self.port)
+        conn = await connect_peer(
+            reactor, endpoint, keys, self.address, ServesItsBlobs(blobs)
+        )
+        proposal = terms.propose(
+            terms.new_terms(
+                proposer_pubkey=keys.onion_pubkey,
+                acceptor_pubkey=pubkey_from_onion_address(self.address),
+                acceptor_keeps_bytes=CONTRACT_BYTES,
+                proposer_keeps_bytes=CONTRACT_BYTES,
+                now=time.time(),
+                random_bytes=os.urandom,
+            ),
+            keys.signing_key,
+        )
+        answer = await conn.call(
+            "propose_contract_request",
+            bbrpc_pb2.ProposeContractRequest(signed_terms=proposal.encode()),
+        )
+        self.assertTrue(answer.HasField("accepted_terms"), answer)
+        await conn.call_stream(
+            "set_content_revision_request",
+            bbrpc_pb2.SetContentRevisionRequest(signed_root=revision.signed),
+            lambda item: None,
+        )
+        if index == 0:
+            await self.push_over_its_grant(conn, keys)
+        # Its data back, 32 times at once; it takes the first piece that
+        # arrives and then stops reading, mid-stream, for good.
+        hashes = [hashlib.sha256(s).digest() for s in sections]
+        never: defer.Deferred[None] = defer.Deferred()
+        for _ in range(DOWNLOADS_EACH):
+            download = conn.call_stream(
+                "download_request",
+                bbrpc_pb2.DownloadRequest(content_id=revision.content_id, blobs=hashes),
+                lambda item: never,
+            )
+            download.addErrback(lambda failure: None)  # ends when we abort
+        return conn
+
+    async def push_over_its_grant(self, conn: Any, keys: Any) -> None:
+        """A revision larger than the contract grants is refused before a
+        byte of it is fetched; the revision held stays."""
+        blobs = BlobDict()
+        sections = [os.urandom(MAX_SECTION_BYTES) for _ in range(5)]
+        too_large = make_revision(keys.signing_key, sections, 2, blobs)
+        try:
+            await conn.call_stream(
+                "set_content_revision_request",
+                bbrpc_pb2.SetContentRevisionRequest(signed_root=too_large.signed),
+                lambda item: None,
+            )
+        except PeerCallError as error:
+            self.assertEqual(error.code, bbrpc_pb2.ERROR_CODE_QUOTA_EXCEEDED, error)
+        else:
+            self.fail("a revision over the contract's grant was taken")
+
+    def replicate_both_ways(self) -> list[str]:
+        """Each honest daemon backs up new files and pushes them to the
+        other; Alice then spot-checks Bob. Their outputs, in order."""
+        outputs = []
+        for round_, (daemon, name, peer) in enumerate(
+            ((self.daemon, "alice", self.bob_address), (self.bob, "bob", self.address)),
+            start=1,
+        ):
+            self.add_files(daemon, name, round_)
+            result = daemon.cli("replicate", peer, "--json", check=True, timeout=120)
+            outputs.append(result.stdout.decode())
+        result = self.daemon.cli(
+            "contracts", "check", self.bob_address, "--json", check=True, timeout=120
+        )
+        outputs.append(result.stdout.decode())
+        return outputs
+
+    def held_by_peer(self, daemon: Any, peer: str) -> int:
+        """The revision ``peer`` holds of ``daemon``'s content, as the
+        daemon's contract says."""
+        contracts = json.loads(daemon.cli("contracts", "list", "--json").stdout)
+        [contract] = [c for c in contracts if c["peer"] == peer]
+        return int(contract.get("peer_revision", 0))
+
+    async def test_honest_replication_completes_while_contracted_peers_attack(
+        self,
+    ) -> None:
+        pid = self.daemon.pid
+        before = rss_mib(pid)
+        stop, times = threading.Event(), []
+        watching = deferToThread(self.status_times, stop, times)
+        attackers: list[Any] = []
+        try:
+            attackers += await defer.gatherResults(
+                [
+                    defer.Deferred.fromCoroutine(self.contracted_attacker(i))
+                    for i in range(CONTRACTED_ATTACKERS)
+                ]
+            )
+            # Under `open` a stranger may propose; those that store here
+            # are the contracted attackers above.
+            attackers += await self.strangers_attack(storing=0)
+            outputs = await deferToThread(self.replicate_both_ways)
+            during = rss_mib(pid)
+        finally:
+            stop.set()
+            await watching
+            for conn in attackers:
+                conn.transport.abortConnection()
+        self.assertTrue(times)
+        self.assertLess(max(times), STATUS_WITHIN_SECONDS, times)
+        self.assertLess(during - before, RSS_GROWTH_BOUND_MIB, (before, during))
+        # Both pushes finished and were acknowledged: each side's contract
+        # says the other holds its current revision.
+        for daemon, peer in ((self.daemon, self.bob_address), (self.bob, self.address)):
+            status = json.loads(daemon.cli("status", "--json", check=True).stdout)
+            self.assertEqual(self.held_by_peer(daemon, peer), int(status["revision"]))
+        [check] = (
+            json.loads(outputs[2])
+            if outputs[2].startswith("[")
+            else [json.loads(outputs[2])]
+        )
+        self.assertTrue(check["passed"], check)
+        # What the attackers keep here stays within their contracts.
+        storage = json.loads(
+            self.daemon.cli("storage", "show", "--json", check=True).stdout
+        )
+        obligations = storage.get("obligations", [])
+        attackers_held = [
+            o for o in obligations if o["onion_address"] != self.bob_address
+        ]
+        self.assertEqual(len(attackers_held), CONTRACTED_ATTACKERS, obligations)
+        for held in attackers_held:
+            self.assertLessEqual(int(held["stored_bytes"]), int(held["granted_bytes"]))
+            # Each holds its first revision (the one over its grant refused).
+            self.assertEqual(int(held["revision"]), 1, held)
+        # On disk, the replicas directory holds no more than the grants.
+        granted = sum(int(o["granted_bytes"]) for o in obligations)
+        self.assertLessEqual(disk_bytes(self.daemon.node_dir / "replicas"), granted)
+        print(
+            f"\nhonest replication under attack: RSS {before:.0f} -> {during:.0f} "
+            f"MiB, status worst {max(times) * 1000:.0f} ms over {len(times)} calls"
         )

@@ -13,7 +13,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.bbrpc.framing import ACCEPTS_DOWNLOAD_PIECES, DownloadPiece
-from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST, PIECE_BYTES, send_blobs
+from barterbackup.sync.serve import (
+    MAX_BLOBS_PER_REQUEST,
+    PIECE_BYTES,
+    STREAMS_PER_CONNECTION,
+    ContentServer,
+    send_blobs,
+)
 from barterbackup.testing.link import connected_pair, keys_for_test
 from tests.sync_peers import SyncLink, SyncPeer
 from tests.test_replication_sync import sections
@@ -116,6 +122,46 @@ class DownloadTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual([i.data for i in items], [self.data[3]])
 
+    def test_a_connection_is_served_two_downloads_at_once(self) -> None:
+        """A peer that opens 32 Downloads and reads nothing is served two of
+        them (the rest wait holding only their request), and what they read
+        counts as held until sent or dropped (docs/wire-protocol.md §4)."""
+        conn = CountingConn(self.owner.pubkey)
+        server = ContentServer(
+            self.replica.content, self.replica.replicas, self.replica.offers
+        )
+        waiting: list[defer.Deferred[None]] = []
+
+        def send(item: Any) -> defer.Deferred[None]:
+            waiting.append(defer.Deferred())
+            return waiting[-1]
+
+        calls = [
+            defer.Deferred.fromCoroutine(
+                server.download(conn, self.request(blobs=self.blobs(0, 1, 2)), send)
+            )
+            for _ in range(32)
+        ]
+        self.assertEqual(len(waiting), STREAMS_PER_CONNECTION)
+        # Each of the two read its first batch (all three blobs, 15 KB).
+        self.assertEqual(conn.held, STREAMS_PER_CONNECTION * 3 * 5000)
+        # Refusals do not wait their turn.
+        refused = defer.Deferred.fromCoroutine(
+            server.download(conn, self.request(blobs=[b"x"]), send)
+        )
+        self.assertCode(refused, bbrpc_pb2.ERROR_CODE_BAD_REQUEST)
+        # The peer goes away: each stream fails, the next two start, and
+        # in the end nothing is held.
+        while not all(call.called for call in calls):
+            for wait in list(waiting):
+                if not wait.called:
+                    wait.errback(ConnectionError("peer went away"))
+            self.assertLessEqual(conn.held, STREAMS_PER_CONNECTION * 3 * 5000)
+        for call in calls:
+            self.failureResultOf(call, ConnectionError)
+        self.assertEqual(conn.held, 0)
+        self.assertEqual(len(waiting), 32)  # no stream sent past its failure
+
     def test_stranger_cannot_download_someone_elses_replica(self) -> None:
         d, items = self.download(
             self.stranger_to_replica, self.request(blobs=self.blobs(0))
@@ -155,6 +201,39 @@ class PeerExchangeTests(SynchronousTestCase):
         self.assertEqual(
             list(response.onion_addresses), [keys_for_test(9).onion_address]
         )
+
+
+class CountingConn:
+    """A connection of ``pubkey`` that counts the bytes held for it."""
+
+    peer_onion_address = "counting.onion"
+
+    def __init__(self, pubkey: bytes) -> None:
+        self.peer_pubkey = pubkey
+        self.held = 0
+
+    def call(self, request_field: str, message: Any) -> defer.Deferred[Any]:
+        raise AssertionError("not called")
+
+    def call_stream(self, request_field: str, message: Any, on_item: Any) -> Any:
+        raise AssertionError("not called")
+
+    def hold_answer_bytes(self, count: int) -> None:
+        self.held += count
+
+    def release_answer_bytes(self, count: int) -> None:
+        self.held -= count
+        assert self.held >= 0, "released more than was held"
+
+
+class MostHeld(CountingConn):
+    """Also remembers the most it held at once."""
+
+    most = 0
+
+    def hold_answer_bytes(self, count: int) -> None:
+        super().hold_answer_bytes(count)
+        self.most = max(self.most, self.held)
 
 
 class SendBlobsTests(SynchronousTestCase):
@@ -222,8 +301,9 @@ class SendBlobsTests(SynchronousTestCase):
             return waiting[-1]
 
         order = list(by_hash)
+        holder = MostHeld(b"")
         done = defer.Deferred.fromCoroutine(
-            send_blobs(send, order, by_hash.__getitem__, blocking)
+            send_blobs(send, order, by_hash.__getitem__, blocking, holder)
         )
         reads[0].callback(None)  # the first batch (two blobs: over 1 MiB)
         # Sending its first blob, the second batch is already being read.
@@ -238,6 +318,9 @@ class SendBlobsTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual([bytes(m.data) for m in sent], [by_hash[h] for h in order])
         self.assertEqual(len(reads), 3)
+        self.assertEqual(holder.held, 0)
+        # Held at most: the batch being sent and the one read ahead.
+        self.assertEqual(holder.most, 4 * 600 * 1024)
 
     def test_a_send_failing_with_a_read_in_flight_reports_one_error(self) -> None:
         blobs = [os.urandom(700 * 1024) for _ in range(4)]
@@ -258,10 +341,35 @@ class SendBlobsTests(SynchronousTestCase):
                 raise PeerCallError(bbrpc_pb2.ERROR_CODE_NOT_FOUND, "gone")
             return by_hash[blob]
 
+        holder = CountingConn(b"")
         done = defer.Deferred.fromCoroutine(
-            send_blobs(send, list(by_hash), read, blocking)
+            send_blobs(send, list(by_hash), read, blocking, holder)
         )
         reads[0].callback(None)
         self.failureResultOf(done, ConnectionError)
+        self.assertEqual(holder.held, 0)
         reads[1].callback(None)  # the read ahead fails too: not reported
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_read_ahead_arriving_after_a_failure_is_not_held(self) -> None:
+        blobs = [os.urandom(700 * 1024) for _ in range(4)]
+        by_hash = {hashlib.sha256(b).digest(): b for b in blobs}
+        reads: list[defer.Deferred[Any]] = []
+
+        def blocking(work: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            d.addCallback(lambda _: work())
+            reads.append(d)
+            return d
+
+        def send(item: Any) -> defer.Deferred[None]:
+            return defer.fail(ConnectionError("peer went away"))
+
+        holder = CountingConn(b"")
+        done = defer.Deferred.fromCoroutine(
+            send_blobs(send, list(by_hash), by_hash.__getitem__, blocking, holder)
+        )
+        reads[0].callback(None)
+        self.failureResultOf(done, ConnectionError)
+        reads[1].callback(None)  # read after the failure: dropped, not held
+        self.assertEqual(holder.held, 0)

@@ -124,9 +124,11 @@ class PeerConnection(Protocol):
         self._ledger = outbox_ledger or SHARED_LEDGER
         self._reading_paused = False
         # Stream items waiting for the transport's write buffer to drain,
-        # with the call each belongs to.
+        # with the call each belongs to and the bytes it holds; those bytes
+        # count in the process's ledger like queued answers (a peer that
+        # opens 32 streams and reads nothing holds 32 items).
         self._write_waiters: deque[
-            tuple[object, Callable[[], None], Deferred[None]]
+            tuple[object, Callable[[], None], Deferred[None], int]
         ] = deque()
 
     # -- public API ---------------------------------------------------------
@@ -294,7 +296,8 @@ class PeerConnection(Protocol):
             self._transport().writeSequence(parts)
         self._update_reading()
         while self._write_waiters and self.writable:
-            _, write, waiter = self._write_waiters.popleft()
+            _, write, waiter, size = self._write_waiters.popleft()
+            self._ledger.remove(self, size)
             write()
             waiter.callback(None)
 
@@ -304,26 +307,45 @@ class PeerConnection(Protocol):
     # -- write-side flow control for stream items ---------------------------
 
     def write_when_writable(
-        self, owner: object, write: Callable[[], None]
+        self, owner: object, write: Callable[[], None], size: int = 0
     ) -> Deferred[None]:
-        """Run ``write`` (one stream item of call ``owner``) now if writable,
-        else once it is; fires after it ran."""
+        """Run ``write`` (one stream item of call ``owner``, ``size`` bytes)
+        now if writable, else once it is; fires after it ran. While it
+        waits, its bytes count in the process's outbox ledger (which may
+        drop this connection if it holds the most)."""
         if self.writable and not self._write_waiters:
             write()
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._write_waiters.append((owner, write, waiter))
+        self._write_waiters.append((owner, write, waiter, size))
+        self._ledger.add(self, size)  # may drop us: the waiter then fails
         return waiter
 
+    def hold_answer_bytes(self, count: int) -> None:
+        """``count`` bytes were read from disk for this peer's answers and
+        wait to be sent (a Download's read-ahead): they count in the
+        process's outbox ledger until ``release_answer_bytes``. Past the
+        ledger's limit the connection holding the most is dropped, as for
+        queued answers."""
+        if self._state is _State.closed:
+            return
+        self._ledger.add(self, count)
+
+    def release_answer_bytes(self, count: int) -> None:
+        """Bytes held with ``hold_answer_bytes`` were sent or dropped."""
+        self._ledger.remove(self, count)
+
     def fail_write_waiters(self, owner: object) -> None:
-        mine = [w for o, _, w in self._write_waiters if o is owner]
+        mine = [e for e in self._write_waiters if e[0] is owner]
         self._write_waiters = deque(e for e in self._write_waiters if e[0] is not owner)
-        for waiter in mine:
+        for _, _, waiter, size in mine:
+            self._ledger.remove(self, size)
             waiter.errback(CallCancelled("the call was cancelled"))
 
     def fail_all_write_waiters(self) -> None:
         waiters, self._write_waiters = self._write_waiters, deque()
-        for _, _, waiter in waiters:
+        for _, _, waiter, size in waiters:
+            self._ledger.remove(self, size)
             waiter.errback(CallCancelled("the connection closed"))
 
     # -- dispatch -----------------------------------------------------------

@@ -79,18 +79,23 @@ class InboundCall:
             if self.spec.response_field != "download_response":
                 raise TypeError(f"a DownloadPiece is not a {self.spec.response_field}")
             frame = encode_download_piece_frame(self.call_id, message, limit)
-            return conn.write_when_writable(self, lambda: conn.send_frame(frame))
+            return conn.write_when_writable(
+                self, lambda: conn.send_frame(frame), len(frame)
+            )
         if isinstance(message, SealedPiece):
             if self.spec.response_field != "encrypted_download_response":
                 raise TypeError(f"a SealedPiece is not a {self.spec.response_field}")
             frame = encode_sealed_piece_frame(self.call_id, message, limit)
-            return conn.write_when_writable(self, lambda: conn.send_frame(frame))
+            return conn.write_when_writable(
+                self, lambda: conn.send_frame(frame), len(frame)
+            )
         check_message(self.spec.response_field, message)
         # Built with the item as a keyword: no extra copy of large items.
         parts = encode_body_frame(
             self.call_id, False, self.spec.response_field, message, limit
         )
-        return conn.write_when_writable(self, lambda: conn.send_parts(parts))
+        size = sum(len(part) for part in parts)
+        return conn.write_when_writable(self, lambda: conn.send_parts(parts), size)
 
     setattr(send, ACCEPTS_DOWNLOAD_PIECES, True)
     setattr(send, ACCEPTS_SEALED_PIECES, True)

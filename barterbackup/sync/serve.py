@@ -12,15 +12,23 @@ request, so a peer downloads only:
 
 Every blob is read verified and sent in pieces of at most ``PIECE_BYTES``,
 each with its SHA-256; each piece waits for the connection to take it, so a
-slow peer slows the reads instead of filling memory.
+slow peer slows the reads instead of filling memory. A connection is served
+``STREAMS_PER_CONNECTION`` Downloads at once (the rest wait their turn,
+holding only their request), and what each has read but not yet sent counts
+in the process's outbox ledger (docs/wire-protocol.md §4): a peer that asks
+and never reads holds a few MiB, and many such peers together no more than
+the ledger's limit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from twisted.internet.defer import DeferredSemaphore
 
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
@@ -48,8 +56,31 @@ READ_BATCH_BLOBS = 256
 # and the work one call asks for is bounded.
 MAX_BLOBS_PER_REQUEST = 4096
 HASH_BYTES = 32
+# Download streams one connection is served at once. The fetchers keep two
+# calls open per source (one streams while the next is asked,
+# multifetch.IN_FLIGHT); each stream holds at most two read batches, so a
+# peer that opens 32 and reads none holds about 4 batches, not 64.
+STREAMS_PER_CONNECTION = 2
 
 Send = Callable[[Any], Awaitable[Any]]
+
+
+@runtime_checkable
+class HoldsAnswerBytes(Protocol):
+    """A connection that counts bytes read for its answers in the
+    process's outbox ledger (bbrpc's PeerConnection)."""
+
+    def hold_answer_bytes(self, count: int) -> None: ...
+
+    def release_answer_bytes(self, count: int) -> None: ...
+
+
+class _NotCounted:
+    def hold_answer_bytes(self, count: int) -> None:
+        pass
+
+    def release_answer_bytes(self, count: int) -> None:
+        pass
 
 
 class ContentSource(Protocol):
@@ -83,36 +114,61 @@ async def send_blobs(
     blobs: list[bytes],
     read: Callable[[bytes], bytes],
     blocking: Blocking[Any] = run_inline,
+    holder: HoldsAnswerBytes | None = None,
 ) -> None:
     """Stream ``blobs`` (by hash) in pieces of at most PIECE_BYTES.
 
     ``read(hash)`` returns the blob's verified bytes. ``send`` gets
     DownloadPiece items if it accepts them (see ``accepts_download_pieces``),
-    else DownloadResponse messages.
+    else DownloadResponse messages. ``holder`` is told of the bytes read and
+    not yet sent.
     """
+    counted = holder if holder is not None else _NotCounted()
     # A real connection takes DownloadPieces: pieces are then views into
     # the blob, copied once into their frames instead of three times.
     as_pieces = accepts_download_pieces(send)
     pending = list(reversed(blobs))
+    held = 0
+    abandoned = False
+
+    def hold(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        nonlocal held
+        if abandoned:
+            return batch  # read after the stream failed: dropped at once
+        size = sum(len(data) for _, data in batch)
+        held += size
+        counted.hold_answer_bytes(size)
+        return batch
+
+    def read_next() -> Any:
+        return blocking(partial(_read_batch, read, pending)).addCallback(hold)
+
+    async def send_batch(batch: list[tuple[bytes, bytes]]) -> None:
+        nonlocal held
+        for blob, data in batch:
+            await _send_blob(send, as_pieces, blob, data)
+            held -= len(data)
+            counted.release_answer_bytes(len(data))
+
     # The next batch is read on the worker thread while this one is sent:
     # disk and wire overlap instead of taking turns. At most two batches
-    # (twice READ_BATCH_BYTES) are held at once.
-    reading = blocking(partial(_read_batch, read, pending))
+    # (twice READ_BATCH_BYTES, plus a section) are held at once.
+    reading = read_next()
     try:
         while True:
             read_now: list[tuple[bytes, bytes]] = await reading
             if not pending:
                 break
-            reading = blocking(partial(_read_batch, read, pending))
-            for blob, data in read_now:
-                await _send_blob(send, as_pieces, blob, data)
+            reading = read_next()
+            await send_batch(read_now)
+        await send_batch(read_now)
     except BaseException:
         # Sending failed (the peer went away): the read ahead is not wanted,
         # and its own failure, if any, is not worth a second report.
+        abandoned = True
         reading.addErrback(lambda _failure: None)
+        counted.release_answer_bytes(held)
         raise
-    for blob, data in read_now:
-        await _send_blob(send, as_pieces, blob, data)
 
 
 def _read_batch(
@@ -165,6 +221,10 @@ class ContentServer:
         self._replicas = replicas
         self._offers = offers
         self._blocking = blocking
+        # Per connection, the Downloads it is served at once.
+        self._streams: weakref.WeakKeyDictionary[Any, DeferredSemaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def download(
         self,
@@ -172,18 +232,26 @@ class ContentServer:
         request: bbrpc_pb2.DownloadRequest,
         send: Send,
     ) -> None:
-        content_id = bytes(request.content_id)
-        caller = authenticated_peer(conn)
+        # Checked before the call waits its turn: a refusal is immediate.
         blobs = check_request(request)
+        read = self._reader_for(authenticated_peer(conn), bytes(request.content_id))
+        streams = self._streams.get(conn)
+        if streams is None:
+            streams = self._streams[conn] = DeferredSemaphore(STREAMS_PER_CONNECTION)
+        await streams.acquire()
+        try:
+            holder = conn if isinstance(conn, HoldsAnswerBytes) else None
+            await send_blobs(send, blobs, read, self._blocking, holder)
+        finally:
+            streams.release()
+
+    def _reader_for(self, caller: bytes, content_id: bytes) -> Callable[[bytes], bytes]:
+        """How to read the blobs of ``content_id`` for ``caller``, or why not."""
         if self._content is not None and self._offers.lookup(caller, content_id):
-            await send_blobs(send, blobs, self._read_own, self._blocking)
-            return
+            return self._read_own
         held = self._replicas.held(caller)
         if held is not None and held.revision_for(content_id) is not None:
-            await send_blobs(
-                send, blobs, partial(self._read_replica, caller), self._blocking
-            )
-            return
+            return partial(self._read_replica, caller)
         if self._is_known_elsewhere(content_id):
             raise PeerCallError(
                 bbrpc_pb2.ERROR_CODE_PERMISSION_DENIED,
