@@ -19,6 +19,7 @@ from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.chat.service import ChatService
 from barterbackup.chat.session import Mode
 from barterbackup.contracts.book import ContractBook
+from barterbackup.peers.exchange import shareable_for_exchange
 from barterbackup.sync.interfaces import PeerConnectionLike, authenticated_peer
 from barterbackup.sync.replica import ReplicaService
 from barterbackup.sync.serve import ContentServer
@@ -63,12 +64,11 @@ class NodePeerHandler:
     def peer_exchange(
         self, conn: PeerConnectionLike, request: bbrpc_pb2.PeerExchangeRequest
     ) -> bbrpc_pb2.PeerExchangeResponse:
-        # Never the asker itself: a peer list is a social graph.
-        addresses = [
-            address
-            for address in self._shareable_peers()
-            if address != conn.peer_onion_address
-        ]
+        # Never the asker itself (a peer list is a social graph), and no
+        # more than an asker accepts.
+        addresses = shareable_for_exchange(
+            self._shareable_peers(), conn.peer_onion_address
+        )
         return bbrpc_pb2.PeerExchangeResponse(onion_addresses=addresses)
 
     def get_content_revision(

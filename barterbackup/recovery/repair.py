@@ -69,6 +69,9 @@ BATCH_BYTES = 16 * 1024 * 1024
 # A blob whose length is not known is at most this long (a section's
 # maximum, more than any tree node or manifest chunk).
 MAX_BLOB_BYTES = 4 * 1024 * 1024
+# A replica that sent bad bytes is named with at most this many of the
+# blobs (the note stays one readable line).
+MAX_FAULTS_NAMED = 3
 # A call to a replica that takes longer than this is given up.
 CALL_TIMEOUT_SECONDS = 120.0
 # Check, repair, check again: at most this many rounds (a repaired node can
@@ -176,19 +179,24 @@ class ReplicaBlobFetcher:
             )
             return set()
         got: set[bytes] = set()
+        faults: dict[bytes, str] = {}
         for batch in _batches(wanted):
-            blobs = await self._download(conn, held.content_id, batch)
+            blobs = await self._download(conn, held.content_id, batch, faults)
             if len(batch) > 1 and len(blobs) < len(batch):
                 # The replica failed the call for some blob: ask for each
                 # of the others alone, so one it lacks costs only itself.
                 for sha256, bound in batch.items():
-                    if sha256 not in blobs:
+                    if sha256 not in blobs and sha256 not in faults:
                         blobs.update(
-                            await self._download(conn, held.content_id, {sha256: bound})
+                            await self._download(
+                                conn, held.content_id, {sha256: bound}, faults
+                            )
                         )
             if blobs:
                 await store(list(blobs.items()))
                 got |= blobs.keys()
+        if faults:
+            _note_faults(report, address, faults)
         if got:
             log.info(
                 "repair: {count} blobs fetched from {peer} (revision {revision})",
@@ -199,10 +207,15 @@ class ReplicaBlobFetcher:
         return got
 
     async def _download(
-        self, conn: PeerConnectionLike, content_id: bytes, wanted: dict[bytes, int]
+        self,
+        conn: PeerConnectionLike,
+        content_id: bytes,
+        wanted: dict[bytes, int],
+        faults: dict[bytes, str],
     ) -> dict[bytes, bytes]:
         """The blobs of one Download that arrived whole and verified (the
-        call may fail part way: what was complete is kept)."""
+        call may fail part way: what was complete is kept); why any blob
+        sent wrong was refused goes into ``faults``."""
         assembler = _Assembler(wanted)
         request = bbrpc_pb2.DownloadRequest(content_id=content_id, blobs=list(wanted))
         try:
@@ -211,10 +224,25 @@ class ReplicaBlobFetcher:
             )
         except Exception as error:
             log.debug("repair download stopped: {error}", error=_reason(error))
+        faults.update(assembler.refused)
         return assembler.complete
 
     def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
         return d.addTimeout(self._timeout, self._clock)
+
+
+def _note_faults(report: FetchReport, address: str, faults: dict[bytes, str]) -> None:
+    """Name the replica and the blobs it sent wrong (the first few)."""
+    named = [
+        f"{sha256.hex()[:16]} ({why})"
+        for sha256, why in list(faults.items())[:MAX_FAULTS_NAMED]
+    ]
+    more = len(faults) - len(named)
+    text = f"{address}: sent bad bytes for blob {', '.join(named)}"
+    if more:
+        text += f" and {more} more"
+    report.notes.append(text)
+    log.warn("repair: {text}", text=text)
 
 
 def _ordered(holders: Iterable[Holder], revision: int) -> list[Holder]:
@@ -252,7 +280,8 @@ class _Assembler:
     def __init__(self, wanted: dict[bytes, int]) -> None:
         self._wanted = wanted
         self._buffers: dict[bytes, bytearray] = {}
-        self._refused: set[bytes] = set()
+        # Why each refused blob was refused (one entry per blob asked for).
+        self.refused: dict[bytes, str] = {}
         self.complete: dict[bytes, bytes] = {}
         # A replica streaming far more than was asked is cut off.
         self._allowance = 2 * sum(wanted.values()) + 1024 * 1024
@@ -265,30 +294,33 @@ class _Assembler:
             raise ValueError("the replica sent far more bytes than were asked for")
         blob = bytes(piece.blob)
         bound = self._wanted.get(blob)
-        if bound is None or blob in self._refused or blob in self.complete:
+        if bound is None or blob in self.refused or blob in self.complete:
             return
         length = piece.blob_length
         buffer = self._buffers.get(blob)
         filled = len(buffer) if buffer is not None else 0
-        if (
-            not 0 < length <= bound
-            or piece.offset != filled
-            or filled + len(data) > length
-            or hashlib.sha256(data).digest() != piece.sha256
-        ):
-            self._refused.add(blob)
-            self._buffers.pop(blob, None)
-            return
-        if buffer is None:
-            buffer = self._buffers[blob] = bytearray()
-        buffer += data
-        if len(buffer) < length:
-            return
-        whole = bytes(self._buffers.pop(blob))
-        if hashlib.sha256(whole).digest() == blob:
-            self.complete[blob] = whole
+        if not 0 < length <= bound:
+            self._refuse(blob, f"its length {length} is not within 1..{bound}")
+        elif piece.offset != filled or filled + len(data) > length:
+            self._refuse(blob, "its pieces came out of order or too long")
+        elif hashlib.sha256(data).digest() != piece.sha256:
+            self._refuse(blob, "a piece failed its hash check")
         else:
-            self._refused.add(blob)
+            if buffer is None:
+                buffer = self._buffers[blob] = bytearray()
+            buffer += data
+            if len(buffer) < length:
+                return
+            whole = bytes(self._buffers.pop(blob))
+            if hashlib.sha256(whole).digest() == blob:
+                self.complete[blob] = whole
+            else:
+                self._refuse(blob, "its bytes failed their hash check")
+
+    def _refuse(self, blob: bytes, why: str) -> None:
+        """Take nothing more of ``blob`` in this call."""
+        self.refused[blob] = why
+        self._buffers.pop(blob, None)
 
 
 class BlobFetcher(Protocol):

@@ -372,7 +372,9 @@ class _Assembler:
     def __init__(self, wanted: dict[bytes, _Wanted]) -> None:
         self._wanted = wanted
         self._buffers: dict[bytes, bytearray] = {}
-        self._rejected: set[bytes] = set()
+        # Why each refused blob was refused, for the report naming the
+        # source (bounded: one entry per blob asked for).
+        self.rejected: dict[bytes, str] = {}
         self.stored: set[bytes] = set()
 
     def add(
@@ -385,25 +387,28 @@ class _Assembler:
         """
         blob = bytes(piece.blob)
         wanted = self._wanted.get(blob)
-        if wanted is None or blob in self._rejected or blob in self.stored:
+        if wanted is None or blob in self.rejected or blob in self.stored:
             return None
         length = piece.blob_length
         exact = wanted.plan is None
         if (exact and length != wanted.length) or length > wanted.length or not length:
-            return self._reject(blob)
+            bound = "" if exact else "at most "
+            return self._reject(
+                blob, f"has length {length}, not {bound}{wanted.length}"
+            )
         buffer = self._buffers.get(blob)
         filled = len(buffer) if buffer is not None else 0
         if piece.offset != filled or filled + len(data) > length:
-            return self._reject(blob)
+            return self._reject(blob, "came in pieces out of order or too long")
         if not filled and len(data) == length:
             # The piece is the whole blob: its hash is the blob's, so one
             # hashing pass checks both, with no buffer copy.
             if piece.sha256 != blob or hashlib.sha256(data).digest() != blob:
-                return self._reject(blob)
+                return self._reject(blob, "failed its hash check")
             self.stored.add(blob)
             return wanted, data
         if hashlib.sha256(data).digest() != piece.sha256:
-            return self._reject(blob)
+            return self._reject(blob, "has a piece failing its hash check")
         if buffer is None:
             buffer = self._buffers[blob] = bytearray()
         buffer += data
@@ -411,13 +416,13 @@ class _Assembler:
             return None
         whole = bytes(self._buffers.pop(blob))
         if hashlib.sha256(whole).digest() != blob:
-            return self._reject(blob)
+            return self._reject(blob, "failed its hash check")
         self.stored.add(blob)
         return wanted, whole
 
-    def _reject(self, blob: bytes) -> tuple[_Wanted, bytes] | None:
+    def _reject(self, blob: bytes, why: str) -> tuple[_Wanted, bytes] | None:
         """Refuse this blob for the rest of the call (it is asked again)."""
-        self._rejected.add(blob)
+        self.rejected[blob] = why
         self._buffers.pop(blob, None)
         return None
 

@@ -337,8 +337,9 @@ class ParallelFetcher:
                 raise _SourceFault("it sent more bytes than were asked for")
             blob = bytes(piece.blob)
             done = assembler.add(piece, data)
-            if blob in assembler._rejected:
-                raise _SourceFault(f"blob {blob.hex()[:16]} failed its hash check")
+            why = assembler.rejected.get(blob)
+            if why is not None:
+                raise _SourceFault(f"blob {blob.hex()[:16]} {why}")
             if done is None:
                 return None
             return self._arrived(batch, done[0], done[1])
