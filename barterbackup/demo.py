@@ -9,7 +9,8 @@ The demo drives them only through the ``barterbackup`` CLI, as a user would:
 unlock; alice, bob and carol exchange addresses; alice adds a sample
 directory and proposes storage contracts to bob and carol (the accepted
 contract syncs her content there); a spot check passes with its stated
-confidence; alice edits files and only the delta travels; then carol's
+confidence; alice edits files and only the delta travels; bob shares
+dave with his peers and alice finds him with ``peers discover``; then carol's
 node stops: alice's contract with carol turns suspect, ``status --check``
 says "under-replicated", and once the (shortened) outage limit is over the
 contract breaks and alice's node forms a replacement contract with dave by
@@ -334,7 +335,11 @@ class Demo:
             f"{restored == (sample / 'notes' / 'new.txt').read_text()}"
         )
 
-        say("alice wants 2 replicas and also knows dave; then carol's node stops")
+        say("bob knows dave and lets his peers learn of him (--share)")
+        self.cli("bob", "peers", "connect", self.addresses["dave"], "--share")
+        say("alice asks her peers whom they share: dave, through bob")
+        print(self.cli(alice, "peers", "discover"), end="")
+        say("alice wants 2 replicas and connects dave; then carol's node stops")
         self.cli(alice, "storage", "set", "--min-replicas", "2")
         self.cli(alice, "peers", "connect", self.addresses["dave"])
         self.cli("dave", "peers", "connect", self.addresses[alice])

@@ -37,6 +37,7 @@ CALLS: dict[str, Call] = {
         )
     ),
     "ConnectedPeers": lambda s: s.ConnectedPeers(pb.ConnectedPeersRequest()),
+    "DiscoverPeers": lambda s: s.DiscoverPeers(pb.DiscoverPeersRequest()),
     "SetFile": lambda s: s.SetFile(
         iter(
             [

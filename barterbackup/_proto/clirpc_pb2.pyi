@@ -319,6 +319,100 @@ class ConnectedPeersResponse(_message.Message):
 Global___ConnectedPeersResponse: _TypeAlias = ConnectedPeersResponse  # noqa: Y015
 
 @_typing.final
+class DiscoverPeersRequest(_message.Message):
+    """DiscoverPeersRequest names the peers to ask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONION_ADDRESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def onion_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """onion_addresses are the peers to ask; empty asks every connected
+        peer.
+        """
+
+    def __init__(
+        self,
+        *,
+        onion_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["onion_addresses", b"onion_addresses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverPeersRequest: _TypeAlias = DiscoverPeersRequest  # noqa: Y015
+
+@_typing.final
+class DiscoverPeersResponse(_message.Message):
+    """DiscoverPeersResponse lists the peers that others shared with us."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.int
+    """dropped counts entries of the answers that were not valid addresses,
+    repeated, ours or beyond the bound.
+    """
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveredPeer]:
+        """peers are the shared peers, each once."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """errors say which peers could not be asked, and why."""
+
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___DiscoveredPeer] | None = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "errors", b"errors", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverPeersResponse: _TypeAlias = DiscoverPeersResponse  # noqa: Y015
+
+@_typing.final
+class DiscoveredPeer(_message.Message):
+    """DiscoveredPeer is one peer that another peer shared."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONION_ADDRESS_FIELD_NUMBER: _builtins.int
+    SHARED_BY_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
+    onion_address: _builtins.str
+    """onion_address is the shared peer's onion address, with ".onion"."""
+    known: _builtins.bool
+    """known is true when the peer is already in our peer table."""
+    @_builtins.property
+    def shared_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """shared_by are the peers that shared it."""
+
+    def __init__(
+        self,
+        *,
+        onion_address: _builtins.str = ...,
+        shared_by: _abc.Iterable[_builtins.str] | None = ...,
+        known: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "onion_address", b"onion_address", "shared_by", b"shared_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveredPeer: _TypeAlias = DiscoveredPeer  # noqa: Y015
+
+@_typing.final
 class PeerInfo(_message.Message):
     """PeerInfo is the state of one peer."""
 

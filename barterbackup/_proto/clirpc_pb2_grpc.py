@@ -55,6 +55,11 @@ class CliRpcStub:
                 request_serializer=clirpc__pb2.ConnectedPeersRequest.SerializeToString,
                 response_deserializer=clirpc__pb2.ConnectedPeersResponse.FromString,
                 _registered_method=True)
+        self.DiscoverPeers = channel.unary_unary(
+                '/barterbackup.clirpc.CliRpc/DiscoverPeers',
+                request_serializer=clirpc__pb2.DiscoverPeersRequest.SerializeToString,
+                response_deserializer=clirpc__pb2.DiscoverPeersResponse.FromString,
+                _registered_method=True)
         self.SetFile = channel.stream_unary(
                 '/barterbackup.clirpc.CliRpc/SetFile',
                 request_serializer=clirpc__pb2.SetFileRequest.SerializeToString,
@@ -209,6 +214,14 @@ class CliRpcServicer:
 
     def ConnectedPeers(self, request, context):
         """ConnectedPeers lists the known peers and their state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscoverPeers(self, request, context):
+        """DiscoverPeers asks peers for the peers they share; nothing is
+        recorded until the user connects one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -428,6 +441,11 @@ def add_CliRpcServicer_to_server(servicer, server):
                     servicer.ConnectedPeers,
                     request_deserializer=clirpc__pb2.ConnectedPeersRequest.FromString,
                     response_serializer=clirpc__pb2.ConnectedPeersResponse.SerializeToString,
+            ),
+            'DiscoverPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverPeers,
+                    request_deserializer=clirpc__pb2.DiscoverPeersRequest.FromString,
+                    response_serializer=clirpc__pb2.DiscoverPeersResponse.SerializeToString,
             ),
             'SetFile': grpc.stream_unary_rpc_method_handler(
                     servicer.SetFile,
@@ -664,6 +682,33 @@ class CliRpc:
             '/barterbackup.clirpc.CliRpc/ConnectedPeers',
             clirpc__pb2.ConnectedPeersRequest.SerializeToString,
             clirpc__pb2.ConnectedPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barterbackup.clirpc.CliRpc/DiscoverPeers',
+            clirpc__pb2.DiscoverPeersRequest.SerializeToString,
+            clirpc__pb2.DiscoverPeersResponse.FromString,
             options,
             channel_credentials,
             insecure,

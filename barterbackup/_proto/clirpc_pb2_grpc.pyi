@@ -45,6 +45,10 @@ class CliRpcStub:
     """ConnectPeer connects to a peer by its onion address."""
     ConnectedPeers: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.ConnectedPeersRequest, _clirpc_pb2.ConnectedPeersResponse]
     """ConnectedPeers lists the known peers and their state."""
+    DiscoverPeers: _grpc.UnaryUnaryMultiCallable[_clirpc_pb2.DiscoverPeersRequest, _clirpc_pb2.DiscoverPeersResponse]
+    """DiscoverPeers asks peers for the peers they share; nothing is
+    recorded until the user connects one.
+    """
     SetFile: _grpc.StreamUnaryMultiCallable[_clirpc_pb2.SetFileRequest, _clirpc_pb2.SetFileResponse]
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _grpc.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]
@@ -138,6 +142,10 @@ class CliRpcAsyncStub(CliRpcStub):
     """ConnectPeer connects to a peer by its onion address."""
     ConnectedPeers: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.ConnectedPeersRequest, _clirpc_pb2.ConnectedPeersResponse]  # type: ignore[assignment]
     """ConnectedPeers lists the known peers and their state."""
+    DiscoverPeers: _aio.UnaryUnaryMultiCallable[_clirpc_pb2.DiscoverPeersRequest, _clirpc_pb2.DiscoverPeersResponse]  # type: ignore[assignment]
+    """DiscoverPeers asks peers for the peers they share; nothing is
+    recorded until the user connects one.
+    """
     SetFile: _aio.StreamUnaryMultiCallable[_clirpc_pb2.SetFileRequest, _clirpc_pb2.SetFileResponse]  # type: ignore[assignment]
     """SetFile adds, replaces or removes files and commits one revision."""
     GetFile: _aio.UnaryStreamMultiCallable[_clirpc_pb2.GetFileRequest, _clirpc_pb2.GetFileResponse]  # type: ignore[assignment]
@@ -252,6 +260,16 @@ class CliRpcServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clirpc_pb2.ConnectedPeersResponse, _abc.Awaitable[_clirpc_pb2.ConnectedPeersResponse]]:
         """ConnectedPeers lists the known peers and their state."""
+
+    @_abc_1.abstractmethod
+    def DiscoverPeers(
+        self,
+        request: _clirpc_pb2.DiscoverPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clirpc_pb2.DiscoverPeersResponse, _abc.Awaitable[_clirpc_pb2.DiscoverPeersResponse]]:
+        """DiscoverPeers asks peers for the peers they share; nothing is
+        recorded until the user connects one.
+        """
 
     @_abc_1.abstractmethod
     def SetFile(

@@ -40,6 +40,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     connect.add_argument("--json", action="store_true", help="machine-readable output")
     connect.set_defaults(run=run_connect)
+    discover = sub.add_parser(
+        "discover",
+        help="ask known peers for the peers they share (nothing is recorded)",
+    )
+    discover.add_argument(
+        "peers",
+        nargs="*",
+        metavar="ONION",
+        help="the known peers to ask (default: every known peer connected now)",
+    )
+    discover.add_argument("--json", action="store_true", help="machine-readable output")
+    discover.set_defaults(run=run_discover)
     key = sub.add_parser(
         "key",
         help="the chat key shared with a peer: generate, set, clear or show it",
@@ -112,6 +124,29 @@ def run_list(args: argparse.Namespace) -> int:
         print("no peers yet: `barterbackup peers connect ONION`")
     for peer in response.peers:
         print(_describe(peer))
+    return 0
+
+
+def run_discover(args: argparse.Namespace) -> int:
+    client = stub(args)
+    request = clirpc_pb2.DiscoverPeersRequest(onion_addresses=args.peers)
+    response = rpc(lambda: client.DiscoverPeers(request))
+    if args.json:
+        print_json(to_dict(response))
+    else:
+        for peer in response.peers:
+            known = " (already known)" if peer.known else ""
+            print(f"{peer.onion_address}{known}: shared by {', '.join(peer.shared_by)}")
+        if response.dropped:
+            print(f"{response.dropped} entries of the answers were not valid peers")
+        if response.peers:
+            print("to add one: `barterbackup peers connect ONION`")
+        elif not response.errors:
+            print("no peer shared any: they share the peers connected with --share")
+    for error in response.errors:
+        print(f"could not ask {error}", file=sys.stderr)
+    if response.errors and not response.peers:
+        raise CliError("no peer could be asked")
     return 0
 
 

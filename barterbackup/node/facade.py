@@ -65,6 +65,7 @@ from barterbackup.node.results import (
     UnlockResult,
 )
 from barterbackup.node.session import NodeEnvironment, UnlockedSession
+from barterbackup.peers.discovery import MAX_ASKED, Discovery, discover
 from barterbackup.peers.pool import CONNECT_TIMEOUT
 from barterbackup.progress import ProgressReport, ignore_progress
 from barterbackup.recovery.recoverer import RecoveryFailed, RecoveryResult
@@ -542,6 +543,30 @@ class Node(MultiService):
         except Exception as e:
             raise _connect_error(onion_address_from_pubkey(pubkey), e) from None
         return self._peer_info(pubkey)
+
+    def discover_peers(self, onion_addresses: Sequence[str]) -> Deferred[Discovery]:
+        """DiscoverPeers: ask known peers (the named ones, else every known
+        peer connected now) for the peers they share; nothing is recorded."""
+        session = self._require_unlocked()
+        if len(onion_addresses) > MAX_ASKED:
+            raise errors.InvalidArgument(f"ask at most {MAX_ASKED} peers at once")
+        targets = list(dict.fromkeys(self._peer_pubkey(a) for a in onion_addresses))
+        for pubkey in targets:
+            if session.records.get(pubkey) is None:
+                raise errors.NotFound(
+                    f"{onion_address_from_pubkey(pubkey)} is not a known peer: "
+                    "connect it first"
+                )
+        return Deferred.fromCoroutine(
+            discover(
+                session.pool,
+                self.env.clock,
+                lambda pubkey: session.records.get(pubkey) is not None,
+                session.records.endpoint,
+                session.keys.onion_address,
+                targets,
+            )
+        )
 
     def peers(self) -> list[PeerInfo]:
         session = self._require_unlocked()

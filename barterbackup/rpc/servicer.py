@@ -345,6 +345,25 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
         peers = self._on_reactor(context, self._node.peers)
         return clirpc_pb2.ConnectedPeersResponse(peers=[_peer_info(p) for p in peers])
 
+    def DiscoverPeers(
+        self, request: clirpc_pb2.DiscoverPeersRequest, context: grpc.ServicerContext
+    ) -> clirpc_pb2.DiscoverPeersResponse:
+        found = self._on_reactor(
+            context, self._node.discover_peers, list(request.onion_addresses)
+        )
+        return clirpc_pb2.DiscoverPeersResponse(
+            peers=[
+                clirpc_pb2.DiscoveredPeer(
+                    onion_address=peer.onion_address,
+                    shared_by=peer.shared_by,
+                    known=peer.known,
+                )
+                for peer in found.peers
+            ],
+            errors=found.errors,
+            dropped=found.dropped,
+        )
+
     def SetStorageConfig(
         self, request: clirpc_pb2.SetStorageConfigRequest, context: grpc.ServicerContext
     ) -> clirpc_pb2.SetStorageConfigResponse:
