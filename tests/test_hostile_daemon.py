@@ -40,7 +40,7 @@ from barterbackup.sync.serve import PIECE_BYTES
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
 from barterbackup.tree.nodes import MAX_SECTION_BYTES
-from tests.util import PASSWORDS, short_tempdir, tcp_daemon
+from tests.util import PASSWORDS, short_tempdir, unlocked_tcp_daemon
 
 T = TypeVar("T")
 
@@ -76,12 +76,7 @@ class DaemonUnderAttack(TestCase):
 
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
-        self.daemon = tcp_daemon(self, self.tmp / "node")
-        password = self.tmp / "password"
-        password.write_text(PASSWORDS[0] + "\n")
-        self.daemon.cli(
-            "unlock", "--create", "--password-file", str(password), check=True
-        )
+        self.daemon = unlocked_tcp_daemon(self, self.tmp / "node", PASSWORDS[0])
         status = self.daemon.stub().GetStatus(clirpc_pb2.GetStatusRequest())
         self.address = status.onion_address
         host, port = status.peer_endpoint.rsplit(":", 1)
@@ -323,10 +318,7 @@ class HonestReplicationUnderAttackTests(DaemonUnderAttack):
             "storage", "set", "--total", "256MiB", "--policy", "open",
             "--min-replicas", "0", check=True,
         )  # fmt: skip
-        self.bob = tcp_daemon(self, self.tmp / "bob")
-        password = self.tmp / "bob.password"
-        password.write_text(PASSWORDS[1] + "\n")
-        self.bob.cli("unlock", "--create", "--password-file", str(password), check=True)
+        self.bob = unlocked_tcp_daemon(self, self.tmp / "bob", PASSWORDS[1])
         self.bob.cli(
             "storage", "set", "--total", "256MiB", "--min-replicas", "0", check=True
         )  # fmt: skip

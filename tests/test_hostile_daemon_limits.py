@@ -40,7 +40,7 @@ from barterbackup.sync.serve import MAX_BLOBS_PER_REQUEST
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
 from tests.raw_peer import PeerClosed, RawPeer, error_code, frame_of, padded
-from tests.util import PASSWORDS, short_tempdir, tcp_daemon
+from tests.util import PASSWORDS, short_tempdir, unlocked_tcp_daemon
 
 # The values docs/wire-protocol.md §4 and §7 document; the test checks the
 # code's defaults are these, then drives the daemon at and over each.
@@ -106,12 +106,7 @@ class DaemonLimitEdgeTests(TestCase):
 
     def setUp(self) -> None:
         self.tmp = short_tempdir(self)
-        self.daemon = tcp_daemon(self, self.tmp / "node")
-        password = self.tmp / "password"
-        password.write_text(PASSWORDS[0] + "\n")
-        self.daemon.cli(
-            "unlock", "--create", "--password-file", str(password), check=True
-        )
+        self.daemon = unlocked_tcp_daemon(self, self.tmp / "node", PASSWORDS[0])
         # Contracts with anyone (within the unvetted cap): the owner below
         # is a stranger that gets storage by proposing. None formed by the
         # daemon itself (min replicas 0) to race that proposal.

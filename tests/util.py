@@ -48,6 +48,18 @@ def tcp_daemon(case: SynchronousTestCase, node_dir: Path) -> DaemonProcess:
     return daemon
 
 
+def unlocked_tcp_daemon(
+    case: SynchronousTestCase, node_dir: Path, password: str
+) -> DaemonProcess:
+    """``tcp_daemon`` for a new node, unlocked with ``password`` (given to
+    the CLI in a file beside the node directory)."""
+    daemon = tcp_daemon(case, node_dir)
+    secret = node_dir.with_name(f"{node_dir.name}.password")
+    secret.write_text(password + "\n")
+    daemon.cli("unlock", "--create", "--password-file", str(secret), check=True)
+    return daemon
+
+
 def start_node(reactor: Any, config: NodeConfig, content: str = "real") -> Node:
     """A daemon's Node on the real reactor, started (stop it with
     ``stopService``); ``content="fake"`` gives it the fake content engine."""
