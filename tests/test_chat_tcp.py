@@ -233,6 +233,13 @@ class ChatRpcTests(TestCase):
         self.assertEqual((closed.closed.reason, closed.closed.by_peer), ("bye", True))
         bob.actions.put(pb.ChatAction(stop=pb.ChatStop()))
         await deferToThread(bob.wait_for, lambda e: e.HasField("ended"))
+        # A client that closes its side without stop leaves the same way
+        # (the fuzz found such a stream running until its deadline).
+        again = RpcChat(stubs[0], address(b))
+        await deferToThread(again.wait_for, lambda e: e.HasField("opened"))
+        again.actions.put(None)
+        ended = await deferToThread(again.wait_for, lambda e: e.HasField("ended"))
+        self.assertEqual(ended.ended.reason, "left the chat")
 
 
 class ChatEventQueueTests(SynchronousTestCase):

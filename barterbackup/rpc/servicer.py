@@ -660,6 +660,10 @@ class CliRpcServicer(clirpc_pb2_grpc.CliRpcServicer):
                             error=True,
                         )
                     )
+            # The client closed its side without `stop`: it will send
+            # nothing more, so it leaves as if it had (a stream kept open
+            # for it would run until its deadline).
+            blockingCallFromThread(self._reactor, attachment.stop, "left the chat")
         except Exception:
             # The client went away mid-stream (a cancelled RPC): the event
             # side notices and leaves the chat.
