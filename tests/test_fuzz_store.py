@@ -371,6 +371,12 @@ def _store_revision(
     return revision, blobs
 
 
+# The bystander's one section: longer than any section the fuzz draws for
+# the victim (at most 200 bytes), so the victim never holds it too (b"b"
+# was drawn as the victim's own section, and then rightly served).
+BYSTANDER_SECTION = b"b" * 201
+
+
 def _write_replicas(root: Path, sections: list[bytes], pending: bool) -> Any:
     """The victim's complete revision and (if ``pending``) a newer one half
     fetched; a bystander's complete revision beside it."""
@@ -383,7 +389,9 @@ def _write_replicas(root: Path, sections: list[bytes], pending: bool) -> Any:
         digest = hashlib.sha256(NEWER_SECTION).digest()
         store.store_blobs(VICTIM, newer.content_id, [(digest, NEWER_SECTION)])
         store.checkpoint(VICTIM)
-    bystander, bystander_blobs = _store_revision(store, BYSTANDER_KEY, [b"b"], 5)
+    bystander, bystander_blobs = _store_revision(
+        store, BYSTANDER_KEY, [BYSTANDER_SECTION], 5
+    )
     directories = {owner: store._owners[owner].directory for owner in store.owners()}
     store.close()
     return current, newer, blobs, bystander, bystander_blobs, directories
@@ -503,7 +511,8 @@ class ReplicaFuzz(_Workspace):
         assert held is not None and held.held is not None
         self.assertEqual(held.held.signed, bystander.signed)
         self.assertEqual(
-            store.read_blob(BYSTANDER, hashlib.sha256(b"b").digest()), b"b"
+            store.read_blob(BYSTANDER, hashlib.sha256(BYSTANDER_SECTION).digest()),
+            BYSTANDER_SECTION,
         )
         if victim_dir.name in quarantined:
             # Moved aside whole, for the user to inspect: nothing deleted.
@@ -537,7 +546,7 @@ class ReplicaFuzz(_Workspace):
                 pass
         # A blob it never had is never served.
         with self.assertRaises(ReplicaError):
-            store.read_blob(VICTIM, hashlib.sha256(b"b").digest())
+            store.read_blob(VICTIM, hashlib.sha256(BYSTANDER_SECTION).digest())
 
 
 def _tree_bytes(directory: Path) -> dict[str, tuple[int, int, bytes]]:
