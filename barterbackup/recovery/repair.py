@@ -35,7 +35,6 @@ at a time. Recovery after a total loss (many replicas in parallel) is
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from barterbackup.recovery.check import (
 )
 from barterbackup.recovery.relay import ProgressRelay
 from barterbackup.revisions import InvalidRevision, verify_root
+from barterbackup.sync.assembly import BlobAssembler
 from barterbackup.sync.interfaces import Blocking, PeerConnectionLike, ReactorTime
 from barterbackup.untrusted import printable
 
@@ -216,16 +216,30 @@ class ReplicaBlobFetcher:
         """The blobs of one Download that arrived whole and verified (the
         call may fail part way: what was complete is kept); why any blob
         sent wrong was refused goes into ``faults``."""
-        assembler = _Assembler(wanted)
+        # Lengths are not known here: each blob may have up to its bound.
+        assembler = BlobAssembler({h: (bound, False) for h, bound in wanted.items()})
+        complete: dict[bytes, bytes] = {}
+        # A replica streaming far more than was asked is cut off.
+        allowance = 2 * sum(wanted.values()) + 1024 * 1024
+        received = 0
+
+        def on_item(piece: bbrpc_pb2.DownloadResponse) -> None:
+            nonlocal received
+            data = piece.data
+            received += len(data)
+            if received > allowance:
+                raise ValueError("the replica sent far more bytes than were asked for")
+            blob = assembler.add(piece, data)
+            if blob is not None:
+                complete[bytes(piece.blob)] = blob
+
         request = bbrpc_pb2.DownloadRequest(content_id=content_id, blobs=list(wanted))
         try:
-            await self._timed(
-                conn.call_stream("download_request", request, assembler.add)
-            )
+            await self._timed(conn.call_stream("download_request", request, on_item))
         except Exception as error:
             log.debug("repair download stopped: {error}", error=_reason(error))
-        faults.update(assembler.refused)
-        return assembler.complete
+        faults.update(assembler.rejected)
+        return complete
 
     def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
         return d.addTimeout(self._timeout, self._clock)
@@ -270,57 +284,6 @@ def _batches(wanted: dict[bytes, int]) -> Iterable[dict[bytes, int]]:
 
 def _reason(error: BaseException) -> str:
     return printable(str(error) or type(error).__name__, 200)
-
-
-class _Assembler:
-    """Blobs from Download pieces: each piece checked, pieces in order, a
-    blob never longer than its bound, the whole checked against its hash.
-    A blob with any bad piece is refused for the rest of the call."""
-
-    def __init__(self, wanted: dict[bytes, int]) -> None:
-        self._wanted = wanted
-        self._buffers: dict[bytes, bytearray] = {}
-        # Why each refused blob was refused (one entry per blob asked for).
-        self.refused: dict[bytes, str] = {}
-        self.complete: dict[bytes, bytes] = {}
-        # A replica streaming far more than was asked is cut off.
-        self._allowance = 2 * sum(wanted.values()) + 1024 * 1024
-        self._received = 0
-
-    def add(self, piece: bbrpc_pb2.DownloadResponse) -> None:
-        data = piece.data
-        self._received += len(data)
-        if self._received > self._allowance:
-            raise ValueError("the replica sent far more bytes than were asked for")
-        blob = bytes(piece.blob)
-        bound = self._wanted.get(blob)
-        if bound is None or blob in self.refused or blob in self.complete:
-            return
-        length = piece.blob_length
-        buffer = self._buffers.get(blob)
-        filled = len(buffer) if buffer is not None else 0
-        if not 0 < length <= bound:
-            self._refuse(blob, f"its length {length} is not within 1..{bound}")
-        elif piece.offset != filled or filled + len(data) > length:
-            self._refuse(blob, "its pieces came out of order or too long")
-        elif hashlib.sha256(data).digest() != piece.sha256:
-            self._refuse(blob, "a piece failed its hash check")
-        else:
-            if buffer is None:
-                buffer = self._buffers[blob] = bytearray()
-            buffer += data
-            if len(buffer) < length:
-                return
-            whole = bytes(self._buffers.pop(blob))
-            if hashlib.sha256(whole).digest() == blob:
-                self.complete[blob] = whole
-            else:
-                self._refuse(blob, "its bytes failed their hash check")
-
-    def _refuse(self, blob: bytes, why: str) -> None:
-        """Take nothing more of ``blob`` in this call."""
-        self.refused[blob] = why
-        self._buffers.pop(blob, None)
 
 
 class BlobFetcher(Protocol):

@@ -14,7 +14,6 @@ stays for the next attempt.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.internet import defer
 from barterbackup._proto import bbrpc_pb2
 from barterbackup.revisions import VerifiedRevision
 from barterbackup.store.replicas import ReplicaStore
+from barterbackup.sync.assembly import BlobAssembler
 from barterbackup.sync.interfaces import (
     Blocking,
     PeerConnectionLike,
@@ -229,7 +229,7 @@ class RevisionFetcher:
     # -- fetching ---------------------------------------------------------------
 
     async def _download(self, work: _Round) -> None:
-        assembler = _Assembler(work.wanted)
+        assembler = BlobAssembler(assembly_limits(work.wanted))
         # An owner streaming far more than asked is cut off, not buffered.
         node_allowance = sum(w.length for w in work.wanted.values() if w.plan)
         allowance = 2 * (work.bytes + node_allowance) + PIECE_BYTES
@@ -245,10 +245,10 @@ class RevisionFetcher:
             self.bytes_fetched += len(data)
             if received > allowance:
                 raise FetchFailed("the owner sent far more bytes than were asked for")
-            done = assembler.add(piece, data)
-            if done is None:
+            blob = assembler.add(piece, data)
+            if blob is None:
                 return None
-            return self._arrived(done[0], done[1])
+            return self._arrived(work.wanted[bytes(piece.blob)], blob)
 
         await self._conn.call_stream("download_request", request, on_item)
         for sha256, wanted in work.wanted.items():
@@ -360,71 +360,10 @@ def live_blobs(revision: VerifiedRevision, source: NodeSource) -> Iterator[bytes
                 yield from entry_hashes(node.packed(0, node.count))
 
 
-class _Assembler:
-    """Reassemble blobs from pieces, checking each piece and the whole.
-
-    Pieces must come in order within a blob. A blob with any bad piece is
-    discarded (and asked for again); its buffer never grows past the length
-    it must have (a section's) or may have (a node's), so a hostile owner
-    cannot make us hoard memory.
-    """
-
-    def __init__(self, wanted: dict[bytes, _Wanted]) -> None:
-        self._wanted = wanted
-        self._buffers: dict[bytes, bytearray] = {}
-        # Why each refused blob was refused, for the report naming the
-        # source (bounded: one entry per blob asked for).
-        self.rejected: dict[bytes, str] = {}
-        self.stored: set[bytes] = set()
-
-    def add(
-        self, piece: bbrpc_pb2.DownloadResponse, data: bytes
-    ) -> tuple[_Wanted, bytes] | None:
-        """Take ``piece`` (whose ``data`` the caller read already).
-
-        Returns (wanted, blob bytes) when this piece completed a blob that
-        passed its hash check, else None.
-        """
-        blob = bytes(piece.blob)
-        wanted = self._wanted.get(blob)
-        if wanted is None or blob in self.rejected or blob in self.stored:
-            return None
-        length = piece.blob_length
-        exact = wanted.plan is None
-        if (exact and length != wanted.length) or length > wanted.length or not length:
-            bound = "" if exact else "at most "
-            return self._reject(
-                blob, f"has length {length}, not {bound}{wanted.length}"
-            )
-        buffer = self._buffers.get(blob)
-        filled = len(buffer) if buffer is not None else 0
-        if piece.offset != filled or filled + len(data) > length:
-            return self._reject(blob, "came in pieces out of order or too long")
-        if not filled and len(data) == length:
-            # The piece is the whole blob: its hash is the blob's, so one
-            # hashing pass checks both, with no buffer copy.
-            if piece.sha256 != blob or hashlib.sha256(data).digest() != blob:
-                return self._reject(blob, "failed its hash check")
-            self.stored.add(blob)
-            return wanted, data
-        if hashlib.sha256(data).digest() != piece.sha256:
-            return self._reject(blob, "has a piece failing its hash check")
-        if buffer is None:
-            buffer = self._buffers[blob] = bytearray()
-        buffer += data
-        if len(buffer) < length:
-            return None
-        whole = bytes(self._buffers.pop(blob))
-        if hashlib.sha256(whole).digest() != blob:
-            return self._reject(blob, "failed its hash check")
-        self.stored.add(blob)
-        return wanted, whole
-
-    def _reject(self, blob: bytes, why: str) -> tuple[_Wanted, bytes] | None:
-        """Refuse this blob for the rest of the call (it is asked again)."""
-        self.rejected[blob] = why
-        self._buffers.pop(blob, None)
-        return None
+def assembly_limits(wanted: dict[bytes, _Wanted]) -> dict[bytes, tuple[int, bool]]:
+    """What a BlobAssembler checks of each blob: a section's exact length,
+    a node's maximum."""
+    return {sha256: (w.length, w.plan is None) for sha256, w in wanted.items()}
 
 
 __all__ = ["MAX_SECTION_BYTES", "FetchFailed", "RevisionFetcher"]

@@ -39,7 +39,8 @@ from barterbackup._proto import bbrpc_pb2
 from barterbackup.bbrpc.errors import PeerCallError
 from barterbackup.logs import get_logger
 from barterbackup.revisions import VerifiedRevision
-from barterbackup.sync.fetch import _Assembler, _Wanted
+from barterbackup.sync.assembly import BlobAssembler
+from barterbackup.sync.fetch import _Wanted, assembly_limits
 from barterbackup.sync.interfaces import (
     Blocking,
     PeerConnectionLike,
@@ -322,7 +323,7 @@ class ParallelFetcher:
         source = batch.source
         source.in_flight += 1
         self._batches.append(batch)
-        assembler = _Assembler(batch.wanted)
+        assembler = BlobAssembler(assembly_limits(batch.wanted))
         nodes = sum(w.length for w in batch.wanted.values() if w.plan is not None)
         sections = sum(w.length for w in batch.wanted.values() if w.plan is None)
         allowance = sections + nodes + PIECE_BYTES
@@ -342,7 +343,7 @@ class ParallelFetcher:
                 raise _SourceFault(f"blob {blob.hex()[:16]} {why}")
             if done is None:
                 return None
-            return self._arrived(batch, done[0], done[1])
+            return self._arrived(batch, batch.wanted[blob], done)
 
         request = bbrpc_pb2.DownloadRequest(
             content_id=self.revision.content_id, blobs=list(batch.wanted)
