@@ -36,7 +36,7 @@ from barterbackup.bbrpc.factory import connect_peer
 from barterbackup.bbrpc.framing import encode_frame
 from barterbackup.contracts import terms
 from barterbackup.keys.onion import pubkey_from_onion_address
-from barterbackup.sync.serve import PIECE_BYTES
+from barterbackup.sync.serve import check_request, send_blobs
 from barterbackup.testing.fakes import BlobDict, make_revision
 from barterbackup.testing.link import keys_for_test
 from barterbackup.tree.nodes import MAX_SECTION_BYTES
@@ -281,24 +281,9 @@ class ServesItsBlobs:
         self.blobs = blobs
 
     def download(self, conn: Any, request: Any, send: Any) -> defer.Deferred[None]:
-        async def stream() -> None:
-            for sha256 in dict.fromkeys(bytes(b) for b in request.blobs):
-                if sha256 not in self.blobs:
-                    continue
-                blob = self.blobs[sha256]
-                for offset in range(0, max(len(blob), 1), PIECE_BYTES):
-                    data = blob[offset : offset + PIECE_BYTES]
-                    await send(
-                        bbrpc_pb2.DownloadResponse(
-                            blob=sha256,
-                            offset=offset,
-                            data=data,
-                            sha256=hashlib.sha256(data).digest(),
-                            blob_length=len(blob),
-                        )
-                    )
-
-        return defer.Deferred.fromCoroutine(stream())
+        return defer.Deferred.fromCoroutine(
+            send_blobs(send, check_request(request), self.blobs.__getitem__)
+        )
 
 
 class HonestReplicationUnderAttackTests(DaemonUnderAttack):
