@@ -107,19 +107,27 @@ async def _ask(
     own_address: str,
     target: bytes,
 ) -> tuple[str, Any]:
-    """(the peer's address, its ExchangedPeers or why it could not be asked)."""
+    """(the peer's address, its ExchangedPeers or why it could not be
+    asked); the dial and the ask together get ASK_SECONDS."""
     address = onion_address_from_pubkey(target)
+    asking = Deferred.fromCoroutine(_exchange(pool, endpoint_of, own_address, target))
+    asking.addTimeout(ASK_SECONDS, clock)
     try:
-        dialling = pool.dial(target, endpoint_of(target))
-        dialling.addTimeout(ASK_SECONDS, clock)
-        conn = await dialling
-        asking = Deferred.fromCoroutine(ask_peer_exchange(conn, own_address))
-        asking.addTimeout(ASK_SECONDS, clock)
         return address, await asking
     except BadPeerExchange as error:
         return address, str(error)
     except Exception as error:  # each peer's failure is reported, not raised
         return address, _why(error)
+
+
+async def _exchange(
+    pool: Connections,
+    endpoint_of: Callable[[bytes], str],
+    own_address: str,
+    target: bytes,
+) -> Any:
+    conn = await pool.dial(target, endpoint_of(target))
+    return await ask_peer_exchange(conn, own_address)
 
 
 def _why(error: Exception) -> str:
